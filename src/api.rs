@@ -1,0 +1,428 @@
+//! The HTTP surface: request parsing, routing and the mapping of every error
+//! to a status and a JSON body, in one place.
+//!
+//! Public routes (SPEC §2) answer `text/plain` decimal digits with no
+//! trailing newline. Every error, including the ones axum or hyper produce
+//! (unknown route, wrong method), leaves as `{"error": "..."}`. Bad input is
+//! refused before anything is stored. Node-to-node traffic uses one route
+//! under `/_internal/`, which no counter route can reach.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+
+use crate::cluster::{ClusterConfig, ConfigRequest, parse_actors};
+use crate::node::{Node, RpcError};
+use crate::proto::{RPC_PATH, RequestEnvelope};
+use crate::storage::StoreError;
+use crate::transport::{MAX_RPC_BODY, SECRET_HEADER};
+
+/// Largest body accepted on public routes.
+pub const MAX_BODY: usize = 64 * 1024;
+/// Longest counter name, in bytes of UTF-8.
+pub const MAX_NAME_LEN: usize = 1024;
+
+/// An error on its way to the client.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    body: serde_json::Value,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            body: json!({ "error": message.into() }),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(self.body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        let status = match e {
+            StoreError::Overflow(_) => StatusCode::BAD_REQUEST,
+            StoreError::Closed => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<RpcError> for ApiError {
+    fn from(e: RpcError) -> Self {
+        match e {
+            RpcError::BadRequest(m) => ApiError::bad_request(m),
+            RpcError::Store(e) => e.into(),
+        }
+    }
+}
+
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/config", post(post_config))
+        .route(RPC_PATH, post(rpc))
+        .route("/status", get(status))
+        .fallback(fallback)
+        .layer(middleware::from_fn(json_errors))
+        .with_state(node)
+}
+
+/// Rewrites any error response that is not already JSON (axum's own
+/// rejections, 404s, 405s) into `{"error": "..."}`.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, MAX_BODY)
+        .await
+        .unwrap_or_default();
+    let mut message = String::from_utf8_lossy(&text).trim().to_string();
+    if message.is_empty() {
+        message = status
+            .canonical_reason()
+            .unwrap_or("request failed")
+            .to_lowercase();
+    }
+    let mut out = ApiError::new(status, message).into_response();
+    if let Some(allow) = parts.headers.get(header::ALLOW) {
+        out.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    out
+}
+
+fn text(value: u128) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        value.to_string(),
+    )
+        .into_response()
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body is larger than {limit} bytes"),
+        )
+    })
+}
+
+/// Checks the cluster secret when one is set.
+fn authorize(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(secret) = &node.settings().secret else {
+        return Ok(());
+    };
+    match headers.get(SECRET_HEADER) {
+        None => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            format!("this route needs the cluster secret in {SECRET_HEADER}"),
+        )),
+        Some(given) if constant_time_eq(given.as_bytes(), secret.as_bytes()) => Ok(()),
+        Some(_) => Err(ApiError::new(StatusCode::FORBIDDEN, "wrong cluster secret")),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for (i, &x) in a.iter().enumerate() {
+        diff |= usize::from(x ^ b.get(i % b.len().max(1)).copied().unwrap_or(0));
+    }
+    diff == 0
+}
+
+async fn post_config(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    authorize(&node, &headers)?;
+    let bytes = read_body(body, MAX_BODY).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request(
+            r#"config body is empty; send {"actors": ["host:port", ...]}"#,
+        ));
+    }
+    let req: ConfigRequest = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request(format!(
+            "config is not valid JSON of the form {{\"actors\": [...]}}: {e}"
+        ))
+    })?;
+    let actors = parse_actors(&req.actors).map_err(ApiError::bad_request)?;
+    let summary = node.post_config(actors).await?;
+    Ok(axum::Json(summary).into_response())
+}
+
+/// Checks that a config received from a peer is well formed.
+pub fn validate_config(config: &ClusterConfig) -> Result<(), String> {
+    let raw: Vec<String> = config.actors.iter().map(|a| a.to_string()).collect();
+    let parsed = parse_actors(&raw)?;
+    if parsed != config.actors {
+        return Err("config actors are not in canonical form".into());
+    }
+    Ok(())
+}
+
+pub fn validate_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("counter name is empty".into());
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(format!(
+            "counter name is {} bytes; at most {MAX_NAME_LEN} are allowed",
+            name.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Percent-decodes one path segment into a valid counter name.
+fn decode_name(raw: &str) -> Result<String, ApiError> {
+    let name = percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| {
+            ApiError::bad_request("counter name is not valid UTF-8 after percent-decoding")
+        })?
+        .into_owned();
+    validate_name(&name).map_err(ApiError::bad_request)?;
+    Ok(name)
+}
+
+/// Parses an increment body: a non-negative decimal integer that fits a u64,
+/// surrounding whitespace allowed.
+pub fn parse_amount(body: &[u8]) -> Result<u64, String> {
+    let s = std::str::from_utf8(body)
+        .map_err(|_| "body is not UTF-8".to_string())?
+        .trim();
+    if s.is_empty() {
+        return Err("body is empty; send a non-negative decimal integer".into());
+    }
+    if !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "body {:?} is not a non-negative decimal integer",
+            truncate(s, 40)
+        ));
+    }
+    s.parse::<u64>()
+        .map_err(|_| format!("amount {} is larger than {}", truncate(s, 40), u64::MAX))
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// Parses `?timeout=` as `500ms`, `2s`, `1.5s` or plain seconds.
+pub fn parse_timeout(raw: &str) -> Result<Duration, String> {
+    let bad = || format!("timeout {raw:?} is not a duration like 500ms, 2s or 2.5");
+    let (number, scale) = if let Some(ms) = raw.strip_suffix("ms") {
+        (ms, 0.001)
+    } else if let Some(s) = raw.strip_suffix('s') {
+        (s, 1.0)
+    } else {
+        (raw, 1.0)
+    };
+    let n: f64 = number.parse().map_err(|_| bad())?;
+    if !n.is_finite() || n <= 0.0 {
+        return Err(bad());
+    }
+    Duration::try_from_secs_f64(n * scale).map_err(|_| bad())
+}
+
+fn query_param<'a>(query: Option<&'a str>, key: &str) -> Option<&'a str> {
+    query?
+        .split('&')
+        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
+}
+
+async fn fallback(State(node): State<Arc<Node>>, req: Request) -> Result<Response, ApiError> {
+    let path = req.uri().path().to_string();
+    let Some(rest) = path.strip_prefix("/counter/") else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no route {path}"),
+        ));
+    };
+    let segments: Vec<&str> = rest.split('/').collect();
+    let method = req.method().clone();
+    let allow = |methods: &'static str| {
+        let mut resp = ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{method} is not allowed on {path}; use {methods}"),
+        )
+        .into_response();
+        resp.headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static(methods));
+        Ok(resp)
+    };
+    match segments.as_slice() {
+        [raw] => {
+            if method != Method::POST {
+                return allow("POST");
+            }
+            let name = decode_name(raw)?;
+            let bytes = read_body(req.into_body(), MAX_BODY).await?;
+            let amount = parse_amount(&bytes).map_err(ApiError::bad_request)?;
+            Ok(text(node.increment(name, amount).await?))
+        }
+        [raw, "value"] => {
+            if method != Method::GET && method != Method::HEAD {
+                return allow("GET");
+            }
+            let name = decode_name(raw)?;
+            Ok(text(node.store().value(&name)))
+        }
+        [raw, "consistent_value"] => {
+            if method != Method::GET && method != Method::HEAD {
+                return allow("GET");
+            }
+            let name = decode_name(raw)?;
+            let settings = node.settings();
+            let timeout = match query_param(req.uri().query(), "timeout") {
+                None => settings.consistent_timeout,
+                Some(raw) => parse_timeout(raw)
+                    .map_err(ApiError::bad_request)?
+                    .min(settings.max_consistent_timeout),
+            };
+            match node.consistent_value(&name, timeout).await {
+                Ok(v) => Ok(text(v)),
+                Err(u) => Ok((
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    axum::Json(json!({
+                        "error": format!(
+                            "could not hear from every node within {timeout:?}"
+                        ),
+                        "unreachable": u.unreachable,
+                        "best_known_value": u.best_known_value,
+                    })),
+                )
+                    .into_response()),
+            }
+        }
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no route {path}; counter names are one path segment (encode '/' as %2F)"),
+        )),
+    }
+}
+
+async fn rpc(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    authorize(&node, &headers)?;
+    let bytes = read_body(body, MAX_RPC_BODY).await?;
+    let env: RequestEnvelope = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("malformed internal message: {e}")))?;
+    let resp = node.handle_rpc(env).await?;
+    Ok(axum::Json(resp).into_response())
+}
+
+async fn status(State(node): State<Arc<Node>>) -> Response {
+    let config = node.config();
+    let id = node.identity();
+    axum::Json(json!({
+        "id": id.node,
+        "incarnation": format!("{:016x}", id.incarnation),
+        "version": env!("CARGO_PKG_VERSION"),
+        "listen": node.settings().listen.to_string(),
+        "uptime_secs": node.uptime().as_secs(),
+        "self": node.me().map(|a| a.to_string()),
+        "config": {
+            "version": config.stamp.version,
+            "origin": config.stamp.origin,
+            "actors": config.actors.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        },
+        "peers": node.peers().report(),
+        "names": node.store().names(),
+        "data_dir": node.store().dir().display().to_string(),
+        "data_bytes": node.store().disk_bytes(),
+    }))
+    .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amounts_parse_strictly() {
+        assert_eq!(parse_amount(b"5"), Ok(5));
+        assert_eq!(parse_amount(b" \n 42\t\r\n"), Ok(42));
+        assert_eq!(parse_amount(b"0"), Ok(0));
+        assert_eq!(parse_amount(b"007"), Ok(7));
+        assert_eq!(parse_amount(b"18446744073709551615"), Ok(u64::MAX));
+        for bad in [
+            &b""[..],
+            b"   ",
+            b"-1",
+            b"+1",
+            b"1.5",
+            b"1e3",
+            b"abc",
+            b"1 2",
+            b"0x10",
+            b"18446744073709551616",
+            b"\xff",
+        ] {
+            assert!(parse_amount(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn names_are_bounded() {
+        assert!(validate_name("").is_err());
+        assert!(validate_name(&"a".repeat(1024)).is_ok());
+        assert!(validate_name(&"a".repeat(1025)).is_err());
+        assert!(decode_name("%FF").is_err());
+        assert_eq!(decode_name("a%2Fb%20c").unwrap(), "a/b c");
+    }
+
+    #[test]
+    fn timeouts_parse() {
+        assert_eq!(parse_timeout("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_timeout("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_timeout("1.5"), Ok(Duration::from_millis(1500)));
+        for bad in ["", "0", "-1", "abc", "1h", "NaN", "inf"] {
+            assert!(parse_timeout(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn secrets_compare_exactly() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+        assert!(!constant_time_eq(b"", b"a"));
+    }
+}

@@ -1,0 +1,357 @@
+//! Command line: `tally <ID>` runs a node; `tally demo` runs a local cluster.
+//!
+//! Every node setting is a flag with a `TALLY_*` environment variable and a
+//! default in code; `tally --help` lists them all.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use clap::{Args, Parser, Subcommand};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tracing::{error, info};
+
+use crate::api::parse_timeout;
+use crate::node::{Settings, run};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tally",
+    version,
+    about = "A highly available, partition-tolerant database of named grow-only counters",
+    long_about = "A highly available, partition-tolerant database of named grow-only counters.\n\n\
+        `tally <ID>` runs node <ID> (a positive integer, unique and stable per node).\n\
+        Post the cluster's addresses to any node with\n  \
+        curl -X POST localhost:7777/config -d '{\"actors\": [\"10.0.0.1\", \"10.0.0.2\"]}'\n\
+        `tally demo` starts a three-node cluster on loopback.",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Commands>,
+    #[command(flatten)]
+    pub node: NodeArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Commands {
+    /// Start a local cluster of nodes on 127.0.0.1, post its config, and
+    /// keep it running until Ctrl-C.
+    Demo {
+        /// How many nodes.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=9))]
+        nodes: u64,
+        /// Port of node 1; node N listens on BASE_PORT + N - 1.
+        #[arg(long, default_value_t = 7701)]
+        base_port: u16,
+        /// Folder holding each node's data folder.
+        #[arg(long, default_value = "tally-demo")]
+        dir: PathBuf,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct NodeArgs {
+    /// This node's id: a positive integer, unique in the cluster and stable across restarts.
+    #[arg(value_parser = clap::value_parser!(u64).range(1..), required = true)]
+    pub id: Option<u64>,
+
+    /// Address and port to listen on.
+    #[arg(long, env = "TALLY_LISTEN", default_value = "0.0.0.0:7777")]
+    pub listen: SocketAddr,
+
+    /// Data folder of this node [default: ./tally-data/node-<ID> if the
+    /// working folder is writable, else $XDG_DATA_HOME/tally/node-<ID> or
+    /// ~/.local/share/tally/node-<ID>, else $TMPDIR/tally/node-<ID>].
+    #[arg(long, env = "TALLY_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Default deadline of a consistent read (e.g. 10s, 500ms).
+    #[arg(long, env = "TALLY_CONSISTENT_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub consistent_timeout: Duration,
+
+    /// Largest deadline a request may ask for with ?timeout=.
+    #[arg(long, env = "TALLY_MAX_CONSISTENT_TIMEOUT", default_value = "60s", value_parser = duration)]
+    pub max_consistent_timeout: Duration,
+
+    /// Deadline of one call to a peer.
+    #[arg(long, env = "TALLY_PEER_TIMEOUT", default_value = "1s", value_parser = duration)]
+    pub peer_timeout: Duration,
+
+    /// Deadline for opening a connection to a peer.
+    #[arg(long, env = "TALLY_CONNECT_TIMEOUT", default_value = "500ms", value_parser = duration)]
+    pub connect_timeout: Duration,
+
+    /// Pause between anti-entropy rounds with each peer.
+    #[arg(long, env = "TALLY_SYNC_INTERVAL", default_value = "500ms", value_parser = duration)]
+    pub sync_interval: Duration,
+
+    /// Bound on the whole shutdown sequence after SIGTERM or SIGINT.
+    #[arg(long, env = "TALLY_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub shutdown_timeout: Duration,
+
+    /// Cluster secret required on /config and internal routes, and sent to peers.
+    #[arg(long, env = "TALLY_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+
+    /// File whose first line is the cluster secret (instead of --secret).
+    #[arg(long, env = "TALLY_SECRET_FILE", conflicts_with = "secret")]
+    pub secret_file: Option<PathBuf>,
+
+    /// Log filter, e.g. info, debug, tally=debug,warn.
+    #[arg(long, env = "TALLY_LOG", default_value = "info")]
+    pub log: String,
+}
+
+fn duration(raw: &str) -> Result<Duration, String> {
+    parse_timeout(raw)
+}
+
+pub fn main(cli: Cli) -> ExitCode {
+    init_logging(&cli.node.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(error = %e, "cannot start the runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Some(Commands::Demo {
+            nodes,
+            base_port,
+            dir,
+        }) => runtime.block_on(demo(nodes, base_port, &dir)),
+        None => runtime.block_on(run_node(cli.node)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            error!("{message}");
+            eprintln!("tally: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+async fn run_node(args: NodeArgs) -> Result<(), String> {
+    let id = args.id.ok_or("a node id is required")?;
+    let data_dir = match args.data_dir {
+        Some(d) => d,
+        None => default_data_dir(id)?,
+    };
+    let secret = match (&args.secret, &args.secret_file) {
+        (Some(s), _) => Some(s.trim().to_string()),
+        (None, Some(path)) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string(),
+        ),
+        (None, None) => None,
+    };
+    if secret.as_deref() == Some("") {
+        return Err("the cluster secret is empty".into());
+    }
+    let mut settings = Settings::new(id, args.listen, data_dir);
+    settings.consistent_timeout = args.consistent_timeout;
+    settings.max_consistent_timeout = args.max_consistent_timeout.max(args.consistent_timeout);
+    settings.peer_timeout = args.peer_timeout;
+    settings.connect_timeout = args.connect_timeout;
+    settings.sync_interval = args.sync_interval;
+    settings.shutdown_timeout = args.shutdown_timeout;
+    settings.secret = secret.map(Arc::from);
+    run(settings, stop_signal())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Resolves when SIGTERM or SIGINT arrives.
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        error!("cannot install signal handlers; stop the node with SIGKILL");
+        return std::future::pending().await;
+    };
+    let which = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    info!(signal = which, "stop requested");
+}
+
+/// The first usable of the documented default data folders.
+fn default_data_dir(id: u64) -> Result<PathBuf, String> {
+    let leaf = format!("node-{id}");
+    let mut candidates = vec![PathBuf::from("tally-data").join(&leaf)];
+    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        candidates.push(PathBuf::from(xdg).join("tally").join(&leaf));
+    } else if let Some(home) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        candidates.push(PathBuf::from(home).join(".local/share/tally").join(&leaf));
+    }
+    candidates.push(std::env::temp_dir().join("tally").join(&leaf));
+    for dir in &candidates {
+        if writable(dir) {
+            return Ok(dir.clone());
+        }
+    }
+    Err(format!(
+        "no writable data folder among {candidates:?}; pass --data-dir or set TALLY_DATA_DIR"
+    ))
+}
+
+fn writable(dir: &Path) -> bool {
+    if std::fs::create_dir_all(dir).is_err() {
+        return false;
+    }
+    let probe = dir.join(".write-probe");
+    let ok = std::fs::write(&probe, b"").is_ok();
+    let _ = std::fs::remove_file(&probe);
+    ok
+}
+
+/// A one-shot HTTP request with a deadline; returns status and body.
+pub async fn http(
+    method: &str,
+    url: &str,
+    body: Vec<u8>,
+    timeout: Duration,
+) -> Result<(u16, String), String> {
+    let client: Client<_, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(url)
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| format!("bad request for {url}: {e}"))?;
+    let exchange = async {
+        let resp = client
+            .request(req)
+            .await
+            .map_err(|e| format!("cannot reach {url}: {e}"))?;
+        let status = resp.status().as_u16();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("reading answer of {url}: {e}"))?
+            .to_bytes();
+        Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| format!("{url} did not answer within {timeout:?}"))?
+}
+
+/// Children killed when dropped, so a failed demo leaves nothing running.
+struct Cluster(Vec<Child>);
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+async fn demo(nodes: u64, base_port: u16, dir: &Path) -> Result<(), String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
+    let addrs: Vec<String> = (0..nodes)
+        .map(|i| format!("127.0.0.1:{}", u64::from(base_port) + i))
+        .collect();
+    let mut cluster = Cluster(Vec::new());
+    for (i, addr) in addrs.iter().enumerate() {
+        let id = i as u64 + 1;
+        let child = Command::new(&exe)
+            .arg(id.to_string())
+            .arg("--listen")
+            .arg(addr)
+            .arg("--data-dir")
+            .arg(dir.join(format!("node-{id}")))
+            .env("TALLY_LOG", "warn")
+            .spawn()
+            .map_err(|e| format!("cannot start node {id}: {e}"))?;
+        cluster.0.push(child);
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for addr in &addrs {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!("node at {addr} did not start within 15s"));
+            }
+            let url = format!("http://{addr}/status");
+            if let Ok((200, _)) =
+                http("GET", &url, Vec::new(), left.min(Duration::from_secs(1))).await
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let config = serde_json::json!({ "actors": addrs }).to_string();
+    let (status, body) = http(
+        "POST",
+        &format!("http://{}/config", addrs[0]),
+        config.into_bytes(),
+        Duration::from_secs(5),
+    )
+    .await?;
+    if status != 200 {
+        return Err(format!("posting the config failed ({status}): {body}"));
+    }
+    println!(
+        "tally demo: {nodes} nodes running, data under {}",
+        dir.display()
+    );
+    for (i, addr) in addrs.iter().enumerate() {
+        println!("  node {} at http://{addr}", i + 1);
+    }
+    let a = &addrs[0];
+    let b = addrs.last().expect("at least one node");
+    println!("try:");
+    println!("  curl -X POST http://{a}/counter/visits -d 5");
+    println!("  curl http://{b}/counter/visits/value");
+    println!("  curl http://{b}/counter/visits/consistent_value");
+    println!("  curl http://{a}/status");
+    println!("Ctrl-C stops the cluster.");
+    stop_signal().await;
+    // The nodes got the same Ctrl-C from the terminal; give them time to stop cleanly.
+    let deadline = Instant::now() + Duration::from_secs(12);
+    for child in &mut cluster.0 {
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
+}

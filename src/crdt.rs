@@ -1,0 +1,319 @@
+//! The grow-only counter (G-Counter) at the heart of tally.
+//!
+//! A counter holds one component per *replica*; a replica is one node id
+//! together with the incarnation of that node's data folder (see
+//! [`ReplicaId`]). A replica only ever adds to its own component, and merging
+//! two counters takes the maximum of each component, so merge is commutative,
+//! associative and idempotent and no increment is lost however replicas
+//! exchange state. The value is the exact sum of the components, as a `u128`.
+//!
+//! Merging *totals* by maximum (instead of per component) loses concurrent
+//! increments; that is the one mistake this module exists to make impossible.
+//!
+//! This module does no I/O. Encoding to bytes lives here too so the storage
+//! layer and the wire share one compact, versionable format.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Who owns a component: a node id plus the incarnation of its data folder.
+///
+/// The incarnation is a random number drawn when a data folder is created, so
+/// a node whose folder was lost starts a fresh component instead of counting
+/// again from a value its peers have already seen (SPEC G7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ReplicaId {
+    pub node: u64,
+    pub incarnation: u64,
+}
+
+impl std::fmt::Display for ReplicaId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{:016x}", self.node, self.incarnation)
+    }
+}
+
+/// One grow-only counter.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GCounter {
+    components: BTreeMap<ReplicaId, u64>,
+}
+
+/// Returned when an increment would overflow the replica's own `u64` component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("increment by {amount} would overflow this node's component ({current})")]
+pub struct Overflow {
+    pub current: u64,
+    pub amount: u64,
+}
+
+/// Returned when bytes do not decode to a counter.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed counter encoding: {0}")]
+pub struct DecodeError(&'static str);
+
+const ENTRY_LEN: usize = 24;
+
+impl GCounter {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The exact sum of all components.
+    pub fn value(&self) -> u128 {
+        self.components.values().map(|&c| u128::from(c)).sum()
+    }
+
+    pub fn get(&self, replica: ReplicaId) -> u64 {
+        self.components.get(&replica).copied().unwrap_or(0)
+    }
+
+    pub fn components(&self) -> impl Iterator<Item = (ReplicaId, u64)> + '_ {
+        self.components.iter().map(|(r, c)| (*r, *c))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.components.is_empty()
+    }
+
+    /// Checks an increment of `replica`'s component without applying it.
+    pub fn check_increment(&self, replica: ReplicaId, amount: u64) -> Result<u64, Overflow> {
+        let current = self.get(replica);
+        current
+            .checked_add(amount)
+            .ok_or(Overflow { current, amount })
+    }
+
+    /// Adds `amount` to `replica`'s component; refuses (and changes nothing) on overflow.
+    pub fn increment(&mut self, replica: ReplicaId, amount: u64) -> Result<(), Overflow> {
+        let next = self.check_increment(replica, amount)?;
+        if amount > 0 {
+            self.components.insert(replica, next);
+        }
+        Ok(())
+    }
+
+    /// Pointwise maximum. Returns whether `self` changed.
+    pub fn merge(&mut self, other: &GCounter) -> bool {
+        let mut changed = false;
+        for (replica, &count) in &other.components {
+            let mine = self.components.entry(*replica).or_insert(0);
+            if count > *mine {
+                *mine = count;
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// Whether merging `other` into `self` would change `self`.
+    pub fn would_change(&self, other: &GCounter) -> bool {
+        other.components.iter().any(|(r, &c)| c > self.get(*r))
+    }
+
+    /// Compact encoding: a sequence of (node, incarnation, count), each a
+    /// little-endian u64, sorted by replica.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.components.len() * ENTRY_LEN);
+        for (r, c) in &self.components {
+            out.extend_from_slice(&r.node.to_le_bytes());
+            out.extend_from_slice(&r.incarnation.to_le_bytes());
+            out.extend_from_slice(&c.to_le_bytes());
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        if bytes.len() % ENTRY_LEN != 0 {
+            return Err(DecodeError("length is not a whole number of entries"));
+        }
+        let word = |chunk: &[u8], i: usize| {
+            u64::from_le_bytes(chunk[i * 8..i * 8 + 8].try_into().expect("8 bytes"))
+        };
+        let mut components = BTreeMap::new();
+        for chunk in bytes.chunks_exact(ENTRY_LEN) {
+            let replica = ReplicaId {
+                node: word(chunk, 0),
+                incarnation: word(chunk, 1),
+            };
+            if components.insert(replica, word(chunk, 2)).is_some() {
+                return Err(DecodeError("duplicate replica"));
+            }
+        }
+        Ok(Self { components })
+    }
+}
+
+/// The wire form of a counter: a list of components.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Component {
+    pub node: u64,
+    pub incarnation: u64,
+    pub count: u64,
+}
+
+impl From<&GCounter> for Vec<Component> {
+    fn from(c: &GCounter) -> Self {
+        c.components()
+            .map(|(r, count)| Component {
+                node: r.node,
+                incarnation: r.incarnation,
+                count,
+            })
+            .collect()
+    }
+}
+
+impl FromIterator<Component> for GCounter {
+    /// Builds a counter from wire components; a replica listed twice keeps its maximum.
+    fn from_iter<I: IntoIterator<Item = Component>>(iter: I) -> Self {
+        let mut components = BTreeMap::new();
+        for c in iter {
+            let replica = ReplicaId {
+                node: c.node,
+                incarnation: c.incarnation,
+            };
+            let slot = components.entry(replica).or_insert(0);
+            *slot = (*slot).max(c.count);
+        }
+        Self { components }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn rid(node: u64) -> ReplicaId {
+        ReplicaId {
+            node,
+            incarnation: 7,
+        }
+    }
+
+    fn arb_counter() -> impl Strategy<Value = GCounter> {
+        prop::collection::btree_map((0u64..4, 0u64..3), 0u64..1_000, 0..6).prop_map(|m| GCounter {
+            components: m
+                .into_iter()
+                .map(|((node, incarnation), c)| (ReplicaId { node, incarnation }, c))
+                .collect(),
+        })
+    }
+
+    fn merged(a: &GCounter, b: &GCounter) -> GCounter {
+        let mut out = a.clone();
+        out.merge(b);
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn merge_is_commutative(a in arb_counter(), b in arb_counter()) {
+            prop_assert_eq!(merged(&a, &b), merged(&b, &a));
+        }
+
+        #[test]
+        fn merge_is_associative(a in arb_counter(), b in arb_counter(), c in arb_counter()) {
+            prop_assert_eq!(merged(&merged(&a, &b), &c), merged(&a, &merged(&b, &c)));
+        }
+
+        #[test]
+        fn merge_is_idempotent(a in arb_counter(), b in arb_counter()) {
+            let once = merged(&a, &b);
+            prop_assert_eq!(merged(&once, &b), once.clone());
+            prop_assert_eq!(merged(&a, &a), a);
+        }
+
+        #[test]
+        fn merge_never_lowers_the_value(a in arb_counter(), b in arb_counter()) {
+            let m = merged(&a, &b);
+            prop_assert!(m.value() >= a.value());
+            prop_assert!(m.value() >= b.value());
+            prop_assert_eq!(a.would_change(&b), m != a);
+        }
+
+        #[test]
+        fn encoding_round_trips(a in arb_counter()) {
+            prop_assert_eq!(GCounter::decode(&a.encode()).unwrap(), a);
+        }
+
+        #[test]
+        fn decode_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+            let _ = GCounter::decode(&bytes);
+        }
+
+        /// Three replicas each apply their own increments and exchange state
+        /// in an arbitrary order; after a final full exchange every replica's
+        /// value is exactly the sum of all increments, and at every point no
+        /// replica's value exceeded what had been sent.
+        #[test]
+        fn no_increment_is_lost_under_any_interleaving(
+            steps in prop::collection::vec((0usize..3, 0usize..3, 0u64..100, any::<bool>()), 0..60)
+        ) {
+            let mut replicas = vec![GCounter::new(); 3];
+            let mut sent: u128 = 0;
+            for (who, other, amount, is_merge) in steps {
+                if is_merge {
+                    let from = replicas[other].clone();
+                    replicas[who].merge(&from);
+                } else {
+                    replicas[who].increment(rid(who as u64), amount).unwrap();
+                    sent += u128::from(amount);
+                }
+                for r in &replicas {
+                    prop_assert!(r.value() <= sent);
+                }
+            }
+            let all = replicas.iter().fold(GCounter::new(), |acc, r| merged(&acc, r));
+            for r in &mut replicas {
+                r.merge(&all);
+                prop_assert_eq!(r.value(), sent);
+            }
+        }
+    }
+
+    #[test]
+    fn merging_totals_by_maximum_would_lose_increments() {
+        // Two nodes each add 5 concurrently; per-component merge keeps both.
+        let mut a = GCounter::new();
+        let mut b = GCounter::new();
+        a.increment(rid(1), 5).unwrap();
+        b.increment(rid(2), 5).unwrap();
+        a.merge(&b);
+        assert_eq!(a.value(), 10);
+    }
+
+    #[test]
+    fn overflow_is_refused_and_changes_nothing() {
+        let mut a = GCounter::new();
+        a.increment(rid(1), u64::MAX).unwrap();
+        let before = a.clone();
+        assert_eq!(
+            a.increment(rid(1), 1),
+            Err(Overflow {
+                current: u64::MAX,
+                amount: 1
+            })
+        );
+        assert_eq!(a, before);
+        // Another replica's component is independent, and the sum is exact.
+        a.increment(rid(2), u64::MAX).unwrap();
+        assert_eq!(a.value(), 2 * u128::from(u64::MAX));
+    }
+
+    #[test]
+    fn wire_components_round_trip_and_keep_maximum_of_duplicates() {
+        let mut a = GCounter::new();
+        a.increment(rid(1), 3).unwrap();
+        let wire: Vec<Component> = (&a).into();
+        let mut dup = wire.clone();
+        dup.push(Component {
+            node: 1,
+            incarnation: 7,
+            count: 1,
+        });
+        assert_eq!(dup.into_iter().collect::<GCounter>(), a);
+    }
+}

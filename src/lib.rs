@@ -1,0 +1,22 @@
+//! tally: a highly available, partition-tolerant database of named
+//! grow-only counters.
+//!
+//! Layers, each calling only downward:
+//! - [`crdt`]: the G-Counter, pure.
+//! - [`cluster`]: actor addresses and config versions, pure.
+//! - [`storage`]: durable redb store with group commit and a change index.
+//! - [`proto`] and [`transport`]: the node-to-node messages and the seam that carries them.
+//! - [`replication`]: push and anti-entropy tasks per peer.
+//! - [`node`]: wiring, membership, consistent reads, shutdown.
+//! - [`api`]: HTTP routes and error mapping.
+//! - [`cli`]: flags, environment and the `demo` command.
+
+pub mod api;
+pub mod cli;
+pub mod cluster;
+pub mod crdt;
+pub mod node;
+pub mod proto;
+pub mod replication;
+pub mod storage;
+pub mod transport;

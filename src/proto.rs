@@ -1,0 +1,104 @@
+//! The node-to-node protocol: one request/response pair per call, JSON over
+//! `POST /_internal/v1/rpc`.
+//!
+//! Every request carries the protocol version, who sent it and the sender's
+//! config, and every response says who answered and carries the responder's
+//! config when it is newer than the sender's: config changes therefore ride
+//! on ordinary traffic and reach every node without a separate gossip layer.
+
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::ClusterConfig;
+use crate::crdt::{Component, GCounter};
+use crate::storage::Identity;
+
+pub const PROTOCOL_VERSION: u32 = 1;
+/// The path of the one internal route; `/_internal/` cannot collide with the public API.
+pub const RPC_PATH: &str = "/_internal/v1/rpc";
+/// Most names in one push or one pull page.
+pub const MAX_NAMES_PER_MESSAGE: usize = 10_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRef {
+    pub node: u64,
+    pub incarnation: u64,
+}
+
+impl From<Identity> for NodeRef {
+    fn from(i: Identity) -> Self {
+        NodeRef {
+            node: i.node,
+            incarnation: i.incarnation,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WireCounter {
+    pub name: String,
+    pub components: Vec<Component>,
+}
+
+impl WireCounter {
+    pub fn new(name: String, counter: &GCounter) -> Self {
+        WireCounter {
+            name,
+            components: counter.into(),
+        }
+    }
+
+    pub fn into_parts(self) -> (String, GCounter) {
+        (self.name, self.components.into_iter().collect())
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Who are you? Used to find which actor is this node itself.
+    Hello,
+    /// Counters whose own component changed at the sender.
+    Push { counters: Vec<WireCounter> },
+    /// Anti-entropy: the responder's changes after `since`, valid only if the
+    /// responder's incarnation is still `incarnation`.
+    Pull {
+        incarnation: u64,
+        since: u64,
+        limit: usize,
+    },
+    /// The responder's current state of one counter (consistent reads).
+    Read { name: String },
+    /// Adopt this config if it is newer (it travels in the envelope).
+    Config,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Response {
+    Ack,
+    Changes {
+        counters: Vec<WireCounter>,
+        next: u64,
+        head: u64,
+        more: bool,
+    },
+    Counter {
+        components: Vec<Component>,
+    },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RequestEnvelope {
+    pub v: u32,
+    pub from: NodeRef,
+    pub config: ClusterConfig,
+    pub req: Request,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ResponseEnvelope {
+    pub v: u32,
+    pub from: NodeRef,
+    pub config: Option<ClusterConfig>,
+    pub resp: Response,
+}

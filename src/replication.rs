@@ -1,0 +1,333 @@
+//! Background replication: an immediate push of every local change, and a
+//! periodic pull (anti-entropy) that repairs whatever a push missed.
+//!
+//! Each peer gets two tasks. The *push* task waits for names whose own
+//! component changed here (marked by the storage writer after each commit),
+//! and sends their counters in one batch with one call at a time, so a paused
+//! peer holds at most one call and one timeout. While a peer is known to be
+//! down its pushes are dropped: it will pull them.
+//!
+//! The *pull* task asks the peer, every sync interval, for the names it
+//! changed after the last sequence we merged (the peer's own local sequence,
+//! valid for the peer's incarnation). Only names that changed travel, so a
+//! quiet cluster with a million names exchanges a few bytes per round. What
+//! a peer learned from others also gets a new sequence there, so changes
+//! reach every node through any path. The mark is stored in the same commit
+//! as the merged counters, so a crash cannot skip changes.
+//!
+//! Left out: forwarding pushes (anti-entropy covers transitivity) and
+//! adaptive intervals.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::cluster::Actor;
+use crate::node::Node;
+use crate::proto::{MAX_NAMES_PER_MESSAGE, NodeRef, Request, Response, WireCounter};
+use crate::storage::Merge;
+
+/// Most pull pages fetched in one round before yielding to the next interval.
+const MAX_PAGES_PER_ROUND: usize = 64;
+
+/// What one peer looks like from here.
+#[derive(Clone, Debug, Default)]
+pub struct PeerStatus {
+    pub reachable: Option<bool>,
+    pub last_contact: Option<Instant>,
+    pub last_error: Option<String>,
+    pub peer: Option<NodeRef>,
+    /// Changes the peer had that we had not merged at the last pull.
+    pub lag: u64,
+    /// Names waiting to be pushed to it.
+    pub pending_push: usize,
+}
+
+#[derive(Serialize)]
+pub struct PeerReport {
+    pub actor: String,
+    pub reachable: Option<bool>,
+    pub last_contact_ms_ago: Option<u128>,
+    pub last_error: Option<String>,
+    pub node: Option<u64>,
+    pub incarnation: Option<String>,
+    pub lag_changes: u64,
+    pub pending_push: usize,
+}
+
+struct Peer {
+    actor: Actor,
+    dirty: Mutex<BTreeSet<String>>,
+    wake: Notify,
+    status: Mutex<PeerStatus>,
+    cancel: CancellationToken,
+}
+
+impl Peer {
+    fn record(&self, result: Result<Option<NodeRef>, String>) {
+        let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        let was = s.reachable;
+        match result {
+            Ok(peer) => {
+                s.reachable = Some(true);
+                s.last_contact = Some(Instant::now());
+                s.last_error = None;
+                if peer.is_some() {
+                    s.peer = peer;
+                }
+                if was != Some(true) {
+                    info!(peer = %self.actor, "peer reachable");
+                }
+            }
+            Err(e) => {
+                s.reachable = Some(false);
+                if was != Some(false) {
+                    warn!(peer = %self.actor, error = %e, "peer unreachable");
+                }
+                s.last_error = Some(e);
+            }
+        }
+    }
+
+    fn is_down(&self) -> bool {
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .reachable
+            == Some(false)
+    }
+}
+
+/// The set of peers this node replicates with.
+#[derive(Default)]
+pub struct Peers {
+    /// Held only to look up or swap entries; never across an await.
+    map: Mutex<HashMap<Actor, Arc<Peer>>>,
+}
+
+impl Peers {
+    /// Marks `names` as needing a push to every peer; called after each commit.
+    pub fn mark_dirty(&self, names: &[String]) {
+        for peer in self.all() {
+            peer.dirty
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(names.iter().cloned());
+            peer.wake.notify_one();
+        }
+    }
+
+    fn all(&self) -> Vec<Arc<Peer>> {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub fn report(&self) -> Vec<PeerReport> {
+        let mut out: Vec<PeerReport> = self
+            .all()
+            .iter()
+            .map(|p| {
+                let s = p.status.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                PeerReport {
+                    actor: p.actor.to_string(),
+                    reachable: s.reachable,
+                    last_contact_ms_ago: s.last_contact.map(|t| t.elapsed().as_millis()),
+                    last_error: s.last_error,
+                    node: s.peer.map(|r| r.node),
+                    incarnation: s.peer.map(|r| format!("{:016x}", r.incarnation)),
+                    lag_changes: s.lag,
+                    pending_push: p.dirty.lock().unwrap_or_else(|e| e.into_inner()).len(),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.actor.cmp(&b.actor));
+        out
+    }
+
+    /// Makes the peer set equal to `wanted`, starting and stopping tasks.
+    pub fn reconcile(&self, node: &Arc<Node>, wanted: &[Actor]) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|actor, peer| {
+            let keep = wanted.contains(actor);
+            if !keep {
+                info!(peer = %actor, "peer removed");
+                peer.cancel.cancel();
+            }
+            keep
+        });
+        for actor in wanted {
+            if map.contains_key(actor) {
+                continue;
+            }
+            info!(peer = %actor, "peer added");
+            let peer = Arc::new(Peer {
+                actor: actor.clone(),
+                dirty: Mutex::new(BTreeSet::new()),
+                wake: Notify::new(),
+                status: Mutex::new(PeerStatus::default()),
+                cancel: node.shutdown_token().child_token(),
+            });
+            map.insert(actor.clone(), peer.clone());
+            node.spawn(push_loop(node.clone(), peer.clone()));
+            node.spawn(pull_loop(node.clone(), peer));
+        }
+    }
+
+    /// One last push of whatever is still dirty, each peer at most `timeout`.
+    pub async fn flush(&self, node: &Arc<Node>, timeout: Duration) {
+        let tasks: Vec<_> = self
+            .all()
+            .into_iter()
+            .map(|peer| {
+                let node = node.clone();
+                tokio::spawn(async move { push_once(&node, &peer, timeout).await })
+            })
+            .collect();
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+async fn push_loop(node: Arc<Node>, peer: Arc<Peer>) {
+    loop {
+        tokio::select! {
+            _ = peer.cancel.cancelled() => return,
+            _ = peer.wake.notified() => {}
+        }
+        if peer.is_down() {
+            // It will pull what it missed once it is back.
+            peer.dirty.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            continue;
+        }
+        push_once(&node, &peer, node.settings().peer_timeout).await;
+    }
+}
+
+async fn push_once(node: &Arc<Node>, peer: &Peer, timeout: Duration) {
+    let names: Vec<String> = {
+        let mut dirty = peer.dirty.lock().unwrap_or_else(|p| p.into_inner());
+        if dirty.len() > MAX_NAMES_PER_MESSAGE {
+            let first_left = dirty
+                .iter()
+                .nth(MAX_NAMES_PER_MESSAGE)
+                .cloned()
+                .expect("more than the limit");
+            let rest = dirty.split_off(&first_left);
+            peer.wake.notify_one();
+            std::mem::replace(&mut *dirty, rest).into_iter().collect()
+        } else {
+            std::mem::take(&mut *dirty).into_iter().collect()
+        }
+    };
+    if names.is_empty() {
+        return;
+    }
+    let counters: Vec<WireCounter> = names
+        .into_iter()
+        .filter_map(|n| {
+            let c = node.store().counter(&n)?;
+            Some(WireCounter::new(n, &c))
+        })
+        .collect();
+    let count = counters.len();
+    let result = node
+        .call(&peer.actor, Request::Push { counters }, timeout)
+        .await;
+    match result {
+        Ok(env) => {
+            debug!(peer = %peer.actor, names = count, "pushed");
+            peer.record(Ok(Some(env.from)));
+        }
+        Err(e) => peer.record(Err(format!("push: {e}"))),
+    }
+}
+
+async fn pull_loop(node: Arc<Node>, peer: Arc<Peer>) {
+    // (peer incarnation, our mark for it)
+    let mut position: Option<(u64, u64)> = None;
+    let interval = node.settings().sync_interval;
+    loop {
+        if let Err(e) = pull_round(&node, &peer, &mut position).await {
+            peer.record(Err(format!("pull: {e}")));
+        }
+        // Jitter keeps the nodes' rounds from lining up.
+        let pause = interval.mul_f64(0.8 + fastrand::f64() * 0.4);
+        tokio::select! {
+            _ = peer.cancel.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+async fn pull_round(
+    node: &Arc<Node>,
+    peer: &Peer,
+    position: &mut Option<(u64, u64)>,
+) -> Result<(), String> {
+    for _ in 0..MAX_PAGES_PER_ROUND {
+        let (incarnation, since) = position.unwrap_or((0, 0));
+        let env = node
+            .call(
+                &peer.actor,
+                Request::Pull {
+                    incarnation,
+                    since,
+                    limit: MAX_NAMES_PER_MESSAGE,
+                },
+                node.settings().peer_timeout,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        peer.record(Ok(Some(env.from)));
+        let Response::Changes {
+            counters,
+            next,
+            head,
+            more,
+        } = env.resp
+        else {
+            return Err("pull answered with something other than changes".into());
+        };
+        if env.from.incarnation != incarnation {
+            // First contact, or the peer's folder was replaced: resume from
+            // what we merged of this incarnation before, if anything.
+            let mark = node
+                .store()
+                .mark(env.from.incarnation)
+                .await
+                .map_err(|e| e.to_string())?;
+            *position = Some((env.from.incarnation, mark));
+            continue;
+        }
+        let n = counters.len();
+        node.store()
+            .merge(Merge {
+                counters: counters.into_iter().map(WireCounter::into_parts).collect(),
+                mark: Some((incarnation, next)),
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        *position = Some((incarnation, next));
+        {
+            let mut s = peer.status.lock().unwrap_or_else(|p| p.into_inner());
+            s.lag = head.saturating_sub(next);
+        }
+        if n > 0 {
+            debug!(peer = %peer.actor, names = n, "pulled");
+        }
+        if !more {
+            return Ok(());
+        }
+    }
+    Ok(())
+}

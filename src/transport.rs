@@ -1,0 +1,121 @@
+//! How one node calls another: a narrow seam with an HTTP implementation.
+//!
+//! Every call has a deadline that covers connecting, sending and reading the
+//! whole answer, so a paused or unreachable peer costs the caller one
+//! timeout and never a stuck task (SPEC G6). Connections are pooled and kept
+//! alive. Tests and simulations can put any other [`Transport`] behind the
+//! same trait.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::cluster::Actor;
+use crate::proto::{RPC_PATH, RequestEnvelope, ResponseEnvelope};
+
+/// Largest internal response body accepted.
+pub const MAX_RPC_BODY: usize = 64 * 1024 * 1024;
+/// Header carrying the cluster secret on internal calls.
+pub const SECRET_HEADER: &str = "x-tally-secret";
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("cannot reach peer: {0}")]
+    Unreachable(String),
+    #[error("peer answered {status}: {body}")]
+    Refused { status: u16, body: String },
+    #[error("bad answer from peer: {0}")]
+    Protocol(String),
+}
+
+pub type CallFuture = Pin<Box<dyn Future<Output = Result<ResponseEnvelope, CallError>> + Send>>;
+
+/// Sends one request to one actor and waits at most `timeout` for its answer.
+pub trait Transport: Send + Sync + 'static {
+    fn call(&self, to: &Actor, req: &RequestEnvelope, timeout: Duration) -> CallFuture;
+}
+
+/// Pooled keep-alive HTTP/1.1 client.
+#[derive(Clone)]
+pub struct HttpTransport {
+    client: Client<HttpConnector, Full<Bytes>>,
+    secret: Option<Arc<str>>,
+}
+
+impl HttpTransport {
+    pub fn new(connect_timeout: Duration, secret: Option<Arc<str>>) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(connect_timeout));
+        connector.set_nodelay(true);
+        connector.set_keepalive(Some(Duration::from_secs(30)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(16)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector);
+        HttpTransport { client, secret }
+    }
+}
+
+impl Transport for HttpTransport {
+    fn call(&self, to: &Actor, req: &RequestEnvelope, timeout: Duration) -> CallFuture {
+        let client = self.client.clone();
+        let uri = format!("http://{to}{RPC_PATH}");
+        let body = serde_json::to_vec(req).expect("requests serialize");
+        let secret = self.secret.clone();
+        Box::pin(async move {
+            let mut builder = hyper::Request::post(uri.as_str())
+                .header(hyper::header::CONTENT_TYPE, "application/json");
+            if let Some(secret) = &secret {
+                builder = builder.header(SECRET_HEADER, secret.as_ref());
+            }
+            let request = builder
+                .body(Full::new(Bytes::from(body)))
+                .map_err(|e| CallError::Protocol(e.to_string()))?;
+            let exchange = async {
+                let resp = client
+                    .request(request)
+                    .await
+                    .map_err(|e| CallError::Unreachable(error_chain(&e)))?;
+                let status = resp.status();
+                let bytes = Limited::new(resp.into_body(), MAX_RPC_BODY)
+                    .collect()
+                    .await
+                    .map_err(|e| CallError::Unreachable(e.to_string()))?
+                    .to_bytes();
+                if !status.is_success() {
+                    return Err(CallError::Refused {
+                        status: status.as_u16(),
+                        body: String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned(),
+                    });
+                }
+                serde_json::from_slice::<ResponseEnvelope>(&bytes)
+                    .map_err(|e| CallError::Protocol(e.to_string()))
+            };
+            tokio::time::timeout(timeout, exchange)
+                .await
+                .map_err(|_| CallError::Timeout(timeout))?
+        })
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
