@@ -479,6 +479,8 @@ impl Writer {
             self.apply(batch);
         }
         rx.close();
+        // Release the database before confirming, so the folder can be reopened at once.
+        drop(self);
         if let Some(reply) = close {
             let _ = reply.send(());
         }
@@ -670,7 +672,7 @@ mod tests {
             s.close().await;
         }
         let opened = Store::open(&dir, 3, no_hook()).unwrap();
-        assert!(!opened.created);
+        assert!(!opened.created, "the folder was reopened, not created");
         assert_eq!(opened.store.identity().incarnation, inc);
         assert_eq!(opened.store.value("a"), 7);
         drop(opened);
