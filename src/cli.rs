@@ -18,6 +18,7 @@ use tracing::{error, info};
 
 use crate::api::parse_timeout;
 use crate::node::{Settings, run};
+use crate::server::Limits;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -104,6 +105,14 @@ pub struct NodeArgs {
     #[arg(long, env = "TALLY_SECRET_FILE", conflicts_with = "secret")]
     pub secret_file: Option<PathBuf>,
 
+    /// Most client and peer connections open at once; more are closed on accept.
+    #[arg(long, env = "TALLY_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+
+    /// Deadline for a client to send a whole request head; also closes idle connections.
+    #[arg(long, env = "TALLY_HEADER_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub header_timeout: Duration,
+
     /// Log filter, e.g. info, debug, tally=debug,warn.
     #[arg(long, env = "TALLY_LOG", default_value = "info")]
     pub log: String,
@@ -183,7 +192,12 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
     settings.sync_interval = args.sync_interval;
     settings.shutdown_timeout = args.shutdown_timeout;
     settings.secret = secret.map(Arc::from);
-    run(settings, stop_signal())
+    let limits = Limits {
+        max_connections: args.max_connections.max(1),
+        header_read_timeout: args.header_timeout,
+        ..Limits::default()
+    };
+    run(settings, limits, stop_signal())
         .await
         .map_err(|e| e.to_string())
 }

@@ -8,7 +8,7 @@
 //! - [`proto`] and [`transport`]: the node-to-node messages and the seam that carries them.
 //! - [`replication`]: push and anti-entropy tasks per peer.
 //! - [`node`]: wiring, membership, consistent reads, shutdown.
-//! - [`api`]: HTTP routes and error mapping.
+//! - [`api`]: HTTP routes and error mapping; [`server`]: the accept loop and its limits.
 //! - [`cli`]: flags, environment and the `demo` command.
 
 pub mod api;
@@ -18,5 +18,6 @@ pub mod crdt;
 pub mod node;
 pub mod proto;
 pub mod replication;
+pub mod server;
 pub mod storage;
 pub mod transport;

@@ -585,6 +585,7 @@ fn is_local(actor: &Actor, listen: SocketAddr) -> bool {
 /// Runs a node until `stop` resolves: listens, serves, then shuts down in order.
 pub async fn run(
     mut settings: Settings,
+    limits: crate::server::Limits,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let listener =
@@ -611,32 +612,23 @@ pub async fn run(
     info!(listen = %node.settings.listen, "listening");
     let app = crate::api::router(node.clone());
     let token = node.shutdown_token();
-    let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let stop_serving = CancellationToken::new();
+    let trigger = stop_serving.clone();
+    tokio::spawn(async move {
         tokio::select! {
             _ = stop => {}
             _ = token.cancelled() => {}
         }
-        info!("shutting down: no new connections, finishing in-flight requests");
-        let _ = stopped_tx.send(());
+        trigger.cancel();
     });
-    let mut server = std::pin::pin!(server.into_future());
-    tokio::select! {
-        result = &mut server => {
-            if let Err(e) = result {
-                warn!(error = %e, "server stopped with an error");
-            }
-        }
-        _ = stopped_rx => {
-            // In-flight requests get a bounded time to finish.
-            let bound = node.settings.shutdown_timeout;
-            match tokio::time::timeout(bound, &mut server).await {
-                Ok(Err(e)) => warn!(error = %e, "server stopped with an error"),
-                Err(_) => warn!(?bound, "in-flight requests did not finish in time"),
-                Ok(Ok(())) => {}
-            }
-        }
-    }
+    crate::server::serve(
+        listener,
+        app,
+        limits,
+        stop_serving,
+        node.settings.shutdown_timeout,
+    )
+    .await;
     node.shutdown().await;
     info!("stopped");
     Ok(())

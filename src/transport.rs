@@ -58,7 +58,9 @@ impl HttpTransport {
         connector.set_nodelay(true);
         connector.set_keepalive(Some(Duration::from_secs(30)));
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
+            // Below the server's 10 s idle cut-off, so a pooled connection is
+            // rarely reused just as the peer closes it.
+            .pool_idle_timeout(Duration::from_secs(5))
             .pool_max_idle_per_host(16)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
