@@ -125,7 +125,7 @@ impl GCounter {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        if bytes.len() % ENTRY_LEN != 0 {
+        if !bytes.len().is_multiple_of(ENTRY_LEN) {
             return Err(DecodeError("length is not a whole number of entries"));
         }
         let word = |chunk: &[u8], i: usize| {

@@ -220,11 +220,10 @@ impl Node {
                 resp.v
             )));
         }
-        if let Some(config) = &resp.config {
-            if let Err(e) = self.adopt_config(config.clone()).await {
+        if let Some(config) = &resp.config
+            && let Err(e) = self.adopt_config(config.clone()).await {
                 warn!(error = %e, "could not store a config learned from a peer");
             }
-        }
         Ok(resp)
     }
 
@@ -458,11 +457,10 @@ async fn read_until(
         if left.is_zero() {
             return None;
         }
-        if let Ok(resp) = transport.call(actor, env, per_call.min(left)).await {
-            if let Response::Counter { components } = resp.resp {
+        if let Ok(resp) = transport.call(actor, env, per_call.min(left)).await
+            && let Response::Counter { components } = resp.resp {
                 return Some(components.into_iter().collect());
             }
-        }
         let left = deadline.saturating_duration_since(Instant::now());
         tokio::time::sleep(pause.min(left)).await;
         pause = (pause * 2).min(Duration::from_millis(200));
