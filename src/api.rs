@@ -365,7 +365,7 @@ async fn status(State(node): State<Arc<Node>>) -> Response {
         },
         "peers": node.peers().report(),
         "names": node.store().names(),
-        "data_dir": node.store().dir().display().to_string(),
+        "data_dir": node.store().dir().map(|d| d.display().to_string()),
         "data_bytes": node.store().disk_bytes(),
     }))
     .into_response()

@@ -28,7 +28,8 @@ use crate::proto::{
     ResponseEnvelope, WireCounter,
 };
 use crate::replication::Peers;
-use crate::storage::{Identity, Store, StoreError};
+use crate::storage::redb::RedbEngine;
+use crate::storage::{Engine, Identity, Store, StoreError};
 use crate::transport::{CallError, HttpTransport, Transport};
 
 /// Everything a node needs to run; filled from flags and environment by the binary.
@@ -113,15 +114,25 @@ pub struct Node {
 }
 
 impl Node {
-    /// Opens storage and starts the background tasks (not the HTTP server).
+    /// Opens the data folder and starts the background tasks (not the HTTP server).
     pub fn start(
         settings: Settings,
         transport: Arc<dyn Transport>,
     ) -> Result<Arc<Node>, StartError> {
+        let engine = Arc::new(RedbEngine::open(&settings.data_dir)?);
+        Self::start_with(settings, engine, transport)
+    }
+
+    /// Starts a node over any storage engine and transport.
+    pub fn start_with(
+        settings: Settings,
+        engine: Arc<dyn Engine>,
+        transport: Arc<dyn Transport>,
+    ) -> Result<Arc<Node>, StartError> {
         let peers = Arc::new(Peers::default());
         let hook_peers = peers.clone();
-        let opened = Store::open(
-            &settings.data_dir,
+        let opened = Store::with_engine(
+            engine,
             settings.id,
             Arc::new(move |names: &[String]| hook_peers.mark_dirty(names)),
         )?;
@@ -221,9 +232,10 @@ impl Node {
             )));
         }
         if let Some(config) = &resp.config
-            && let Err(e) = self.adopt_config(config.clone()).await {
-                warn!(error = %e, "could not store a config learned from a peer");
-            }
+            && let Err(e) = self.adopt_config(config.clone()).await
+        {
+            warn!(error = %e, "could not store a config learned from a peer");
+        }
         Ok(resp)
     }
 
@@ -458,9 +470,10 @@ async fn read_until(
             return None;
         }
         if let Ok(resp) = transport.call(actor, env, per_call.min(left)).await
-            && let Response::Counter { components } = resp.resp {
-                return Some(components.into_iter().collect());
-            }
+            && let Response::Counter { components } = resp.resp
+        {
+            return Some(components.into_iter().collect());
+        }
         let left = deadline.saturating_duration_since(Instant::now());
         tokio::time::sleep(pause.min(left)).await;
         pause = (pause * 2).min(Duration::from_millis(200));

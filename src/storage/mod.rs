@@ -1,44 +1,37 @@
-//! Durable storage: one redb file per data folder, written by one thread.
+//! Durable storage behind one writer, over a pluggable engine.
 //!
 //! Guarantees:
-//! - An increment is committed (fsync'd) before its reply is sent, and every
-//!   write that arrives while a commit is in progress joins the next one
-//!   (group commit), so throughput does not fall to one fsync per request.
+//! - An increment is committed (durably, with the disk engine) before its
+//!   reply is sent, and every write that arrives while a commit is in
+//!   progress joins the next one (group commit), so throughput does not fall
+//!   to one fsync per request.
 //! - An increment that would overflow this node's component is refused and
 //!   changes nothing; a batch of increments is applied all or nothing.
 //! - Every stored change to a name gets a new local sequence number, indexed,
 //!   so a peer can ask "what changed since sequence N" and get only that
 //!   (the basis of anti-entropy, see `replication`).
-//! - A data folder is used by one process at a time (an exclusive lock on
-//!   `LOCK`), belongs to one node id, and carries a random incarnation drawn
-//!   when it was created (SPEC G7).
+//! - A data folder is used by one process at a time, belongs to one node id,
+//!   and carries a random incarnation drawn when it was created (SPEC G7).
 //!
 //! An in-memory mirror of every counter answers local reads without touching
-//! disk; only the writer thread changes it, and only after a commit succeeds.
+//! the engine; only the writer changes it, and only after a commit succeeds.
+//! Two engines implement [`Engine`]: [`redb::RedbEngine`] on disk, run by a
+//! dedicated writer thread, and [`memory::MemoryEngine`], applied inline so
+//! simulations stay deterministic.
 //! Left out: compaction of the redb file and online backup.
 
-use std::collections::BTreeMap;
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+pub mod memory;
+pub mod redb;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
 use tokio::sync::{mpsc, oneshot};
 
 use crate::cluster::ClusterConfig;
 use crate::crdt::{GCounter, Overflow, ReplicaId};
 
-/// name -> lseq (8 bytes, little-endian) followed by the encoded counter.
-const COUNTERS: TableDefinition<&str, &[u8]> = TableDefinition::new("counters");
-/// lseq -> name; exactly one entry per name, at its latest lseq.
-const BY_SEQ: TableDefinition<u64, &str> = TableDefinition::new("by_seq");
-/// Small singletons: node id, incarnation, head sequence, config.
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-/// peer incarnation -> the peer's sequence up to which we have merged its changes.
-const MARKS: TableDefinition<u64, u64> = TableDefinition::new("peer_marks");
-
-const DB_FILE: &str = "tally.redb";
-const LOCK_FILE: &str = "LOCK";
 /// Most operations folded into one commit.
 const MAX_BATCH: usize = 4096;
 
@@ -58,7 +51,7 @@ pub enum StoreError {
         wanted: u64,
     },
     #[error("storage engine: {0}")]
-    Engine(#[from] redb::Error),
+    Engine(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error(transparent)]
@@ -67,10 +60,37 @@ pub enum StoreError {
     Closed,
 }
 
-impl StoreError {
-    fn engine(e: impl Into<redb::Error>) -> Self {
-        StoreError::Engine(e.into())
-    }
+/// What an engine holds, read once at open.
+pub struct Loaded {
+    pub incarnation: u64,
+    pub config: ClusterConfig,
+    pub counters: BTreeMap<String, GCounter>,
+    /// Whether the data folder was new.
+    pub created: bool,
+}
+
+/// One commit's worth of changes.
+pub struct Batch<'a> {
+    /// Each name's whole new counter; each gets a new local sequence.
+    pub counters: &'a BTreeMap<String, GCounter>,
+    /// (peer incarnation, peer sequence) marks; only raised, never lowered.
+    pub marks: &'a [(u64, u64)],
+    pub config: Option<&'a ClusterConfig>,
+}
+
+/// A transactional store of counters, marks and config.
+pub trait Engine: Send + Sync + 'static {
+    /// Reads identity, config and counters, creating the identity on first use.
+    fn load(&self, node: u64) -> Result<Loaded, StoreError>;
+    /// Applies a batch atomically.
+    fn commit(&self, batch: &Batch<'_>) -> Result<(), StoreError>;
+    /// Names changed after `since`, at most `limit`, from one snapshot.
+    fn changes_since(&self, since: u64, limit: usize) -> Result<Changes, StoreError>;
+    fn mark(&self, peer_incarnation: u64) -> Result<u64, StoreError>;
+    /// The data folder, for engines that have one.
+    fn location(&self) -> Option<&Path>;
+    /// Whether calls block on I/O (and so belong on a blocking thread).
+    fn blocking(&self) -> bool;
 }
 
 /// Identity of the data folder's owner.
@@ -136,18 +156,24 @@ pub struct Store {
     inner: Arc<Inner>,
 }
 
+/// How operations reach the writer.
+enum Driver {
+    /// A dedicated thread batches what queues up while it commits.
+    Thread(mpsc::Sender<Op>),
+    /// Applied on the caller's task; `None` once closed.
+    Inline(Mutex<Option<Writer>>),
+}
+
 struct Inner {
-    db: Arc<Database>,
-    ops: mpsc::Sender<Op>,
+    engine: Arc<dyn Engine>,
+    driver: Driver,
     /// Held briefly (a map lookup or an insert), never across an await, so a
     /// std lock is cheaper than an async one.
     memory: Arc<RwLock<BTreeMap<String, GCounter>>>,
     identity: Identity,
-    dir: PathBuf,
-    _lock: File,
 }
 
-/// What `Store::open` found on disk.
+/// What `Store::open` found.
 pub struct Opened {
     pub store: Store,
     pub config: ClusterConfig,
@@ -155,56 +181,53 @@ pub struct Opened {
 }
 
 impl Store {
-    /// Opens (creating if needed) the data folder of node `node`.
+    /// Opens (creating if needed) the data folder of node `node` on disk.
     pub fn open(dir: &Path, node: u64, hook: ChangeHook) -> Result<Opened, StoreError> {
-        let folder = |source| StoreError::Folder {
-            path: dir.to_path_buf(),
-            source,
+        Self::with_engine(Arc::new(redb::RedbEngine::open(dir)?), node, hook)
+    }
+
+    /// Opens a store over any engine.
+    pub fn with_engine(
+        engine: Arc<dyn Engine>,
+        node: u64,
+        hook: ChangeHook,
+    ) -> Result<Opened, StoreError> {
+        let loaded = engine.load(node)?;
+        let identity = Identity {
+            node,
+            incarnation: loaded.incarnation,
         };
-        std::fs::create_dir_all(dir).map_err(folder)?;
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join(LOCK_FILE))
-            .map_err(folder)?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(StoreError::Locked(dir.to_path_buf()));
-            }
-            Err(std::fs::TryLockError::Error(e)) => return Err(folder(e)),
-        }
-        let created = !dir.join(DB_FILE).exists();
-        let db = Database::create(dir.join(DB_FILE)).map_err(StoreError::engine)?;
-        let (identity, config) = init_meta(&db, dir, node)?;
-        let memory = load_counters(&db)?;
-        let db = Arc::new(db);
-        let memory = Arc::new(RwLock::new(memory));
-        let (tx, rx) = mpsc::channel(MAX_BATCH);
+        let memory = Arc::new(RwLock::new(loaded.counters));
         let writer = Writer {
-            db: db.clone(),
+            engine: engine.clone(),
             memory: memory.clone(),
             own: identity.replica(),
             hook,
         };
-        std::thread::Builder::new()
-            .name("tally-writer".into())
-            .spawn(move || writer.run(rx))
-            .map_err(folder)?;
+        let driver = if engine.blocking() {
+            let (tx, rx) = mpsc::channel(MAX_BATCH);
+            std::thread::Builder::new()
+                .name("tally-writer".into())
+                .spawn(move || writer.run(rx))
+                .map_err(|source| StoreError::Folder {
+                    path: engine.location().unwrap_or(Path::new("")).to_path_buf(),
+                    source,
+                })?;
+            Driver::Thread(tx)
+        } else {
+            Driver::Inline(Mutex::new(Some(writer)))
+        };
         Ok(Opened {
             store: Store {
                 inner: Arc::new(Inner {
-                    db,
-                    ops: tx,
+                    engine,
+                    driver,
                     memory,
                     identity,
-                    dir: dir.to_path_buf(),
-                    _lock: lock,
                 }),
             },
-            config,
-            created,
+            config: loaded.config,
+            created: loaded.created,
         })
     }
 
@@ -212,8 +235,9 @@ impl Store {
         self.inner.identity
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.inner.dir
+    /// The data folder, if the engine has one.
+    pub fn dir(&self) -> Option<&Path> {
+        self.inner.engine.location()
     }
 
     /// This node's local value of `name` (0 when never seen).
@@ -266,82 +290,62 @@ impl Store {
 
     async fn call<T>(&self, op: impl FnOnce(Reply<T>) -> Op) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.inner
-            .ops
-            .send(op(tx))
-            .await
-            .map_err(|_| StoreError::Closed)?;
+        match &self.inner.driver {
+            Driver::Thread(ops) => ops.send(op(tx)).await.map_err(|_| StoreError::Closed)?,
+            Driver::Inline(writer) => {
+                let writer = writer.lock().unwrap_or_else(|p| p.into_inner());
+                writer
+                    .as_ref()
+                    .ok_or(StoreError::Closed)?
+                    .apply(vec![op(tx)]);
+            }
+        }
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Commits what is queued and stops the writer; later writes fail with `Closed`.
     pub async fn close(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.inner.ops.send(Op::Close { reply: tx }).await.is_ok() {
-            let _ = rx.await;
+        match &self.inner.driver {
+            Driver::Thread(ops) => {
+                let (tx, rx) = oneshot::channel();
+                if ops.send(Op::Close { reply: tx }).await.is_ok() {
+                    let _ = rx.await;
+                }
+            }
+            Driver::Inline(writer) => {
+                writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+            }
         }
     }
 
     /// The peer mark recorded for a peer incarnation (0 when none).
     pub async fn mark(&self, peer_incarnation: u64) -> Result<u64, StoreError> {
-        let db = self.inner.db.clone();
-        blocking(move || {
-            let txn = db.begin_read().map_err(StoreError::engine)?;
-            let table = match txn.open_table(MARKS) {
-                Ok(t) => t,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
-                Err(e) => return Err(StoreError::engine(e)),
-            };
-            Ok(table
-                .get(peer_incarnation)
-                .map_err(StoreError::engine)?
-                .map_or(0, |g| g.value()))
-        })
-        .await
+        self.engine_call(move |e| e.mark(peer_incarnation)).await
     }
 
     /// Our changes after sequence `since`, at most `limit` names, from one snapshot.
     pub async fn changes_since(&self, since: u64, limit: usize) -> Result<Changes, StoreError> {
-        let db = self.inner.db.clone();
-        blocking(move || {
-            let txn = db.begin_read().map_err(StoreError::engine)?;
-            let head = read_u64(&txn.open_table(META).map_err(StoreError::engine)?, "seq")?;
-            let by_seq = txn.open_table(BY_SEQ).map_err(StoreError::engine)?;
-            let counters = txn.open_table(COUNTERS).map_err(StoreError::engine)?;
-            let mut out = Changes {
-                head,
-                next: head,
-                ..Changes::default()
-            };
-            for entry in by_seq
-                .range(since.saturating_add(1)..)
-                .map_err(StoreError::engine)?
-            {
-                let (seq, name) = entry.map_err(StoreError::engine)?;
-                if out.counters.len() == limit {
-                    out.more = true;
-                    break;
-                }
-                let name = name.value().to_string();
-                let row = counters
-                    .get(name.as_str())
-                    .map_err(StoreError::engine)?
-                    .ok_or_else(|| StoreError::Corrupt(format!("index names missing {name:?}")))?;
-                let (_, counter) = decode_row(row.value())?;
-                out.next = seq.value();
-                out.counters.push((name, counter));
-            }
-            if !out.more {
-                out.next = head;
-            }
-            Ok(out)
-        })
-        .await
+        self.engine_call(move |e| e.changes_since(since, limit))
+            .await
     }
 
-    /// Bytes used by the data folder's files.
+    async fn engine_call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Engine) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let engine = self.inner.engine.clone();
+        if !engine.blocking() {
+            return f(&*engine);
+        }
+        tokio::task::spawn_blocking(move || f(&*engine))
+            .await
+            .unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// Bytes used by the data folder's files (0 without a folder).
     pub fn disk_bytes(&self) -> u64 {
-        std::fs::read_dir(&self.inner.dir)
+        let Some(dir) = self.dir() else { return 0 };
+        std::fs::read_dir(dir)
             .map(|rd| {
                 rd.filter_map(|e| e.ok()?.metadata().ok())
                     .map(|m| m.len())
@@ -351,96 +355,9 @@ impl Store {
     }
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
-) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or(Err(StoreError::Closed))
-}
-
-fn read_u64(
-    table: &impl ReadableTable<&'static str, &'static [u8]>,
-    key: &str,
-) -> Result<u64, StoreError> {
-    match table.get(key).map_err(StoreError::engine)? {
-        None => Ok(0),
-        Some(v) => v
-            .value()
-            .try_into()
-            .map(u64::from_le_bytes)
-            .map_err(|_| StoreError::Corrupt(format!("meta {key} is not a u64"))),
-    }
-}
-
-fn decode_row(bytes: &[u8]) -> Result<(u64, GCounter), StoreError> {
-    if bytes.len() < 8 {
-        return Err(StoreError::Corrupt("counter row too short".into()));
-    }
-    let lseq = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
-    let counter = GCounter::decode(&bytes[8..]).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    Ok((lseq, counter))
-}
-
-fn encode_row(lseq: u64, counter: &GCounter) -> Vec<u8> {
-    let mut out = lseq.to_le_bytes().to_vec();
-    out.extend_from_slice(&counter.encode());
-    out
-}
-
-/// Reads or creates the node id, incarnation and config.
-fn init_meta(
-    db: &Database,
-    dir: &Path,
-    node: u64,
-) -> Result<(Identity, ClusterConfig), StoreError> {
-    let txn = db.begin_write().map_err(StoreError::engine)?;
-    let result = {
-        let mut meta = txn.open_table(META).map_err(StoreError::engine)?;
-        txn.open_table(COUNTERS).map_err(StoreError::engine)?;
-        txn.open_table(BY_SEQ).map_err(StoreError::engine)?;
-        txn.open_table(MARKS).map_err(StoreError::engine)?;
-        let found = read_u64(&meta, "node_id")?;
-        if found != 0 && found != node {
-            return Err(StoreError::WrongNode {
-                path: dir.to_path_buf(),
-                found,
-                wanted: node,
-            });
-        }
-        let mut incarnation = read_u64(&meta, "incarnation")?;
-        if incarnation == 0 {
-            incarnation = fastrand::u64(1..);
-            meta.insert("node_id", node.to_le_bytes().as_slice())
-                .map_err(StoreError::engine)?;
-            meta.insert("incarnation", incarnation.to_le_bytes().as_slice())
-                .map_err(StoreError::engine)?;
-        }
-        let config = match meta.get("config").map_err(StoreError::engine)? {
-            None => ClusterConfig::default(),
-            Some(v) => serde_json::from_slice(v.value())
-                .map_err(|e| StoreError::Corrupt(format!("stored config: {e}")))?,
-        };
-        (Identity { node, incarnation }, config)
-    };
-    txn.commit().map_err(StoreError::engine)?;
-    Ok(result)
-}
-
-fn load_counters(db: &Database) -> Result<BTreeMap<String, GCounter>, StoreError> {
-    let txn = db.begin_read().map_err(StoreError::engine)?;
-    let table = txn.open_table(COUNTERS).map_err(StoreError::engine)?;
-    let mut out = BTreeMap::new();
-    for entry in table.iter().map_err(StoreError::engine)? {
-        let (k, v) = entry.map_err(StoreError::engine)?;
-        out.insert(k.value().to_string(), decode_row(v.value())?.1);
-    }
-    Ok(out)
-}
-
 /// The single owner of writes.
 struct Writer {
-    db: Arc<Database>,
+    engine: Arc<dyn Engine>,
     memory: Arc<RwLock<BTreeMap<String, GCounter>>>,
     own: ReplicaId,
     hook: ChangeHook,
@@ -552,7 +469,11 @@ impl Writer {
         let committed = if working.is_empty() && marks.is_empty() && config.is_none() {
             Ok(())
         } else {
-            self.commit(&working, &marks, config.as_ref())
+            self.engine.commit(&Batch {
+                counters: &working,
+                marks: &marks,
+                config: config.as_ref(),
+            })
         };
         if committed.is_ok() {
             let mut memory = self.memory.write().unwrap_or_else(|p| p.into_inner());
@@ -572,13 +493,13 @@ impl Writer {
                     let _ = reply.send(Ok(()));
                 }
                 (Pending::Increment(reply, _), Err(e)) => {
-                    let _ = reply.send(Err(StoreError::Corrupt(format!("commit failed: {e}"))));
+                    let _ = reply.send(Err(StoreError::Engine(format!("commit failed: {e}"))));
                 }
                 (Pending::Merge(reply, _), Err(e)) => {
-                    let _ = reply.send(Err(StoreError::Corrupt(format!("commit failed: {e}"))));
+                    let _ = reply.send(Err(StoreError::Engine(format!("commit failed: {e}"))));
                 }
                 (Pending::Config(reply), Err(e)) => {
-                    let _ = reply.send(Err(StoreError::Corrupt(format!("commit failed: {e}"))));
+                    let _ = reply.send(Err(StoreError::Engine(format!("commit failed: {e}"))));
                 }
             }
         }
@@ -587,56 +508,6 @@ impl Writer {
             own_changed.dedup();
             (self.hook)(&own_changed);
         }
-    }
-
-    fn commit(
-        &self,
-        working: &BTreeMap<String, GCounter>,
-        marks: &[(u64, u64)],
-        config: Option<&ClusterConfig>,
-    ) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(StoreError::engine)?;
-        {
-            let mut meta = txn.open_table(META).map_err(StoreError::engine)?;
-            let mut counters = txn.open_table(COUNTERS).map_err(StoreError::engine)?;
-            let mut by_seq = txn.open_table(BY_SEQ).map_err(StoreError::engine)?;
-            let mut peer_marks = txn.open_table(MARKS).map_err(StoreError::engine)?;
-            let mut seq = read_u64(&meta, "seq")?;
-            for (name, counter) in working {
-                let old = counters
-                    .get(name.as_str())
-                    .map_err(StoreError::engine)?
-                    .map(|row| decode_row(row.value()).map(|(lseq, _)| lseq))
-                    .transpose()?;
-                if let Some(old) = old {
-                    by_seq.remove(old).map_err(StoreError::engine)?;
-                }
-                seq += 1;
-                by_seq
-                    .insert(seq, name.as_str())
-                    .map_err(StoreError::engine)?;
-                counters
-                    .insert(name.as_str(), encode_row(seq, counter).as_slice())
-                    .map_err(StoreError::engine)?;
-            }
-            meta.insert("seq", seq.to_le_bytes().as_slice())
-                .map_err(StoreError::engine)?;
-            for &(peer, mark) in marks {
-                let prev = peer_marks
-                    .get(peer)
-                    .map_err(StoreError::engine)?
-                    .map_or(0, |g| g.value());
-                if mark > prev {
-                    peer_marks.insert(peer, mark).map_err(StoreError::engine)?;
-                }
-            }
-            if let Some(config) = config {
-                let json = serde_json::to_vec(config).expect("config serializes");
-                meta.insert("config", json.as_slice())
-                    .map_err(StoreError::engine)?;
-            }
-        }
-        txn.commit().map_err(StoreError::engine)
     }
 }
 
@@ -656,6 +527,30 @@ mod tests {
 
     fn no_hook() -> ChangeHook {
         Arc::new(|_: &[String]| {})
+    }
+
+    /// The same store over each engine: the disk one in a fresh folder (removed on drop) and memory.
+    struct Both {
+        stores: Vec<Store>,
+        dir: PathBuf,
+    }
+
+    impl Drop for Both {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn both(tag: &str) -> Both {
+        let dir = temp_dir(tag);
+        let disk = Store::open(&dir, 1, no_hook()).unwrap().store;
+        let mem = Store::with_engine(Arc::new(memory::MemoryEngine::new()), 1, no_hook())
+            .unwrap()
+            .store;
+        Both {
+            stores: vec![disk, mem],
+            dir,
+        }
     }
 
     #[tokio::test]
@@ -702,97 +597,125 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_with_an_overflow_changes_nothing() {
-        let dir = temp_dir("overflow");
-        let s = Store::open(&dir, 1, no_hook()).unwrap().store;
-        s.increment(vec![("a".into(), u64::MAX)]).await.unwrap();
-        let err = s
-            .increment(vec![("b".into(), 1), ("a".into(), 1)])
-            .await
-            .unwrap_err();
-        assert!(matches!(err, StoreError::Overflow(_)));
-        assert_eq!(s.value("b"), 0);
-        assert_eq!(s.value("a"), u128::from(u64::MAX));
-        std::fs::remove_dir_all(&dir).unwrap();
+        let both = both("overflow");
+        for s in &both.stores {
+            s.increment(vec![("a".into(), u64::MAX)]).await.unwrap();
+            let err = s
+                .increment(vec![("b".into(), 1), ("a".into(), 1)])
+                .await
+                .unwrap_err();
+            assert!(matches!(err, StoreError::Overflow(_)));
+            assert_eq!(s.value("b"), 0);
+            assert_eq!(s.value("a"), u128::from(u64::MAX));
+            let changes = s.changes_since(0, 10).await.unwrap();
+            assert_eq!(changes.counters.len(), 1, "the refused batch left no trace");
+        }
     }
 
     #[tokio::test]
     async fn concurrent_increments_are_all_applied() {
-        let dir = temp_dir("group");
-        let s = Store::open(&dir, 1, no_hook()).unwrap().store;
-        let tasks: Vec<_> = (0..200)
-            .map(|i| {
-                let s = s.clone();
-                tokio::spawn(async move { s.increment(vec![(format!("n{}", i % 7), 1)]).await })
-            })
-            .collect();
-        for t in tasks {
-            t.await.unwrap().unwrap();
+        let both = both("group");
+        for s in &both.stores {
+            let tasks: Vec<_> = (0..200)
+                .map(|i| {
+                    let s = s.clone();
+                    tokio::spawn(async move { s.increment(vec![(format!("n{}", i % 7), 1)]).await })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap().unwrap();
+            }
+            let total: u128 = (0..7).map(|i| s.value(&format!("n{i}"))).sum();
+            assert_eq!(total, 200);
         }
-        let total: u128 = (0..7).map(|i| s.value(&format!("n{i}"))).sum();
-        assert_eq!(total, 200);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[tokio::test]
     async fn changes_since_returns_only_newer_names_in_pages() {
-        let dir = temp_dir("changes");
-        let s = Store::open(&dir, 1, no_hook()).unwrap().store;
-        for name in ["a", "b", "c"] {
-            s.increment(vec![(name.into(), 1)]).await.unwrap();
+        let both = both("changes");
+        for s in &both.stores {
+            for name in ["a", "b", "c"] {
+                s.increment(vec![(name.into(), 1)]).await.unwrap();
+            }
+            let all = s.changes_since(0, 10).await.unwrap();
+            assert_eq!(all.counters.len(), 3);
+            assert!(!all.more);
+            assert_eq!(all.next, all.head);
+            // Touch "a" again: only it is newer than the previous head.
+            s.increment(vec![("a".into(), 1)]).await.unwrap();
+            let delta = s.changes_since(all.head, 10).await.unwrap();
+            let names: Vec<_> = delta.counters.iter().map(|(n, _)| n.as_str()).collect();
+            assert_eq!(names, ["a"]);
+            // Paging walks every name exactly once.
+            let p1 = s.changes_since(0, 2).await.unwrap();
+            assert!(p1.more);
+            let p2 = s.changes_since(p1.next, 2).await.unwrap();
+            assert!(!p2.more);
+            let mut seen: Vec<_> = p1
+                .counters
+                .iter()
+                .chain(&p2.counters)
+                .map(|(n, _)| n.clone())
+                .collect();
+            seen.sort();
+            assert_eq!(seen, ["a", "b", "c"]);
         }
-        let all = s.changes_since(0, 10).await.unwrap();
-        assert_eq!(all.counters.len(), 3);
-        assert!(!all.more);
-        assert_eq!(all.next, all.head);
-        // Touch "a" again: only it is newer than the previous head.
-        s.increment(vec![("a".into(), 1)]).await.unwrap();
-        let delta = s.changes_since(all.head, 10).await.unwrap();
-        let names: Vec<_> = delta.counters.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(names, ["a"]);
-        // Paging walks every name exactly once.
-        let p1 = s.changes_since(0, 2).await.unwrap();
-        assert!(p1.more);
-        let p2 = s.changes_since(p1.next, 2).await.unwrap();
-        assert!(!p2.more);
-        let mut seen: Vec<_> = p1
-            .counters
-            .iter()
-            .chain(&p2.counters)
-            .map(|(n, _)| n.clone())
-            .collect();
-        seen.sort();
-        assert_eq!(seen, ["a", "b", "c"]);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[tokio::test]
     async fn merges_keep_the_maximum_and_record_the_mark() {
-        let dir = temp_dir("merge");
-        let s = Store::open(&dir, 1, no_hook()).unwrap().store;
-        let peer = ReplicaId {
-            node: 2,
-            incarnation: 9,
-        };
-        let mut theirs = GCounter::new();
-        theirs.increment(peer, 4).unwrap();
-        let changed = s
-            .merge(Merge {
-                counters: vec![("x".into(), theirs.clone())],
-                mark: Some((9, 17)),
-            })
-            .await
-            .unwrap();
-        assert_eq!(changed, ["x"]);
-        let again = s
-            .merge(Merge {
-                counters: vec![("x".into(), theirs)],
-                mark: Some((9, 5)),
-            })
-            .await
-            .unwrap();
-        assert!(again.is_empty());
-        assert_eq!(s.value("x"), 4);
-        assert_eq!(s.mark(9).await.unwrap(), 17);
-        std::fs::remove_dir_all(&dir).unwrap();
+        let both = both("merge");
+        for s in &both.stores {
+            let peer = ReplicaId {
+                node: 2,
+                incarnation: 9,
+            };
+            let mut theirs = GCounter::new();
+            theirs.increment(peer, 4).unwrap();
+            let changed = s
+                .merge(Merge {
+                    counters: vec![("x".into(), theirs.clone())],
+                    mark: Some((9, 17)),
+                })
+                .await
+                .unwrap();
+            assert_eq!(changed, ["x"]);
+            let again = s
+                .merge(Merge {
+                    counters: vec![("x".into(), theirs)],
+                    mark: Some((9, 5)),
+                })
+                .await
+                .unwrap();
+            assert!(again.is_empty());
+            assert_eq!(s.value("x"), 4);
+            assert_eq!(s.mark(9).await.unwrap(), 17, "marks never go down");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_acknowledges_nothing_and_changes_nothing() {
+        let engine = Arc::new(memory::MemoryEngine::new());
+        let s = Store::with_engine(engine.clone(), 1, no_hook())
+            .unwrap()
+            .store;
+        s.increment(vec![("a".into(), 1)]).await.unwrap();
+        engine.fail_commits(true);
+        assert!(s.increment(vec![("a".into(), 1)]).await.is_err());
+        assert_eq!(s.value("a"), 1);
+        engine.fail_commits(false);
+        assert_eq!(s.increment(vec![("a".into(), 1)]).await.unwrap(), vec![2]);
+    }
+
+    #[tokio::test]
+    async fn a_closed_store_refuses_writes() {
+        let both = both("closed");
+        for s in &both.stores {
+            s.close().await;
+            assert!(matches!(
+                s.increment(vec![("a".into(), 1)]).await,
+                Err(StoreError::Closed)
+            ));
+        }
     }
 }
