@@ -18,7 +18,7 @@
 //! Left out: forwarding pushes (anti-entropy covers transitivity) and
 //! adaptive intervals.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -106,8 +106,9 @@ impl Peer {
 /// The set of peers this node replicates with.
 #[derive(Default)]
 pub struct Peers {
-    /// Held only to look up or swap entries; never across an await.
-    map: Mutex<HashMap<Actor, Arc<Peer>>>,
+    /// Held only to look up or swap entries; never across an await. Ordered,
+    /// so tasks start in the same order on every run of a simulation.
+    map: Mutex<BTreeMap<Actor, Arc<Peer>>>,
 }
 
 impl Peers {
