@@ -98,9 +98,10 @@ impl GCounter {
     pub fn merge(&mut self, other: &GCounter) -> bool {
         let mut changed = false;
         for (replica, &count) in &other.components {
-            let mine = self.components.entry(*replica).or_insert(0);
-            if count > *mine {
-                *mine = count;
+            // Only a larger count is taken: a zero never becomes an entry,
+            // so equal states stay equal (and `would_change` agrees).
+            if count > self.get(*replica) {
+                self.components.insert(*replica, count);
                 changed = true;
             }
         }
@@ -166,10 +167,11 @@ impl From<&GCounter> for Vec<Component> {
 }
 
 impl FromIterator<Component> for GCounter {
-    /// Builds a counter from wire components; a replica listed twice keeps its maximum.
+    /// Builds a counter from wire components; a replica listed twice keeps
+    /// its maximum, and zero counts are dropped (they are the default).
     fn from_iter<I: IntoIterator<Item = Component>>(iter: I) -> Self {
         let mut components = BTreeMap::new();
-        for c in iter {
+        for c in iter.into_iter().filter(|c| c.count > 0) {
             let replica = ReplicaId {
                 node: c.node,
                 incarnation: c.incarnation,
@@ -272,6 +274,21 @@ mod tests {
                 prop_assert_eq!(r.value(), sent);
             }
         }
+    }
+
+    #[test]
+    fn merging_a_zero_component_changes_nothing() {
+        let mut a = GCounter::new();
+        a.increment(rid(1), 610).unwrap();
+        let zero: GCounter = std::iter::once(Component {
+            node: 0,
+            incarnation: 0,
+            count: 0,
+        })
+        .collect();
+        let before = a.clone();
+        assert!(!a.merge(&zero));
+        assert_eq!(a, before);
     }
 
     #[test]

@@ -1,0 +1,145 @@
+//! Deterministic simulation of a cluster under random faults (see tests/sim).
+//!
+//! `cargo test --test simulation` runs many seeds; a failure prints the one
+//! command that replays its seed. `TALLY_SIM_SEEDS=N` changes how many,
+//! `TALLY_SIM_FIRST=K` where they start.
+
+mod sim;
+
+use std::time::Duration;
+
+use sim::{Fault, Plan, Planted, Window, check, fingerprint, run, summary};
+
+fn env_u64(key: &str, default: u64) -> u64 {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn replay_command(seed: u64) -> String {
+    format!("TALLY_SIM_SEED={seed} cargo test --release --test simulation replay -- --nocapture")
+}
+
+/// Every fourth seed also wipes data folders.
+fn plan_for(seed: u64) -> Plan {
+    Plan::random(seed, seed % 4 == 0)
+}
+
+/// Runs every `stride`-th seed from `first + offset`; two tests split the
+/// seeds so both cores work.
+fn run_seeds(offset: u64, stride: u64) {
+    let first = env_u64("TALLY_SIM_FIRST", 1);
+    let count = env_u64("TALLY_SIM_SEEDS", 300);
+    let mut failures = Vec::new();
+    let mut ran = 0;
+    for seed in (first + offset..first + count).step_by(stride as usize) {
+        ran += 1;
+        let plan = plan_for(seed);
+        let history = run(&plan, Planted::None);
+        let bad = check(&plan, &history);
+        if !bad.is_empty() {
+            failures.push(format!(
+                "seed {seed}: {}\n  {}\n  replay: {}",
+                summary(&history),
+                bad.join("\n  "),
+                replay_command(seed)
+            ));
+        }
+    }
+    assert!(ran > 0, "no seed ran");
+    assert!(
+        failures.is_empty(),
+        "{} of {ran} seeds violated a guarantee:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn random_faults_never_break_the_guarantees_even_seeds() {
+    run_seeds(1, 2);
+}
+
+#[test]
+fn random_faults_never_break_the_guarantees_odd_seeds() {
+    run_seeds(0, 2);
+}
+
+/// Replays one seed (TALLY_SIM_SEED) and prints its plan and findings.
+#[test]
+fn replay() {
+    if std::env::var_os("TALLY_SIM_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(
+                std::env::var("TALLY_SIM_LOG").unwrap_or_default(),
+            ))
+            .try_init();
+    }
+    let seed = env_u64("TALLY_SIM_SEED", 7);
+    let plan = plan_for(seed);
+    let history = run(&plan, Planted::None);
+    println!("plan: {plan:#?}");
+    println!("{}", summary(&history));
+    let bad = check(&plan, &history);
+    assert!(bad.is_empty(), "seed {seed}:\n{}", bad.join("\n"));
+}
+
+#[test]
+fn a_seed_replays_exactly() {
+    let plan = plan_for(3);
+    let a = run(&plan, Planted::None);
+    let b = run(&plan, Planted::None);
+    assert!(!a.incs.is_empty(), "the workload ran");
+    assert_eq!(fingerprint(&a), fingerprint(&b));
+    let other = run(&plan_for(5), Planted::None);
+    assert_ne!(fingerprint(&a), fingerprint(&other), "seeds differ");
+}
+
+/// A plan without faults: concurrent increments on every node.
+fn calm(seed: u64) -> Plan {
+    Plan {
+        faults: Vec::new(),
+        fail_rate: 0.0,
+        ..Plan::random(seed, false)
+    }
+}
+
+#[test]
+fn the_checker_catches_merging_totals_by_maximum() {
+    let plan = calm(11);
+    let bad = check(&plan, &run(&plan, Planted::TotalsByMaximum));
+    assert!(
+        bad.iter()
+            .any(|b| b.starts_with("G1") || b.starts_with("G2")),
+        "the planted bug went unnoticed: {bad:?}"
+    );
+    // The same plan without the bug passes: the finding is the bug's.
+    assert!(check(&plan, &run(&plan, Planted::None)).is_empty());
+}
+
+#[test]
+fn the_checker_catches_acknowledging_before_committing() {
+    // n1 is cut off (so what it acknowledges stays on it), then crashes.
+    let plan = Plan {
+        faults: vec![
+            Window {
+                start: Duration::from_secs(2),
+                end: Duration::from_secs(8),
+                fault: Fault::Isolate(0),
+            },
+            Window {
+                start: Duration::from_secs(8),
+                end: Duration::from_secs(9),
+                fault: Fault::Crash(0),
+            },
+        ],
+        ..calm(12)
+    };
+    let bad = check(&plan, &run(&plan, Planted::AckBeforeCommit));
+    assert!(
+        bad.iter().any(|b| b.starts_with("G1")),
+        "the planted bug went unnoticed: {bad:?}"
+    );
+    assert!(check(&plan, &run(&plan, Planted::None)).is_empty());
+}
