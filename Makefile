@@ -1,0 +1,99 @@
+# tally — build, lint, test and package.
+#
+#   make test          every test: lint, cargo test, then the packaged-binary check
+#   make package       dist/challenge.tar.gz (static executable, see SPEC §1)
+#   make package-test  package, then run it in an empty chroot (scripts/check-package.sh)
+#   make lint          cargo fmt --check and clippy with warnings denied
+#   make demo          a three-node cluster on loopback
+#   make clean         remove build output and dist/
+#
+# Variables: CARGO_TEST_ARGS (passed to cargo test, e.g. CARGO_TEST_ARGS='-- --nocapture'),
+#            CARGO_LOCKED (default --locked; set empty to let cargo update Cargo.lock),
+#            DEMO_ARGS (passed to `tally demo`, e.g. DEMO_ARGS='--nodes 5').
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DELETE_ON_ERROR:
+.SUFFIXES:
+
+CARGO        ?= cargo
+CARGO_LOCKED ?= --locked
+CARGO_TEST_ARGS ?=
+DEMO_ARGS    ?=
+
+TARGET  := x86_64-unknown-linux-gnu
+BIN     := target/$(TARGET)/release/tally
+DIST    := dist
+STAGE   := $(DIST)/stage
+TARBALL := $(DIST)/challenge.tar.gz
+EXE     := challenge/bin/challenge-executable
+
+# Timestamps inside the tarball: the last commit's time, so that two packages
+# of the same commit are byte-identical.
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+
+.PHONY: all package static-check package-test lint test cargo-test demo clean
+
+all: package
+
+# --target keeps RUSTFLAGS away from build scripts and proc-macros, which must
+# stay dynamically linked host programs. The musl target is deliberately not
+# used: glibc linked statically needs nothing but the kernel at run time.
+package:
+	RUSTFLAGS="-C target-feature=+crt-static" \
+	  $(CARGO) build $(CARGO_LOCKED) --release --target $(TARGET) --bin tally
+	$(MAKE) --no-print-directory static-check
+	rm -rf "$(STAGE)" "$(TARBALL)" "$(TARBALL).tmp"
+	install -d -m 0755 "$(STAGE)/challenge" "$(STAGE)/challenge/bin"
+	install -m 0755 "$(BIN)" "$(STAGE)/$(EXE)"
+	tar --sort=name --owner=0 --group=0 --numeric-owner \
+	    --mtime="@$(SOURCE_DATE_EPOCH)" --format=gnu \
+	    -C "$(STAGE)" -cf - challenge | gzip -n > "$(TARBALL).tmp"
+	@listing="$$(tar -tzf "$(TARBALL).tmp")"; \
+	expected=$$'challenge/\nchallenge/bin/\nchallenge/bin/challenge-executable'; \
+	if [[ "$$listing" != "$$expected" ]]; then \
+	  echo "package: FAIL: unexpected tarball contents:" >&2; echo "$$listing" >&2; exit 1; \
+	fi
+	mv "$(TARBALL).tmp" "$(TARBALL)"
+	rm -rf "$(STAGE)"
+	@echo "package: $(TARBALL) ($$(stat -c %s "$(TARBALL)") bytes; executable $$(stat -c %s "$(BIN)") bytes)"
+
+# Fails unless the release binary is fully static: no NEEDED shared library
+# and no program interpreter. Output is captured before grepping so that a
+# SIGPIPE under pipefail cannot turn a match into a miss.
+static-check:
+	@test -x "$(BIN)" || { echo "static-check: FAIL: $(BIN) missing" >&2; exit 1; }
+	@dyn="$$(readelf -d "$(BIN)")"; \
+	hdrs="$$(readelf -lW "$(BIN)")"; \
+	if grep -E '\(NEEDED\)' <<<"$$dyn" >&2; then \
+	  echo "static-check: FAIL: $(BIN) needs the shared libraries above" >&2; exit 1; fi; \
+	if grep -E '^[[:space:]]*INTERP[[:space:]]|program interpreter' <<<"$$hdrs" >&2; then \
+	  echo "static-check: FAIL: $(BIN) has a program interpreter (dynamically linked)" >&2; exit 1; fi; \
+	if ! grep -qE '^[[:space:]]*LOAD[[:space:]]' <<<"$$hdrs"; then \
+	  echo "static-check: FAIL: readelf shows no LOAD segment; is $(BIN) an ELF executable?" >&2; exit 1; fi
+	@echo "static-check: OK: $$(file -b "$(BIN)" 2>/dev/null || echo 'no NEEDED, no INTERP')"
+
+package-test: package
+	bash scripts/check-package.sh "$(TARBALL)"
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy $(CARGO_LOCKED) --all-targets -- -D warnings
+
+# Plain `cargo test` runs unit, integration and doc tests; --no-fail-fast
+# runs every test binary even after one fails, so CI reports all failures.
+cargo-test:
+	$(CARGO) test $(CARGO_LOCKED) --no-fail-fast $(CARGO_TEST_ARGS)
+
+# The one command that runs every test, in order, stopping at the first failure.
+test:
+	$(MAKE) --no-print-directory lint
+	$(MAKE) --no-print-directory cargo-test
+	$(MAKE) --no-print-directory package-test
+
+demo:
+	$(CARGO) run $(CARGO_LOCKED) --release --bin tally -- demo $(DEMO_ARGS)
+
+clean:
+	$(CARGO) clean
+	rm -rf "$(DIST)"
