@@ -180,6 +180,9 @@ async fn post_config(
 
 /// Checks that a config received from a peer is well formed.
 pub fn validate_config(config: &ClusterConfig) -> Result<(), String> {
+    if config.stamp.version == u64::MAX {
+        return Err("config version is exhausted".into());
+    }
     let raw: Vec<String> = config.actors.iter().map(|a| a.to_string()).collect();
     let parsed = parse_actors(&raw)?;
     if parsed != config.actors {
@@ -202,7 +205,7 @@ pub fn validate_name(name: &str) -> Result<(), String> {
 }
 
 /// Percent-decodes one path segment into a valid counter name.
-fn decode_name(raw: &str) -> Result<String, ApiError> {
+pub fn decode_name(raw: &str) -> Result<String, ApiError> {
     let name = percent_encoding::percent_decode_str(raw)
         .decode_utf8()
         .map_err(|_| {

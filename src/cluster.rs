@@ -133,7 +133,7 @@ impl ClusterConfig {
         }
         Some(ClusterConfig {
             stamp: Stamp {
-                version: self.stamp.version + 1,
+                version: self.stamp.version.saturating_add(1),
                 origin,
             },
             actors,

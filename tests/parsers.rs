@@ -1,0 +1,151 @@
+//! Every parser that sees outside input, fed arbitrary bytes and checked
+//! against what it promises. (Coverage-guided fuzzing with cargo-fuzz needs
+//! a nightly toolchain, which this project does not use; these properties
+//! run in every `cargo test`.)
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use proptest::prelude::*;
+use tally::api::{decode_name, parse_amount, parse_timeout};
+use tally::cluster::{Actor, ConfigRequest, parse_actors};
+use tally::crdt::GCounter;
+use tally::node::{Node, Settings};
+use tally::proto::RequestEnvelope;
+use tally::storage::memory::MemoryEngine;
+use tally::transport::{CallError, CallFuture, Transport};
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn amount_parser_accepts_exactly_padded_decimal_u64(bytes in prop::collection::vec(any::<u8>(), 0..40)) {
+        let result = parse_amount(&bytes);
+        let text = std::str::from_utf8(&bytes).ok().map(str::trim);
+        let expected = text
+            .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|t| t.parse::<u64>().ok());
+        prop_assert_eq!(result.ok(), expected);
+    }
+
+    #[test]
+    fn every_u64_round_trips_with_whitespace(n in any::<u64>(), pre in "[ \t\r\n]{0,3}", post in "[ \t\r\n]{0,3}") {
+        let body = format!("{pre}{n}{post}");
+        prop_assert_eq!(parse_amount(body.as_bytes()), Ok(n));
+    }
+
+    #[test]
+    fn names_decode_to_bounded_utf8(raw in "[ -~]{0,40}|(%[0-9A-Fa-f]{2}){0,20}") {
+        if let Ok(name) = decode_name(&raw) {
+            prop_assert!(!name.is_empty() && name.len() <= 1024);
+            let again = percent_encoding::utf8_percent_encode(&name, percent_encoding::NON_ALPHANUMERIC).to_string();
+            prop_assert_eq!(decode_name(&again).unwrap(), name);
+        }
+    }
+
+    #[test]
+    fn config_parsing_never_panics_and_canonical_actors_are_fixed_points(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+        if let Ok(req) = serde_json::from_slice::<ConfigRequest>(&bytes) {
+            if let Ok(actors) = parse_actors(&req.actors) {
+                for a in actors {
+                    prop_assert_eq!(Actor::parse(a.as_str()).unwrap(), a);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn actor_strings_never_panic_and_canonicalise_idempotently(raw in "\\PC{0,30}") {
+        if let Ok(a) = Actor::parse(&raw) {
+            prop_assert_eq!(Actor::parse(a.as_str()).unwrap(), a);
+        }
+    }
+
+    #[test]
+    fn timeouts_never_panic(raw in "\\PC{0,12}") {
+        if let Ok(d) = parse_timeout(&raw) {
+            prop_assert!(d > Duration::ZERO);
+        }
+    }
+
+    #[test]
+    fn counter_decoding_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..100)) {
+        if let Ok(c) = GCounter::decode(&bytes) {
+            prop_assert_eq!(GCounter::decode(&c.encode()).unwrap(), c);
+        }
+    }
+
+    #[test]
+    fn internal_messages_from_arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+        let _ = serde_json::from_slice::<RequestEnvelope>(&bytes);
+    }
+}
+
+/// A transport to nowhere: the node under test never reaches a peer.
+struct Nowhere;
+
+impl Transport for Nowhere {
+    fn call(&self, _: &Actor, _: &RequestEnvelope, _: Duration) -> CallFuture {
+        Box::pin(async { Err(CallError::Unreachable("no network in this test".into())) })
+    }
+}
+
+fn arb_envelope_json() -> impl Strategy<Value = String> {
+    let name = prop_oneof!["[a-z]{1,5}", Just(String::new()), "x{1020,1030}"];
+    let count = prop_oneof![Just(0u64), 1u64..10, Just(u64::MAX)];
+    let component = (0u64..3, 0u64..3, count)
+        .prop_map(|(n, i, c)| format!(r#"{{"node":{n},"incarnation":{i},"count":{c}}}"#));
+    let counter = (name.clone(), prop::collection::vec(component, 0..3))
+        .prop_map(|(n, cs)| format!(r#"{{"name":"{n}","components":[{}]}}"#, cs.join(",")));
+    let actors = prop_oneof![
+        Just("[]".to_string()),
+        Just(r#"["10.0.0.1:7777"]"#.to_string()),
+        Just(r#"["not an address"]"#.to_string()),
+        Just(r#"["10.0.0.1:7777","10.0.0.1:7777"]"#.to_string()),
+    ];
+    let version = prop_oneof![Just(0u64), 1u64..3, Just(u64::MAX)];
+    let req = prop_oneof![
+        Just(r#"{"op":"hello"}"#.to_string()),
+        Just(r#"{"op":"config"}"#.to_string()),
+        prop::collection::vec(counter, 0..4)
+            .prop_map(|cs| format!(r#"{{"op":"push","counters":[{}]}}"#, cs.join(","))),
+        (any::<u64>(), any::<u64>(), 0usize..100_000).prop_map(|(i, s, l)| format!(
+            r#"{{"op":"pull","incarnation":{i},"since":{s},"limit":{l}}}"#
+        )),
+        name.prop_map(|n| format!(r#"{{"op":"read","name":"{n}"}}"#)),
+    ];
+    (0u32..3, version, actors, req).prop_map(|(v, ver, actors, req)| {
+        format!(
+            r#"{{"v":{v},"from":{{"node":9,"incarnation":9}},"config":{{"stamp":{{"version":{ver},"origin":9}},"actors":{actors}}},"req":{req}}}"#
+        )
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// Whatever a peer (or an attacker on the internal route) sends, the
+    /// node answers or refuses without panicking, never lowers a value, and
+    /// never stores a name the public API would refuse.
+    #[test]
+    fn internal_messages_are_handled_or_refused(json in arb_envelope_json()) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let settings = Settings::new(1, "127.0.0.1:7777".parse().unwrap(), "unused".into());
+            let node = Node::start_with(settings, Arc::new(MemoryEngine::new()), Arc::new(Nowhere)).unwrap();
+            node.increment("a".into(), 5).await.unwrap();
+            if let Ok(env) = serde_json::from_str::<RequestEnvelope>(&json) {
+                let _ = node.handle_rpc(env).await;
+            }
+            assert!(node.store().value("a") >= 5);
+            for (name, _) in node.store().list("", None, usize::MAX) {
+                assert!(!name.is_empty() && name.len() <= 1024, "stored a bad name {}", name.len());
+            }
+            let config = node.config();
+            if config.is_set() {
+                assert!(!config.actors.is_empty());
+            }
+            node.shutdown().await;
+        });
+    }
+}
