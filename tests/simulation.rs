@@ -23,7 +23,7 @@ fn replay_command(seed: u64) -> String {
 
 /// Every fourth seed also wipes data folders.
 fn plan_for(seed: u64) -> Plan {
-    Plan::random(seed, seed % 4 == 0)
+    Plan::random(seed, seed.is_multiple_of(4))
 }
 
 /// Runs every `stride`-th seed from `first + offset`; two tests split the
