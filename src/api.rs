@@ -27,6 +27,8 @@ use crate::transport::{MAX_RPC_BODY, SECRET_HEADER};
 
 /// Largest body accepted on public routes.
 pub const MAX_BODY: usize = 64 * 1024;
+/// Deadline for a request body to arrive once its head has.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest counter name, in bytes of UTF-8.
 pub const MAX_NAME_LEN: usize = 1024;
 
@@ -124,13 +126,21 @@ fn text(value: u128) -> Response {
         .into_response()
 }
 
+/// Reads a whole body, refusing one over `limit` bytes (413) or one that
+/// does not arrive within `BODY_TIMEOUT` (408): a stalled client cannot hold
+/// a request open (G6).
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError::new(
+    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit)).await {
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the body did not arrive within {BODY_TIMEOUT:?}"),
+        )),
+        Ok(Err(_)) => Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("body is larger than {limit} bytes"),
-        )
-    })
+        )),
+        Ok(Ok(bytes)) => Ok(bytes),
+    }
 }
 
 /// Checks the cluster secret when one is set.
@@ -321,9 +331,7 @@ async fn fallback(State(node): State<Arc<Node>>, req: Request) -> Result<Respons
                 Err(u) => Ok((
                     StatusCode::SERVICE_UNAVAILABLE,
                     axum::Json(json!({
-                        "error": format!(
-                            "could not hear from every node within {timeout:?}"
-                        ),
+                        "error": u.reason,
                         "unreachable": u.unreachable,
                         "best_known_value": u.best_known_value,
                     })),

@@ -84,6 +84,7 @@ pub enum StartError {
 /// A consistent read that could not hear from every actor in time.
 #[derive(Debug, Serialize)]
 pub struct Unreachable {
+    pub reason: String,
     pub unreachable: Vec<String>,
     pub best_known_value: u128,
 }
@@ -398,8 +399,15 @@ impl Node {
         let config = self.config();
         let mut merged = self.store.counter(name).unwrap_or_default();
         if !config.is_set() {
-            // A cluster of one: this node's own state is the whole cluster.
-            return Ok(merged.value());
+            // Without a config this node cannot know whom to hear from: it
+            // may be new, or it may have lost its data folder and with it
+            // the list of peers that hold what it acknowledged. Only a 503
+            // is safe (G1); writes and local reads work as a cluster of one.
+            return Err(Unreachable {
+                reason: "this node has no cluster config yet; POST /config first".into(),
+                unreachable: Vec::new(),
+                best_known_value: merged.value(),
+            });
         }
         let me = self.me();
         let mut calls = JoinSet::new();
@@ -430,6 +438,7 @@ impl Node {
         } else {
             unreachable.sort();
             Err(Unreachable {
+                reason: format!("could not hear from every node within {timeout:?}"),
                 unreachable,
                 best_known_value: merged.value(),
             })

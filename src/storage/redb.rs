@@ -61,7 +61,9 @@ impl RedbEngine {
             Err(std::fs::TryLockError::Error(e)) => return Err(folder(e)),
         }
         let created = !dir.join(DB_FILE).exists();
-        let db = Database::create(dir.join(DB_FILE)).map_err(engine)?;
+        let db = Database::create(dir.join(DB_FILE)).map_err(|e| {
+            StoreError::Engine(format!("{}: {e}", dir.join(DB_FILE).display()))
+        })?;
         Ok(RedbEngine {
             db,
             dir: dir.to_path_buf(),

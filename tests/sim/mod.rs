@@ -405,8 +405,6 @@ pub enum Planted {
 const NAMES: [&str; 4] = ["a", "b", "c", "d"];
 const CONSISTENT_TIMEOUT: Duration = Duration::from_secs(3);
 const CLIENTS: usize = 3;
-/// How long a node restarted with an empty folder may take to get the config back.
-const RELEARN_BOUND: Duration = Duration::from_secs(3);
 
 /// Runs one plan to completion and returns what the clients saw.
 pub fn run(plan: &Plan, planted: Planted) -> History {
@@ -811,12 +809,7 @@ pub fn check(plan: &Plan, h: &History) -> Vec<String> {
             continue;
         }
         // G1: a successful consistent read includes everything acknowledged before it began.
-        // Exempt: a node whose data folder was lost has no config until a peer
-        // reaches it, and answers as a cluster of one meanwhile (documented).
-        let relearning = h.wipe_restarts.iter().any(|&(n, t)| {
-            n == r.node && r.start >= t && r.start < reachable_from(plan, n, t) + RELEARN_BOUND
-        });
-        if let (Some(v), false) = (r.value, relearning) {
+        if let Some(v) = r.value {
             let acked = acked_before(&r.name, r.start);
             if v < acked {
                 bad.push(format!(
@@ -906,17 +899,6 @@ pub fn check(plan: &Plan, h: &History) -> Vec<String> {
         }
     }
     bad
-}
-
-/// The first moment from `t` at which node `x` can reach some other node.
-fn reachable_from(plan: &Plan, x: usize, mut t: Duration) -> Duration {
-    while t < plan.end_at {
-        if (0..plan.nodes).any(|o| o != x && !plan.cut(x, o, t)) {
-            return t;
-        }
-        t += Duration::from_millis(10);
-    }
-    t
 }
 
 /// A short fingerprint of a history, to show that a seed replays exactly.
