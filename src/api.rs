@@ -20,10 +20,14 @@ use axum::routing::{get, post};
 use serde_json::json;
 
 use crate::cluster::{ClusterConfig, ConfigRequest, parse_actors};
+use crate::crdt::{Component, GCounter};
+use crate::metrics::{Route as MetricRoute, RouteStatus};
 use crate::node::{Node, RpcError};
 use crate::proto::{RPC_PATH, RequestEnvelope};
 use crate::storage::StoreError;
+use crate::storage::idempotency::validate_key;
 use crate::transport::{MAX_RPC_BODY, SECRET_HEADER};
+use serde::{Deserialize, Serialize};
 
 /// Largest body accepted on public routes.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -62,6 +66,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         let status = match e {
             StoreError::Overflow(_) => StatusCode::BAD_REQUEST,
+            StoreError::KeyReused(_) => StatusCode::UNPROCESSABLE_ENTITY,
             StoreError::Closed => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -83,9 +88,63 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/config", post(post_config))
         .route(RPC_PATH, post(rpc))
         .route("/status", get(status))
+        .route("/counters", get(list_counters).post(batch_increment))
+        .route("/metrics", get(metrics))
         .fallback(fallback)
         .layer(middleware::from_fn(json_errors))
+        .layer(middleware::from_fn_with_state(node.clone(), observe))
         .with_state(node)
+}
+
+/// The route template of a path, so metric labels stay few.
+fn route_of(path: &str) -> &'static str {
+    match path {
+        "/config" => "/config",
+        "/status" => "/status",
+        "/metrics" => "/metrics",
+        "/counters" => "/counters",
+        RPC_PATH => RPC_PATH,
+        _ => match path.strip_prefix("/counter/") {
+            Some(rest) if !rest.contains('/') => "/counter/{name}",
+            Some(rest) if rest.ends_with("/consistent_value") => "/counter/{name}/consistent_value",
+            Some(rest) if rest.ends_with("/value") => "/counter/{name}/value",
+            _ => "other",
+        },
+    }
+}
+
+/// Counts every request by route and status, and times it.
+async fn observe(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
+    let route = route_of(req.uri().path());
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    let m = &node.settings().metrics;
+    m.requests
+        .get_or_create(&RouteStatus {
+            route,
+            status: resp.status().as_u16(),
+        })
+        .inc();
+    m.request_seconds
+        .get_or_create(&MetricRoute { route })
+        .observe(started.elapsed().as_secs_f64());
+    resp
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    let m = &node.settings().metrics;
+    m.names
+        .set(i64::try_from(node.store().names()).unwrap_or(i64::MAX));
+    m.idempotency_keys
+        .set(i64::try_from(node.store().remembered_keys()).unwrap_or(i64::MAX));
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        m.encode(),
+    )
+        .into_response()
 }
 
 /// Rewrites any error response that is not already JSON (axum's own
@@ -298,14 +357,30 @@ async fn fallback(State(node): State<Arc<Node>>, req: Request) -> Result<Respons
         Ok(resp)
     };
     match segments.as_slice() {
+        [raw] if method == Method::GET || method == Method::HEAD => {
+            let name = decode_name(raw)?;
+            Ok(axum::Json(counter_view(&name, node.store().counter(&name))).into_response())
+        }
         [raw] => {
             if method != Method::POST {
-                return allow("POST");
+                return allow("GET, POST");
             }
             let name = decode_name(raw)?;
+            let key = idempotency_key(req.headers())?;
             let bytes = read_body(req.into_body(), MAX_BODY).await?;
             let amount = parse_amount(&bytes).map_err(ApiError::bad_request)?;
-            Ok(text(node.increment(name, amount).await?))
+            match key {
+                None => Ok(text(node.increment(name, amount).await?)),
+                Some(key) => {
+                    let done = node.increment_once(vec![(name, amount)], Some(key)).await?;
+                    let mut resp = text(done.values[0]);
+                    if done.replayed {
+                        resp.headers_mut()
+                            .insert(REPLAYED_HEADER, header::HeaderValue::from_static("true"));
+                    }
+                    Ok(resp)
+                }
+            }
         }
         [raw, "value"] => {
             if method != Method::GET && method != Method::HEAD {
@@ -328,13 +403,14 @@ async fn fallback(State(node): State<Arc<Node>>, req: Request) -> Result<Respons
             };
             match node.consistent_value(&name, timeout).await {
                 Ok(v) => Ok(text(v)),
+                // A typed body: values can exceed what serde_json::Value holds.
                 Err(u) => Ok((
                     StatusCode::SERVICE_UNAVAILABLE,
-                    axum::Json(json!({
-                        "error": u.reason,
-                        "unreachable": u.unreachable,
-                        "best_known_value": u.best_known_value,
-                    })),
+                    axum::Json(Unavailable {
+                        error: u.reason,
+                        unreachable: u.unreachable,
+                        best_known_value: u.best_known_value,
+                    }),
                 )
                     .into_response()),
             }
@@ -344,6 +420,161 @@ async fn fallback(State(node): State<Arc<Node>>, req: Request) -> Result<Respons
             format!("no route {path}; counter names are one path segment (encode '/' as %2F)"),
         )),
     }
+}
+
+/// Header that marks an answer repeated for a known idempotency key.
+pub const REPLAYED_HEADER: &str = "idempotent-replayed";
+/// Most increments in one batch.
+pub const MAX_BATCH_ITEMS: usize = 1000;
+/// Largest page of `GET /counters`.
+pub const MAX_PAGE: usize = 1000;
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(raw) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = raw
+        .to_str()
+        .map_err(|_| ApiError::bad_request("Idempotency-Key must be visible ASCII characters"))?;
+    validate_key(key).map_err(ApiError::bad_request)?;
+    Ok(Some(key.to_string()))
+}
+
+// Bodies that carry u128 values are typed structs: serde_json writes a u128
+// directly, but cannot hold one in a `serde_json::Value`.
+
+#[derive(Serialize)]
+struct Unavailable {
+    error: String,
+    unreachable: Vec<String>,
+    best_known_value: u128,
+}
+
+#[derive(Serialize)]
+struct CounterView {
+    name: String,
+    value: u128,
+    components: Vec<Component>,
+}
+
+#[derive(Serialize)]
+struct NamedValue {
+    name: String,
+    value: u128,
+}
+
+#[derive(Serialize)]
+struct BatchAnswer {
+    values: Vec<NamedValue>,
+}
+
+#[derive(Serialize)]
+struct Listing {
+    counters: Vec<NamedValue>,
+    next: Option<String>,
+}
+
+/// `GET /counter/<name>`: the counter as JSON with its components.
+fn counter_view(name: &str, counter: Option<GCounter>) -> CounterView {
+    let counter = counter.unwrap_or_default();
+    CounterView {
+        name: name.to_string(),
+        value: counter.value(),
+        components: (&counter).into(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchRequest {
+    increments: Vec<BatchItem>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchItem {
+    name: String,
+    amount: u64,
+}
+
+/// `POST /counters`: many increments applied atomically in one commit.
+async fn batch_increment(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(&headers)?;
+    let bytes = read_body(body, MAX_BODY).await?;
+    let req: BatchRequest = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request(format!(
+            "batch is not JSON of the form {{\"increments\": [{{\"name\": ..., \"amount\": ...}}]}}: {e}"
+        ))
+    })?;
+    if req.increments.is_empty() || req.increments.len() > MAX_BATCH_ITEMS {
+        return Err(ApiError::bad_request(format!(
+            "a batch holds 1 to {MAX_BATCH_ITEMS} increments"
+        )));
+    }
+    let mut items = Vec::with_capacity(req.increments.len());
+    for item in req.increments {
+        validate_name(&item.name).map_err(ApiError::bad_request)?;
+        items.push((item.name, item.amount));
+    }
+    let names: Vec<String> = items.iter().map(|(n, _)| n.clone()).collect();
+    let done = node.increment_once(items, key).await?;
+    let values = names
+        .into_iter()
+        .zip(done.values)
+        .map(|(name, value)| NamedValue { name, value })
+        .collect();
+    let mut resp = axum::Json(BatchAnswer { values }).into_response();
+    if done.replayed {
+        resp.headers_mut()
+            .insert(REPLAYED_HEADER, header::HeaderValue::from_static("true"));
+    }
+    Ok(resp)
+}
+
+/// Decodes a query value: `%XX` escapes and `+` for a space.
+fn query_value(raw: &str) -> Result<String, ApiError> {
+    percent_encoding::percent_decode_str(&raw.replace('+', " "))
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| ApiError::bad_request("query value is not valid UTF-8"))
+}
+
+/// `GET /counters?prefix=&after=&limit=`: names in order with local values.
+async fn list_counters(State(node): State<Arc<Node>>, req: Request) -> Result<Response, ApiError> {
+    let query = req.uri().query();
+    let prefix = query_param(query, "prefix")
+        .map(query_value)
+        .transpose()?
+        .unwrap_or_default();
+    let after = query_param(query, "after").map(query_value).transpose()?;
+    let limit = match query_param(query, "limit") {
+        None => 100,
+        Some(raw) => raw
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE).contains(n))
+            .ok_or_else(|| ApiError::bad_request(format!("limit must be 1 to {MAX_PAGE}")))?,
+    };
+    let page = node.store().list(&prefix, after.as_deref(), limit + 1);
+    let more = page.len() > limit;
+    let next = if more {
+        page.get(limit - 1).map(|(n, _)| n.clone())
+    } else {
+        None
+    };
+    let counters = page
+        .into_iter()
+        .take(limit)
+        .map(|(name, c)| NamedValue {
+            value: c.value(),
+            name,
+        })
+        .collect();
+    Ok(axum::Json(Listing { counters, next }).into_response())
 }
 
 async fn rpc(
@@ -376,6 +607,7 @@ async fn status(State(node): State<Arc<Node>>) -> Response {
         },
         "peers": node.peers().report(),
         "names": node.store().names(),
+        "idempotency_keys": node.store().remembered_keys(),
         "data_dir": node.store().dir().map(|d| d.display().to_string()),
         "data_bytes": node.store().disk_bytes(),
     }))
@@ -435,5 +667,16 @@ mod tests {
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"abcd"));
         assert!(!constant_time_eq(b"", b"a"));
+    }
+
+    #[test]
+    fn bodies_carry_values_beyond_u64() {
+        let body = serde_json::to_string(&Unavailable {
+            error: "e".into(),
+            unreachable: vec![],
+            best_known_value: 3 * u128::from(u64::MAX),
+        })
+        .unwrap();
+        assert!(body.contains("55340232221128654845"), "{body}");
     }
 }

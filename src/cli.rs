@@ -1,4 +1,5 @@
-//! Command line: `tally <ID>` runs a node; `tally demo` runs a local cluster.
+//! Command line: `tally <ID>` runs a node; `tally demo` runs a local cluster;
+//! `tally inc | get | status | config | ls` are the client (see [`crate::client`]).
 //!
 //! Every node setting is a flag with a `TALLY_*` environment variable and a
 //! default in code; `tally --help` lists them all.
@@ -17,6 +18,7 @@ use hyper_util::rt::TokioExecutor;
 use tracing::{error, info};
 
 use crate::api::parse_timeout;
+use crate::client::{self, Action, Conn};
 use crate::node::{Settings, run};
 use crate::server::Limits;
 
@@ -28,8 +30,14 @@ use crate::server::Limits;
     long_about = "A highly available, partition-tolerant database of named grow-only counters.\n\n\
         `tally <ID>` runs node <ID> (a positive integer, unique and stable per node).\n\
         Post the cluster's addresses to any node with\n  \
-        curl -X POST localhost:7777/config -d '{\"actors\": [\"10.0.0.1\", \"10.0.0.2\"]}'\n\
-        `tally demo` starts a three-node cluster on loopback.",
+        tally config 10.0.0.1 10.0.0.2 10.0.0.3 --node 10.0.0.1\n\
+        `tally demo` starts a three-node cluster on loopback.\n\n\
+        The client commands (inc, get, status, config, ls) talk to the node given by\n\
+        --node or TALLY_NODE (default http://127.0.0.1:7777) and send --secret or\n\
+        TALLY_SECRET as the x-tally-secret header; `tally <COMMAND> --help` lists\n\
+        their flags. Client exit codes: 0 success, 1 the node answered an error,\n\
+        2 the node could not be reached (or bad usage), 3 a consistent read could\n\
+        not hear from every node.",
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true
 )]
@@ -55,6 +63,102 @@ pub enum Commands {
         #[arg(long, default_value = "tally-demo")]
         dir: PathBuf,
     },
+    /// Add N to a counter (POST /counter/NAME); prints the node's new local value.
+    Inc {
+        /// Counter name: 1 to 1024 bytes; any characters (percent-encoded on the wire).
+        #[arg(value_parser = client::parse_name)]
+        name: String,
+        /// Amount to add: a non-negative integer that fits 64 bits.
+        #[arg(default_value_t = 1)]
+        n: u64,
+        /// Sent as the Idempotency-Key header: a retry with the same key on the
+        /// same node is applied once (visible ASCII, at most 255 bytes).
+        #[arg(long, value_name = "KEY", value_parser = client::parse_idempotency_key)]
+        idempotency_key: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Read a counter: this node's local value, or with --consistent the cluster-wide value.
+    Get {
+        /// Counter name: 1 to 1024 bytes; any characters (percent-encoded on the wire).
+        #[arg(value_parser = client::parse_name)]
+        name: String,
+        /// Read the cluster-wide value from every node (GET /counter/NAME/consistent_value).
+        /// With --timeout the node gets slightly less than it to answer; without, the
+        /// node's --consistent-timeout applies. When some node cannot be heard from,
+        /// prints the unreachable nodes and the best known value on stderr and exits 3.
+        #[arg(long)]
+        consistent: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show a node's status (GET /status).
+    ///
+    /// Prints its id, incarnation, listen address, config version and actors, each
+    /// peer's reachability, last contact, lag and pending pushes, the number of
+    /// names, and its data folder and size.
+    Status {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Post the cluster's actors to a node (POST /config).
+    ///
+    /// The node passes them on to the others. Prints whether anything changed, the
+    /// config version, the actors, and which actor the node is.
+    Config {
+        /// Every node's address: an IP address (port 7777 implied), HOST:PORT or [V6]:PORT.
+        #[arg(required = true, value_name = "ADDR")]
+        actors: Vec<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List counters with this node's local values, one page at a time (GET /counters).
+    Ls {
+        /// Only names starting with PREFIX.
+        prefix: Option<String>,
+        /// Most counters to list [default: the node's page size].
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        limit: Option<u64>,
+        /// Start after this name (the `next` of the previous page).
+        #[arg(long, value_name = "NAME")]
+        after: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// Flags shared by every client command.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Client options")]
+pub struct ClientArgs {
+    /// Node to talk to: http://HOST:PORT, HOST:PORT, [V6]:PORT or HOST (port 7777 implied).
+    #[arg(long, value_name = "URL", env = "TALLY_NODE", default_value = client::DEFAULT_NODE,
+          value_parser = client::parse_node)]
+    pub node: String,
+
+    /// Print JSON for scripts: the node's JSON answer (also for errors), or
+    /// {"name": ..., "value": ...} for counter values.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Cluster secret, sent as the x-tally-secret header; `config` needs it when the cluster has one.
+    #[arg(long, env = "TALLY_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+
+    /// Deadline of the whole request, e.g. 15s, 500ms [default: 15s].
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    pub timeout: Option<Duration>,
+}
+
+impl ClientArgs {
+    fn conn(self) -> Conn {
+        Conn {
+            node: self.node,
+            json: self.json,
+            secret: self.secret,
+            timeout: self.timeout,
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -113,6 +217,14 @@ pub struct NodeArgs {
     #[arg(long, env = "TALLY_HEADER_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub header_timeout: Duration,
 
+    /// How long an Idempotency-Key is remembered (e.g. 24h is 86400s).
+    #[arg(long, env = "TALLY_IDEMPOTENCY_WINDOW", default_value = "86400s", value_parser = duration)]
+    pub idempotency_window: Duration,
+
+    /// Most Idempotency-Keys remembered; the oldest are forgotten first.
+    #[arg(long, env = "TALLY_IDEMPOTENCY_KEYS", default_value_t = 100_000)]
+    pub idempotency_keys: usize,
+
     /// Log filter, e.g. info, debug, tally=debug,warn.
     #[arg(long, env = "TALLY_LOG", default_value = "info")]
     pub log: String,
@@ -123,6 +235,49 @@ fn duration(raw: &str) -> Result<Duration, String> {
 }
 
 pub fn main(cli: Cli) -> ExitCode {
+    let (action, args) = match cli.command {
+        None | Some(Commands::Demo { .. }) => return serve(cli),
+        Some(Commands::Inc {
+            name,
+            n,
+            idempotency_key,
+            client,
+        }) => (
+            Action::Inc {
+                name,
+                amount: n,
+                idempotency_key,
+            },
+            client,
+        ),
+        Some(Commands::Get {
+            name,
+            consistent,
+            client,
+        }) => (Action::Get { name, consistent }, client),
+        Some(Commands::Status { client }) => (Action::Status, client),
+        Some(Commands::Config { actors, client }) => (Action::Config { actors }, client),
+        Some(Commands::Ls {
+            prefix,
+            limit,
+            after,
+            client,
+        }) => (
+            Action::Ls {
+                prefix,
+                limit,
+                after,
+            },
+            client,
+        ),
+    };
+    // Client commands keep stdout for their answer; logs go to stderr, warnings only.
+    init_logging("warn");
+    client::run(action, args.conn())
+}
+
+/// Runs a node or the demo cluster.
+fn serve(cli: Cli) -> ExitCode {
     init_logging(&cli.node.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -140,6 +295,7 @@ pub fn main(cli: Cli) -> ExitCode {
             base_port,
             dir,
         }) => runtime.block_on(demo(nodes, base_port, &dir)),
+        Some(_) => Err("not a node command".into()),
         None => runtime.block_on(run_node(cli.node)),
     };
     match result {
@@ -192,6 +348,8 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
     settings.sync_interval = args.sync_interval;
     settings.shutdown_timeout = args.shutdown_timeout;
     settings.secret = secret.map(Arc::from);
+    settings.store.idempotency_window = args.idempotency_window;
+    settings.store.idempotency_capacity = args.idempotency_keys.max(1);
     let limits = Limits {
         max_connections: args.max_connections.max(1),
         header_read_timeout: args.header_timeout,
@@ -368,4 +526,124 @@ async fn demo(nodes: u64, base_port: u16, dir: &Path) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("tally").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_number_runs_a_node() {
+        let cli = parse(&["1"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.node.id, Some(1));
+        let cli = parse(&["7", "--listen", "127.0.0.1:9000", "--log", "warn"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.node.id, Some(7));
+        assert_eq!(cli.node.listen, "127.0.0.1:9000".parse().unwrap());
+        assert!(parse(&[]).is_err(), "a node needs an id");
+        assert!(parse(&["0"]).is_err(), "ids are positive");
+        assert!(parse(&["1", "inc", "x"]).is_err(), "a node takes one id");
+    }
+
+    #[test]
+    fn inc_is_the_client() {
+        let cli = parse(&["inc", "x"]).unwrap();
+        match cli.command {
+            Some(Commands::Inc {
+                name,
+                n,
+                idempotency_key,
+                client,
+            }) => {
+                assert_eq!((name.as_str(), n, idempotency_key), ("x", 1, None));
+                assert!(!client.json);
+                assert_eq!(client.timeout, None);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        let cli = parse(&[
+            "inc",
+            "a/b",
+            "5",
+            "--node",
+            "127.0.0.1:7701",
+            "--idempotency-key",
+            "k1",
+            "--json",
+            "--timeout",
+            "2s",
+            "--secret",
+            "s",
+        ])
+        .unwrap();
+        match cli.command {
+            Some(Commands::Inc {
+                name,
+                n,
+                idempotency_key,
+                client,
+            }) => {
+                assert_eq!(name, "a/b");
+                assert_eq!(n, 5);
+                assert_eq!(idempotency_key.as_deref(), Some("k1"));
+                assert_eq!(client.node, "http://127.0.0.1:7701");
+                assert!(client.json);
+                assert_eq!(client.timeout, Some(Duration::from_secs(2)));
+                assert_eq!(client.secret.as_deref(), Some("s"));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        for bad in [
+            &["inc"][..],
+            &["inc", "x", "-1"],
+            &["inc", "x", "1.5"],
+            &["inc", "x", "18446744073709551616"],
+            &["inc", ""],
+            &["inc", "x", "--node", "https://x"],
+            &["inc", "x", "--timeout", "0"],
+            &["inc", "x", "--idempotency-key", "a b"],
+            &["get"],
+            &["config"],
+            &["ls", "--limit", "0"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn every_client_command_parses() {
+        assert!(matches!(
+            parse(&["get", "x", "--consistent", "--timeout", "500ms"]).unwrap().command,
+            Some(Commands::Get { consistent: true, client, .. })
+                if client.timeout == Some(Duration::from_millis(500))
+        ));
+        assert!(matches!(
+            parse(&["status", "--json"]).unwrap().command,
+            Some(Commands::Status { client }) if client.json
+        ));
+        assert!(matches!(
+            parse(&["config", "10.0.0.1", "10.0.0.2:7777"]).unwrap().command,
+            Some(Commands::Config { actors, .. }) if actors == ["10.0.0.1", "10.0.0.2:7777"]
+        ));
+        assert!(matches!(
+            parse(&["ls", "ab", "--limit", "10", "--after", "abc"]).unwrap().command,
+            Some(Commands::Ls { prefix: Some(p), limit: Some(10), after: Some(a), .. })
+                if p == "ab" && a == "abc"
+        ));
+        assert!(matches!(
+            parse(&["demo"]).unwrap().command,
+            Some(Commands::Demo { nodes: 3, .. })
+        ));
+    }
 }

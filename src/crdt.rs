@@ -196,7 +196,8 @@ mod tests {
     }
 
     fn arb_counter() -> impl Strategy<Value = GCounter> {
-        prop::collection::btree_map((0u64..4, 0u64..3), 0u64..1_000, 0..6).prop_map(|m| GCounter {
+        // Counts start at 1: a zero component is never stored (it is the default).
+        prop::collection::btree_map((0u64..4, 0u64..3), 1u64..1_000, 0..6).prop_map(|m| GCounter {
             components: m
                 .into_iter()
                 .map(|((node, incarnation), c)| (ReplicaId { node, incarnation }, c))

@@ -9,12 +9,16 @@
 //! - [`replication`]: push and anti-entropy tasks per peer.
 //! - [`node`]: wiring, membership, consistent reads, shutdown.
 //! - [`api`]: HTTP routes and error mapping; [`server`]: the accept loop and its limits.
+//! - [`metrics`]: Prometheus metrics recorded by every layer.
 //! - [`cli`]: flags, environment and the `demo` command.
+//! - [`client`]: the command-line client (`tally inc`, `get`, `status`, `config`, `ls`).
 
 pub mod api;
 pub mod cli;
+pub mod client;
 pub mod cluster;
 pub mod crdt;
+pub mod metrics;
 pub mod node;
 pub mod proto;
 pub mod replication;

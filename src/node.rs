@@ -23,13 +23,14 @@ use tracing::{info, warn};
 
 use crate::cluster::{Actor, ClusterConfig};
 use crate::crdt::GCounter;
+use crate::metrics::{Metrics, Outcome};
 use crate::proto::{
     MAX_NAMES_PER_MESSAGE, NodeRef, PROTOCOL_VERSION, Request, RequestEnvelope, Response,
     ResponseEnvelope, WireCounter,
 };
 use crate::replication::Peers;
 use crate::storage::redb::RedbEngine;
-use crate::storage::{Engine, Identity, Store, StoreError};
+use crate::storage::{Engine, Identity, Incremented, Store, StoreError, StoreOptions};
 use crate::transport::{CallError, HttpTransport, Transport};
 
 /// Everything a node needs to run; filled from flags and environment by the binary.
@@ -51,6 +52,9 @@ pub struct Settings {
     /// Bound on the whole shutdown sequence.
     pub shutdown_timeout: Duration,
     pub secret: Option<Arc<str>>,
+    pub store: StoreOptions,
+    /// Shared by every layer of this node.
+    pub metrics: Metrics,
 }
 
 impl Settings {
@@ -66,6 +70,8 @@ impl Settings {
             sync_interval: Duration::from_millis(500),
             shutdown_timeout: Duration::from_secs(10),
             secret: None,
+            store: StoreOptions::default(),
+            metrics: Metrics::default(),
         }
     }
 }
@@ -132,9 +138,14 @@ impl Node {
     ) -> Result<Arc<Node>, StartError> {
         let peers = Arc::new(Peers::default());
         let hook_peers = peers.clone();
+        let store_options = StoreOptions {
+            metrics: settings.metrics.clone(),
+            ..settings.store.clone()
+        };
         let opened = Store::with_engine(
             engine,
             settings.id,
+            store_options,
             Arc::new(move |names: &[String]| hook_peers.mark_dirty(names)),
         )?;
         let identity = opened.store.identity();
@@ -379,6 +390,16 @@ impl Node {
         self.me()
     }
 
+    /// Increments with an optional idempotency key (single or batch):
+    /// durable before it returns, applied once per key.
+    pub async fn increment_once(
+        &self,
+        items: Vec<(String, u64)>,
+        key: Option<String>,
+    ) -> Result<Incremented, StoreError> {
+        self.store.increment_once(items, key).await
+    }
+
     /// `POST /counter/<name>`: durable before it returns.
     pub async fn increment(&self, name: String, amount: u64) -> Result<u128, StoreError> {
         if amount == 0 {
@@ -395,6 +416,21 @@ impl Node {
         name: &str,
         timeout: Duration,
     ) -> Result<u128, Unreachable> {
+        let started = Instant::now();
+        let result = self.consistent_read(name, timeout).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(u) if u.unreachable.is_empty() => "no_config",
+            Err(_) => "unavailable",
+        };
+        let m = &self.settings.metrics;
+        m.consistent_reads.get_or_create(&Outcome { outcome }).inc();
+        m.consistent_seconds
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn consistent_read(&self, name: &str, timeout: Duration) -> Result<u128, Unreachable> {
         let deadline = Instant::now() + timeout;
         let config = self.config();
         let mut merged = self.store.counter(name).unwrap_or_default();
@@ -627,6 +663,7 @@ pub async fn run(
     let transport = Arc::new(HttpTransport::new(
         settings.connect_timeout,
         settings.secret.clone(),
+        settings.metrics.clone(),
     ));
     let node = Node::start(settings, transport)?;
     info!(listen = %node.settings.listen, "listening");

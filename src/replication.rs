@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::cluster::Actor;
+use crate::metrics::{self, Metrics, PeerOutcome};
 use crate::node::Node;
 use crate::proto::{MAX_NAMES_PER_MESSAGE, NodeRef, Request, Response, WireCounter};
 use crate::storage::Merge;
@@ -62,6 +63,7 @@ pub struct PeerReport {
 
 struct Peer {
     actor: Actor,
+    metrics: Metrics,
     dirty: Mutex<BTreeSet<String>>,
     wake: Notify,
     status: Mutex<PeerStatus>,
@@ -69,7 +71,17 @@ struct Peer {
 }
 
 impl Peer {
+    fn label(&self) -> metrics::Peer {
+        metrics::Peer {
+            peer: self.actor.to_string(),
+        }
+    }
+
     fn record(&self, result: Result<Option<NodeRef>, String>) {
+        self.metrics
+            .peer_up
+            .get_or_create(&self.label())
+            .set(i64::from(result.is_ok()));
         let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
         let was = s.reachable;
         match result {
@@ -172,6 +184,7 @@ impl Peers {
             info!(peer = %actor, "peer added");
             let peer = Arc::new(Peer {
                 actor: actor.clone(),
+                metrics: node.settings().metrics.clone(),
                 dirty: Mutex::new(BTreeSet::new()),
                 wake: Notify::new(),
                 status: Mutex::new(PeerStatus::default()),
@@ -244,6 +257,14 @@ async fn push_once(node: &Arc<Node>, peer: &Peer, timeout: Duration) {
     let result = node
         .call(&peer.actor, Request::Push { counters }, timeout)
         .await;
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    peer.metrics
+        .pushes
+        .get_or_create(&PeerOutcome {
+            peer: peer.actor.to_string(),
+            outcome,
+        })
+        .inc();
     match result {
         Ok(env) => {
             debug!(peer = %peer.actor, names = count, "pushed");
@@ -258,7 +279,16 @@ async fn pull_loop(node: Arc<Node>, peer: Arc<Peer>) {
     let mut position: Option<(u64, u64)> = None;
     let interval = node.settings().sync_interval;
     loop {
-        if let Err(e) = pull_round(&node, &peer, &mut position).await {
+        let result = pull_round(&node, &peer, &mut position).await;
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        peer.metrics
+            .pulls
+            .get_or_create(&PeerOutcome {
+                peer: peer.actor.to_string(),
+                outcome,
+            })
+            .inc();
+        if let Err(e) = result {
             peer.record(Err(format!("pull: {e}")));
         }
         // Jitter keeps the nodes' rounds from lining up.
@@ -323,6 +353,15 @@ async fn pull_round(
             let mut s = peer.status.lock().unwrap_or_else(|p| p.into_inner());
             s.lag = head.saturating_sub(next);
         }
+        let label = peer.label();
+        peer.metrics
+            .peer_lag
+            .get_or_create(&label)
+            .set(i64::try_from(head.saturating_sub(next)).unwrap_or(i64::MAX));
+        peer.metrics
+            .pulled_names
+            .get_or_create(&label)
+            .inc_by(n as u64);
         if n > 0 {
             debug!(peer = %peer.actor, names = n, "pulled");
         }

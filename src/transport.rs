@@ -6,9 +6,10 @@
 //! alive. Tests and simulations can put any other [`Transport`] behind the
 //! same trait.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -16,12 +17,17 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::sync::Semaphore;
 
 use crate::cluster::Actor;
+use crate::metrics::{Metrics, Peer};
 use crate::proto::{RPC_PATH, RequestEnvelope, ResponseEnvelope};
 
 /// Largest internal response body accepted.
 pub const MAX_RPC_BODY: usize = 64 * 1024 * 1024;
+/// Most calls in flight to one peer; more fail at once instead of queueing
+/// behind a peer that does not answer.
+pub const MAX_IN_FLIGHT_PER_PEER: usize = 64;
 /// Header carrying the cluster secret on internal calls.
 pub const SECRET_HEADER: &str = "x-tally-secret";
 
@@ -35,6 +41,8 @@ pub enum CallError {
     Refused { status: u16, body: String },
     #[error("bad answer from peer: {0}")]
     Protocol(String),
+    #[error("{MAX_IN_FLIGHT_PER_PEER} calls already in flight to this peer")]
+    Busy,
 }
 
 pub type CallFuture = Pin<Box<dyn Future<Output = Result<ResponseEnvelope, CallError>> + Send>>;
@@ -49,10 +57,13 @@ pub trait Transport: Send + Sync + 'static {
 pub struct HttpTransport {
     client: Client<HttpConnector, Full<Bytes>>,
     secret: Option<Arc<str>>,
+    metrics: Metrics,
+    /// One permit pool per peer; held briefly to look up or insert.
+    in_flight: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
 }
 
 impl HttpTransport {
-    pub fn new(connect_timeout: Duration, secret: Option<Arc<str>>) -> Self {
+    pub fn new(connect_timeout: Duration, secret: Option<Arc<str>>, metrics: Metrics) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(connect_timeout));
         connector.set_nodelay(true);
@@ -65,7 +76,12 @@ impl HttpTransport {
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .build(connector);
-        HttpTransport { client, secret }
+        HttpTransport {
+            client,
+            secret,
+            metrics,
+            in_flight: Arc::default(),
+        }
     }
 }
 
@@ -75,7 +91,23 @@ impl Transport for HttpTransport {
         let uri = format!("http://{to}{RPC_PATH}");
         let body = serde_json::to_vec(req).expect("requests serialize");
         let secret = self.secret.clone();
+        let peer = Peer {
+            peer: to.to_string(),
+        };
+        self.metrics
+            .peer_bytes_sent
+            .get_or_create(&peer)
+            .inc_by(body.len() as u64);
+        let metrics = self.metrics.clone();
+        let permits = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(to.to_string())
+            .or_insert_with(|| Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_PEER)))
+            .clone();
         Box::pin(async move {
+            let _permit = permits.try_acquire_owned().map_err(|_| CallError::Busy)?;
             let mut builder = hyper::Request::post(uri.as_str())
                 .header(hyper::header::CONTENT_TYPE, "application/json");
             if let Some(secret) = &secret {
@@ -95,6 +127,10 @@ impl Transport for HttpTransport {
                     .await
                     .map_err(|e| CallError::Unreachable(e.to_string()))?
                     .to_bytes();
+                metrics
+                    .peer_bytes_received
+                    .get_or_create(&peer)
+                    .inc_by(bytes.len() as u64);
                 if !status.is_success() {
                     return Err(CallError::Refused {
                         status: status.as_u16(),

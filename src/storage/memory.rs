@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::idempotency::KeyRecord;
 use super::{Batch, Changes, Engine, Loaded, StoreError};
 use crate::cluster::ClusterConfig;
 use crate::crdt::GCounter;
@@ -23,6 +24,7 @@ struct State {
     by_seq: BTreeMap<u64, String>,
     marks: HashMap<u64, u64>,
     config: ClusterConfig,
+    keys: BTreeMap<String, KeyRecord>,
 }
 
 #[derive(Default)]
@@ -68,6 +70,7 @@ impl Engine for MemoryEngine {
                 .iter()
                 .map(|(k, (_, c))| (k.clone(), c.clone()))
                 .collect(),
+            keys: s.keys.iter().map(|(k, r)| (k.clone(), r.clone())).collect(),
             created,
         })
     }
@@ -91,6 +94,12 @@ impl Engine for MemoryEngine {
         }
         if let Some(config) = batch.config {
             s.config = config.clone();
+        }
+        for k in batch.keys_del {
+            s.keys.remove(k);
+        }
+        for (k, r) in batch.keys_put {
+            s.keys.insert(k.clone(), r.clone());
         }
         Ok(())
     }

@@ -20,17 +20,23 @@
 //! simulations stay deterministic.
 //! Left out: compaction of the redb file and online backup.
 
+pub mod idempotency;
 pub mod memory;
 pub mod redb;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use idempotency::{KeyRecord, Keys};
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::cluster::ClusterConfig;
 use crate::crdt::{GCounter, Overflow, ReplicaId};
+use crate::metrics::Metrics;
 
 /// Most operations folded into one commit.
 const MAX_BATCH: usize = 4096;
@@ -56,6 +62,8 @@ pub enum StoreError {
     Corrupt(String),
     #[error(transparent)]
     Overflow(#[from] Overflow),
+    #[error("Idempotency-Key {0:?} was first used with a different request")]
+    KeyReused(String),
     #[error("storage is shutting down")]
     Closed,
 }
@@ -65,6 +73,8 @@ pub struct Loaded {
     pub incarnation: u64,
     pub config: ClusterConfig,
     pub counters: BTreeMap<String, GCounter>,
+    /// Remembered idempotency keys.
+    pub keys: Vec<(String, KeyRecord)>,
     /// Whether the data folder was new.
     pub created: bool,
 }
@@ -76,6 +86,9 @@ pub struct Batch<'a> {
     /// (peer incarnation, peer sequence) marks; only raised, never lowered.
     pub marks: &'a [(u64, u64)],
     pub config: Option<&'a ClusterConfig>,
+    /// Idempotency keys to remember, and to forget.
+    pub keys_put: &'a [(String, KeyRecord)],
+    pub keys_del: &'a [String],
 }
 
 /// A transactional store of counters, marks and config.
@@ -126,12 +139,43 @@ pub struct Merge {
     pub mark: Option<(u64, u64)>,
 }
 
+/// The answer to an increment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Incremented {
+    /// Each name's local value after the increment.
+    pub values: Vec<u128>,
+    /// True when an idempotency key matched and nothing was applied again.
+    pub replayed: bool,
+}
+
+/// Tuning of the store.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// How long an idempotency key is remembered.
+    pub idempotency_window: Duration,
+    /// Most idempotency keys remembered; the oldest are forgotten first.
+    pub idempotency_capacity: usize,
+    /// Where commit latency, batch size and applied increments are counted.
+    pub metrics: Metrics,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            idempotency_window: Duration::from_secs(24 * 3600),
+            idempotency_capacity: 100_000,
+            metrics: Metrics::default(),
+        }
+    }
+}
+
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 enum Op {
     Increment {
         items: Vec<(String, u64)>,
-        reply: Reply<Vec<u128>>,
+        key: Option<String>,
+        reply: Reply<Incremented>,
     },
     Merge {
         merge: Merge,
@@ -161,7 +205,7 @@ enum Driver {
     /// A dedicated thread batches what queues up while it commits.
     Thread(mpsc::Sender<Op>),
     /// Applied on the caller's task; `None` once closed.
-    Inline(Mutex<Option<Writer>>),
+    Inline(Mutex<Option<Box<Writer>>>),
 }
 
 struct Inner {
@@ -170,6 +214,8 @@ struct Inner {
     /// Held briefly (a map lookup or an insert), never across an await, so a
     /// std lock is cheaper than an async one.
     memory: Arc<RwLock<BTreeMap<String, GCounter>>>,
+    /// Count of remembered idempotency keys, for metrics and status.
+    keys: Arc<AtomicUsize>,
     identity: Identity,
 }
 
@@ -182,14 +228,20 @@ pub struct Opened {
 
 impl Store {
     /// Opens (creating if needed) the data folder of node `node` on disk.
-    pub fn open(dir: &Path, node: u64, hook: ChangeHook) -> Result<Opened, StoreError> {
-        Self::with_engine(Arc::new(redb::RedbEngine::open(dir)?), node, hook)
+    pub fn open(
+        dir: &Path,
+        node: u64,
+        options: StoreOptions,
+        hook: ChangeHook,
+    ) -> Result<Opened, StoreError> {
+        Self::with_engine(Arc::new(redb::RedbEngine::open(dir)?), node, options, hook)
     }
 
     /// Opens a store over any engine.
     pub fn with_engine(
         engine: Arc<dyn Engine>,
         node: u64,
+        options: StoreOptions,
         hook: ChangeHook,
     ) -> Result<Opened, StoreError> {
         let loaded = engine.load(node)?;
@@ -198,11 +250,19 @@ impl Store {
             incarnation: loaded.incarnation,
         };
         let memory = Arc::new(RwLock::new(loaded.counters));
+        let keys_count = Arc::new(AtomicUsize::new(loaded.keys.len()));
         let writer = Writer {
             engine: engine.clone(),
             memory: memory.clone(),
             own: identity.replica(),
             hook,
+            keys: Keys::new(
+                loaded.keys,
+                options.idempotency_window,
+                options.idempotency_capacity,
+            ),
+            keys_count: keys_count.clone(),
+            metrics: options.metrics.clone(),
         };
         let driver = if engine.blocking() {
             let (tx, rx) = mpsc::channel(MAX_BATCH);
@@ -215,7 +275,7 @@ impl Store {
                 })?;
             Driver::Thread(tx)
         } else {
-            Driver::Inline(Mutex::new(Some(writer)))
+            Driver::Inline(Mutex::new(Some(Box::new(writer))))
         };
         Ok(Opened {
             store: Store {
@@ -223,6 +283,7 @@ impl Store {
                     engine,
                     driver,
                     memory,
+                    keys: keys_count,
                     identity,
                 }),
             },
@@ -276,7 +337,22 @@ impl Store {
     /// Adds each amount to this node's component of its name, atomically and
     /// durably; returns each name's local value after the batch.
     pub async fn increment(&self, items: Vec<(String, u64)>) -> Result<Vec<u128>, StoreError> {
-        self.call(|reply| Op::Increment { items, reply }).await
+        Ok(self.increment_once(items, None).await?.values)
+    }
+
+    /// Like [`Store::increment`], but a request repeated with the same `key`
+    /// within the window is answered with the first answer and applied once.
+    pub async fn increment_once(
+        &self,
+        items: Vec<(String, u64)>,
+        key: Option<String>,
+    ) -> Result<Incremented, StoreError> {
+        self.call(|reply| Op::Increment { items, key, reply }).await
+    }
+
+    /// How many idempotency keys are remembered.
+    pub fn remembered_keys(&self) -> usize {
+        self.inner.keys.load(Ordering::Relaxed)
     }
 
     /// Folds a peer's counters in; returns the names that changed.
@@ -293,9 +369,9 @@ impl Store {
         match &self.inner.driver {
             Driver::Thread(ops) => ops.send(op(tx)).await.map_err(|_| StoreError::Closed)?,
             Driver::Inline(writer) => {
-                let writer = writer.lock().unwrap_or_else(|p| p.into_inner());
+                let mut writer = writer.lock().unwrap_or_else(|p| p.into_inner());
                 writer
-                    .as_ref()
+                    .as_mut()
                     .ok_or(StoreError::Closed)?
                     .apply(vec![op(tx)]);
             }
@@ -361,17 +437,20 @@ struct Writer {
     memory: Arc<RwLock<BTreeMap<String, GCounter>>>,
     own: ReplicaId,
     hook: ChangeHook,
+    keys: Keys,
+    keys_count: Arc<AtomicUsize>,
+    metrics: Metrics,
 }
 
 /// Replies owed once the batch commits.
 enum Pending {
-    Increment(Reply<Vec<u128>>, Result<Vec<u128>, StoreError>),
+    Increment(Reply<Incremented>, Result<Incremented, StoreError>),
     Merge(Reply<Vec<String>>, Vec<String>),
     Config(Reply<()>),
 }
 
 impl Writer {
-    fn run(self, mut rx: mpsc::Receiver<Op>) {
+    fn run(mut self, mut rx: mpsc::Receiver<Op>) {
         let mut close: Option<oneshot::Sender<()>> = None;
         while close.is_none() {
             let Some(first) = rx.blocking_recv() else {
@@ -403,12 +482,18 @@ impl Writer {
         }
     }
 
-    fn apply(&self, ops: Vec<Op>) {
+    fn apply(&mut self, ops: Vec<Op>) {
+        let started = std::time::Instant::now();
+        let batch_size = ops.len();
         let mut working: BTreeMap<String, GCounter> = BTreeMap::new();
         let mut own_changed: Vec<String> = Vec::new();
         let mut pending = Vec::with_capacity(ops.len());
         let mut marks = Vec::new();
         let mut config = None;
+        let mut keys_put: Vec<(String, KeyRecord)> = Vec::new();
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         let current = |working: &BTreeMap<String, GCounter>, name: &str| {
             working.get(name).cloned().unwrap_or_else(|| {
                 self.memory
@@ -421,7 +506,27 @@ impl Writer {
         };
         for op in ops {
             match op {
-                Op::Increment { items, reply } => {
+                Op::Increment { items, key, reply } => {
+                    let fingerprint = key.as_ref().map(|_| idempotency::fingerprint(&items));
+                    let seen = key.as_ref().and_then(|k| {
+                        keys_put
+                            .iter()
+                            .find(|(put, _)| put == k)
+                            .map(|(_, r)| r)
+                            .or_else(|| self.keys.get(k))
+                    });
+                    if let (Some(record), Some(key)) = (seen, &key) {
+                        let outcome = if Some(&record.fingerprint) == fingerprint.as_ref() {
+                            Ok(Incremented {
+                                values: record.values.clone(),
+                                replayed: true,
+                            })
+                        } else {
+                            Err(StoreError::KeyReused(key.clone()))
+                        };
+                        pending.push(Pending::Increment(reply, outcome));
+                        continue;
+                    }
                     let mut staged: BTreeMap<String, GCounter> = BTreeMap::new();
                     let mut result = Ok(());
                     for (name, amount) in &items {
@@ -436,14 +541,28 @@ impl Writer {
                         staged.insert(name.clone(), c);
                     }
                     let outcome = result.map(|()| {
-                        let values = items.iter().map(|(n, _)| staged[n].value()).collect();
+                        let values: Vec<u128> =
+                            items.iter().map(|(n, _)| staged[n].value()).collect();
                         for (name, c) in staged {
                             if items.iter().any(|(n, a)| n == &name && *a > 0) {
                                 own_changed.push(name.clone());
                                 working.insert(name, c);
                             }
                         }
-                        values
+                        if let (Some(key), Some(fingerprint)) = (key, fingerprint) {
+                            keys_put.push((
+                                key,
+                                KeyRecord {
+                                    fingerprint,
+                                    values: values.clone(),
+                                    created_ms: now_ms,
+                                },
+                            ));
+                        }
+                        Incremented {
+                            values,
+                            replayed: false,
+                        }
                     });
                     pending.push(Pending::Increment(reply, outcome));
                 }
@@ -466,19 +585,44 @@ impl Writer {
                 Op::Close { .. } => unreachable!("filtered by run"),
             }
         }
-        let committed = if working.is_empty() && marks.is_empty() && config.is_none() {
+        let keys_del = if keys_put.is_empty() {
+            Vec::new()
+        } else {
+            self.keys.expired(now_ms, keys_put.len())
+        };
+        let nothing_to_write =
+            working.is_empty() && marks.is_empty() && config.is_none() && keys_put.is_empty();
+        let committed = if nothing_to_write {
             Ok(())
         } else {
             self.engine.commit(&Batch {
                 counters: &working,
                 marks: &marks,
                 config: config.as_ref(),
+                keys_put: &keys_put,
+                keys_del: &keys_del,
             })
         };
+        if !nothing_to_write {
+            self.metrics
+                .commit_seconds
+                .observe(started.elapsed().as_secs_f64());
+            self.metrics.commit_batch_size.observe(batch_size as f64);
+        }
         if committed.is_ok() {
+            let applied = pending
+                .iter()
+                .filter(|p| matches!(p, Pending::Increment(_, Ok(i)) if !i.replayed))
+                .count();
+            self.metrics.increments.inc_by(applied as u64);
             let mut memory = self.memory.write().unwrap_or_else(|p| p.into_inner());
             for (name, c) in working {
                 memory.insert(name, c);
+            }
+            drop(memory);
+            if !keys_put.is_empty() {
+                self.keys.apply(&keys_del, keys_put);
+                self.keys_count.store(self.keys.len(), Ordering::Relaxed);
             }
         }
         for p in pending {
@@ -543,10 +687,17 @@ mod tests {
 
     fn both(tag: &str) -> Both {
         let dir = temp_dir(tag);
-        let disk = Store::open(&dir, 1, no_hook()).unwrap().store;
-        let mem = Store::with_engine(Arc::new(memory::MemoryEngine::new()), 1, no_hook())
+        let disk = Store::open(&dir, 1, StoreOptions::default(), no_hook())
             .unwrap()
             .store;
+        let mem = Store::with_engine(
+            Arc::new(memory::MemoryEngine::new()),
+            1,
+            StoreOptions::default(),
+            no_hook(),
+        )
+        .unwrap()
+        .store;
         Both {
             stores: vec![disk, mem],
             dir,
@@ -558,7 +709,7 @@ mod tests {
         let dir = temp_dir("reopen");
         let inc;
         {
-            let opened = Store::open(&dir, 3, no_hook()).unwrap();
+            let opened = Store::open(&dir, 3, StoreOptions::default(), no_hook()).unwrap();
             assert!(opened.created);
             let s = opened.store;
             inc = s.identity().incarnation;
@@ -566,7 +717,7 @@ mod tests {
             assert_eq!(s.increment(vec![("a".into(), 2)]).await.unwrap(), vec![7]);
             s.close().await;
         }
-        let opened = Store::open(&dir, 3, no_hook()).unwrap();
+        let opened = Store::open(&dir, 3, StoreOptions::default(), no_hook()).unwrap();
         assert!(!opened.created, "the folder was reopened, not created");
         assert_eq!(opened.store.identity().incarnation, inc);
         assert_eq!(opened.store.value("a"), 7);
@@ -577,15 +728,15 @@ mod tests {
     #[tokio::test]
     async fn a_folder_is_locked_and_bound_to_its_node() {
         let dir = temp_dir("lock");
-        let first = Store::open(&dir, 1, no_hook()).unwrap();
+        let first = Store::open(&dir, 1, StoreOptions::default(), no_hook()).unwrap();
         assert!(matches!(
-            Store::open(&dir, 1, no_hook()),
+            Store::open(&dir, 1, StoreOptions::default(), no_hook()),
             Err(StoreError::Locked(_))
         ));
         first.store.close().await;
         drop(first);
         assert!(matches!(
-            Store::open(&dir, 2, no_hook()),
+            Store::open(&dir, 2, StoreOptions::default(), no_hook()),
             Err(StoreError::WrongNode {
                 found: 1,
                 wanted: 2,
@@ -696,7 +847,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_commit_acknowledges_nothing_and_changes_nothing() {
         let engine = Arc::new(memory::MemoryEngine::new());
-        let s = Store::with_engine(engine.clone(), 1, no_hook())
+        let s = Store::with_engine(engine.clone(), 1, StoreOptions::default(), no_hook())
             .unwrap()
             .store;
         s.increment(vec![("a".into(), 1)]).await.unwrap();
@@ -717,5 +868,115 @@ mod tests {
                 Err(StoreError::Closed)
             ));
         }
+    }
+
+    #[tokio::test]
+    async fn a_repeated_idempotency_key_is_applied_once_also_after_reopen() {
+        let dir = temp_dir("idem");
+        {
+            let s = Store::open(&dir, 1, StoreOptions::default(), no_hook())
+                .unwrap()
+                .store;
+            let first = s
+                .increment_once(vec![("a".into(), 5)], Some("k1".into()))
+                .await
+                .unwrap();
+            assert_eq!(
+                first,
+                Incremented {
+                    values: vec![5],
+                    replayed: false
+                }
+            );
+            s.increment(vec![("a".into(), 1)]).await.unwrap();
+            let again = s
+                .increment_once(vec![("a".into(), 5)], Some("k1".into()))
+                .await
+                .unwrap();
+            assert_eq!(
+                again,
+                Incremented {
+                    values: vec![5],
+                    replayed: true
+                }
+            );
+            assert_eq!(s.value("a"), 6);
+            assert!(matches!(
+                s.increment_once(vec![("a".into(), 7)], Some("k1".into()))
+                    .await,
+                Err(StoreError::KeyReused(_))
+            ));
+            assert_eq!(s.value("a"), 6, "a refused reuse changes nothing");
+            assert_eq!(s.remembered_keys(), 1);
+            s.close().await;
+        }
+        let s = Store::open(&dir, 1, StoreOptions::default(), no_hook())
+            .unwrap()
+            .store;
+        let after = s
+            .increment_once(vec![("a".into(), 5)], Some("k1".into()))
+            .await
+            .unwrap();
+        assert!(after.replayed);
+        assert_eq!(s.value("a"), 6);
+        s.close().await;
+        drop(s);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_with_one_key_apply_once() {
+        let s = Store::with_engine(
+            Arc::new(memory::MemoryEngine::new()),
+            1,
+            StoreOptions::default(),
+            no_hook(),
+        )
+        .unwrap()
+        .store;
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    s.increment_once(vec![("a".into(), 3)], Some("same".into()))
+                        .await
+                })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap().unwrap().values, vec![3]);
+        }
+        assert_eq!(s.value("a"), 3);
+    }
+
+    #[tokio::test]
+    async fn remembered_keys_are_bounded() {
+        let options = StoreOptions {
+            idempotency_capacity: 3,
+            ..StoreOptions::default()
+        };
+        let engine = Arc::new(memory::MemoryEngine::new());
+        let s = Store::with_engine(engine.clone(), 1, options.clone(), no_hook())
+            .unwrap()
+            .store;
+        for i in 0..5 {
+            s.increment_once(vec![("a".into(), 1)], Some(format!("k{i}")))
+                .await
+                .unwrap();
+        }
+        assert_eq!(s.remembered_keys(), 3);
+        // The oldest was forgotten: reusing it is a new increment.
+        let again = s
+            .increment_once(vec![("a".into(), 1)], Some("k0".into()))
+            .await
+            .unwrap();
+        assert!(!again.replayed);
+        assert_eq!(s.value("a"), 6);
+        // What is stored matches what is remembered.
+        s.close().await;
+        let reopened = Store::with_engine(engine, 1, options, no_hook())
+            .unwrap()
+            .store;
+        assert_eq!(reopened.remembered_keys(), 3);
     }
 }

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
+use super::idempotency::KeyRecord;
 use super::{Batch, Changes, Engine, Loaded, StoreError};
 use crate::cluster::ClusterConfig;
 use crate::crdt::GCounter;
@@ -22,6 +23,8 @@ const COUNTERS: TableDefinition<&str, &[u8]> = TableDefinition::new("counters");
 const BY_SEQ: TableDefinition<u64, &str> = TableDefinition::new("by_seq");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const MARKS: TableDefinition<u64, u64> = TableDefinition::new("peer_marks");
+/// idempotency key -> JSON `KeyRecord`.
+const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency_keys");
 
 const DB_FILE: &str = "tally.redb";
 const LOCK_FILE: &str = "LOCK";
@@ -61,9 +64,8 @@ impl RedbEngine {
             Err(std::fs::TryLockError::Error(e)) => return Err(folder(e)),
         }
         let created = !dir.join(DB_FILE).exists();
-        let db = Database::create(dir.join(DB_FILE)).map_err(|e| {
-            StoreError::Engine(format!("{}: {e}", dir.join(DB_FILE).display()))
-        })?;
+        let db = Database::create(dir.join(DB_FILE))
+            .map_err(|e| StoreError::Engine(format!("{}: {e}", dir.join(DB_FILE).display())))?;
         Ok(RedbEngine {
             db,
             dir: dir.to_path_buf(),
@@ -110,6 +112,7 @@ impl Engine for RedbEngine {
             txn.open_table(COUNTERS).map_err(engine)?;
             txn.open_table(BY_SEQ).map_err(engine)?;
             txn.open_table(MARKS).map_err(engine)?;
+            txn.open_table(KEYS).map_err(engine)?;
             let found = read_u64(&meta, "node_id")?;
             if found != 0 && found != node {
                 return Err(StoreError::WrongNode {
@@ -141,10 +144,23 @@ impl Engine for RedbEngine {
             let (k, v) = entry.map_err(engine)?;
             counters.insert(k.value().to_string(), decode_row(v.value())?.1);
         }
+        let mut keys = Vec::new();
+        for entry in txn
+            .open_table(KEYS)
+            .map_err(engine)?
+            .iter()
+            .map_err(engine)?
+        {
+            let (k, v) = entry.map_err(engine)?;
+            let record: KeyRecord = serde_json::from_slice(v.value())
+                .map_err(|e| StoreError::Corrupt(format!("idempotency key: {e}")))?;
+            keys.push((k.value().to_string(), record));
+        }
         Ok(Loaded {
             incarnation,
             config,
             counters,
+            keys,
             created: self.created,
         })
     }
@@ -186,6 +202,14 @@ impl Engine for RedbEngine {
             if let Some(config) = batch.config {
                 let json = serde_json::to_vec(config).expect("config serializes");
                 meta.insert("config", json.as_slice()).map_err(engine)?;
+            }
+            let mut keys = txn.open_table(KEYS).map_err(engine)?;
+            for k in batch.keys_del {
+                keys.remove(k.as_str()).map_err(engine)?;
+            }
+            for (k, r) in batch.keys_put {
+                let json = serde_json::to_vec(r).expect("records serialize");
+                keys.insert(k.as_str(), json.as_slice()).map_err(engine)?;
             }
         }
         txn.commit().map_err(engine)

@@ -352,6 +352,8 @@ impl Engine for ForgetfulEngine {
             counters: &empty,
             marks: batch.marks,
             config: batch.config,
+            keys_put: batch.keys_put,
+            keys_del: batch.keys_del,
         })
     }
     fn changes_since(&self, since: u64, limit: usize) -> Result<Changes, StoreError> {

@@ -1,0 +1,465 @@
+//! The command-line client against a real node: each test starts `tally <ID>`
+//! as a child process on a free loopback port with its own temporary data
+//! folder, runs client commands as separate processes and checks their
+//! stdout, stderr and exit codes.
+//!
+//! Every wait is a bounded poll; a failing test leaves no process running
+//! (the [`Node`] guard kills its child on drop) and no folder behind.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tally");
+/// Bound on a node answering /status after it was spawned.
+const START_BOUND: Duration = Duration::from_secs(10);
+/// Bound on one client process (its own default deadline is 15 s; every
+/// command here passes a shorter --timeout).
+const RUN_BOUND: Duration = Duration::from_secs(10);
+const STEP: Duration = Duration::from_millis(20);
+
+static UNIQUE: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh folder under the system temp folder, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let path = std::env::temp_dir().join(format!(
+            "tally-cli-{tag}-{}-{nanos}-{}",
+            std::process::id(),
+            UNIQUE.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path).expect("create temp folder");
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running node; killed on drop. Field order drops the child before its folder.
+struct Node {
+    child: Child,
+    addr: String,
+    _dir: TempDir,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A command whose environment holds no `TALLY_*` variable of the caller's.
+fn command() -> Command {
+    let mut cmd = Command::new(BIN);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("TALLY_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+/// A loopback port that was free a moment ago.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// Starts node `id` and waits until /status answers 200. Retries on another
+/// port if the chosen one was taken in the meantime.
+fn start_node(id: u64, extra: &[&str]) -> Node {
+    let mut last = String::new();
+    for _attempt in 0..3 {
+        let dir = TempDir::new(&format!("node{id}"));
+        let addr = format!("127.0.0.1:{}", free_port());
+        let child = command()
+            .arg(id.to_string())
+            .args(["--listen", &addr, "--data-dir"])
+            .arg(dir.0.join("data"))
+            .args(extra)
+            .env("TALLY_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn tally node");
+        let mut node = Node {
+            child,
+            addr,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + START_BOUND;
+        loop {
+            if let Ok(Some(status)) = node.child.try_wait() {
+                last = format!("node exited with {status}");
+                break;
+            }
+            match raw_get(&node.addr, "/status") {
+                Ok((200, _)) => return node,
+                Ok((code, body)) => last = format!("/status answered {code}: {body}"),
+                Err(e) => last = e,
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "node {id} at {} not up within {START_BOUND:?}: {last}",
+                    node.addr
+                );
+            }
+            std::thread::sleep(STEP);
+        }
+    }
+    panic!("node {id} did not start: {last}");
+}
+
+/// One HTTP/1.1 GET over a plain socket, independent of the client under test.
+fn raw_get(addr: &str, path: &str) -> Result<(u16, String), String> {
+    let sock: SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
+    let mut stream = TcpStream::connect_timeout(&sock, Duration::from_secs(1))
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .and_then(|_| stream.set_write_timeout(Some(Duration::from_secs(5))))
+        .map_err(|e| e.to_string())?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("send to {addr}: {e}"))?;
+    let mut raw = Vec::new();
+    stream
+        .read_to_end(&mut raw)
+        .map_err(|e| format!("read from {addr}: {e}"))?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("no status line in {head:?}"))?;
+    Ok((code, body.to_string()))
+}
+
+#[derive(Debug)]
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `tally ARGS...` with a bound on its duration.
+fn tally(args: &[&str]) -> Run {
+    tally_env(args, &[])
+}
+
+fn tally_env(args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut cmd = command();
+    cmd.args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn tally client");
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + RUN_BOUND;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for tally client") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("tally {args:?} did not finish within {RUN_BOUND:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Run {
+        code: status.code(),
+        stdout: out_reader.join().unwrap_or_default(),
+        stderr: err_reader.join().unwrap_or_default(),
+    }
+}
+
+/// Runs a client command against `node` (adding `--node`, and `--timeout 5s`
+/// unless the command has its own).
+fn client(node: &Node, args: &[&str]) -> Run {
+    let mut all = args.to_vec();
+    all.extend(["--node", &node.addr]);
+    if !args.contains(&"--timeout") {
+        all.extend(["--timeout", "5s"]);
+    }
+    tally(&all)
+}
+
+/// Like [`client`], asserting exit code 0.
+fn ok(node: &Node, args: &[&str]) -> String {
+    let run = client(node, args);
+    assert_eq!(run.code, Some(0), "tally {args:?} failed: {run:?}");
+    run.stdout
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"))
+}
+
+#[test]
+fn client_commands_against_one_node() {
+    let node = start_node(1, &[]);
+
+    // Increments return the new local value; a read returns their sum.
+    assert_eq!(ok(&node, &["inc", "visits", "2"]), "2\n");
+    assert_eq!(ok(&node, &["inc", "visits", "3"]), "5\n");
+    assert_eq!(ok(&node, &["get", "visits"]), "5\n");
+    assert_eq!(ok(&node, &["inc", "hits"]), "1\n", "N defaults to 1");
+    assert_eq!(
+        ok(&node, &["inc", "hits", "--idempotency-key", "k-1"]),
+        "2\n"
+    );
+
+    // Names are percent-encoded into one path segment.
+    assert_eq!(ok(&node, &["inc", "a/b", "4"]), "4\n");
+    assert_eq!(ok(&node, &["get", "a/b"]), "4\n");
+    assert_eq!(
+        raw_get(&node.addr, "/counter/a%2Fb/value").unwrap(),
+        (200, "4".to_string()),
+        "'a/b' is stored under the name a/b"
+    );
+    assert_eq!(ok(&node, &["inc", "é ?#%+", "6"]), "6\n");
+    assert_eq!(ok(&node, &["get", "é ?#%+"]), "6\n");
+
+    // --json: {"name", "value"} for counter values.
+    let v = json(&ok(&node, &["get", "visits", "--json"]));
+    assert_eq!(v, serde_json::json!({"name": "visits", "value": 5}));
+    let v = json(&ok(&node, &["inc", "a/b", "1", "--json"]));
+    assert_eq!(v, serde_json::json!({"name": "a/b", "value": 5}));
+
+    // Before a config a consistent read either answers (a cluster of one)
+    // or is incomplete: exit 3 with the best known value, nothing on stdout.
+    let before = client(&node, &["get", "visits", "--consistent"]);
+    match before.code {
+        Some(0) => assert_eq!(before.stdout, "5\n"),
+        Some(3) => {
+            assert_eq!(before.stdout, "", "{before:?}");
+            assert!(
+                before.stderr.contains("tally: 503")
+                    && before.stderr.contains("best known value: 5"),
+                "{before:?}"
+            );
+        }
+        _ => panic!("unexpected consistent read before a config: {before:?}"),
+    }
+
+    // The config: changed the first time, unchanged on repeat.
+    let first = ok(&node, &["config", &node.addr]);
+    assert!(first.contains("changed: true"), "{first}");
+    assert!(
+        first.contains(&format!("actors:  {}", node.addr)),
+        "{first}"
+    );
+    let again = ok(&node, &["config", &node.addr]);
+    assert!(again.contains("changed: false"), "{again}");
+    let v = json(&ok(&node, &["config", &node.addr, "--json"]));
+    assert_eq!(v["changed"], false);
+    assert_eq!(v["actors"], serde_json::json!([node.addr]));
+
+    // A cluster of one: the consistent read is the local value.
+    assert_eq!(ok(&node, &["get", "visits", "--consistent"]), "5\n");
+    let v = json(&ok(
+        &node,
+        &["get", "visits", "--consistent", "--timeout", "3s", "--json"],
+    ));
+    assert_eq!(v, serde_json::json!({"name": "visits", "value": 5}));
+    assert_eq!(ok(&node, &["get", "never-seen", "--consistent"]), "0\n");
+
+    // Status, readable and as JSON.
+    let status = ok(&node, &["status"]);
+    assert!(status.starts_with("node 1,"), "{status}");
+    assert!(
+        status.contains(&format!("listen:  {}", node.addr)),
+        "{status}"
+    );
+    assert!(status.contains("names:   4"), "{status}");
+    let v = json(&ok(&node, &["status", "--json"]));
+    assert_eq!(v["id"], 1);
+
+    // The node's error JSON becomes "tally: <status>: <error>" and exit 1.
+    let bad = client(&node, &["config", "not an address"]);
+    assert_eq!(bad.code, Some(1), "{bad:?}");
+    assert_eq!(bad.stdout, "");
+    assert!(
+        bad.stderr.starts_with("tally: 400 Bad Request: "),
+        "{bad:?}"
+    );
+    let bad = client(&node, &["config", "not an address", "--json"]);
+    assert_eq!(bad.code, Some(1), "{bad:?}");
+    assert!(json(&bad.stdout)["error"].is_string(), "{bad:?}");
+
+    // Bad usage is refused before anything is sent.
+    for args in [&["inc", "visits", "-3"][..], &["inc", ""], &["get"]] {
+        let run = client(&node, args);
+        assert_eq!(run.code, Some(2), "{args:?}: {run:?}");
+        assert_eq!(run.stdout, "");
+    }
+    assert_eq!(ok(&node, &["get", "visits"]), "5\n");
+
+    // Listing: only where the node has GET /counters.
+    match raw_get(&node.addr, "/counters?limit=1") {
+        Ok((200, _)) => {
+            let all = ok(&node, &["ls"]);
+            let lines: Vec<&str> = all.lines().collect();
+            assert_eq!(lines.len(), 4, "{all}");
+            for (name, value) in [("a/b", 5), ("hits", 2), ("visits", 5)] {
+                assert!(
+                    lines
+                        .iter()
+                        .any(|l| l.starts_with(name) && l.ends_with(&format!(" {value}"))),
+                    "{name} = {value} missing in\n{all}"
+                );
+            }
+            let v = json(&ok(&node, &["ls", "vis", "--json"]));
+            assert_eq!(
+                v["counters"],
+                serde_json::json!([{"name": "visits", "value": 5}])
+            );
+            let page = client(&node, &["ls", "--limit", "1"]);
+            assert_eq!(page.code, Some(0), "{page:?}");
+            assert_eq!(page.stdout.lines().count(), 1, "{page:?}");
+            assert!(page.stderr.contains("--after"), "{page:?}");
+            let v = json(&ok(&node, &["ls", "--limit", "1", "--json"]));
+            let next = v["next"].as_str().expect("a next name").to_string();
+            let rest = ok(&node, &["ls", "--after", &next]);
+            assert_eq!(rest.lines().count(), 3, "{rest}");
+        }
+        Ok((404, _)) => {
+            let run = client(&node, &["ls"]);
+            assert_eq!(run.code, Some(1), "{run:?}");
+            assert_eq!(run.stdout, "");
+            assert!(
+                run.stderr
+                    .starts_with("tally: 404 Not Found: this node does not list counters"),
+                "{run:?}"
+            );
+        }
+        other => panic!("unexpected answer to GET /counters: {other:?}"),
+    }
+}
+
+#[test]
+fn a_closed_port_is_unreachable() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    for args in [
+        &["inc", "x"][..],
+        &["get", "x", "--consistent"],
+        &["status", "--json"],
+        &["config", "10.0.0.1"],
+        &["ls"],
+    ] {
+        let mut all = args.to_vec();
+        all.extend(["--node", &addr, "--timeout", "3s"]);
+        let run = tally(&all);
+        assert_eq!(run.code, Some(2), "{all:?}: {run:?}");
+        assert_eq!(run.stdout, "", "{all:?}");
+        assert!(
+            run.stderr
+                .starts_with(&format!("tally: cannot reach http://{addr}: ")),
+            "{all:?}: {run:?}"
+        );
+    }
+    // The node address also comes from TALLY_NODE.
+    let run = tally_env(&["get", "x", "--timeout", "3s"], &[("TALLY_NODE", &addr)]);
+    assert_eq!(run.code, Some(2), "{run:?}");
+    assert!(run.stderr.contains("cannot reach"), "{run:?}");
+}
+
+#[test]
+fn config_sends_the_secret() {
+    let node = start_node(2, &["--secret", "s3cret"]);
+    let denied = client(&node, &["config", &node.addr]);
+    assert_eq!(denied.code, Some(1), "{denied:?}");
+    assert!(denied.stderr.starts_with("tally: 401"), "{denied:?}");
+    let wrong = client(&node, &["config", &node.addr, "--secret", "nope"]);
+    assert_eq!(wrong.code, Some(1), "{wrong:?}");
+    assert!(wrong.stderr.starts_with("tally: 403"), "{wrong:?}");
+    let first = ok(&node, &["config", &node.addr, "--secret", "s3cret"]);
+    assert!(first.contains("changed: true"), "{first}");
+    let run = tally_env(
+        &[
+            "config",
+            &node.addr,
+            "--node",
+            &node.addr,
+            "--timeout",
+            "5s",
+        ],
+        &[("TALLY_SECRET", "s3cret")],
+    );
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(run.stdout.contains("changed: false"), "{run:?}");
+    let status = ok(&node, &["status"]);
+    assert!(status.starts_with("node 2,"), "{status}");
+}
+
+#[test]
+fn help_documents_every_client_flag() {
+    let top = tally(&["--help"]);
+    assert_eq!(top.code, Some(0));
+    for word in [
+        "inc",
+        "get",
+        "status",
+        "config",
+        "ls",
+        "TALLY_NODE",
+        "TALLY_SECRET",
+    ] {
+        assert!(top.stdout.contains(word), "{word} missing in --help");
+    }
+    for (cmd, flags) in [
+        ("inc", &["--idempotency-key"][..]),
+        ("get", &["--consistent"]),
+        ("status", &[]),
+        ("config", &["<ADDR>..."]),
+        ("ls", &["--limit", "--after", "[PREFIX]"]),
+    ] {
+        let help = tally(&[cmd, "--help"]);
+        assert_eq!(help.code, Some(0), "{cmd}");
+        for flag in flags.iter().chain(&[
+            "--node",
+            "TALLY_NODE",
+            "--json",
+            "--secret",
+            "TALLY_SECRET",
+            "--timeout",
+        ]) {
+            assert!(
+                help.stdout.contains(flag),
+                "{flag} missing in `tally {cmd} --help`"
+            );
+        }
+    }
+}
