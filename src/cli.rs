@@ -513,9 +513,19 @@ async fn demo(nodes: u64, base_port: u16, dir: &Path) -> Result<(), String> {
     println!("  curl http://{b}/counter/visits/value");
     println!("  curl http://{b}/counter/visits/consistent_value");
     println!("  curl http://{a}/status");
+    println!("or with the client in this binary:");
+    println!("  tally inc visits 5 --node {a}");
+    println!("  tally get visits --consistent --node {b}");
+    println!("  tally status --node {a}");
     println!("Ctrl-C stops the cluster.");
     stop_signal().await;
-    // The nodes got the same Ctrl-C from the terminal; give them time to stop cleanly.
+    // Ask every node to stop cleanly (a terminal's Ctrl-C may have reached
+    // them already), then give them time before the guard kills what is left.
+    for child in &cluster.0 {
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+    }
     let deadline = Instant::now() + Duration::from_secs(12);
     for child in &mut cluster.0 {
         while Instant::now() < deadline {
