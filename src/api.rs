@@ -430,9 +430,15 @@ pub const MAX_BATCH_ITEMS: usize = 1000;
 pub const MAX_PAGE: usize = 1000;
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(raw) = headers.get("idempotency-key") else {
+    let mut all = headers.get_all("idempotency-key").iter();
+    let Some(raw) = all.next() else {
         return Ok(None);
     };
+    if all.next().is_some() {
+        return Err(ApiError::bad_request(
+            "send one Idempotency-Key header, not several",
+        ));
+    }
     let key = raw
         .to_str()
         .map_err(|_| ApiError::bad_request("Idempotency-Key must be visible ASCII characters"))?;
@@ -553,9 +559,9 @@ async fn list_counters(State(node): State<Arc<Node>>, req: Request) -> Result<Re
     let after = query_param(query, "after").map(query_value).transpose()?;
     let limit = match query_param(query, "limit") {
         None => 100,
-        Some(raw) => raw
-            .parse::<usize>()
-            .ok()
+        Some(raw) => Some(raw)
+            .filter(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|r| r.parse::<usize>().ok())
             .filter(|n| (1..=MAX_PAGE).contains(n))
             .ok_or_else(|| ApiError::bad_request(format!("limit must be 1 to {MAX_PAGE}")))?,
     };

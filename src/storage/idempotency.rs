@@ -82,8 +82,12 @@ impl Keys {
         }
     }
 
-    pub fn get(&self, key: &str) -> Option<&KeyRecord> {
-        self.map.get(key)
+    /// The record of a key still inside its window at `now_ms`.
+    pub fn get(&self, key: &str, now_ms: u64) -> Option<&KeyRecord> {
+        let window_ms = u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX);
+        self.map
+            .get(key)
+            .filter(|r| r.created_ms.saturating_add(window_ms) > now_ms)
     }
 
     pub fn len(&self) -> usize {
@@ -116,6 +120,10 @@ impl Keys {
         let removed_count = removed.len().min(self.order.len());
         self.order.drain(..removed_count);
         for (k, r) in added {
+            if self.map.contains_key(&k) {
+                // An expired key used again: drop its old place in the order.
+                self.order.retain(|(_, old)| old != &k);
+            }
             self.order.push_back((r.created_ms, k.clone()));
             self.map.insert(k, r);
         }
@@ -142,12 +150,30 @@ mod tests {
         assert_eq!(keys.expired(100, 0), ["a"]);
         // Capacity: adding two to two leaves room for one more than three.
         assert_eq!(keys.expired(60, 2), ["a"]);
+        assert!(keys.get("a", 99).is_some());
+        assert!(
+            keys.get("a", 100).is_none(),
+            "past its window a key is unknown"
+        );
         let gone = keys.expired(100, 0);
         keys.apply(&gone, vec![("c".into(), rec(100))]);
-        assert!(keys.get("a").is_none());
+        assert!(keys.get("a", 100).is_none());
         assert_eq!(keys.len(), 2);
         assert_eq!(keys.expired(149, 0), Vec::<String>::new());
         assert_eq!(keys.expired(150, 0), ["b"]);
+    }
+
+    #[test]
+    fn an_expired_key_used_again_is_kept_once() {
+        let mut keys = Keys::new(Vec::new(), Duration::from_millis(100), 10);
+        keys.apply(&[], vec![("a".into(), rec(0)), ("b".into(), rec(10))]);
+        // "a" expired at 100 and is used again at 105, before anything was forgotten.
+        keys.apply(&[], vec![("a".into(), rec(105))]);
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys.expired(111, 0), ["b"]);
+        let gone = keys.expired(111, 0);
+        keys.apply(&gone, Vec::new());
+        assert_eq!(keys.get("a", 150).map(|r| r.created_ms), Some(105));
     }
 
     #[test]

@@ -513,7 +513,7 @@ impl Writer {
                             .iter()
                             .find(|(put, _)| put == k)
                             .map(|(_, r)| r)
-                            .or_else(|| self.keys.get(k))
+                            .or_else(|| self.keys.get(k, now_ms))
                     });
                     if let (Some(record), Some(key)) = (seen, &key) {
                         let outcome = if Some(&record.fingerprint) == fingerprint.as_ref() {

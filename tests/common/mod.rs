@@ -300,6 +300,101 @@ impl Http {
     pub fn post(&self, url: &str, body: &str) -> Resp {
         self.request("POST", url, Some(body.as_bytes()))
     }
+
+    /// Like [`Http::try_request`] (GET or POST only), with extra request
+    /// `headers`; also returns the response headers, names in lower case.
+    pub fn try_request_with_headers(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<Answer, String> {
+        let result = match method {
+            "GET" => {
+                let mut b = self.agent.get(url);
+                for (k, v) in headers {
+                    b = b.header(*k, *v);
+                }
+                b.config().timeout_global(Some(timeout)).build().call()
+            }
+            "POST" => {
+                let mut b = self.agent.post(url);
+                for (k, v) in headers {
+                    b = b.header(*k, *v);
+                }
+                let b = b.config().timeout_global(Some(timeout)).build();
+                match body {
+                    Some(body) => b.send(body),
+                    None => b.send_empty(),
+                }
+            }
+            other => panic!("method {other} not supported with headers by the harness"),
+        };
+        let mut resp = result.map_err(|e| format!("{method} {url}: {e}"))?;
+        let status = resp.status().as_u16();
+        let response_headers: Vec<(String, String)> = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_ascii_lowercase(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let content_type = response_headers
+            .iter()
+            .find(|(k, _)| k == "content-type")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        let body = resp
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| format!("{method} {url}: reading the body: {e}"))?;
+        Ok(Answer {
+            resp: Resp {
+                status,
+                content_type,
+                body,
+            },
+            headers: response_headers,
+        })
+    }
+
+    /// [`Http::try_request_with_headers`] with [`HTTP_TIMEOUT`]; panics when
+    /// no answer came.
+    #[track_caller]
+    pub fn request_with_headers(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Answer {
+        self.try_request_with_headers(method, url, headers, body, HTTP_TIMEOUT)
+            .unwrap_or_else(|e| panic!("no answer: {e}"))
+    }
+}
+
+/// An answer together with its response headers.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub resp: Resp,
+    /// (lower-case name, value) pairs, in the order received.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Answer {
+    /// The first value of response header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// Writes `request` on a fresh connection and reads until the server closes
