@@ -275,6 +275,17 @@ pub fn validate_name(name: &str) -> Result<(), String> {
 
 /// Percent-decodes one path segment into a valid counter name.
 pub fn decode_name(raw: &str) -> Result<String, ApiError> {
+    let b = raw.as_bytes();
+    let bad_escape = b.iter().enumerate().any(|(i, &c)| {
+        c == b'%'
+            && !(b.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+    });
+    if bad_escape {
+        return Err(ApiError::bad_request(
+            "counter name has a '%' that is not followed by two hex digits",
+        ));
+    }
     let name = percent_encoding::percent_decode_str(raw)
         .decode_utf8()
         .map_err(|_| {
@@ -654,6 +665,10 @@ mod tests {
         assert!(validate_name(&"a".repeat(1024)).is_ok());
         assert!(validate_name(&"a".repeat(1025)).is_err());
         assert!(decode_name("%FF").is_err());
+        assert!(decode_name("%ZZ").is_err());
+        assert!(decode_name("a%").is_err());
+        assert!(decode_name("a%2").is_err());
+        assert_eq!(decode_name("%25").unwrap(), "%");
         assert_eq!(decode_name("a%2Fb%20c").unwrap(), "a/b c");
     }
 
