@@ -327,8 +327,6 @@ pub struct History {
     pub reads: Vec<Read>,
     /// (node, time) of every wipe.
     pub wipes: Vec<(usize, Duration)>,
-    /// (node, time) of every restart after a wipe.
-    pub wipe_restarts: Vec<(usize, Duration)>,
     /// Per name, the value every node reported at the end, when they all agreed.
     pub converged_at: Option<Duration>,
     pub final_values: BTreeMap<String, Vec<u128>>,
@@ -420,13 +418,7 @@ pub fn run(plan: &Plan, planted: Planted) -> History {
         .rng_seed(plan.seed)
         .build();
     let engines: Vec<Rc<RefCell<Arc<dyn Engine>>>> = (0..plan.nodes)
-        .map(|_| {
-            let e: Arc<dyn Engine> = match planted {
-                Planted::AckBeforeCommit => Arc::new(ForgetfulEngine(MemoryEngine::new())),
-                _ => Arc::new(MemoryEngine::new()),
-            };
-            Rc::new(RefCell::new(e))
-        })
+        .map(|_| Rc::new(RefCell::new(fresh_engine(planted))))
         .collect();
     let tamper = (planted == Planted::TotalsByMaximum).then(totals_by_maximum);
     for (i, engine) in engines.iter().enumerate() {
@@ -460,7 +452,7 @@ pub fn run(plan: &Plan, planted: Planted) -> History {
             }
             if applied[k] && !ended[k] && now >= w.end {
                 ended[k] = true;
-                end_fault(&mut sim, plan, &w.fault, &history, now);
+                end_fault(&mut sim, plan, &w.fault);
             }
         }
         if now >= plan.heal_at && !*healed.lock().unwrap() {
@@ -506,6 +498,23 @@ fn node_pairs(plan: &Plan, fault: &Fault) -> Vec<(usize, usize)> {
     out
 }
 
+/// An empty data folder, with the planted bug if any.
+fn fresh_engine(planted: Planted) -> Arc<dyn Engine> {
+    match planted {
+        Planted::AckBeforeCommit => Arc::new(ForgetfulEngine(MemoryEngine::new())),
+        _ => Arc::new(MemoryEngine::new()),
+    }
+}
+
+/// Every other host, clients included: the links a paused node loses.
+fn others(plan: &Plan, x: usize) -> Vec<String> {
+    (0..plan.nodes)
+        .filter(|&i| i != x)
+        .map(host)
+        .chain(["client".to_string()])
+        .collect()
+}
+
 fn start_fault(
     sim: &mut turmoil::Sim<'_>,
     plan: &Plan,
@@ -517,20 +526,14 @@ fn start_fault(
 ) {
     match fault {
         Fault::Pause(x) => {
-            for other in (0..plan.nodes).map(host).chain(["client".to_string()]) {
-                if other != host(*x) {
-                    sim.hold(host(*x).as_str(), other.as_str());
-                }
+            for other in others(plan, *x) {
+                sim.hold(host(*x).as_str(), other.as_str());
             }
         }
         Fault::Crash(x) => sim.crash(host(*x).as_str()),
         Fault::Wipe(x) => {
             sim.crash(host(*x).as_str());
-            let fresh: Arc<dyn Engine> = match planted {
-                Planted::AckBeforeCommit => Arc::new(ForgetfulEngine(MemoryEngine::new())),
-                _ => Arc::new(MemoryEngine::new()),
-            };
-            *engines[*x].borrow_mut() = fresh;
+            *engines[*x].borrow_mut() = fresh_engine(planted);
             history.lock().unwrap().wipes.push((*x, now));
         }
         _ => {
@@ -541,26 +544,14 @@ fn start_fault(
     }
 }
 
-fn end_fault(
-    sim: &mut turmoil::Sim<'_>,
-    plan: &Plan,
-    fault: &Fault,
-    history: &Arc<Mutex<History>>,
-    now: Duration,
-) {
+fn end_fault(sim: &mut turmoil::Sim<'_>, plan: &Plan, fault: &Fault) {
     match fault {
         Fault::Pause(x) => {
-            for other in (0..plan.nodes).map(host).chain(["client".to_string()]) {
-                if other != host(*x) {
-                    sim.release(host(*x).as_str(), other.as_str());
-                }
+            for other in others(plan, *x) {
+                sim.release(host(*x).as_str(), other.as_str());
             }
         }
-        Fault::Crash(x) => sim.bounce(host(*x).as_str()),
-        Fault::Wipe(x) => {
-            sim.bounce(host(*x).as_str());
-            history.lock().unwrap().wipe_restarts.push((*x, now));
-        }
+        Fault::Crash(x) | Fault::Wipe(x) => sim.bounce(host(*x).as_str()),
         _ => {
             for (a, b) in node_pairs(plan, fault) {
                 sim.repair(host(a).as_str(), host(b).as_str());
