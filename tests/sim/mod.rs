@@ -568,6 +568,39 @@ fn outcome(reply: Option<Reply>) -> (Option<u128>, bool, Vec<String>) {
     }
 }
 
+/// A client's consistent read of `name` on `node`, recorded in the history.
+async fn consistent_read(
+    history: &Mutex<History>,
+    origin: Instant,
+    node: usize,
+    name: String,
+    after_heal: bool,
+) {
+    let start = elapsed(origin);
+    let reply = ask(
+        &host(node),
+        Frame::Consistent {
+            name: name.clone(),
+            timeout_ms: CONSISTENT_TIMEOUT.as_millis() as u64,
+        },
+        CONSISTENT_TIMEOUT + Duration::from_secs(3),
+    )
+    .await;
+    let (value, unavailable, unreachable) = outcome(reply);
+    history.lock().unwrap().reads.push(Read {
+        name,
+        node,
+        consistent: true,
+        timeout: CONSISTENT_TIMEOUT,
+        start,
+        end: elapsed(origin),
+        value,
+        unavailable,
+        unreachable,
+        after_heal,
+    });
+}
+
 fn elapsed(origin: Instant) -> Duration {
     Instant::now() - origin
 }
@@ -655,30 +688,7 @@ async fn workload(plan: Plan, history: Arc<Mutex<History>>, healed: Arc<Mutex<bo
                             after_heal,
                         });
                     }
-                    _ => {
-                        let reply = ask(
-                            &host(node),
-                            Frame::Consistent {
-                                name: name.clone(),
-                                timeout_ms: CONSISTENT_TIMEOUT.as_millis() as u64,
-                            },
-                            CONSISTENT_TIMEOUT + Duration::from_secs(3),
-                        )
-                        .await;
-                        let (value, unavailable, unreachable) = outcome(reply);
-                        history.lock().unwrap().reads.push(Read {
-                            name,
-                            node,
-                            consistent: true,
-                            timeout: CONSISTENT_TIMEOUT,
-                            start,
-                            end: elapsed(origin),
-                            value,
-                            unavailable,
-                            unreachable,
-                            after_heal,
-                        });
-                    }
+                    _ => consistent_read(&history, origin, node, name, after_heal).await,
                 }
                 tokio::time::sleep(Duration::from_millis(rng.u64(5..60))).await;
             }
@@ -725,29 +735,7 @@ async fn workload(plan: Plan, history: Arc<Mutex<History>>, healed: Arc<Mutex<bo
     // One consistent read per node and name after convergence.
     for name in NAMES {
         for i in 0..plan.nodes {
-            let start = elapsed(origin);
-            let reply = ask(
-                &host(i),
-                Frame::Consistent {
-                    name: name.to_string(),
-                    timeout_ms: CONSISTENT_TIMEOUT.as_millis() as u64,
-                },
-                CONSISTENT_TIMEOUT + Duration::from_secs(3),
-            )
-            .await;
-            let (value, unavailable, unreachable) = outcome(reply);
-            history.lock().unwrap().reads.push(Read {
-                name: name.to_string(),
-                node: i,
-                consistent: true,
-                timeout: CONSISTENT_TIMEOUT,
-                start,
-                end: elapsed(origin),
-                value,
-                unavailable,
-                unreachable,
-                after_heal: true,
-            });
+            consistent_read(&history, origin, i, name.to_string(), true).await;
         }
     }
 }
