@@ -116,7 +116,12 @@ impl ClusterConfig {
 
     /// Whether `other` should replace `self`.
     pub fn is_superseded_by(&self, other: &ClusterConfig) -> bool {
-        other.sort_key() > self.sort_key()
+        // Every internal message carries a config: decide on the stamps
+        // alone unless they tie, so the common case allocates nothing.
+        match other.stamp.cmp(&self.stamp) {
+            std::cmp::Ordering::Equal => other.sort_key() > self.sort_key(),
+            order => order == std::cmp::Ordering::Greater,
+        }
     }
 
     pub fn same_actors(&self, actors: &[Actor]) -> bool {

@@ -259,8 +259,11 @@ impl Node {
                 env.v
             )));
         }
-        let theirs = env.config.clone();
-        if theirs.is_set() {
+        let theirs = env.config;
+        // Most messages carry the config this node already has: only a newer
+        // one is validated and adopted (which takes the config lock).
+        let newer = theirs.is_set() && self.config.borrow().is_superseded_by(&theirs);
+        if newer {
             crate::api::validate_config(&theirs).map_err(RpcError::BadRequest)?;
             self.adopt_config(theirs.clone()).await?;
         }
