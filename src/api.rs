@@ -19,13 +19,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 
-use crate::cluster::{ClusterConfig, ConfigRequest, parse_actors};
+use crate::cluster::{ConfigRequest, parse_actors};
+use crate::counter_name::{self, validate_name};
 use crate::crdt::{Component, GCounter};
 use crate::metrics::{Route as MetricRoute, RouteStatus};
-use crate::node::{Node, RpcError};
+use crate::node::{ConfigOutcome, Incomplete, IncrementError, Node, RpcError};
 use crate::proto::{RPC_PATH, RequestEnvelope};
-use crate::storage::StoreError;
 use crate::storage::idempotency::validate_key;
+use crate::storage::{Incremented, StoreError};
 use crate::transport::{MAX_RPC_BODY, SECRET_HEADER};
 use serde::{Deserialize, Serialize};
 
@@ -33,14 +34,17 @@ use serde::{Deserialize, Serialize};
 pub const MAX_BODY: usize = 64 * 1024;
 /// Deadline for a request body to arrive once its head has.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest counter name, in bytes of UTF-8.
-pub const MAX_NAME_LEN: usize = 1024;
+/// Seconds a client is asked to wait before retrying a write refused
+/// because storage is failing or slow.
+const RETRY_AFTER_SECS: u64 = 1;
 
 /// An error on its way to the client.
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
     body: serde_json::Value,
+    /// Sent as `Retry-After` (seconds) on a 503 worth retrying.
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -48,17 +52,34 @@ impl ApiError {
         ApiError {
             status,
             body: json!({ "error": message.into() }),
+            retry_after: None,
         }
     }
 
-    pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, message)
+    pub fn bad_request(message: impl std::fmt::Display) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message.to_string())
+    }
+
+    /// Adds a field to the JSON body.
+    fn with(mut self, key: &str, value: serde_json::Value) -> Self {
+        self.body[key] = value;
+        self
+    }
+
+    fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(self.body)).into_response()
+        let mut resp = (self.status, axum::Json(self.body)).into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+        }
+        resp
     }
 }
 
@@ -68,9 +89,46 @@ impl From<StoreError> for ApiError {
             StoreError::Overflow(_) => StatusCode::BAD_REQUEST,
             StoreError::KeyReused(_) => StatusCode::UNPROCESSABLE_ENTITY,
             StoreError::Closed => StatusCode::SERVICE_UNAVAILABLE,
+            ref e if e.is_transient() => {
+                return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+                    .retry_after(RETRY_AFTER_SECS);
+            }
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<IncrementError> for ApiError {
+    fn from(e: IncrementError) -> Self {
+        let message = e.to_string();
+        match e {
+            IncrementError::Store(e) => e.into(),
+            IncrementError::NotMember { actors, .. } => {
+                let actors: Vec<String> = actors.iter().map(|a| a.to_string()).collect();
+                ApiError::new(StatusCode::CONFLICT, message).with("actors", json!(actors))
+            }
+            IncrementError::Replicas {
+                stored,
+                required,
+                values,
+                ..
+            } => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
+                .with("stored", json!(stored))
+                .with("required", json!(required))
+                // Values can exceed what a JSON number holds exactly: strings.
+                .with(
+                    "local_values",
+                    json!(values.iter().map(u128::to_string).collect::<Vec<_>>()),
+                )
+                .retry_after(RETRY_AFTER_SECS),
+            IncrementError::TooFewActors {
+                required,
+                available,
+            } => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
+                .with("required", json!(required))
+                .with("available", json!(available)),
+        }
     }
 }
 
@@ -243,57 +301,62 @@ async fn post_config(
         ))
     })?;
     let actors = parse_actors(&req.actors).map_err(ApiError::bad_request)?;
-    let summary = node.post_config(actors).await?;
-    Ok(axum::Json(summary).into_response())
+    let outcome = node.post_config(actors).await?;
+    Ok(axum::Json(ConfigSummary::from(outcome)).into_response())
 }
 
-/// Checks that a config received from a peer is well formed.
-pub fn validate_config(config: &ClusterConfig) -> Result<(), String> {
-    if config.stamp.version == u64::MAX {
-        return Err("config version is exhausted".into());
-    }
-    let raw: Vec<String> = config.actors.iter().map(|a| a.to_string()).collect();
-    let parsed = parse_actors(&raw)?;
-    if parsed != config.actors {
-        return Err("config actors are not in canonical form".into());
-    }
-    Ok(())
+/// The answer to `POST /config`.
+#[derive(Serialize)]
+struct ConfigSummary {
+    changed: bool,
+    version: u64,
+    origin: u64,
+    actors: Vec<String>,
+    #[serde(rename = "self")]
+    me: Option<String>,
+    /// Nodes that hold this config now (this node included).
+    stored: Vec<String>,
+    /// Nodes that did not answer yet; the config reaches them later.
+    pending: Vec<String>,
+    /// Nodes that left the config and whether each handed off what it held.
+    leaving: Vec<Leaver>,
 }
 
-pub fn validate_name(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("counter name is empty".into());
+#[derive(Serialize)]
+struct Leaver {
+    actor: String,
+    handed_off: bool,
+}
+
+fn leavers(m: &crate::cluster::Membership) -> Vec<Leaver> {
+    m.leavers()
+        .into_iter()
+        .map(|(a, handed_off)| Leaver {
+            actor: a.to_string(),
+            handed_off,
+        })
+        .collect()
+}
+
+impl From<ConfigOutcome> for ConfigSummary {
+    fn from(o: ConfigOutcome) -> Self {
+        let strings = |v: &[crate::cluster::Actor]| v.iter().map(|a| a.to_string()).collect();
+        ConfigSummary {
+            changed: o.changed,
+            version: o.membership.config.stamp.version,
+            origin: o.membership.config.stamp.origin,
+            actors: strings(&o.membership.config.actors),
+            me: o.me.map(|a| a.to_string()),
+            stored: strings(&o.stored),
+            pending: strings(&o.pending),
+            leaving: leavers(&o.membership),
+        }
     }
-    if name.len() > MAX_NAME_LEN {
-        return Err(format!(
-            "counter name is {} bytes; at most {MAX_NAME_LEN} are allowed",
-            name.len()
-        ));
-    }
-    Ok(())
 }
 
 /// Percent-decodes one path segment into a valid counter name.
 pub fn decode_name(raw: &str) -> Result<String, ApiError> {
-    let b = raw.as_bytes();
-    let bad_escape = b.iter().enumerate().any(|(i, &c)| {
-        c == b'%'
-            && !(b.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
-                && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
-    });
-    if bad_escape {
-        return Err(ApiError::bad_request(
-            "counter name has a '%' that is not followed by two hex digits",
-        ));
-    }
-    let name = percent_encoding::percent_decode_str(raw)
-        .decode_utf8()
-        .map_err(|_| {
-            ApiError::bad_request("counter name is not valid UTF-8 after percent-decoding")
-        })?
-        .into_owned();
-    validate_name(&name).map_err(ApiError::bad_request)?;
-    Ok(name)
+    counter_name::decode_name(raw).map_err(ApiError::bad_request)
 }
 
 /// Parses an increment body: a non-negative decimal integer that fits a u64,
@@ -378,20 +441,11 @@ async fn fallback(State(node): State<Arc<Node>>, req: Request) -> Result<Respons
             }
             let name = decode_name(raw)?;
             let key = idempotency_key(req.headers())?;
+            let replicas = replicas_param(req.uri().query())?;
             let bytes = read_body(req.into_body(), MAX_BODY).await?;
             let amount = parse_amount(&bytes).map_err(ApiError::bad_request)?;
-            match key {
-                None => Ok(text(node.increment(name, amount).await?)),
-                Some(key) => {
-                    let done = node.increment_once(vec![(name, amount)], Some(key)).await?;
-                    let mut resp = text(done.values[0]);
-                    if done.replayed {
-                        resp.headers_mut()
-                            .insert(REPLAYED_HEADER, header::HeaderValue::from_static("true"));
-                    }
-                    Ok(resp)
-                }
-            }
+            let done = node.increment(vec![(name, amount)], key, replicas).await?;
+            Ok(replayed(text(done.values[0]), &done))
         }
         [raw, "value"] => {
             if method != Method::GET && method != Method::HEAD {
@@ -415,12 +469,16 @@ async fn fallback(State(node): State<Arc<Node>>, req: Request) -> Result<Respons
             match node.consistent_value(&name, timeout).await {
                 Ok(v) => Ok(text(v)),
                 // A typed body: values can exceed what serde_json::Value holds.
-                Err(u) => Ok((
+                Err(Incomplete {
+                    reason,
+                    unreachable,
+                    best_known_value,
+                }) => Ok((
                     StatusCode::SERVICE_UNAVAILABLE,
                     axum::Json(Unavailable {
-                        error: u.reason,
-                        unreachable: u.unreachable,
-                        best_known_value: u.best_known_value,
+                        error: reason,
+                        unreachable: unreachable.iter().map(|a| a.to_string()).collect(),
+                        best_known_value,
                     }),
                 )
                     .into_response()),
@@ -439,6 +497,33 @@ pub const REPLAYED_HEADER: &str = "idempotent-replayed";
 pub const MAX_BATCH_ITEMS: usize = 1000;
 /// Largest page of `GET /counters`.
 pub const MAX_PAGE: usize = 1000;
+
+/// Marks the answer to a retried request that was not applied again.
+fn replayed(mut resp: Response, done: &Incremented) -> Response {
+    if done.replayed {
+        resp.headers_mut()
+            .insert(REPLAYED_HEADER, header::HeaderValue::from_static("true"));
+    }
+    resp
+}
+
+/// `?replicas=K`: other actors that must store the increment before it is acknowledged.
+fn replicas_param(query: Option<&str>) -> Result<Option<usize>, ApiError> {
+    let Some(raw) = query_param(query, "replicas") else {
+        return Ok(None);
+    };
+    Some(raw)
+        .filter(|r| !r.is_empty() && r.len() <= 3 && r.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|r| r.parse::<usize>().ok())
+        .filter(|k| *k <= crate::cluster::MAX_ACTORS)
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "replicas must be 0 to {}",
+                crate::cluster::MAX_ACTORS
+            ))
+        })
+}
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let mut all = headers.get_all("idempotency-key").iter();
@@ -517,10 +602,11 @@ struct BatchItem {
 /// `POST /counters`: many increments applied atomically in one commit.
 async fn batch_increment(
     State(node): State<Arc<Node>>,
-    headers: HeaderMap,
-    body: Body,
+    req: Request,
 ) -> Result<Response, ApiError> {
-    let key = idempotency_key(&headers)?;
+    let key = idempotency_key(req.headers())?;
+    let replicas = replicas_param(req.uri().query())?;
+    let body = req.into_body();
     let bytes = read_body(body, MAX_BODY).await?;
     let req: BatchRequest = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::bad_request(format!(
@@ -538,18 +624,16 @@ async fn batch_increment(
         items.push((item.name, item.amount));
     }
     let names: Vec<String> = items.iter().map(|(n, _)| n.clone()).collect();
-    let done = node.increment_once(items, key).await?;
+    let done = node.increment(items, key, replicas).await?;
     let values = names
         .into_iter()
-        .zip(done.values)
+        .zip(done.values.iter().copied())
         .map(|(name, value)| NamedValue { name, value })
         .collect();
-    let mut resp = axum::Json(BatchAnswer { values }).into_response();
-    if done.replayed {
-        resp.headers_mut()
-            .insert(REPLAYED_HEADER, header::HeaderValue::from_static("true"));
-    }
-    Ok(resp)
+    Ok(replayed(
+        axum::Json(BatchAnswer { values }).into_response(),
+        &done,
+    ))
 }
 
 /// Decodes a query value: `%XX` escapes and `+` for a space.
@@ -608,8 +692,9 @@ async fn rpc(
 }
 
 async fn status(State(node): State<Arc<Node>>) -> Response {
-    let config = node.config();
+    let m = node.membership();
     let id = node.identity();
+    let strings = |v: &[crate::cluster::Actor]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
     axum::Json(json!({
         "id": id.node,
         "incarnation": format!("{:016x}", id.incarnation),
@@ -617,14 +702,20 @@ async fn status(State(node): State<Arc<Node>>) -> Response {
         "listen": node.settings().listen.to_string(),
         "uptime_secs": node.uptime().as_secs(),
         "self": node.me().map(|a| a.to_string()),
+        "role": node.role(),
         "config": {
-            "version": config.stamp.version,
-            "origin": config.stamp.origin,
-            "actors": config.actors.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            "version": m.config.stamp.version,
+            "origin": m.config.stamp.origin,
+            "actors": strings(&m.config.actors),
+            "leaving": leavers(&m),
+            "read_set": strings(&m.read_set()),
         },
         "peers": node.peers().report(),
         "names": node.store().names(),
         "idempotency_keys": node.store().remembered_keys(),
+        "storage": node.store().health(),
+        "head_seq": node.store().head(),
+        "min_replicas": node.settings().min_replicas,
         "data_dir": node.store().dir().map(|d| d.display().to_string()),
         "data_bytes": node.store().disk_bytes(),
     }))
@@ -660,16 +751,22 @@ mod tests {
     }
 
     #[test]
-    fn names_are_bounded() {
-        assert!(validate_name("").is_err());
-        assert!(validate_name(&"a".repeat(1024)).is_ok());
-        assert!(validate_name(&"a".repeat(1025)).is_err());
-        assert!(decode_name("%FF").is_err());
-        assert!(decode_name("%ZZ").is_err());
-        assert!(decode_name("a%").is_err());
-        assert!(decode_name("a%2").is_err());
-        assert_eq!(decode_name("%25").unwrap(), "%");
-        assert_eq!(decode_name("a%2Fb%20c").unwrap(), "a/b c");
+    fn replica_counts_parse_strictly() {
+        assert_eq!(replicas_param(None).unwrap(), None);
+        assert_eq!(replicas_param(Some("replicas=2")).unwrap(), Some(2));
+        assert_eq!(replicas_param(Some("x=1&replicas=0")).unwrap(), Some(0));
+        for bad in [
+            "replicas=",
+            "replicas=-1",
+            "replicas=a",
+            "replicas=257",
+            "replicas=99999999999",
+        ] {
+            assert!(
+                replicas_param(Some(bad)).is_err(),
+                "{bad:?} should be refused"
+            );
+        }
     }
 
     #[test]

@@ -209,6 +209,24 @@ pub struct NodeArgs {
     #[arg(long, env = "TALLY_SECRET_FILE", conflicts_with = "secret")]
     pub secret_file: Option<PathBuf>,
 
+    /// Longest any request waits for storage; a commit running longer counts
+    /// as a stalled disk (increments then answer 503 with Retry-After).
+    #[arg(long, env = "TALLY_STORAGE_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub storage_timeout: Duration,
+
+    /// Other actors that must store an increment before it is acknowledged
+    /// (0: acknowledged once durable on this node). With 1 or more, a node
+    /// whose data folder is lost loses no acknowledged increment; a request
+    /// can ask for more with ?replicas=K.
+    #[arg(long, env = "TALLY_MIN_REPLICAS", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=255))]
+    pub min_replicas: u64,
+
+    /// How long an increment waits for its replicas before answering 503
+    /// (it stays applied on this node and replicates later).
+    #[arg(long, env = "TALLY_REPLICA_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub replica_timeout: Duration,
+
     /// Most client and peer connections open at once; more are closed on accept.
     #[arg(long, env = "TALLY_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
@@ -298,6 +316,8 @@ fn serve(cli: Cli) -> ExitCode {
         Some(_) => Err("not a node command".into()),
         None => runtime.block_on(run_node(cli.node)),
     };
+    // A blocking thread stuck in a stalled disk call must not hold the exit.
+    runtime.shutdown_timeout(Duration::from_secs(1));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
@@ -350,6 +370,9 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
     settings.secret = secret.map(Arc::from);
     settings.store.idempotency_window = args.idempotency_window;
     settings.store.idempotency_capacity = args.idempotency_keys.max(1);
+    settings.store.timeout = args.storage_timeout;
+    settings.min_replicas = usize::try_from(args.min_replicas).unwrap_or(usize::MAX);
+    settings.replica_timeout = args.replica_timeout;
     let limits = Limits {
         max_connections: args.max_connections.max(1),
         header_read_timeout: args.header_timeout,

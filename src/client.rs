@@ -658,7 +658,7 @@ pub fn encode_name(name: &str) -> String {
 
 /// Checks a counter name the way nodes do, before anything is sent.
 pub fn parse_name(raw: &str) -> Result<String, String> {
-    crate::api::validate_name(raw)?;
+    crate::counter_name::validate_name(raw).map_err(|e| e.to_string())?;
     Ok(raw.to_string())
 }
 

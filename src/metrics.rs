@@ -71,6 +71,10 @@ pub struct Metrics {
     pub consistent_seconds: Histogram,
     pub names: Gauge,
     pub idempotency_keys: Gauge,
+    pub storage_healthy: Gauge,
+    pub storage_errors: Counter,
+    pub storage_recoveries: Counter,
+    pub replica_waits: Family<Outcome, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -105,6 +109,10 @@ impl Metrics {
             consistent_seconds: latency_histogram(),
             names: Gauge::default(),
             idempotency_keys: Gauge::default(),
+            storage_healthy: Gauge::default(),
+            storage_errors: Counter::default(),
+            storage_recoveries: Counter::default(),
+            replica_waits: Family::default(),
         };
         let mut r = Registry::with_prefix("tally");
         r.register(
@@ -186,6 +194,26 @@ impl Metrics {
             "idempotency_keys",
             "Idempotency keys remembered",
             m.idempotency_keys.clone(),
+        );
+        r.register(
+            "storage_healthy",
+            "1 while storage commits succeed, 0 during a failure or a stalled commit",
+            m.storage_healthy.clone(),
+        );
+        r.register(
+            "storage_errors",
+            "Failed storage commits and recovery attempts",
+            m.storage_errors.clone(),
+        );
+        r.register(
+            "storage_recoveries",
+            "Storage failure episodes ended by reopening the database",
+            m.storage_recoveries.clone(),
+        );
+        r.register(
+            "replica_waits",
+            "Increments that waited for other actors to store them, by outcome",
+            m.replica_waits.clone(),
         );
         Metrics {
             registry: Arc::new(r),

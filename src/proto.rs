@@ -2,17 +2,18 @@
 //! `POST /_internal/v1/rpc`.
 //!
 //! Every request carries the protocol version, who sent it and the sender's
-//! config, and every response says who answered and carries the responder's
-//! config when it is newer than the sender's: config changes therefore ride
-//! on ordinary traffic and reach every node without a separate gossip layer.
+//! membership (config plus what is known of hand-offs), and every response
+//! says who answered and carries the responder's membership when it would
+//! change the sender's: membership changes therefore ride on ordinary
+//! traffic and reach every node without a separate gossip layer.
 
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::ClusterConfig;
+use crate::cluster::Membership;
 use crate::crdt::{Component, GCounter};
 use crate::storage::Identity;
 
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// The path of the one internal route; `/_internal/` cannot collide with the public API.
 pub const RPC_PATH: &str = "/_internal/v1/rpc";
 /// Most names in one push or one pull page.
@@ -68,8 +69,12 @@ pub enum Request {
     },
     /// The responder's current state of one counter (consistent reads).
     Read { name: String },
-    /// Adopt this config if it is newer (it travels in the envelope).
+    /// Adopt this membership if it is newer (it travels in the envelope).
     Config,
+    /// How far the responder has durably merged the asker's changes (the
+    /// asker's own sequence, for this incarnation of the asker): a leaving
+    /// node confirms its hand-off with it.
+    Mark { incarnation: u64 },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -85,13 +90,16 @@ pub enum Response {
     Counter {
         components: Vec<Component>,
     },
+    Mark {
+        seq: u64,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RequestEnvelope {
     pub v: u32,
     pub from: NodeRef,
-    pub config: ClusterConfig,
+    pub membership: Membership,
     pub req: Request,
 }
 
@@ -99,6 +107,6 @@ pub struct RequestEnvelope {
 pub struct ResponseEnvelope {
     pub v: u32,
     pub from: NodeRef,
-    pub config: Option<ClusterConfig>,
+    pub membership: Option<Membership>,
     pub resp: Response,
 }

@@ -15,15 +15,27 @@
 //! reach every node through any path. The mark is stored in the same commit
 //! as the merged counters, so a crash cannot skip changes.
 //!
+//! Members pull from every actor of the config and from every leaver whose
+//! hand-off is not confirmed (that pull is the hand-off), and push only to
+//! actors.
+//!
+//! Each peer also tracks how far it has durably stored this node's changes
+//! (`stored`, in this node's local sequence): a push it acknowledged covers
+//! every change committed before the push was taken, and a pull it sends
+//! says how far it has merged. Increments that must reach K other actors
+//! before they are acknowledged (`--min-replicas`) wait on it.
+//!
 //! Left out: forwarding pushes (anti-entropy covers transitivity) and
 //! adaptive intervals.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -31,7 +43,7 @@ use crate::cluster::Actor;
 use crate::metrics::{self, Metrics, PeerOutcome};
 use crate::node::Node;
 use crate::proto::{MAX_NAMES_PER_MESSAGE, NodeRef, Request, Response, WireCounter};
-use crate::storage::Merge;
+use crate::storage::{Merge, PeerMark};
 
 /// Most pull pages fetched in one round before yielding to the next interval.
 const MAX_PAGES_PER_ROUND: usize = 64;
@@ -59,14 +71,31 @@ pub struct PeerReport {
     pub incarnation: Option<String>,
     pub lag_changes: u64,
     pub pending_push: usize,
+    /// False for a leaver this node only pulls from (its hand-off).
+    pub member: bool,
+    /// How far (in this node's sequence) the peer is known to hold our changes.
+    pub stored_seq: u64,
+}
+
+/// Names waiting for a push, and the head sequence they were committed by.
+#[derive(Default)]
+struct Dirty {
+    names: BTreeSet<String>,
+    head: u64,
 }
 
 struct Peer {
     actor: Actor,
     metrics: Metrics,
-    dirty: Mutex<BTreeSet<String>>,
+    dirty: Mutex<Dirty>,
     wake: Notify,
     status: Mutex<PeerStatus>,
+    /// Members get pushes and count as replicas; leavers are only pulled from.
+    member: AtomicBool,
+    /// How far the peer durably holds our changes; only rises.
+    stored: AtomicU64,
+    /// Shared by all peers: woken whenever any `stored` rises.
+    stored_changed: Arc<Notify>,
     cancel: CancellationToken,
 }
 
@@ -106,6 +135,17 @@ impl Peer {
         }
     }
 
+    /// Records that the peer durably holds our changes up to `seq`.
+    fn stored_upto(&self, seq: u64) {
+        if self.stored.fetch_max(seq, Ordering::AcqRel) < seq {
+            self.stored_changed.notify_waiters();
+        }
+    }
+
+    fn is_member(&self) -> bool {
+        self.member.load(Ordering::Relaxed)
+    }
+
     fn is_down(&self) -> bool {
         self.status
             .lock()
@@ -121,18 +161,65 @@ pub struct Peers {
     /// Held only to look up or swap entries; never across an await. Ordered,
     /// so tasks start in the same order on every run of a simulation.
     map: Mutex<BTreeMap<Actor, Arc<Peer>>>,
+    stored_changed: Arc<Notify>,
 }
 
 impl Peers {
-    /// Marks `names` as needing a push to every peer; called after each commit.
-    pub fn mark_dirty(&self, names: &[String]) {
-        for peer in self.all() {
-            peer.dirty
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend(names.iter().cloned());
+    /// Marks `names`, committed by `head`, as needing a push to every
+    /// member; called after each commit.
+    pub fn mark_dirty(&self, names: &[String], head: u64) {
+        for peer in self.all().into_iter().filter(|p| p.is_member()) {
+            let mut dirty = peer.dirty.lock().unwrap_or_else(|p| p.into_inner());
+            dirty.names.extend(names.iter().cloned());
+            dirty.head = dirty.head.max(head);
+            drop(dirty);
             peer.wake.notify_one();
         }
+    }
+
+    /// A peer pulled our changes after `since` for our incarnation: it has
+    /// durably merged everything up to `since`.
+    pub fn note_pulled(&self, from: NodeRef, since: u64) {
+        for peer in self.all() {
+            let is_it = peer
+                .status
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .peer
+                .is_some_and(|r| r == from);
+            if is_it {
+                peer.stored_upto(since);
+            }
+        }
+    }
+
+    /// Waits until `k` members hold our changes up to `seq`, or `deadline`;
+    /// returns how many did.
+    pub async fn wait_stored(&self, seq: u64, k: usize, deadline: Instant) -> usize {
+        let have = || {
+            self.all()
+                .iter()
+                .filter(|p| p.is_member() && p.stored.load(Ordering::Acquire) >= seq)
+                .count()
+        };
+        loop {
+            let notified = self.stored_changed.notified();
+            tokio::pin!(notified);
+            // Registered before counting, so a rise in between is not missed.
+            notified.as_mut().enable();
+            let now = have();
+            if now >= k {
+                return now;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return have();
+            }
+        }
+    }
+
+    /// How many members this node replicates to.
+    pub fn members(&self) -> usize {
+        self.all().iter().filter(|p| p.is_member()).count()
     }
 
     fn all(&self) -> Vec<Arc<Peer>> {
@@ -158,7 +245,14 @@ impl Peers {
                     node: s.peer.map(|r| r.node),
                     incarnation: s.peer.map(|r| format!("{:016x}", r.incarnation)),
                     lag_changes: s.lag,
-                    pending_push: p.dirty.lock().unwrap_or_else(|e| e.into_inner()).len(),
+                    pending_push: p
+                        .dirty
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .names
+                        .len(),
+                    member: p.is_member(),
+                    stored_seq: p.stored.load(Ordering::Acquire),
                 }
             })
             .collect();
@@ -166,28 +260,35 @@ impl Peers {
         out
     }
 
-    /// Makes the peer set equal to `wanted`, starting and stopping tasks.
-    pub fn reconcile(&self, node: &Arc<Node>, wanted: &[Actor]) {
+    /// Makes the peer set equal to `wanted` (actor, is a member), starting
+    /// and stopping tasks.
+    pub fn reconcile(&self, node: &Arc<Node>, wanted: &[(Actor, bool)]) {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         map.retain(|actor, peer| {
-            let keep = wanted.contains(actor);
+            let keep = wanted.iter().any(|(a, _)| a == actor);
             if !keep {
                 info!(peer = %actor, "peer removed");
                 peer.cancel.cancel();
             }
             keep
         });
-        for actor in wanted {
-            if map.contains_key(actor) {
+        for (actor, member) in wanted {
+            if let Some(peer) = map.get(actor) {
+                if peer.member.swap(*member, Ordering::Relaxed) != *member {
+                    info!(peer = %actor, member, "peer role changed");
+                }
                 continue;
             }
-            info!(peer = %actor, "peer added");
+            info!(peer = %actor, member, "peer added");
             let peer = Arc::new(Peer {
                 actor: actor.clone(),
                 metrics: node.settings().metrics.clone(),
-                dirty: Mutex::new(BTreeSet::new()),
+                dirty: Mutex::new(Dirty::default()),
                 wake: Notify::new(),
                 status: Mutex::new(PeerStatus::default()),
+                member: AtomicBool::new(*member),
+                stored: AtomicU64::new(0),
+                stored_changed: self.stored_changed.clone(),
                 cancel: node.shutdown_token().child_token(),
             });
             map.insert(actor.clone(), peer.clone());
@@ -218,9 +319,13 @@ async fn push_loop(node: Arc<Node>, peer: Arc<Peer>) {
             _ = peer.cancel.cancelled() => return,
             _ = peer.wake.notified() => {}
         }
-        if peer.is_down() {
+        if peer.is_down() || !peer.is_member() {
             // It will pull what it missed once it is back.
-            peer.dirty.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            peer.dirty
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .names
+                .clear();
             continue;
         }
         push_once(&node, &peer, node.settings().peer_timeout).await;
@@ -228,19 +333,30 @@ async fn push_loop(node: Arc<Node>, peer: Arc<Peer>) {
 }
 
 async fn push_once(node: &Arc<Node>, peer: &Peer, timeout: Duration) {
-    let names: Vec<String> = {
+    // `covers`: when the whole dirty set goes, an acknowledged push means
+    // the peer holds every own change committed up to that head.
+    let (names, covers): (Vec<String>, Option<u64>) = {
         let mut dirty = peer.dirty.lock().unwrap_or_else(|p| p.into_inner());
-        if dirty.len() > MAX_NAMES_PER_MESSAGE {
+        if dirty.names.len() > MAX_NAMES_PER_MESSAGE {
             let first_left = dirty
+                .names
                 .iter()
                 .nth(MAX_NAMES_PER_MESSAGE)
                 .cloned()
                 .expect("more than the limit");
-            let rest = dirty.split_off(&first_left);
+            let rest = dirty.names.split_off(&first_left);
             peer.wake.notify_one();
-            std::mem::replace(&mut *dirty, rest).into_iter().collect()
+            (
+                std::mem::replace(&mut dirty.names, rest)
+                    .into_iter()
+                    .collect(),
+                None,
+            )
         } else {
-            std::mem::take(&mut *dirty).into_iter().collect()
+            (
+                std::mem::take(&mut dirty.names).into_iter().collect(),
+                Some(dirty.head),
+            )
         }
     };
     if names.is_empty() {
@@ -269,14 +385,16 @@ async fn push_once(node: &Arc<Node>, peer: &Peer, timeout: Duration) {
         Ok(env) => {
             debug!(peer = %peer.actor, names = count, "pushed");
             peer.record(Ok(Some(env.from)));
+            if let Some(head) = covers {
+                peer.stored_upto(head);
+            }
         }
         Err(e) => peer.record(Err(format!("push: {e}"))),
     }
 }
 
 async fn pull_loop(node: Arc<Node>, peer: Arc<Peer>) {
-    // (peer incarnation, our mark for it)
-    let mut position: Option<(u64, u64)> = None;
+    let mut position: Option<PeerMark> = None;
     let interval = node.settings().sync_interval;
     loop {
         let result = pull_round(&node, &peer, &mut position).await;
@@ -303,10 +421,13 @@ async fn pull_loop(node: Arc<Node>, peer: Arc<Peer>) {
 async fn pull_round(
     node: &Arc<Node>,
     peer: &Peer,
-    position: &mut Option<(u64, u64)>,
+    position: &mut Option<PeerMark>,
 ) -> Result<(), String> {
     for _ in 0..MAX_PAGES_PER_ROUND {
-        let (incarnation, since) = position.unwrap_or((0, 0));
+        let PeerMark {
+            incarnation,
+            seq: since,
+        } = position.unwrap_or_default();
         let env = node
             .call(
                 &peer.actor,
@@ -337,18 +458,27 @@ async fn pull_round(
                 .mark(env.from.incarnation)
                 .await
                 .map_err(|e| e.to_string())?;
-            *position = Some((env.from.incarnation, mark));
+            *position = Some(PeerMark {
+                incarnation: env.from.incarnation,
+                seq: mark,
+            });
             continue;
         }
         let n = counters.len();
         node.store()
             .merge(Merge {
                 counters: counters.into_iter().map(WireCounter::into_parts).collect(),
-                mark: Some((incarnation, next)),
+                mark: Some(PeerMark {
+                    incarnation,
+                    seq: next,
+                }),
             })
             .await
             .map_err(|e| e.to_string())?;
-        *position = Some((incarnation, next));
+        *position = Some(PeerMark {
+            incarnation,
+            seq: next,
+        });
         {
             let mut s = peer.status.lock().unwrap_or_else(|p| p.into_inner());
             s.lag = head.saturating_sub(next);

@@ -921,7 +921,27 @@ fn config_reaches_all_nodes_and_reposts_change_nothing() {
             Ok(())
         },
     );
-    // Node 3 is no longer needed for a consistent read, even paused.
+    // Node 3 left: it refuses increments, naming the cluster's actors (its
+    // acknowledgements would be covered by no consistent read once it has
+    // handed off), and hands off what it holds.
+    let refused = c.http.post(&c.url(2, "/counter/m"), "1");
+    let body = refused.assert_error(409, "an increment on a node that left");
+    assert_eq!(strings(&body["actors"]), pair, "{body}");
+    eventually(
+        "node 3's hand-off is confirmed on nodes 1 and 2",
+        Duration::from_secs(10),
+        || {
+            for i in 0..2 {
+                let s = c.status(i);
+                let leaving = &s["config"]["leaving"];
+                if leaving[0]["actor"] != addrs[2].as_str() || leaving[0]["handed_off"] != true {
+                    return Err(format!("node {}: {s}", i + 1));
+                }
+            }
+            Ok(())
+        },
+    );
+    // Then node 3 is no longer needed for a consistent read, even paused.
     c.nodes[2].signal("STOP");
     for i in 0..2 {
         let r = c.consistent(i, "m", "5s");

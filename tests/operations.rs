@@ -21,7 +21,7 @@ const RPC: &str = "/_internal/v1/rpc";
 const MAX: u128 = u64::MAX as u128;
 
 /// A push from a node 9 that is in no config, claiming 1000 increments of `x`.
-const FORGED_PUSH: &str = r#"{"v":1,"from":{"node":9,"incarnation":9},"config":{"stamp":{"version":0,"origin":0},"actors":[]},"req":{"op":"push","counters":[{"name":"x","components":[{"node":9,"incarnation":9,"count":1000}]}]}}"#;
+const FORGED_PUSH: &str = r#"{"v":2,"from":{"node":9,"incarnation":9},"membership":{"config":{"stamp":{"version":0,"origin":0},"actors":[]}},"req":{"op":"push","counters":[{"name":"x","components":[{"node":9,"incarnation":9,"count":1000}]}]}}"#;
 
 #[track_caller]
 fn post_with(c: &Cluster, i: usize, path: &str, headers: &[(&str, &str)], body: &str) -> Answer {

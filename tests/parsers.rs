@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use tally::api::{decode_name, parse_amount, parse_timeout};
+use tally::api::{parse_amount, parse_timeout};
 use tally::cluster::{Actor, ConfigRequest, parse_actors};
+use tally::counter_name::decode_name;
 use tally::crdt::GCounter;
 use tally::node::{Node, Settings};
 use tally::proto::RequestEnvelope;
@@ -112,10 +113,27 @@ fn arb_envelope_json() -> impl Strategy<Value = String> {
             r#"{{"op":"pull","incarnation":{i},"since":{s},"limit":{l}}}"#
         )),
         name.prop_map(|n| format!(r#"{{"op":"read","name":"{n}"}}"#)),
+        any::<u64>().prop_map(|i| format!(r#"{{"op":"mark","incarnation":{i}}}"#)),
     ];
-    (0u32..3, version, actors, req).prop_map(|(v, ver, actors, req)| {
+    // What else a membership may say about departed actors, well formed or not.
+    let extra = prop_oneof![
+        Just(String::new()),
+        Just(r#","leaving":["10.0.0.2:7777"]"#.to_string()),
+        Just(r#","leaving":["10.0.0.1:7777"]"#.to_string()),
+        Just(r#","retired":["bad address"]"#.to_string()),
+        Just(r#","parent":{"version":99,"origin":1}"#.to_string()),
+    ];
+    let sets = prop_oneof![
+        Just(String::new()),
+        Just(r#","orphans":["10.0.0.3:7777"]"#.to_string()),
+        Just(
+            r#","handed_off":[{"actor":"10.0.0.2:7777","stamp":{"version":1,"origin":9}}]"#
+                .to_string()
+        ),
+    ];
+    (0u32..4, version, actors, extra, sets, req).prop_map(|(v, ver, actors, extra, sets, req)| {
         format!(
-            r#"{{"v":{v},"from":{{"node":9,"incarnation":9}},"config":{{"stamp":{{"version":{ver},"origin":9}},"actors":{actors}}},"req":{req}}}"#
+            r#"{{"v":{v},"from":{{"node":9,"incarnation":9}},"membership":{{"config":{{"stamp":{{"version":{ver},"origin":9}},"actors":{actors}{extra}}}{sets}}},"req":{req}}}"#
         )
     })
 }
@@ -132,7 +150,7 @@ proptest! {
         rt.block_on(async {
             let settings = Settings::new(1, "127.0.0.1:7777".parse().unwrap(), "unused".into());
             let node = Node::start_with(settings, Arc::new(MemoryEngine::new()), Arc::new(Nowhere)).unwrap();
-            node.increment("a".into(), 5).await.unwrap();
+            node.increment(vec![("a".into(), 5)], None, None).await.unwrap();
             if let Ok(env) = serde_json::from_str::<RequestEnvelope>(&json) {
                 let _ = node.handle_rpc(env).await;
             }
@@ -140,9 +158,10 @@ proptest! {
             for (name, _) in node.store().list("", None, usize::MAX) {
                 assert!(!name.is_empty() && name.len() <= 1024, "stored a bad name {}", name.len());
             }
-            let config = node.config();
-            if config.is_set() {
-                assert!(!config.actors.is_empty());
+            let membership = node.membership();
+            assert_eq!(membership.validate(), Ok(()), "stored an invalid config");
+            if membership.is_set() {
+                assert!(!membership.config.actors.is_empty());
             }
             node.shutdown().await;
         });

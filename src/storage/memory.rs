@@ -2,18 +2,35 @@
 //!
 //! Used by simulations and tests. Share one `Arc<MemoryEngine>` between a
 //! node and its restarted self to model a disk that survives a crash; use a
-//! fresh one to model a lost data folder. Commits can be made to fail, to
-//! model a full or broken disk.
+//! fresh one to model a lost data folder. Disk faults can be injected
+//! ([`DiskFault`]); like redb after an I/O error, a failed commit leaves the
+//! engine refusing every later commit until it is reopened, and a reopen
+//! fails while the fault lasts.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::time::Instant;
 
 use super::idempotency::KeyRecord;
 use super::{Batch, Changes, Engine, Loaded, StoreError};
-use crate::cluster::ClusterConfig;
+use crate::cluster::Membership;
 use crate::crdt::GCounter;
+
+/// A fault of the simulated disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DiskFault {
+    #[default]
+    None,
+    /// Commits fail with ENOSPC and write nothing.
+    Full,
+    /// Commits write everything, then report an fsync error (EIO): the
+    /// caller cannot tell whether they were kept.
+    FailSync,
+    /// Every call waits until then, as on a disk that stopped answering.
+    Stall(Instant),
+}
 
 #[derive(Default)]
 struct State {
@@ -23,14 +40,16 @@ struct State {
     counters: BTreeMap<String, (u64, GCounter)>,
     by_seq: BTreeMap<u64, String>,
     marks: HashMap<u64, u64>,
-    config: ClusterConfig,
+    membership: Membership,
     keys: BTreeMap<String, KeyRecord>,
+    fault: DiskFault,
+    /// Set by a failed commit, cleared by a reopen (redb's behaviour).
+    poisoned: bool,
 }
 
 #[derive(Default)]
 pub struct MemoryEngine {
     state: Mutex<State>,
-    fail_commits: AtomicBool,
 }
 
 impl MemoryEngine {
@@ -38,14 +57,28 @@ impl MemoryEngine {
         Self::default()
     }
 
-    /// Makes every later commit fail (true) or succeed again (false).
+    /// Makes every later commit fail as on a full disk (true), or lets the
+    /// disk take writes again (false).
     pub fn fail_commits(&self, fail: bool) {
-        self.fail_commits.store(fail, Ordering::SeqCst);
+        self.inject(if fail {
+            DiskFault::Full
+        } else {
+            DiskFault::None
+        });
+    }
+
+    /// Sets the disk's fault; `DiskFault::None` ends it.
+    pub fn inject(&self, fault: DiskFault) {
+        self.state().fault = fault;
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+fn io(kind: std::io::ErrorKind, what: &str) -> StoreError {
+    StoreError::engine(std::io::Error::new(kind, what.to_string()))
 }
 
 impl Engine for MemoryEngine {
@@ -64,23 +97,38 @@ impl Engine for MemoryEngine {
         }
         Ok(Loaded {
             incarnation: s.incarnation,
-            config: s.config.clone(),
+            membership: s.membership.clone(),
             counters: s
                 .counters
                 .iter()
                 .map(|(k, (_, c))| (k.clone(), c.clone()))
                 .collect(),
             keys: s.keys.iter().map(|(k, r)| (k.clone(), r.clone())).collect(),
+            head: s.seq,
             created,
         })
     }
 
-    fn commit(&self, batch: &Batch<'_>) -> Result<(), StoreError> {
-        if self.fail_commits.load(Ordering::SeqCst) {
-            return Err(StoreError::Engine("injected commit failure".into()));
-        }
+    fn commit(&self, batch: &Batch) -> Result<u64, StoreError> {
         let mut s = self.state();
-        for (name, counter) in batch.counters {
+        if s.poisoned {
+            return Err(io(
+                std::io::ErrorKind::Other,
+                "previous I/O error; reopen the database",
+            ));
+        }
+        match s.fault {
+            DiskFault::Full => {
+                s.poisoned = true;
+                return Err(io(
+                    std::io::ErrorKind::StorageFull,
+                    "no space left on device (simulated)",
+                ));
+            }
+            DiskFault::FailSync => s.poisoned = true,
+            DiskFault::None | DiskFault::Stall(_) => {}
+        }
+        for (name, counter) in &batch.counters {
             s.seq += 1;
             let seq = s.seq;
             if let Some((old, _)) = s.counters.insert(name.clone(), (seq, counter.clone())) {
@@ -88,20 +136,37 @@ impl Engine for MemoryEngine {
             }
             s.by_seq.insert(seq, name.clone());
         }
-        for &(peer, mark) in batch.marks {
-            let slot = s.marks.entry(peer).or_insert(0);
-            *slot = (*slot).max(mark);
+        for mark in &batch.marks {
+            let slot = s.marks.entry(mark.incarnation).or_insert(0);
+            *slot = (*slot).max(mark.seq);
         }
-        if let Some(config) = batch.config {
-            s.config = config.clone();
+        if let Some(m) = &batch.membership {
+            s.membership = m.clone();
         }
-        for k in batch.keys_del {
+        for k in &batch.keys_del {
             s.keys.remove(k);
         }
-        for (k, r) in batch.keys_put {
+        for (k, r) in &batch.keys_put {
             s.keys.insert(k.clone(), r.clone());
         }
-        Ok(())
+        if s.fault == DiskFault::FailSync {
+            return Err(io(std::io::ErrorKind::Other, "fsync failed (simulated)"));
+        }
+        Ok(s.seq)
+    }
+
+    fn reopen(&self) -> Result<(), StoreError> {
+        let mut s = self.state();
+        match s.fault {
+            DiskFault::Full | DiskFault::FailSync => Err(io(
+                std::io::ErrorKind::Other,
+                "the disk is still failing (simulated)",
+            )),
+            DiskFault::None | DiskFault::Stall(_) => {
+                s.poisoned = false;
+                Ok(())
+            }
+        }
     }
 
     fn changes_since(&self, since: u64, limit: usize) -> Result<Changes, StoreError> {
@@ -141,5 +206,12 @@ impl Engine for MemoryEngine {
 
     fn blocking(&self) -> bool {
         false
+    }
+
+    fn ready_at(&self) -> Option<Instant> {
+        match self.state().fault {
+            DiskFault::Stall(until) if until > Instant::now() => Some(until),
+            _ => None,
+        }
     }
 }

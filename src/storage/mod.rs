@@ -12,34 +12,49 @@
 //!   (the basis of anti-entropy, see `replication`).
 //! - A data folder is used by one process at a time, belongs to one node id,
 //!   and carries a random incarnation drawn when it was created (SPEC G7).
+//! - Every call waits at most the storage deadline (`--storage-timeout`).
+//! - A failed commit acknowledges nothing; storage then reports itself
+//!   unhealthy, refuses writes at once (callers answer 503) while local reads
+//!   keep working from memory, and the writer reopens the database in the
+//!   background, reloads what it holds, and resumes by itself (SPEC G10).
 //!
 //! An in-memory mirror of every counter answers local reads without touching
 //! the engine; only the writer changes it, and only after a commit succeeds.
-//! Two engines implement [`Engine`]: [`redb::RedbEngine`] on disk, run by a
-//! dedicated writer thread, and [`memory::MemoryEngine`], applied inline so
-//! simulations stay deterministic.
+//! The membership (config) is owned the same way: changed only by the
+//! writer, after it is durable, and published on a watch channel.
+//! Two engines implement [`Engine`]: [`redb::RedbEngine`] on disk, whose
+//! calls run on blocking threads, and [`memory::MemoryEngine`], called inline
+//! so simulations stay deterministic, with injectable disk faults.
 //! Left out: compaction of the redb file and online backup.
 
+pub mod health;
 pub mod idempotency;
 pub mod memory;
 pub mod redb;
+mod writer;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
-use idempotency::{KeyRecord, Keys};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
 
-use tokio::sync::{mpsc, oneshot};
+pub use health::{Health, HealthReport};
+use idempotency::KeyRecord;
 
-use crate::cluster::ClusterConfig;
+use crate::cluster::Membership;
 use crate::crdt::{GCounter, Overflow, ReplicaId};
 use crate::metrics::Metrics;
 
 /// Most operations folded into one commit.
 const MAX_BATCH: usize = 4096;
+
+/// A source error of an engine, kept whole so its cause (an OS error) shows.
+pub type EngineSource = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -56,54 +71,122 @@ pub enum StoreError {
         found: u64,
         wanted: u64,
     },
-    #[error("storage engine: {0}")]
-    Engine(String),
+    #[error("{}{source}", file.as_ref().map(|f| format!("{}: ", f.display())).unwrap_or_default())]
+    Engine {
+        file: Option<PathBuf>,
+        source: EngineSource,
+    },
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error(transparent)]
     Overflow(#[from] Overflow),
     #[error("Idempotency-Key {0:?} was first used with a different request")]
     KeyReused(String),
+    /// Storage failed and is being reopened; nothing was acknowledged.
+    #[error("storage is unavailable ({0}); writes resume once it recovers")]
+    Unavailable(Arc<StoreError>),
+    /// The call may still be applied later: its outcome is unknown.
+    #[error("storage did not answer within {0:?}")]
+    Timeout(Duration),
     #[error("storage is shutting down")]
     Closed,
+}
+
+impl StoreError {
+    /// An engine error with no file named yet.
+    pub fn engine(source: impl Into<EngineSource>) -> StoreError {
+        StoreError::Engine {
+            file: None,
+            source: source.into(),
+        }
+    }
+
+    /// Names the file an engine error happened in, if it names none yet.
+    pub fn in_file(self, path: &Path) -> StoreError {
+        match self {
+            StoreError::Engine { file: None, source } => StoreError::Engine {
+                file: Some(path.to_path_buf()),
+                source,
+            },
+            other => other,
+        }
+    }
+
+    /// Whether retrying later may succeed (storage trouble rather than a
+    /// refusal of this request).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Engine { .. } | StoreError::Unavailable(_) | StoreError::Timeout(_)
+        )
+    }
 }
 
 /// What an engine holds, read once at open.
 pub struct Loaded {
     pub incarnation: u64,
-    pub config: ClusterConfig,
+    pub membership: Membership,
     pub counters: BTreeMap<String, GCounter>,
     /// Remembered idempotency keys.
     pub keys: Vec<(String, KeyRecord)>,
+    /// The last local sequence number given out.
+    pub head: u64,
     /// Whether the data folder was new.
     pub created: bool,
 }
 
-/// One commit's worth of changes.
-pub struct Batch<'a> {
-    /// Each name's whole new counter; each gets a new local sequence.
-    pub counters: &'a BTreeMap<String, GCounter>,
-    /// (peer incarnation, peer sequence) marks; only raised, never lowered.
-    pub marks: &'a [(u64, u64)],
-    pub config: Option<&'a ClusterConfig>,
-    /// Idempotency keys to remember, and to forget.
-    pub keys_put: &'a [(String, KeyRecord)],
-    pub keys_del: &'a [String],
+/// How far a node has merged a peer's changes: the peer's own local
+/// sequence, valid for one incarnation of the peer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerMark {
+    pub incarnation: u64,
+    pub seq: u64,
 }
 
-/// A transactional store of counters, marks and config.
+/// One commit's worth of changes.
+#[derive(Default)]
+pub struct Batch {
+    /// Each name's whole new counter; each gets a new local sequence.
+    pub counters: BTreeMap<String, GCounter>,
+    /// Only raised, never lowered.
+    pub marks: Vec<PeerMark>,
+    pub membership: Option<Membership>,
+    /// Idempotency keys to remember, and to forget.
+    pub keys_put: Vec<(String, KeyRecord)>,
+    pub keys_del: Vec<String>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.counters.is_empty()
+            && self.marks.is_empty()
+            && self.membership.is_none()
+            && self.keys_put.is_empty()
+            && self.keys_del.is_empty()
+    }
+}
+
+/// A transactional store of counters, marks and membership.
 pub trait Engine: Send + Sync + 'static {
-    /// Reads identity, config and counters, creating the identity on first use.
+    /// Reads identity, membership and counters, creating the identity on first use.
     fn load(&self, node: u64) -> Result<Loaded, StoreError>;
-    /// Applies a batch atomically.
-    fn commit(&self, batch: &Batch<'_>) -> Result<(), StoreError>;
+    /// Applies a batch atomically; returns the last sequence number given out.
+    fn commit(&self, batch: &Batch) -> Result<u64, StoreError>;
     /// Names changed after `since`, at most `limit`, from one snapshot.
     fn changes_since(&self, since: u64, limit: usize) -> Result<Changes, StoreError>;
     fn mark(&self, peer_incarnation: u64) -> Result<u64, StoreError>;
+    /// Closes and reopens the underlying files after an I/O error.
+    fn reopen(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// The data folder, for engines that have one.
     fn location(&self) -> Option<&Path>;
     /// Whether calls block on I/O (and so belong on a blocking thread).
     fn blocking(&self) -> bool;
+    /// For simulated disks: calls must wait until then (a stalled disk).
+    fn ready_at(&self) -> Option<Instant> {
+        None
+    }
 }
 
 /// Identity of the data folder's owner.
@@ -136,7 +219,7 @@ pub struct Changes {
 /// A peer's changes to fold in, and the peer mark to record with them.
 pub struct Merge {
     pub counters: Vec<(String, GCounter)>,
-    pub mark: Option<(u64, u64)>,
+    pub mark: Option<PeerMark>,
 }
 
 /// The answer to an increment.
@@ -146,6 +229,9 @@ pub struct Incremented {
     pub values: Vec<u128>,
     /// True when an idempotency key matched and nothing was applied again.
     pub replayed: bool,
+    /// The local sequence once it was durable: a peer holding our changes
+    /// up to here holds this increment.
+    pub seq: u64,
 }
 
 /// Tuning of the store.
@@ -155,7 +241,9 @@ pub struct StoreOptions {
     pub idempotency_window: Duration,
     /// Most idempotency keys remembered; the oldest are forgotten first.
     pub idempotency_capacity: usize,
-    /// Where commit latency, batch size and applied increments are counted.
+    /// Longest any call waits for storage (and when a running commit counts as stalled).
+    pub timeout: Duration,
+    /// Where commit latency, batch size, health and applied increments are counted.
     pub metrics: Metrics,
 }
 
@@ -164,12 +252,16 @@ impl Default for StoreOptions {
         StoreOptions {
             idempotency_window: Duration::from_secs(24 * 3600),
             idempotency_capacity: 100_000,
+            timeout: Duration::from_secs(5),
             metrics: Metrics::default(),
         }
     }
 }
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// A change to the membership, decided by the writer against the current one.
+pub type MembershipChange = Box<dyn FnOnce(&Membership) -> Option<Membership> + Send>;
 
 enum Op {
     Increment {
@@ -181,9 +273,9 @@ enum Op {
         merge: Merge,
         reply: Reply<Vec<String>>,
     },
-    SaveConfig {
-        config: ClusterConfig,
-        reply: Reply<()>,
+    Membership {
+        change: MembershipChange,
+        reply: Reply<Option<Membership>>,
     },
     Close {
         reply: oneshot::Sender<()>,
@@ -191,8 +283,8 @@ enum Op {
 }
 
 /// Called by the writer after each commit with the names whose own
-/// component changed, so replication can push them.
-pub type ChangeHook = Arc<dyn Fn(&[String]) + Send + Sync>;
+/// component changed and the head sequence, so replication can push them.
+pub type ChangeHook = Arc<dyn Fn(&[String], u64) + Send + Sync>;
 
 /// Handle to the store; cheap to clone.
 #[derive(Clone)]
@@ -200,29 +292,31 @@ pub struct Store {
     inner: Arc<Inner>,
 }
 
-/// How operations reach the writer.
-enum Driver {
-    /// A dedicated thread batches what queues up while it commits.
-    Thread(mpsc::Sender<Op>),
-    /// Applied on the caller's task; `None` once closed.
-    Inline(Mutex<Option<Box<Writer>>>),
+/// What the writer and every handle share.
+struct Shared {
+    /// Held briefly (a map lookup or an insert), never across an await, so a
+    /// std lock is cheaper than an async one.
+    memory: RwLock<BTreeMap<String, GCounter>>,
+    membership: watch::Sender<Membership>,
+    /// Count of remembered idempotency keys, for metrics and status.
+    keys: AtomicUsize,
+    head: AtomicU64,
+    health: Health,
+    /// Set when the writer stopped without being asked to.
+    stopped: watch::Sender<Option<String>>,
 }
 
 struct Inner {
     engine: Arc<dyn Engine>,
-    driver: Driver,
-    /// Held briefly (a map lookup or an insert), never across an await, so a
-    /// std lock is cheaper than an async one.
-    memory: Arc<RwLock<BTreeMap<String, GCounter>>>,
-    /// Count of remembered idempotency keys, for metrics and status.
-    keys: Arc<AtomicUsize>,
+    ops: mpsc::Sender<Op>,
+    shared: Arc<Shared>,
     identity: Identity,
+    timeout: Duration,
 }
 
 /// What `Store::open` found.
 pub struct Opened {
     pub store: Store,
-    pub config: ClusterConfig,
     pub created: bool,
 }
 
@@ -237,7 +331,8 @@ impl Store {
         Self::with_engine(Arc::new(redb::RedbEngine::open(dir)?), node, options, hook)
     }
 
-    /// Opens a store over any engine.
+    /// Opens a store over any engine and starts its writer task (so it must
+    /// be called inside a tokio runtime).
     pub fn with_engine(
         engine: Arc<dyn Engine>,
         node: u64,
@@ -249,45 +344,36 @@ impl Store {
             node,
             incarnation: loaded.incarnation,
         };
-        let memory = Arc::new(RwLock::new(loaded.counters));
-        let keys_count = Arc::new(AtomicUsize::new(loaded.keys.len()));
-        let writer = Writer {
-            engine: engine.clone(),
-            memory: memory.clone(),
-            own: identity.replica(),
-            hook,
-            keys: Keys::new(
+        let shared = Arc::new(Shared {
+            memory: RwLock::new(loaded.counters),
+            membership: watch::Sender::new(loaded.membership),
+            keys: AtomicUsize::new(loaded.keys.len()),
+            head: AtomicU64::new(loaded.head),
+            health: Health::new(options.timeout, options.metrics.clone()),
+            stopped: watch::Sender::new(None),
+        });
+        let (ops, rx) = mpsc::channel(MAX_BATCH);
+        writer::spawn(
+            writer::Writer::new(
+                engine.clone(),
+                identity,
+                shared.clone(),
                 loaded.keys,
-                options.idempotency_window,
-                options.idempotency_capacity,
+                &options,
+                hook,
             ),
-            keys_count: keys_count.clone(),
-            metrics: options.metrics.clone(),
-        };
-        let driver = if engine.blocking() {
-            let (tx, rx) = mpsc::channel(MAX_BATCH);
-            std::thread::Builder::new()
-                .name("tally-writer".into())
-                .spawn(move || writer.run(rx))
-                .map_err(|source| StoreError::Folder {
-                    path: engine.location().unwrap_or(Path::new("")).to_path_buf(),
-                    source,
-                })?;
-            Driver::Thread(tx)
-        } else {
-            Driver::Inline(Mutex::new(Some(Box::new(writer))))
-        };
+            rx,
+        );
         Ok(Opened {
             store: Store {
                 inner: Arc::new(Inner {
                     engine,
-                    driver,
-                    memory,
-                    keys: keys_count,
+                    ops,
+                    shared,
                     identity,
+                    timeout: options.timeout,
                 }),
             },
-            config: loaded.config,
             created: loaded.created,
         })
     }
@@ -331,7 +417,41 @@ impl Store {
     }
 
     fn read<T>(&self, f: impl FnOnce(&BTreeMap<String, GCounter>) -> T) -> T {
-        f(&self.inner.memory.read().unwrap_or_else(|p| p.into_inner()))
+        f(&self
+            .inner
+            .shared
+            .memory
+            .read()
+            .unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The durable membership (config).
+    pub fn membership(&self) -> Membership {
+        self.inner.shared.membership.borrow().clone()
+    }
+
+    /// Notified after each durable membership change.
+    pub fn watch_membership(&self) -> watch::Receiver<Membership> {
+        self.inner.shared.membership.subscribe()
+    }
+
+    /// The last local sequence number given out by a durable commit.
+    pub fn head(&self) -> u64 {
+        self.inner.shared.head.load(Ordering::Acquire)
+    }
+
+    pub fn health(&self) -> HealthReport {
+        self.inner.shared.health.report()
+    }
+
+    /// Resolves with the reason if the writer stops without being closed:
+    /// the store can then never write again.
+    pub async fn stopped(&self) -> String {
+        let mut rx = self.inner.shared.stopped.subscribe();
+        match rx.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone().unwrap_or_default(),
+            Err(_) => "the storage writer is gone".into(),
+        }
     }
 
     /// Adds each amount to this node's component of its name, atomically and
@@ -352,7 +472,7 @@ impl Store {
 
     /// How many idempotency keys are remembered.
     pub fn remembered_keys(&self) -> usize {
-        self.inner.keys.load(Ordering::Relaxed)
+        self.inner.shared.keys.load(Ordering::Relaxed)
     }
 
     /// Folds a peer's counters in; returns the names that changed.
@@ -360,37 +480,39 @@ impl Store {
         self.call(|reply| Op::Merge { merge, reply }).await
     }
 
-    pub async fn save_config(&self, config: ClusterConfig) -> Result<(), StoreError> {
-        self.call(|reply| Op::SaveConfig { config, reply }).await
+    /// Applies `change` to the current membership in the writer, so changes
+    /// never race; returns the new membership when it changed, once durable.
+    pub async fn update_membership(
+        &self,
+        change: impl FnOnce(&Membership) -> Option<Membership> + Send + 'static,
+    ) -> Result<Option<Membership>, StoreError> {
+        let change: MembershipChange = Box::new(change);
+        self.call(|reply| Op::Membership { change, reply }).await
     }
 
+    /// Sends one operation to the writer and waits for its answer, at most
+    /// the storage deadline. A timed-out operation may still be applied.
     async fn call<T>(&self, op: impl FnOnce(Reply<T>) -> Op) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
-        match &self.inner.driver {
-            Driver::Thread(ops) => ops.send(op(tx)).await.map_err(|_| StoreError::Closed)?,
-            Driver::Inline(writer) => {
-                let mut writer = writer.lock().unwrap_or_else(|p| p.into_inner());
-                writer
-                    .as_mut()
-                    .ok_or(StoreError::Closed)?
-                    .apply(vec![op(tx)]);
-            }
-        }
-        rx.await.map_err(|_| StoreError::Closed)?
+        let op = op(tx);
+        let exchange = async {
+            self.inner
+                .ops
+                .send(op)
+                .await
+                .map_err(|_| StoreError::Closed)?;
+            rx.await.map_err(|_| StoreError::Closed)?
+        };
+        tokio::time::timeout(self.inner.timeout, exchange)
+            .await
+            .map_err(|_| StoreError::Timeout(self.inner.timeout))?
     }
 
     /// Commits what is queued and stops the writer; later writes fail with `Closed`.
     pub async fn close(&self) {
-        match &self.inner.driver {
-            Driver::Thread(ops) => {
-                let (tx, rx) = oneshot::channel();
-                if ops.send(Op::Close { reply: tx }).await.is_ok() {
-                    let _ = rx.await;
-                }
-            }
-            Driver::Inline(writer) => {
-                writer.lock().unwrap_or_else(|p| p.into_inner()).take();
-            }
+        let (tx, rx) = oneshot::channel();
+        if self.inner.ops.send(Op::Close { reply: tx }).await.is_ok() {
+            let _ = rx.await;
         }
     }
 
@@ -409,13 +531,10 @@ impl Store {
         &self,
         f: impl FnOnce(&dyn Engine) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let engine = self.inner.engine.clone();
-        if !engine.blocking() {
-            return f(&*engine);
-        }
-        tokio::task::spawn_blocking(move || f(&*engine))
+        let timeout = self.inner.timeout;
+        tokio::time::timeout(timeout, run_engine(&self.inner.engine, f))
             .await
-            .unwrap_or(Err(StoreError::Closed))
+            .map_err(|_| StoreError::Timeout(timeout))?
     }
 
     /// Bytes used by the data folder's files (0 without a folder).
@@ -431,228 +550,32 @@ impl Store {
     }
 }
 
-/// The single owner of writes.
-struct Writer {
-    engine: Arc<dyn Engine>,
-    memory: Arc<RwLock<BTreeMap<String, GCounter>>>,
-    own: ReplicaId,
-    hook: ChangeHook,
-    keys: Keys,
-    keys_count: Arc<AtomicUsize>,
-    metrics: Metrics,
+/// Runs one engine call: on a blocking thread for a disk engine, inline
+/// (after any simulated stall) for the memory engine.
+async fn run_engine<T: Send + 'static>(
+    engine: &Arc<dyn Engine>,
+    f: impl FnOnce(&dyn Engine) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    if let Some(at) = engine.ready_at() {
+        tokio::time::sleep_until(at).await;
+    }
+    if !engine.blocking() {
+        return f(&**engine);
+    }
+    let engine = engine.clone();
+    match tokio::task::spawn_blocking(move || f(&*engine)).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(StoreError::Closed),
+    }
 }
 
-/// Replies owed once the batch commits.
-enum Pending {
-    Increment(Reply<Incremented>, Result<Incremented, StoreError>),
-    Merge(Reply<Vec<String>>, Vec<String>),
-    Config(Reply<()>),
-}
-
-impl Writer {
-    fn run(mut self, mut rx: mpsc::Receiver<Op>) {
-        let mut close: Option<oneshot::Sender<()>> = None;
-        while close.is_none() {
-            let Some(first) = rx.blocking_recv() else {
-                break;
-            };
-            let mut ops = vec![first];
-            while ops.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(op) => ops.push(op),
-                    Err(_) => break,
-                }
-            }
-            let mut batch = Vec::with_capacity(ops.len());
-            for op in ops {
-                match op {
-                    Op::Close { reply } => close = Some(reply),
-                    op if close.is_none() => batch.push(op),
-                    // Arrived after Close in the same batch: refuse it by dropping its reply.
-                    _ => {}
-                }
-            }
-            self.apply(batch);
-        }
-        rx.close();
-        // Release the database before confirming, so the folder can be reopened at once.
-        drop(self);
-        if let Some(reply) = close {
-            let _ = reply.send(());
-        }
-    }
-
-    fn apply(&mut self, ops: Vec<Op>) {
-        let started = std::time::Instant::now();
-        let batch_size = ops.len();
-        let mut working: BTreeMap<String, GCounter> = BTreeMap::new();
-        let mut own_changed: Vec<String> = Vec::new();
-        let mut pending = Vec::with_capacity(ops.len());
-        let mut marks = Vec::new();
-        let mut config = None;
-        let mut keys_put: Vec<(String, KeyRecord)> = Vec::new();
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        let current = |working: &BTreeMap<String, GCounter>, name: &str| {
-            working.get(name).cloned().unwrap_or_else(|| {
-                self.memory
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(name)
-                    .cloned()
-                    .unwrap_or_default()
-            })
-        };
-        for op in ops {
-            match op {
-                Op::Increment { items, key, reply } => {
-                    let fingerprint = key.as_ref().map(|_| idempotency::fingerprint(&items));
-                    let seen = key.as_ref().and_then(|k| {
-                        keys_put
-                            .iter()
-                            .find(|(put, _)| put == k)
-                            .map(|(_, r)| r)
-                            .or_else(|| self.keys.get(k, now_ms))
-                    });
-                    if let (Some(record), Some(key)) = (seen, &key) {
-                        let outcome = if Some(&record.fingerprint) == fingerprint.as_ref() {
-                            Ok(Incremented {
-                                values: record.values.clone(),
-                                replayed: true,
-                            })
-                        } else {
-                            Err(StoreError::KeyReused(key.clone()))
-                        };
-                        pending.push(Pending::Increment(reply, outcome));
-                        continue;
-                    }
-                    let mut staged: BTreeMap<String, GCounter> = BTreeMap::new();
-                    let mut result = Ok(());
-                    for (name, amount) in &items {
-                        let mut c = staged
-                            .get(name)
-                            .cloned()
-                            .unwrap_or_else(|| current(&working, name));
-                        if let Err(e) = c.increment(self.own, *amount) {
-                            result = Err(StoreError::Overflow(e));
-                            break;
-                        }
-                        staged.insert(name.clone(), c);
-                    }
-                    let outcome = result.map(|()| {
-                        let values: Vec<u128> =
-                            items.iter().map(|(n, _)| staged[n].value()).collect();
-                        for (name, c) in staged {
-                            if items.iter().any(|(n, a)| n == &name && *a > 0) {
-                                own_changed.push(name.clone());
-                                working.insert(name, c);
-                            }
-                        }
-                        if let (Some(key), Some(fingerprint)) = (key, fingerprint) {
-                            keys_put.push((
-                                key,
-                                KeyRecord {
-                                    fingerprint,
-                                    values: values.clone(),
-                                    created_ms: now_ms,
-                                },
-                            ));
-                        }
-                        Incremented {
-                            values,
-                            replayed: false,
-                        }
-                    });
-                    pending.push(Pending::Increment(reply, outcome));
-                }
-                Op::Merge { merge, reply } => {
-                    let mut changed = Vec::new();
-                    for (name, theirs) in merge.counters {
-                        let mut c = current(&working, &name);
-                        if c.merge(&theirs) {
-                            working.insert(name.clone(), c);
-                            changed.push(name);
-                        }
-                    }
-                    marks.extend(merge.mark);
-                    pending.push(Pending::Merge(reply, changed));
-                }
-                Op::SaveConfig { config: c, reply } => {
-                    config = Some(c);
-                    pending.push(Pending::Config(reply));
-                }
-                Op::Close { .. } => unreachable!("filtered by run"),
-            }
-        }
-        let keys_del = if keys_put.is_empty() {
-            Vec::new()
-        } else {
-            self.keys.expired(now_ms, keys_put.len())
-        };
-        let nothing_to_write =
-            working.is_empty() && marks.is_empty() && config.is_none() && keys_put.is_empty();
-        let committed = if nothing_to_write {
-            Ok(())
-        } else {
-            self.engine.commit(&Batch {
-                counters: &working,
-                marks: &marks,
-                config: config.as_ref(),
-                keys_put: &keys_put,
-                keys_del: &keys_del,
-            })
-        };
-        if !nothing_to_write {
-            self.metrics
-                .commit_seconds
-                .observe(started.elapsed().as_secs_f64());
-            self.metrics.commit_batch_size.observe(batch_size as f64);
-        }
-        if committed.is_ok() {
-            let applied = pending
-                .iter()
-                .filter(|p| matches!(p, Pending::Increment(_, Ok(i)) if !i.replayed))
-                .count();
-            self.metrics.increments.inc_by(applied as u64);
-            let mut memory = self.memory.write().unwrap_or_else(|p| p.into_inner());
-            for (name, c) in working {
-                memory.insert(name, c);
-            }
-            drop(memory);
-            if !keys_put.is_empty() {
-                self.keys.apply(&keys_del, keys_put);
-                self.keys_count.store(self.keys.len(), Ordering::Relaxed);
-            }
-        }
-        for p in pending {
-            match (p, &committed) {
-                (Pending::Increment(reply, outcome), Ok(())) => {
-                    let _ = reply.send(outcome);
-                }
-                (Pending::Merge(reply, changed), Ok(())) => {
-                    let _ = reply.send(Ok(changed));
-                }
-                (Pending::Config(reply), Ok(())) => {
-                    let _ = reply.send(Ok(()));
-                }
-                (Pending::Increment(reply, _), Err(e)) => {
-                    let _ = reply.send(Err(StoreError::Engine(format!("commit failed: {e}"))));
-                }
-                (Pending::Merge(reply, _), Err(e)) => {
-                    let _ = reply.send(Err(StoreError::Engine(format!("commit failed: {e}"))));
-                }
-                (Pending::Config(reply), Err(e)) => {
-                    let _ = reply.send(Err(StoreError::Engine(format!("commit failed: {e}"))));
-                }
-            }
-        }
-        if committed.is_ok() && !own_changed.is_empty() {
-            own_changed.sort();
-            own_changed.dedup();
-            (self.hook)(&own_changed);
-        }
-    }
+/// What `/status` shows of storage.
+#[derive(Clone, Debug, Serialize)]
+pub struct StorageReport {
+    #[serde(flatten)]
+    pub health: HealthReport,
+    pub head_seq: u64,
 }
 
 #[cfg(test)]
@@ -670,7 +593,7 @@ mod tests {
     }
 
     fn no_hook() -> ChangeHook {
-        Arc::new(|_: &[String]| {})
+        Arc::new(|_: &[String], _: u64| {})
     }
 
     /// The same store over each engine: the disk one in a fresh folder (removed on drop) and memory.
@@ -826,7 +749,10 @@ mod tests {
             let changed = s
                 .merge(Merge {
                     counters: vec![("x".into(), theirs.clone())],
-                    mark: Some((9, 17)),
+                    mark: Some(PeerMark {
+                        incarnation: 9,
+                        seq: 17,
+                    }),
                 })
                 .await
                 .unwrap();
@@ -834,7 +760,10 @@ mod tests {
             let again = s
                 .merge(Merge {
                     counters: vec![("x".into(), theirs)],
-                    mark: Some((9, 5)),
+                    mark: Some(PeerMark {
+                        incarnation: 9,
+                        seq: 5,
+                    }),
                 })
                 .await
                 .unwrap();
@@ -844,18 +773,202 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_failed_commit_acknowledges_nothing_and_changes_nothing() {
+    /// A memory store with a short storage deadline, and its engine.
+    fn faulty() -> (Store, Arc<memory::MemoryEngine>) {
         let engine = Arc::new(memory::MemoryEngine::new());
+        let options = StoreOptions {
+            timeout: Duration::from_secs(1),
+            ..StoreOptions::default()
+        };
+        let store = Store::with_engine(engine.clone(), 1, options, no_hook())
+            .unwrap()
+            .store;
+        (store, engine)
+    }
+
+    /// Waits (in paused time) until storage reports itself healthy.
+    async fn healed(s: &Store) -> bool {
+        for _ in 0..100 {
+            if s.health().healthy {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_disk_refuses_writes_then_heals_by_itself() {
+        let (s, engine) = faulty();
+        s.increment(vec![("a".into(), 1)]).await.unwrap();
+        engine.inject(memory::DiskFault::Full);
+        let err = s.increment(vec![("a".into(), 1)]).await.unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+        assert!(err.is_transient());
+        assert!(err.to_string().contains("no space left"), "{err}");
+        assert_eq!(s.value("a"), 1, "nothing of a failed commit is visible");
+        let report = s.health();
+        assert!(!report.healthy);
+        assert!(report.problem.unwrap().contains("no space left"));
+        // While it fails, writes are refused at once, and reads work.
+        let started = Instant::now();
+        assert!(s.increment(vec![("b".into(), 1)]).await.is_err());
+        assert!(started.elapsed() < Duration::from_millis(10));
+        assert_eq!(s.value("a"), 1);
+        // Still failing: retries do not heal it.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(!s.health().healthy);
+        engine.inject(memory::DiskFault::None);
+        assert!(
+            healed(&s).await,
+            "storage recovers once the disk takes writes"
+        );
+        assert_eq!(s.health().recoveries, 1);
+        assert_eq!(s.increment(vec![("a".into(), 1)]).await.unwrap(), vec![2]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_commit_reported_failed_but_written_is_folded_in_on_recovery() {
+        let pushed = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = pushed.clone();
+        let engine = Arc::new(memory::MemoryEngine::new());
+        let s = Store::with_engine(
+            engine.clone(),
+            1,
+            StoreOptions::default(),
+            Arc::new(move |names: &[String], _| seen.lock().unwrap().extend_from_slice(names)),
+        )
+        .unwrap()
+        .store;
+        engine.inject(memory::DiskFault::FailSync);
+        assert!(s.increment(vec![("a".into(), 5)]).await.is_err());
+        assert_eq!(s.value("a"), 0, "not acknowledged, not visible");
+        assert!(pushed.lock().unwrap().is_empty());
+        engine.inject(memory::DiskFault::None);
+        assert!(healed(&s).await);
+        // The disk kept it: the node resumes from what the disk holds, so it
+        // never counts again from a value lower than one it may have written.
+        assert_eq!(s.value("a"), 5);
+        assert_eq!(*pushed.lock().unwrap(), ["a"], "and replicates it");
+        assert_eq!(s.increment(vec![("a".into(), 1)]).await.unwrap(), vec![6]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_disk_costs_callers_one_deadline_and_shows_in_health() {
+        let (s, engine) = faulty();
+        engine.inject(memory::DiskFault::Stall(
+            Instant::now() + Duration::from_secs(10),
+        ));
+        let started = Instant::now();
+        let err = s.increment(vec![("a".into(), 1)]).await.unwrap_err();
+        assert!(matches!(err, StoreError::Timeout(_)), "{err}");
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let report = s.health();
+        assert!(!report.healthy);
+        assert!(report.problem.unwrap().contains("stalled"));
+        let marks = s.mark(7).await;
+        assert!(
+            matches!(marks, Err(StoreError::Timeout(_))),
+            "reads wait at most the deadline too"
+        );
+        // Once the disk answers, the timed-out increment lands after all
+        // (its outcome was unknown, not refused) and writes go on.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(s.health().healthy);
+        assert_eq!(s.increment(vec![("a".into(), 1)]).await.unwrap(), vec![2]);
+    }
+
+    /// An engine whose commits panic: a bug in the writer's path.
+    struct Panicking(memory::MemoryEngine);
+
+    impl Engine for Panicking {
+        fn load(&self, node: u64) -> Result<Loaded, StoreError> {
+            self.0.load(node)
+        }
+        fn commit(&self, _: &Batch) -> Result<u64, StoreError> {
+            panic!("planted");
+        }
+        fn changes_since(&self, since: u64, limit: usize) -> Result<Changes, StoreError> {
+            self.0.changes_since(since, limit)
+        }
+        fn mark(&self, peer: u64) -> Result<u64, StoreError> {
+            self.0.mark(peer)
+        }
+        fn location(&self) -> Option<&Path> {
+            None
+        }
+        fn blocking(&self) -> bool {
+            false
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dead_writer_is_reported_not_hidden() {
+        let s = Store::with_engine(
+            Arc::new(Panicking(memory::MemoryEngine::new())),
+            1,
+            StoreOptions::default(),
+            no_hook(),
+        )
+        .unwrap()
+        .store;
+        assert!(matches!(
+            s.increment(vec![("a".into(), 1)]).await,
+            Err(StoreError::Closed)
+        ));
+        let reason = tokio::time::timeout(Duration::from_secs(5), s.stopped())
+            .await
+            .expect("the store reports its writer's end");
+        assert!(reason.contains("planted"), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn a_disk_store_reopens_with_everything_it_held() {
+        let dir = temp_dir("reopen-engine");
+        let engine = Arc::new(redb::RedbEngine::open(&dir).unwrap());
         let s = Store::with_engine(engine.clone(), 1, StoreOptions::default(), no_hook())
             .unwrap()
             .store;
-        s.increment(vec![("a".into(), 1)]).await.unwrap();
-        engine.fail_commits(true);
-        assert!(s.increment(vec![("a".into(), 1)]).await.is_err());
-        assert_eq!(s.value("a"), 1);
-        engine.fail_commits(false);
-        assert_eq!(s.increment(vec![("a".into(), 1)]).await.unwrap(), vec![2]);
+        s.increment(vec![("a".into(), 3)]).await.unwrap();
+        engine.reopen().unwrap();
+        assert_eq!(engine.load(1).unwrap().counters["a"].value(), 3);
+        assert_eq!(s.increment(vec![("a".into(), 1)]).await.unwrap(), vec![4]);
+        s.close().await;
+        drop(s);
+        drop(engine);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn membership_changes_are_durable_and_published() {
+        let mut both = both("membership");
+        for s in &both.stores {
+            let mut rx = s.watch_membership();
+            let actors = crate::cluster::parse_actors(&["10.0.0.1".to_string()]).unwrap();
+            let changed = s
+                .update_membership(move |m| m.post(actors, 1))
+                .await
+                .unwrap()
+                .expect("a first config is a change");
+            assert!(rx.has_changed().unwrap());
+            assert_eq!(*rx.borrow_and_update(), changed);
+            let again = crate::cluster::parse_actors(&["10.0.0.1".to_string()]).unwrap();
+            assert!(
+                s.update_membership(move |m| m.post(again, 1))
+                    .await
+                    .unwrap()
+                    .is_none()
+            );
+            assert_eq!(s.membership(), changed);
+        }
+        let s = both.stores.remove(0);
+        s.close().await;
+        drop(s);
+        let reopened = Store::open(&both.dir, 1, StoreOptions::default(), no_hook())
+            .unwrap()
+            .store;
+        assert_eq!(reopened.membership().stamp().version, 1);
     }
 
     #[tokio::test]
@@ -881,25 +994,13 @@ mod tests {
                 .increment_once(vec![("a".into(), 5)], Some("k1".into()))
                 .await
                 .unwrap();
-            assert_eq!(
-                first,
-                Incremented {
-                    values: vec![5],
-                    replayed: false
-                }
-            );
+            assert_eq!((first.values, first.replayed), (vec![5], false));
             s.increment(vec![("a".into(), 1)]).await.unwrap();
             let again = s
                 .increment_once(vec![("a".into(), 5)], Some("k1".into()))
                 .await
                 .unwrap();
-            assert_eq!(
-                again,
-                Incremented {
-                    values: vec![5],
-                    replayed: true
-                }
-            );
+            assert_eq!((again.values, again.replayed), (vec![5], true));
             assert_eq!(s.value("a"), 6);
             assert!(matches!(
                 s.increment_once(vec![("a".into(), 7)], Some("k1".into()))

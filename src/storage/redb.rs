@@ -5,18 +5,23 @@
 //! leaves the last committed state. Tables:
 //! - `counters`: name -> local sequence (u64 LE) + encoded counter;
 //! - `by_seq`: local sequence -> name, one entry per name at its latest sequence;
-//! - `meta`: node id, incarnation, head sequence, config (JSON);
+//! - `meta`: node id, incarnation, head sequence, membership (JSON);
 //! - `peer_marks`: peer incarnation -> the peer sequence merged so far.
+//!
+//! After an I/O error redb refuses every later transaction until the
+//! database is closed and opened again; [`RedbEngine::reopen`] does that
+//! (the writer calls it, with backoff, until the disk takes writes again).
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::{RwLock, RwLockReadGuard};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::idempotency::KeyRecord;
 use super::{Batch, Changes, Engine, Loaded, StoreError};
-use crate::cluster::ClusterConfig;
+use crate::cluster::{ClusterConfig, Membership};
 use crate::crdt::GCounter;
 
 const COUNTERS: TableDefinition<&str, &[u8]> = TableDefinition::new("counters");
@@ -30,12 +35,15 @@ const DB_FILE: &str = "tally.redb";
 const LOCK_FILE: &str = "LOCK";
 
 fn engine(e: impl Into<redb::Error>) -> StoreError {
-    StoreError::Engine(e.into().to_string())
+    StoreError::engine(e.into())
 }
 
 pub struct RedbEngine {
-    db: Database,
+    /// `None` only while being reopened. Readers hold the read lock for a
+    /// whole transaction, so a reopen never overlaps one.
+    db: RwLock<Option<Database>>,
     dir: PathBuf,
+    file: PathBuf,
     created: bool,
     /// Held for the life of the engine: a second process on the folder fails to lock it.
     _lock: File,
@@ -63,51 +71,34 @@ impl RedbEngine {
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(folder(e)),
         }
-        let created = !dir.join(DB_FILE).exists();
-        let db = Database::create(dir.join(DB_FILE))
-            .map_err(|e| StoreError::Engine(format!("{}: {e}", dir.join(DB_FILE).display())))?;
+        let file = dir.join(DB_FILE);
+        let created = !file.exists();
+        let db = Database::create(&file).map_err(|e| engine(e).in_file(&file))?;
         Ok(RedbEngine {
-            db,
+            db: RwLock::new(Some(db)),
             dir: dir.to_path_buf(),
+            file,
             created,
             _lock: lock,
         })
     }
-}
 
-fn read_u64(
-    table: &impl ReadableTable<&'static str, &'static [u8]>,
-    key: &str,
-) -> Result<u64, StoreError> {
-    match table.get(key).map_err(engine)? {
-        None => Ok(0),
-        Some(v) => v
-            .value()
-            .try_into()
-            .map(u64::from_le_bytes)
-            .map_err(|_| StoreError::Corrupt(format!("meta {key} is not a u64"))),
+    fn db(&self) -> Result<DbGuard<'_>, StoreError> {
+        let guard = self.db.read().unwrap_or_else(|p| p.into_inner());
+        if guard.is_none() {
+            return Err(StoreError::engine("the database is being reopened").in_file(&self.file));
+        }
+        Ok(DbGuard(guard))
     }
-}
 
-fn decode_row(bytes: &[u8]) -> Result<(u64, GCounter), StoreError> {
-    if bytes.len() < 8 {
-        return Err(StoreError::Corrupt("counter row too short".into()));
+    fn located<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        result.map_err(|e| e.in_file(&self.file))
     }
-    let lseq = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
-    let counter = GCounter::decode(&bytes[8..]).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    Ok((lseq, counter))
-}
 
-fn encode_row(lseq: u64, counter: &GCounter) -> Vec<u8> {
-    let mut out = lseq.to_le_bytes().to_vec();
-    out.extend_from_slice(&counter.encode());
-    out
-}
-
-impl Engine for RedbEngine {
-    fn load(&self, node: u64) -> Result<Loaded, StoreError> {
-        let txn = self.db.begin_write().map_err(engine)?;
-        let (incarnation, config) = {
+    fn load_inner(&self, node: u64) -> Result<Loaded, StoreError> {
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(engine)?;
+        let (incarnation, membership, head) = {
             let mut meta = txn.open_table(META).map_err(engine)?;
             txn.open_table(COUNTERS).map_err(engine)?;
             txn.open_table(BY_SEQ).map_err(engine)?;
@@ -129,15 +120,14 @@ impl Engine for RedbEngine {
                 meta.insert("incarnation", incarnation.to_le_bytes().as_slice())
                     .map_err(engine)?;
             }
-            let config = match meta.get("config").map_err(engine)? {
-                None => ClusterConfig::default(),
-                Some(v) => serde_json::from_slice(v.value())
-                    .map_err(|e| StoreError::Corrupt(format!("stored config: {e}")))?,
+            let membership = match meta.get("config").map_err(engine)? {
+                None => Membership::default(),
+                Some(v) => decode_membership(v.value())?,
             };
-            (incarnation, config)
+            (incarnation, membership, read_u64(&meta, "seq")?)
         };
         txn.commit().map_err(engine)?;
-        let txn = self.db.begin_read().map_err(engine)?;
+        let txn = db.begin_read().map_err(engine)?;
         let table = txn.open_table(COUNTERS).map_err(engine)?;
         let mut counters = BTreeMap::new();
         for entry in table.iter().map_err(engine)? {
@@ -158,22 +148,116 @@ impl Engine for RedbEngine {
         }
         Ok(Loaded {
             incarnation,
-            config,
+            membership,
             counters,
             keys,
+            head,
             created: self.created,
         })
     }
+}
 
-    fn commit(&self, batch: &Batch<'_>) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(engine)?;
-        {
+struct DbGuard<'a>(RwLockReadGuard<'a, Option<Database>>);
+
+impl std::ops::Deref for DbGuard<'_> {
+    type Target = Database;
+    fn deref(&self) -> &Database {
+        self.0.as_ref().expect("checked when the guard was taken")
+    }
+}
+
+fn read_u64(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<u64, StoreError> {
+    match table.get(key).map_err(engine)? {
+        None => Ok(0),
+        Some(v) => v
+            .value()
+            .try_into()
+            .map(u64::from_le_bytes)
+            .map_err(|_| StoreError::Corrupt(format!("meta {key} is not a u64"))),
+    }
+}
+
+/// The stored membership; folders written before membership hand-offs hold
+/// a bare config.
+fn decode_membership(bytes: &[u8]) -> Result<Membership, StoreError> {
+    serde_json::from_slice::<Membership>(bytes)
+        .or_else(|_| serde_json::from_slice::<ClusterConfig>(bytes).map(Membership::new))
+        .map_err(|e| StoreError::Corrupt(format!("stored config: {e}")))
+}
+
+fn decode_row(bytes: &[u8]) -> Result<(u64, GCounter), StoreError> {
+    if bytes.len() < 8 {
+        return Err(StoreError::Corrupt("counter row too short".into()));
+    }
+    let lseq = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+    let counter = GCounter::decode(&bytes[8..]).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok((lseq, counter))
+}
+
+fn encode_row(lseq: u64, counter: &GCounter) -> Vec<u8> {
+    let mut out = lseq.to_le_bytes().to_vec();
+    out.extend_from_slice(&counter.encode());
+    out
+}
+
+impl Engine for RedbEngine {
+    fn load(&self, node: u64) -> Result<Loaded, StoreError> {
+        self.located(self.load_inner(node))
+    }
+
+    fn reopen(&self) -> Result<(), StoreError> {
+        let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
+        // Dropping the old handle releases redb's own lock on the file.
+        drop(slot.take());
+        let db = Database::create(&self.file).map_err(|e| engine(e).in_file(&self.file))?;
+        *slot = Some(db);
+        Ok(())
+    }
+
+    fn commit(&self, batch: &Batch) -> Result<u64, StoreError> {
+        self.located(self.commit_inner(batch))
+    }
+
+    fn changes_since(&self, since: u64, limit: usize) -> Result<Changes, StoreError> {
+        self.located(self.changes_inner(since, limit))
+    }
+
+    fn mark(&self, peer_incarnation: u64) -> Result<u64, StoreError> {
+        let db = self.db()?;
+        let read = || -> Result<u64, StoreError> {
+            let txn = db.begin_read().map_err(engine)?;
+            let table = txn.open_table(MARKS).map_err(engine)?;
+            Ok(table
+                .get(peer_incarnation)
+                .map_err(engine)?
+                .map_or(0, |g| g.value()))
+        };
+        self.located(read())
+    }
+
+    fn location(&self) -> Option<&Path> {
+        Some(&self.dir)
+    }
+
+    fn blocking(&self) -> bool {
+        true
+    }
+}
+
+impl RedbEngine {
+    fn commit_inner(&self, batch: &Batch) -> Result<u64, StoreError> {
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(engine)?;
+        let head = {
             let mut meta = txn.open_table(META).map_err(engine)?;
             let mut counters = txn.open_table(COUNTERS).map_err(engine)?;
             let mut by_seq = txn.open_table(BY_SEQ).map_err(engine)?;
             let mut peer_marks = txn.open_table(MARKS).map_err(engine)?;
             let mut seq = read_u64(&meta, "seq")?;
-            for (name, counter) in batch.counters {
+            for (name, counter) in &batch.counters {
                 let old = counters
                     .get(name.as_str())
                     .map_err(engine)?
@@ -190,33 +274,38 @@ impl Engine for RedbEngine {
             }
             meta.insert("seq", seq.to_le_bytes().as_slice())
                 .map_err(engine)?;
-            for &(peer, mark) in batch.marks {
+            for mark in &batch.marks {
                 let prev = peer_marks
-                    .get(peer)
+                    .get(mark.incarnation)
                     .map_err(engine)?
                     .map_or(0, |g| g.value());
-                if mark > prev {
-                    peer_marks.insert(peer, mark).map_err(engine)?;
+                if mark.seq > prev {
+                    peer_marks
+                        .insert(mark.incarnation, mark.seq)
+                        .map_err(engine)?;
                 }
             }
-            if let Some(config) = batch.config {
-                let json = serde_json::to_vec(config).expect("config serializes");
+            if let Some(membership) = &batch.membership {
+                let json = serde_json::to_vec(membership).expect("membership serializes");
                 meta.insert("config", json.as_slice()).map_err(engine)?;
             }
             let mut keys = txn.open_table(KEYS).map_err(engine)?;
-            for k in batch.keys_del {
+            for k in &batch.keys_del {
                 keys.remove(k.as_str()).map_err(engine)?;
             }
-            for (k, r) in batch.keys_put {
+            for (k, r) in &batch.keys_put {
                 let json = serde_json::to_vec(r).expect("records serialize");
                 keys.insert(k.as_str(), json.as_slice()).map_err(engine)?;
             }
-        }
-        txn.commit().map_err(engine)
+            seq
+        };
+        txn.commit().map_err(engine)?;
+        Ok(head)
     }
 
-    fn changes_since(&self, since: u64, limit: usize) -> Result<Changes, StoreError> {
-        let txn = self.db.begin_read().map_err(engine)?;
+    fn changes_inner(&self, since: u64, limit: usize) -> Result<Changes, StoreError> {
+        let db = self.db()?;
+        let txn = db.begin_read().map_err(engine)?;
         let head = read_u64(&txn.open_table(META).map_err(engine)?, "seq")?;
         let by_seq = txn.open_table(BY_SEQ).map_err(engine)?;
         let counters = txn.open_table(COUNTERS).map_err(engine)?;
@@ -244,22 +333,5 @@ impl Engine for RedbEngine {
             out.next = head;
         }
         Ok(out)
-    }
-
-    fn mark(&self, peer_incarnation: u64) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read().map_err(engine)?;
-        let table = txn.open_table(MARKS).map_err(engine)?;
-        Ok(table
-            .get(peer_incarnation)
-            .map_err(engine)?
-            .map_or(0, |g| g.value()))
-    }
-
-    fn location(&self) -> Option<&Path> {
-        Some(&self.dir)
-    }
-
-    fn blocking(&self) -> bool {
-        true
     }
 }

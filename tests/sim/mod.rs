@@ -146,13 +146,14 @@ async fn run_node(id: u64, engine: Arc<dyn Engine>, tamper: Option<Tamper>) -> t
                     Reply::Value(
                         node.post_config(actors)
                             .await
-                            .map(|s| u128::from(s.version))
+                            .map(|s| u128::from(s.membership.stamp().version))
                             .map_err(|e| e.to_string()),
                     )
                 }
                 Frame::Increment { name, amount } => Reply::Value(
-                    node.increment(name, amount)
+                    node.increment(vec![(name, amount)], None, None)
                         .await
+                        .map(|done| done.values[0])
                         .map_err(|e| e.to_string()),
                 ),
                 Frame::Value { name } => Reply::Value(Ok(node.store().value(&name))),
@@ -163,7 +164,7 @@ async fn run_node(id: u64, engine: Arc<dyn Engine>, tamper: Option<Tamper>) -> t
                     {
                         Ok(v) => Reply::Value(Ok(v)),
                         Err(u) => Reply::Unavailable {
-                            unreachable: u.unreachable,
+                            unreachable: u.unreachable.iter().map(|a| a.to_string()).collect(),
                             best: u.best_known_value,
                         },
                     }
@@ -343,15 +344,14 @@ impl Engine for ForgetfulEngine {
     fn load(&self, node: u64) -> Result<Loaded, StoreError> {
         self.0.load(node)
     }
-    fn commit(&self, batch: &Batch<'_>) -> Result<(), StoreError> {
+    fn commit(&self, batch: &Batch) -> Result<u64, StoreError> {
         // Keep config and marks, drop the counters.
-        let empty = BTreeMap::new();
         self.0.commit(&Batch {
-            counters: &empty,
-            marks: batch.marks,
-            config: batch.config,
-            keys_put: batch.keys_put,
-            keys_del: batch.keys_del,
+            counters: BTreeMap::new(),
+            marks: batch.marks.clone(),
+            membership: batch.membership.clone(),
+            keys_put: batch.keys_put.clone(),
+            keys_del: batch.keys_del.clone(),
         })
     }
     fn changes_since(&self, since: u64, limit: usize) -> Result<Changes, StoreError> {
@@ -388,7 +388,7 @@ pub fn totals_by_maximum() -> Tamper {
                     collapse(&mut c.components);
                 }
             }
-            Response::Ack => {}
+            Response::Ack | Response::Mark { .. } => {}
         }
     })
 }

@@ -1,0 +1,444 @@
+//! A running node: wires storage, membership, replication and the HTTP
+//! server together, and owns the shutdown sequence.
+//!
+//! One file per job: [`rpc`] answers peers, [`membership`] keeps "who am I,
+//! whom do I replicate with, have I handed off" in step with the config,
+//! [`read`] runs consistent reads; this file starts and stops the node and
+//! runs increments.
+//!
+//! Shutdown order: stop accepting connections and let in-flight requests
+//! finish (the server's bounded drain), push what peers still lack, then let
+//! the storage writer commit what is queued and stop, then wait for every
+//! tracked task. The whole sequence is bounded.
+
+mod membership;
+mod read;
+mod rpc;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+pub use membership::{ConfigOutcome, Role, Whoami};
+pub use read::Incomplete;
+pub use rpc::RpcError;
+
+use crate::cluster::{Actor, Membership};
+use crate::metrics::{Metrics, Outcome};
+use crate::proto::{PROTOCOL_VERSION, Request, RequestEnvelope, ResponseEnvelope};
+use crate::replication::Peers;
+use crate::storage::redb::RedbEngine;
+use crate::storage::{Engine, Identity, Incremented, Store, StoreError, StoreOptions};
+use crate::transport::{CallError, HttpTransport, Transport};
+
+/// Everything a node needs to run; filled from flags and environment by the binary.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub id: u64,
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Default deadline of a consistent read.
+    pub consistent_timeout: Duration,
+    /// Largest deadline a request may ask for with `?timeout=`.
+    pub max_consistent_timeout: Duration,
+    /// Deadline of one call to a peer.
+    pub peer_timeout: Duration,
+    /// Deadline for opening a connection to a peer.
+    pub connect_timeout: Duration,
+    /// Pause between anti-entropy rounds with each peer.
+    pub sync_interval: Duration,
+    /// Bound on the whole shutdown sequence.
+    pub shutdown_timeout: Duration,
+    /// Other actors that must store an increment before it is acknowledged
+    /// (0: acknowledged once durable here).
+    pub min_replicas: usize,
+    /// How long an increment waits for its replicas before answering 503.
+    pub replica_timeout: Duration,
+    pub secret: Option<Arc<str>>,
+    pub store: StoreOptions,
+    /// Shared by every layer of this node.
+    pub metrics: Metrics,
+}
+
+impl Settings {
+    pub fn new(id: u64, listen: SocketAddr, data_dir: PathBuf) -> Self {
+        Settings {
+            id,
+            listen,
+            data_dir,
+            consistent_timeout: Duration::from_secs(10),
+            max_consistent_timeout: Duration::from_secs(60),
+            peer_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_millis(500),
+            sync_interval: Duration::from_millis(500),
+            shutdown_timeout: Duration::from_secs(10),
+            min_replicas: 0,
+            replica_timeout: Duration::from_secs(5),
+            secret: None,
+            store: StoreOptions::default(),
+            metrics: Metrics::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Fatal(String),
+}
+
+/// Why an increment was not acknowledged.
+#[derive(Debug, thiserror::Error)]
+pub enum IncrementError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// This node left the cluster: its acknowledgements would be covered by
+    /// no consistent read.
+    #[error(
+        "this node ({me}) is not in the cluster's config; send increments to one of its actors"
+    )]
+    NotMember { me: String, actors: Vec<Actor> },
+    /// Applied here, but fewer than the required other actors stored it in time.
+    #[error(
+        "stored on {stored} of the {required} other actors required within {timeout:?}; the increment is applied on this node and will replicate, but it is not acknowledged"
+    )]
+    Replicas {
+        stored: usize,
+        required: usize,
+        timeout: Duration,
+        values: Vec<u128>,
+    },
+    #[error("{required} other actors must store this increment, but the config has {available}")]
+    TooFewActors { required: usize, available: usize },
+}
+
+pub struct Node {
+    settings: Settings,
+    store: Store,
+    identity: Identity,
+    transport: Arc<dyn Transport>,
+    whoami: watch::Sender<Whoami>,
+    peers: Arc<Peers>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    started: Instant,
+    /// Why the node must stop, when something it cannot live without died.
+    fatal: Mutex<Option<String>>,
+}
+
+impl Node {
+    /// Opens the data folder and starts the background tasks (not the HTTP server).
+    pub fn start(
+        settings: Settings,
+        transport: Arc<dyn Transport>,
+    ) -> Result<Arc<Node>, StartError> {
+        let engine = Arc::new(RedbEngine::open(&settings.data_dir)?);
+        Self::start_with(settings, engine, transport)
+    }
+
+    /// Starts a node over any storage engine and transport.
+    pub fn start_with(
+        settings: Settings,
+        engine: Arc<dyn Engine>,
+        transport: Arc<dyn Transport>,
+    ) -> Result<Arc<Node>, StartError> {
+        let peers = Arc::new(Peers::default());
+        let hook_peers = peers.clone();
+        let store_options = StoreOptions {
+            metrics: settings.metrics.clone(),
+            ..settings.store.clone()
+        };
+        let opened = Store::with_engine(
+            engine,
+            settings.id,
+            store_options,
+            Arc::new(move |names: &[String], head| hook_peers.mark_dirty(names, head)),
+        )?;
+        let identity = opened.store.identity();
+        info!(
+            version = env!("CARGO_PKG_VERSION"),
+            id = identity.node,
+            incarnation = format_args!("{:016x}", identity.incarnation),
+            data_dir = %settings.data_dir.display(),
+            new_folder = opened.created,
+            names = opened.store.names(),
+            config_version = opened.store.membership().stamp().version,
+            "storage recovered"
+        );
+        let node = Arc::new(Node {
+            store: opened.store,
+            identity,
+            transport,
+            whoami: watch::Sender::new(Whoami::Unknown),
+            peers,
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            started: Instant::now(),
+            fatal: Mutex::new(None),
+            settings,
+        });
+        node.spawn(membership::membership_loop(node.clone()));
+        node.spawn(membership::handoff_loop(node.clone()));
+        node.spawn(watch_writer(node.clone()));
+        Ok(node)
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn identity(&self) -> Identity {
+        self.identity
+    }
+
+    pub fn membership(&self) -> Membership {
+        self.store.membership()
+    }
+
+    /// Which actor of the config this node is, once known.
+    pub fn me(&self) -> Option<Actor> {
+        match &*self.whoami.borrow() {
+            Whoami::Is(a) => Some(a.clone()),
+            _ => None,
+        }
+    }
+
+    pub fn role(&self) -> Role {
+        Role::of(&self.membership(), &self.whoami.borrow())
+    }
+
+    pub fn peers(&self) -> &Peers {
+        &self.peers
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Why the node stopped itself, if it did.
+    pub fn fatal(&self) -> Option<String> {
+        self.fatal.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Runs a background task that ends when the node shuts down.
+    pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        let token = self.shutdown.clone();
+        self.tracker.spawn(async move {
+            tokio::select! {
+                _ = token.cancelled() => {}
+                _ = task => {}
+            }
+        });
+    }
+
+    fn envelope(&self, req: Request) -> RequestEnvelope {
+        RequestEnvelope {
+            v: PROTOCOL_VERSION,
+            from: self.identity.into(),
+            membership: self.membership(),
+            req,
+        }
+    }
+
+    /// Calls a peer and adopts any newer membership its answer carries.
+    pub async fn call(
+        &self,
+        to: &Actor,
+        req: Request,
+        timeout: Duration,
+    ) -> Result<ResponseEnvelope, CallError> {
+        let env = self.envelope(req);
+        let resp = self.transport.call(to, &env, timeout).await?;
+        if resp.v != PROTOCOL_VERSION {
+            return Err(CallError::Protocol(format!(
+                "peer speaks protocol {}, this node {PROTOCOL_VERSION}",
+                resp.v
+            )));
+        }
+        if let Some(theirs) = &resp.membership {
+            if theirs.validate().is_err() {
+                return Err(CallError::Protocol("peer sent an invalid config".into()));
+            }
+            if let Err(e) = self.adopt(theirs.clone()).await {
+                warn!(error = %e, "could not store a config learned from a peer");
+            }
+        }
+        Ok(resp)
+    }
+
+    /// Merges a membership heard from a peer; returns whether ours changed.
+    pub async fn adopt(&self, theirs: Membership) -> Result<bool, StoreError> {
+        if self.membership().merged_with(&theirs).is_none() {
+            return Ok(false);
+        }
+        let adopted = self
+            .store
+            .update_membership(move |ours| ours.merged_with(&theirs))
+            .await?;
+        if let Some(m) = &adopted {
+            membership::log_adopted(m);
+        }
+        Ok(adopted.is_some())
+    }
+
+    /// Increments (one name or a batch) with an optional idempotency key:
+    /// durable before it returns, applied once per key, and, when `replicas`
+    /// (or `--min-replicas`) asks for it, stored by that many other actors.
+    pub async fn increment(
+        &self,
+        items: Vec<(String, u64)>,
+        key: Option<String>,
+        replicas: Option<usize>,
+    ) -> Result<Incremented, IncrementError> {
+        let role = self.role();
+        if !role.accepts_increments() {
+            return Err(IncrementError::NotMember {
+                me: self
+                    .me()
+                    .map_or_else(|| "unlisted".into(), |a| a.to_string()),
+                actors: self.membership().config.actors,
+            });
+        }
+        // A request may ask for more replicas than the node's minimum, never fewer.
+        let required = replicas.unwrap_or(0).max(self.settings.min_replicas);
+        if required > 0 {
+            let available = self.membership().config.actors.len().saturating_sub(1);
+            if required > available {
+                return Err(IncrementError::TooFewActors {
+                    required,
+                    available,
+                });
+            }
+        }
+        let done = self.store.increment_once(items, key).await?;
+        if required == 0 {
+            return Ok(done);
+        }
+        let timeout = self.settings.replica_timeout;
+        let stored = self
+            .peers
+            .wait_stored(done.seq, required, Instant::now() + timeout)
+            .await;
+        let outcome = if stored >= required { "ok" } else { "short" };
+        self.settings
+            .metrics
+            .replica_waits
+            .get_or_create(&Outcome { outcome })
+            .inc();
+        if stored >= required {
+            Ok(done)
+        } else {
+            Err(IncrementError::Replicas {
+                stored,
+                required,
+                timeout,
+                values: done.values,
+            })
+        }
+    }
+
+    /// Stops the node: the HTTP server must already have drained.
+    pub async fn shutdown(self: &Arc<Node>) {
+        let bound = self.settings.shutdown_timeout;
+        let sequence = async {
+            self.shutdown.cancel();
+            self.peers
+                .flush(self, self.settings.peer_timeout.min(bound / 2))
+                .await;
+            self.store.close().await;
+            self.tracker.close();
+            self.tracker.wait().await;
+        };
+        if tokio::time::timeout(bound, sequence).await.is_err() {
+            warn!(?bound, "shutdown did not finish in time");
+        }
+    }
+}
+
+/// Stops the node if the storage writer dies: it could never write again,
+/// and a node that refuses every write forever is worse than one that exits.
+async fn watch_writer(node: Arc<Node>) {
+    let reason = node.store.stopped().await;
+    error!(reason = %reason, "stopping the node: storage cannot write any more");
+    *node.fatal.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+    node.shutdown.cancel();
+}
+
+/// Runs a node until `stop` resolves: listens, serves, then shuts down in order.
+pub async fn run(
+    mut settings: Settings,
+    limits: crate::server::Limits,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let listener =
+        TcpListener::bind(settings.listen)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: settings.listen,
+                source,
+            })?;
+    settings.listen = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: settings.listen,
+        source,
+    })?;
+    if settings.secret.is_none() {
+        warn!(
+            "no cluster secret set: anyone who can reach this port can change config and inject counts"
+        );
+    }
+    let transport = Arc::new(HttpTransport::new(
+        settings.connect_timeout,
+        settings.secret.clone(),
+        settings.metrics.clone(),
+    ));
+    let node = Node::start(settings, transport)?;
+    info!(listen = %node.settings.listen, "listening");
+    let app = crate::api::router(node.clone());
+    let token = node.shutdown_token();
+    let stop_serving = CancellationToken::new();
+    let trigger = stop_serving.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = stop => {}
+            _ = token.cancelled() => {}
+        }
+        trigger.cancel();
+    });
+    crate::server::serve(
+        listener,
+        app,
+        limits,
+        stop_serving,
+        node.settings.shutdown_timeout,
+    )
+    .await;
+    node.shutdown().await;
+    if let Some(reason) = node.fatal() {
+        return Err(StartError::Fatal(reason));
+    }
+    info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,151 @@
+//! Consistent reads (SPEC G1, G5): hear, during this request, from every
+//! node whose acknowledged increments might be missing here.
+//!
+//! The read starts from the local counter and asks, in parallel, every
+//! actor of the membership's read set (the config's actors and every leaver
+//! whose hand-off is not confirmed). Answers are merged per component. When
+//! an answer carries a newer membership, it is adopted and the read goes on
+//! under it: the new read set is asked too (answers already heard still
+//! count). Each silent actor is retried with a short pause, so a healed
+//! network is noticed at once, until the deadline; then the read answers
+//! with what it could not hear from.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::Node;
+use crate::cluster::Actor;
+use crate::crdt::GCounter;
+use crate::metrics::Outcome;
+use crate::proto::{Request, Response};
+
+/// A consistent read that could not hear from every node it needed.
+#[derive(Debug)]
+pub struct Incomplete {
+    pub reason: String,
+    pub unreachable: Vec<Actor>,
+    pub best_known_value: u128,
+}
+
+impl Node {
+    /// `GET /counter/<name>/consistent_value`.
+    pub async fn consistent_value(
+        self: &Arc<Self>,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<u128, Incomplete> {
+        let started = Instant::now();
+        let result = self.consistent_read(name, timeout).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(u) if u.unreachable.is_empty() => "no_config",
+            Err(_) => "unavailable",
+        };
+        let m = &self.settings.metrics;
+        m.consistent_reads.get_or_create(&Outcome { outcome }).inc();
+        m.consistent_seconds
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn consistent_read(
+        self: &Arc<Self>,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<u128, Incomplete> {
+        let deadline = Instant::now() + timeout;
+        let mut membership = self.store.watch_membership();
+        let mut merged = self.store.counter(name).unwrap_or_default();
+        if !membership.borrow().is_set() {
+            // Without a config this node cannot know whom to hear from: it
+            // may be new, or it may have lost its data folder and with it
+            // the list of peers that hold what it acknowledged. Only a 503
+            // is safe (G1); writes and local reads work as a cluster of one.
+            return Err(Incomplete {
+                reason: "this node has no cluster config yet; POST /config first".into(),
+                unreachable: Vec::new(),
+                best_known_value: merged.value(),
+            });
+        }
+        // This node's own state was read above, during the request.
+        let mut heard: BTreeSet<Actor> = self.me().into_iter().collect();
+        let mut asked: BTreeSet<Actor> = BTreeSet::new();
+        let mut calls = JoinSet::new();
+        let needed = loop {
+            let needed: Vec<Actor> = membership
+                .borrow_and_update()
+                .read_set()
+                .into_iter()
+                .filter(|a| !heard.contains(a))
+                .collect();
+            if needed.is_empty() {
+                return Ok(merged.value());
+            }
+            for actor in &needed {
+                if asked.insert(actor.clone()) {
+                    let node = self.clone();
+                    let actor = actor.clone();
+                    let name = name.to_string();
+                    calls.spawn(async move {
+                        let counter = node.read_until(&actor, name, deadline).await;
+                        (actor, counter)
+                    });
+                }
+            }
+            tokio::select! {
+                biased;
+                joined = calls.join_next() => match joined {
+                    Some(Ok((actor, Some(theirs)))) => {
+                        merged.merge(&theirs);
+                        heard.insert(actor);
+                    }
+                    // Gave up at the deadline, or the task failed.
+                    Some(_) => {}
+                    None => break needed,
+                },
+                changed = membership.changed() => if changed.is_err() {
+                    break needed;
+                },
+                _ = tokio::time::sleep_until(deadline) => break needed,
+            }
+        };
+        let mut unreachable = needed;
+        unreachable.sort();
+        Err(Incomplete {
+            reason: format!("could not hear from every node within {timeout:?}"),
+            unreachable,
+            best_known_value: merged.value(),
+        })
+    }
+
+    /// Calls `actor` until it answers or `deadline` passes. The pause between
+    /// attempts stays short so a healed network is noticed promptly.
+    async fn read_until(
+        self: &Arc<Self>,
+        actor: &Actor,
+        name: String,
+        deadline: Instant,
+    ) -> Option<GCounter> {
+        let per_call = self.settings.peer_timeout;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            let req = Request::Read { name: name.clone() };
+            if let Ok(resp) = self.call(actor, req, per_call.min(left)).await
+                && let Response::Counter { components } = resp.resp
+            {
+                return Some(components.into_iter().collect());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            tokio::time::sleep(pause.min(left)).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! Answers one peer's call: adopt the membership it carries if that changes
+//! ours, do what it asks, and send our membership back when it would change
+//! the caller's.
+
+use tracing::warn;
+
+use super::Node;
+use crate::counter_name::validate_name;
+use crate::crdt::GCounter;
+use crate::proto::{
+    MAX_NAMES_PER_MESSAGE, PROTOCOL_VERSION, Request, RequestEnvelope, Response, ResponseEnvelope,
+    WireCounter,
+};
+use crate::storage::{Merge, StoreError};
+
+/// Errors answering a peer.
+#[derive(Debug, thiserror::Error)]
+pub enum RpcError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Node {
+    /// Answers a peer's call.
+    pub async fn handle_rpc(&self, env: RequestEnvelope) -> Result<ResponseEnvelope, RpcError> {
+        if env.v != PROTOCOL_VERSION {
+            return Err(RpcError::BadRequest(format!(
+                "protocol {} is not supported; this node speaks {PROTOCOL_VERSION}",
+                env.v
+            )));
+        }
+        let theirs = env.membership;
+        // Most messages carry the membership this node already has: only one
+        // that changes ours is validated and stored.
+        if self.membership().merged_with(&theirs).is_some() {
+            theirs
+                .validate()
+                .map_err(|e| RpcError::BadRequest(e.to_string()))?;
+            if let Err(e) = self.adopt(theirs.clone()).await {
+                // A hand-off is confirmed only by nodes at the leaver's
+                // config, and a poster counts only nodes that stored its
+                // config: refuse those two from an older one.
+                if matches!(env.req, Request::Mark { .. } | Request::Config) {
+                    return Err(e.into());
+                }
+                warn!(error = %e, "could not store a config learned from a peer");
+            }
+        }
+        let resp = match env.req {
+            Request::Hello | Request::Config => Response::Ack,
+            Request::Push { counters } => {
+                let counters = validate_counters(counters)?;
+                self.store
+                    .merge(Merge {
+                        counters,
+                        mark: None,
+                    })
+                    .await?;
+                Response::Ack
+            }
+            Request::Pull {
+                incarnation,
+                since,
+                limit,
+            } => {
+                if incarnation != self.identity.incarnation {
+                    // The asker's mark belongs to another incarnation: tell it who we are first.
+                    Response::Changes {
+                        counters: Vec::new(),
+                        next: 0,
+                        head: 0,
+                        more: true,
+                    }
+                } else {
+                    // The asker has durably merged our changes up to `since`.
+                    self.peers.note_pulled(env.from, since);
+                    let changes = self
+                        .store
+                        .changes_since(since, limit.clamp(1, MAX_NAMES_PER_MESSAGE))
+                        .await?;
+                    Response::Changes {
+                        counters: changes
+                            .counters
+                            .into_iter()
+                            .map(|(n, c)| WireCounter::new(n, &c))
+                            .collect(),
+                        next: changes.next,
+                        head: changes.head,
+                        more: changes.more,
+                    }
+                }
+            }
+            Request::Read { name } => {
+                validate_name(&name).map_err(|e| RpcError::BadRequest(e.to_string()))?;
+                Response::Counter {
+                    components: (&self.store.counter(&name).unwrap_or_default()).into(),
+                }
+            }
+            Request::Mark { incarnation } => Response::Mark {
+                seq: self.store.mark(incarnation).await?,
+            },
+        };
+        let ours = self.membership();
+        Ok(ResponseEnvelope {
+            v: PROTOCOL_VERSION,
+            from: self.identity.into(),
+            membership: theirs.merged_with(&ours).is_some().then_some(ours),
+            resp,
+        })
+    }
+}
+
+fn validate_counters(counters: Vec<WireCounter>) -> Result<Vec<(String, GCounter)>, RpcError> {
+    if counters.len() > MAX_NAMES_PER_MESSAGE {
+        return Err(RpcError::BadRequest(format!(
+            "at most {MAX_NAMES_PER_MESSAGE} counters per message"
+        )));
+    }
+    counters
+        .into_iter()
+        .map(|c| {
+            validate_name(&c.name).map_err(|e| RpcError::BadRequest(e.to_string()))?;
+            Ok(c.into_parts())
+        })
+        .collect()
+}
