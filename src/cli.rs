@@ -171,9 +171,9 @@ pub struct NodeArgs {
     #[arg(long, env = "TALLY_LISTEN", default_value = "0.0.0.0:7777")]
     pub listen: SocketAddr,
 
-    /// Data folder of this node [default: ./tally-data/node-<ID> if the
-    /// working folder is writable, else $XDG_DATA_HOME/tally/node-<ID> or
-    /// ~/.local/share/tally/node-<ID>, else $TMPDIR/tally/node-<ID>].
+    /// Data folder of this node [default: ./tally-data/node-<ID>, under the
+    /// working folder; if it cannot be created or written the node refuses
+    /// to start rather than use another folder].
     #[arg(long, env = "TALLY_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
 
@@ -377,34 +377,35 @@ async fn stop_signal() {
     info!(signal = which, "stop requested");
 }
 
-/// The first usable of the documented default data folders.
+/// The default data folder: `tally-data/node-<ID>` under the working folder,
+/// and nothing else. A node that silently moved to another folder would start
+/// empty, without its config and without what it had not yet replicated, so
+/// a default folder that cannot be created or written is an error.
 fn default_data_dir(id: u64) -> Result<PathBuf, String> {
-    let leaf = format!("node-{id}");
-    let mut candidates = vec![PathBuf::from("tally-data").join(&leaf)];
-    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
-        candidates.push(PathBuf::from(xdg).join("tally").join(&leaf));
-    } else if let Some(home) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
-        candidates.push(PathBuf::from(home).join(".local/share/tally").join(&leaf));
-    }
-    candidates.push(std::env::temp_dir().join("tally").join(&leaf));
-    for dir in &candidates {
-        if writable(dir) {
-            return Ok(dir.clone());
-        }
-    }
-    Err(format!(
-        "no writable data folder among {candidates:?}; pass --data-dir or set TALLY_DATA_DIR"
-    ))
+    let dir = PathBuf::from(DEFAULT_DATA_ROOT).join(format!("node-{id}"));
+    usable(&dir).map_err(|e| {
+        let shown = match std::env::current_dir() {
+            Ok(cwd) => format!("{} (in {})", dir.display(), cwd.display()),
+            Err(_) => dir.display().to_string(),
+        };
+        format!(
+            "cannot use the default data folder {shown}: {e}; the node never falls back \
+             to another folder: make this one usable, or choose one with --data-dir or \
+             TALLY_DATA_DIR"
+        )
+    })?;
+    Ok(dir)
 }
 
-fn writable(dir: &Path) -> bool {
-    if std::fs::create_dir_all(dir).is_err() {
-        return false;
-    }
+/// Folder under the working folder that holds each node's default data folder.
+const DEFAULT_DATA_ROOT: &str = "tally-data";
+
+/// Creates `dir` if needed and checks a file can be written in it.
+fn usable(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
     let probe = dir.join(".write-probe");
-    let ok = std::fs::write(&probe, b"").is_ok();
-    let _ = std::fs::remove_file(&probe);
-    ok
+    std::fs::write(&probe, b"")?;
+    std::fs::remove_file(&probe)
 }
 
 /// A one-shot HTTP request with a deadline; returns status and body.

@@ -1009,6 +1009,79 @@ fn nodes_sharing_a_working_folder_keep_separate_data() {
     assert_eq!(c.value(1, "two"), 7);
 }
 
+/// G9: without --data-dir the data folder is `./tally-data/node-<ID>` and
+/// nothing else. When it cannot be a folder (a regular file in its place or
+/// in place of `tally-data`, which stops root too), the node exits non-zero
+/// with a message naming it and pointing to --data-dir / TALLY_DATA_DIR,
+/// and creates nothing under HOME, XDG_DATA_HOME or TMPDIR instead.
+#[test]
+fn an_unusable_default_data_folder_stops_the_node_and_nothing_moves_elsewhere() {
+    let c = Cluster::empty("nofallback");
+    let home = c.dir().join("home");
+    let xdg = c.dir().join("xdg");
+    let tmp = c.dir().join("tmp");
+    for d in [&home, &xdg, &tmp] {
+        std::fs::create_dir_all(d).expect("mkdir");
+    }
+    let blocker = c.dir().join("tally-data");
+    let cases = [
+        // `tally-data` itself is a file, XDG_DATA_HOME set.
+        (blocker.clone(), true),
+        // `tally-data/node-1` is a file, no XDG_DATA_HOME (HOME applies).
+        (blocker.join("node-1"), false),
+    ];
+    for (k, (file, with_xdg)) in cases.into_iter().enumerate() {
+        let _ = std::fs::remove_dir_all(&blocker);
+        let _ = std::fs::remove_file(&blocker);
+        std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&file, b"not a folder").expect("write");
+        let mut spec = c.spec(1, &[]);
+        spec.data_dir = None;
+        let mut cmd = spec.command();
+        cmd.env("HOME", &home).env("TMPDIR", &tmp);
+        if with_xdg {
+            cmd.env("XDG_DATA_HOME", &xdg);
+        } else {
+            cmd.env_remove("XDG_DATA_HOME");
+        }
+        let (status, stderr) = run_expecting_exit(
+            cmd,
+            &c.dir().join(format!("nofallback-{k}.log")),
+            Duration::from_secs(10),
+        );
+        let status = status.unwrap_or_else(|| {
+            panic!(
+                "case {k}: the node started although {} is a file; stderr: {stderr}",
+                file.display()
+            )
+        });
+        assert!(!status.success(), "case {k}: exit {status}; {stderr}");
+        assert!(!stderr.contains("panicked"), "case {k}: {stderr}");
+        for needle in ["tally-data/node-1", "--data-dir", "TALLY_DATA_DIR"] {
+            assert!(
+                stderr.contains(needle),
+                "case {k}: message lacks {needle:?}: {stderr}"
+            );
+        }
+        for d in [&home, &xdg, &tmp] {
+            let entries: Vec<_> = std::fs::read_dir(d)
+                .expect("read_dir")
+                .map(|e| e.expect("entry").file_name())
+                .collect();
+            assert!(
+                entries.is_empty(),
+                "case {k}: the node wrote under {} instead: {entries:?}",
+                d.display()
+            );
+        }
+        assert_eq!(
+            std::fs::read(&file).expect("read"),
+            b"not a folder",
+            "case {k}"
+        );
+    }
+}
+
 /// A second process on a data folder in use refuses to start, with a
 /// message naming the folder, and the first keeps working; a folder that
 /// belongs to another node id and a port in use are refused the same way.
