@@ -5,11 +5,10 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{Cluster, raw_request};
+use common::{Cluster, eintr, raw_request};
 
 /// Resident memory of a process, in KiB.
 fn rss_kib(pid: u32) -> u64 {
@@ -29,22 +28,22 @@ fn status_of(raw: &str) -> Option<u16> {
 /// Sends a head announcing `len` body bytes, then streams zeros until the
 /// server answers or closes; returns what it answered.
 fn stream_body(port: u16, path: &str, len: usize) -> Option<u16> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut s = eintr::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
     s.set_write_timeout(Some(Duration::from_secs(15))).unwrap();
     let head = format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\n\r\n");
-    s.write_all(head.as_bytes()).unwrap();
+    eintr::write_all(&mut s, head.as_bytes()).unwrap();
     let chunk = vec![b'7'; 64 * 1024];
     let mut sent = 0;
     while sent < len {
         let n = chunk.len().min(len - sent);
-        if s.write_all(&chunk[..n]).is_err() {
+        if eintr::write_all(&mut s, &chunk[..n]).is_err() {
             break; // the server stopped reading: allowed
         }
         sent += n;
     }
     let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
+    let _ = eintr::read_to_end(&mut s, &mut out);
     status_of(&String::from_utf8_lossy(&out))
 }
 
@@ -101,9 +100,12 @@ fn hostile_input_leaves_the_node_alive_bounded_and_intact() {
     // served meanwhile, and the node closes them after the header deadline.
     let mut loris: Vec<TcpStream> = (0..100)
         .map(|_| {
-            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-            s.write_all(b"GET /counter/keep/value HTTP/1.1\r\nHost: x\r\nX-Slow: ")
-                .unwrap();
+            let mut s = eintr::connect(("127.0.0.1", port)).unwrap();
+            eintr::write_all(
+                &mut s,
+                b"GET /counter/keep/value HTTP/1.1\r\nHost: x\r\nX-Slow: ",
+            )
+            .unwrap();
             s
         })
         .collect();
@@ -118,7 +120,7 @@ fn hostile_input_leaves_the_node_alive_bounded_and_intact() {
         let mut buf = [0u8; 512];
         // Closed by the server (EOF or a 408/400 first), not left hanging.
         let closed = loop {
-            match s.read(&mut buf) {
+            match eintr::read(s, &mut buf) {
                 Ok(0) => break true,
                 Ok(_) => continue,
                 Err(e) => break e.kind() == std::io::ErrorKind::ConnectionReset,

@@ -9,10 +9,11 @@
 
 #![allow(dead_code)]
 
+pub mod eintr;
+
 use std::collections::BTreeSet;
 use std::fs::File;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
@@ -400,17 +401,17 @@ impl Answer {
 /// Writes `request` on a fresh connection and reads until the server closes
 /// it or `timeout` passes; returns the status and the raw answer.
 pub fn raw_request(port: u16, request: &[u8], timeout: Duration) -> (Option<u16>, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let mut stream = eintr::connect(("127.0.0.1", port)).expect("connect");
     stream.set_read_timeout(Some(timeout)).expect("set timeout");
     stream
         .set_write_timeout(Some(timeout))
         .expect("set timeout");
     // A server may answer (and close) before it read everything: not an error here.
-    let _ = stream.write_all(request);
+    let _ = eintr::write_all(&mut stream, request);
     let mut out = Vec::new();
     let mut buf = [0u8; 8192];
     loop {
-        match stream.read(&mut buf) {
+        match eintr::read(&mut stream, &mut buf) {
             Ok(0) => break,
             Ok(n) => {
                 out.extend_from_slice(&buf[..n]);
@@ -454,13 +455,7 @@ pub fn raw_body(raw: &str) -> &str {
 
 /// Sends `signal` (e.g. "STOP", "CONT", "KILL", "TERM") to `pid`.
 pub fn signal(pid: u32, signal: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(pid.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("run kill");
+    let status = signal_quietly(pid, signal).expect("run kill");
     assert!(status.success(), "kill -{signal} {pid} failed");
 }
 
@@ -588,7 +583,7 @@ impl NodeProc {
         if let Some(mut child) = self.child.take() {
             let _ = signal_quietly(child.id(), "CONT");
             let _ = child.kill();
-            let _ = child.wait();
+            let _ = eintr::wait(&mut child);
         }
     }
 
@@ -608,12 +603,13 @@ impl NodeProc {
 }
 
 fn signal_quietly(pid: u32, sig: &str) -> std::io::Result<ExitStatus> {
-    Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
+    eintr::status(
+        Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
 }
 
 /// A set of nodes on loopback, each with its own port and data folder under
@@ -884,7 +880,7 @@ pub fn run_expecting_exit(
     });
     if status.is_none() {
         let _ = child.kill();
-        let _ = child.wait();
+        let _ = eintr::wait(&mut child);
     }
     (status, std::fs::read_to_string(log).unwrap_or_default())
 }
