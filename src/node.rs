@@ -2,7 +2,8 @@
 //! server together, and owns the shutdown sequence.
 //!
 //! Shutdown order: stop accepting connections and finish in-flight requests
-//! (axum's graceful shutdown), push what peers still lack, then let the
+//! (axum's graceful shutdown), stop every background task, push what peers
+//! still lack (including what a push cut short had taken), then let the
 //! storage writer commit what is queued and stop. Every background task
 //! watches one cancellation token and is tracked, so "all stopped" is
 //! awaited, with a bound, rather than assumed.
@@ -488,13 +489,15 @@ impl Node {
     pub async fn shutdown(self: &Arc<Node>) {
         let bound = self.settings.shutdown_timeout;
         let sequence = async {
+            // Every background task stops first, so that a push cut short
+            // has put its names back before the last flush takes them.
             self.shutdown.cancel();
+            self.tracker.close();
+            self.tracker.wait().await;
             self.peers
                 .flush(self, self.settings.peer_timeout.min(bound / 2))
                 .await;
             self.store.close().await;
-            self.tracker.close();
-            self.tracker.wait().await;
         };
         if tokio::time::timeout(bound, sequence).await.is_err() {
             warn!(?bound, "shutdown did not finish in time");

@@ -625,6 +625,13 @@ impl Writer {
                 self.keys_count.store(self.keys.len(), Ordering::Relaxed);
             }
         }
+        // Marked for a push before anything is acknowledged: a node that is
+        // stopped right after an acknowledgement still pushes the change.
+        if committed.is_ok() && !own_changed.is_empty() {
+            own_changed.sort();
+            own_changed.dedup();
+            (self.hook)(&own_changed);
+        }
         for p in pending {
             match (p, &committed) {
                 (Pending::Increment(reply, outcome), Ok(())) => {
@@ -646,11 +653,6 @@ impl Writer {
                     let _ = reply.send(Err(StoreError::Engine(format!("commit failed: {e}"))));
                 }
             }
-        }
-        if committed.is_ok() && !own_changed.is_empty() {
-            own_changed.sort();
-            own_changed.dedup();
-            (self.hook)(&own_changed);
         }
     }
 }
