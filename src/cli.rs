@@ -20,7 +20,7 @@ use tracing::{error, info};
 use crate::api::parse_timeout;
 use crate::client::{self, Action, Conn};
 use crate::node::{Settings, run};
-use crate::server::Limits;
+use crate::server::{DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PEER_CONNECTIONS, Limits};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -209,11 +209,21 @@ pub struct NodeArgs {
     #[arg(long, env = "TALLY_SECRET_FILE", conflicts_with = "secret")]
     pub secret_file: Option<PathBuf>,
 
-    /// Most client and peer connections open at once; more are closed on accept.
-    #[arg(long, env = "TALLY_MAX_CONNECTIONS", default_value_t = 4096)]
+    /// Most client connections open at once; more are refused with 503. A
+    /// connection whose first request is under /_internal/ (another node's)
+    /// counts against --max-peer-connections instead, so clients cannot
+    /// crowd out replication.
+    #[arg(long, env = "TALLY_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
 
-    /// Deadline for a client to send a whole request head; also closes idle connections.
+    /// Most connections from other nodes open at once; more are refused with
+    /// 503. Each peer may hold up to 64 calls in flight, one connection each:
+    /// the default lets 16 peers all do so.
+    #[arg(long, env = "TALLY_MAX_PEER_CONNECTIONS", default_value_t = DEFAULT_MAX_PEER_CONNECTIONS)]
+    pub max_peer_connections: usize,
+
+    /// Deadline for a client to send a whole request head (the first one
+    /// counted from accept); also closes idle connections.
     #[arg(long, env = "TALLY_HEADER_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub header_timeout: Duration,
 
@@ -350,8 +360,12 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
     settings.secret = secret.map(Arc::from);
     settings.store.idempotency_window = args.idempotency_window;
     settings.store.idempotency_capacity = args.idempotency_keys.max(1);
+    let max_connections = args.max_connections.max(1);
+    let max_peer_connections = args.max_peer_connections.max(1);
     let limits = Limits {
-        max_connections: args.max_connections.max(1),
+        max_connections,
+        max_peer_connections,
+        max_pending_connections: Limits::pending_for(max_connections, max_peer_connections),
         header_read_timeout: args.header_timeout,
         ..Limits::default()
     };

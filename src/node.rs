@@ -688,6 +688,7 @@ pub async fn run(
         listener,
         app,
         limits,
+        &node.settings.metrics,
         stop_serving,
         node.settings.shutdown_timeout,
     )

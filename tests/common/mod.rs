@@ -13,7 +13,7 @@ pub mod eintr;
 
 use std::collections::BTreeSet;
 use std::fs::File;
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
@@ -428,6 +428,71 @@ pub fn raw_request(port: u16, request: &[u8], timeout: Duration) -> (Option<u16>
         .and_then(|rest| rest.get(..3))
         .and_then(|s| s.parse().ok());
     (status, text)
+}
+
+/// One HTTP/1.1 answer read off a connection that stays open.
+#[derive(Debug, Clone)]
+pub struct RawAnswer {
+    pub status: u16,
+    /// (lower-case name, value) pairs, in the order received.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl RawAnswer {
+    /// The first value of response header `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads one answer (head and `Content-Length` body) from `stream`, which
+/// stays usable for the next request. `Ok(None)`: the server closed the
+/// connection before a whole answer.
+pub fn read_answer(stream: &mut TcpStream) -> std::io::Result<Option<RawAnswer>> {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        match eintr::read(stream, &mut buf)? {
+            0 => return Ok(None),
+            n => raw.extend_from_slice(&buf[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&raw[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.strip_prefix("HTTP/1.1 "))
+        .and_then(|rest| rest.get(..3))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP answer: {head:?}")))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = raw[head_end + 4..].to_vec();
+    while body.len() < len {
+        match eintr::read(stream, &mut buf)? {
+            0 => return Ok(None),
+            n => body.extend_from_slice(&buf[..n]),
+        }
+    }
+    Ok(Some(RawAnswer {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }))
 }
 
 /// Whether `raw` holds a full response with a Content-Length body.
