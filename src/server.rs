@@ -288,6 +288,9 @@ async fn connection(
     drop(place);
     let _ = stream.set_nodelay(true);
     // The first head must be complete by the deadline counted from accept.
+    // hyper keeps one head deadline per connection, so later heads (and the
+    // idle cut-off) get the same, shorter by however long the request line
+    // took to start: nothing for a client that sends at once.
     let mut builder = shared.builder.clone();
     builder.header_read_timeout(deadline.saturating_duration_since(Instant::now()));
     let service = TowerToHyperService::new(shared.app.clone());
