@@ -363,16 +363,21 @@ async fn push_once(node: &Arc<Node>, peer: &Peer, timeout: Duration) {
         return;
     }
     let counters: Vec<WireCounter> = names
-        .into_iter()
+        .iter()
         .filter_map(|n| {
-            let c = node.store().counter(&n)?;
-            Some(WireCounter::new(n, &c))
+            let c = node.store().counter(n)?;
+            Some(WireCounter::new(n.clone(), &c))
         })
         .collect();
     let count = counters.len();
+    // If this push is cut short (the node is shutting down), its names go
+    // back to the dirty set, so the final flush still sends them.
+    let mut unsent = Unsent { peer, names };
     let result = node
         .call(&peer.actor, Request::Push { counters }, timeout)
         .await;
+    // Sent or failed: a failed push is left to anti-entropy, as before.
+    unsent.names.clear();
     let outcome = if result.is_ok() { "ok" } else { "error" };
     peer.metrics
         .pushes
@@ -390,6 +395,26 @@ async fn push_once(node: &Arc<Node>, peer: &Peer, timeout: Duration) {
             }
         }
         Err(e) => peer.record(Err(format!("push: {e}"))),
+    }
+}
+
+/// Names taken for a push whose call has not finished; put back in the
+/// peer's dirty set if the push is dropped before it finishes.
+struct Unsent<'a> {
+    peer: &'a Peer,
+    names: Vec<String>,
+}
+
+impl Drop for Unsent<'_> {
+    fn drop(&mut self) {
+        if !self.names.is_empty() {
+            self.peer
+                .dirty
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .names
+                .extend(self.names.drain(..));
+        }
     }
 }
 

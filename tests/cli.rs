@@ -6,8 +6,10 @@
 //! Every wait is a bounded poll; a failing test leaves no process running
 //! (the [`Node`] guard kills its child on drop) and no folder behind.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+#[path = "common/eintr.rs"]
+mod eintr;
+
+use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -57,7 +59,7 @@ struct Node {
 impl Drop for Node {
     fn drop(&mut self) {
         let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = eintr::wait(&mut self.child);
     }
 }
 
@@ -129,21 +131,17 @@ fn start_node(id: u64, extra: &[&str]) -> Node {
 /// One HTTP/1.1 GET over a plain socket, independent of the client under test.
 fn raw_get(addr: &str, path: &str) -> Result<(u16, String), String> {
     let sock: SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
-    let mut stream = TcpStream::connect_timeout(&sock, Duration::from_secs(1))
+    let mut stream = eintr::connect_timeout(&sock, Duration::from_secs(1))
         .map_err(|e| format!("connect {addr}: {e}"))?;
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .and_then(|_| stream.set_write_timeout(Some(Duration::from_secs(5))))
         .map_err(|e| e.to_string())?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| format!("send to {addr}: {e}"))?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    eintr::write_all(&mut stream, request.as_bytes())
+        .map_err(|e| format!("send to {addr}: {e}"))?;
     let mut raw = Vec::new();
-    stream
-        .read_to_end(&mut raw)
-        .map_err(|e| format!("read from {addr}: {e}"))?;
+    eintr::read_to_end(&mut stream, &mut raw).map_err(|e| format!("read from {addr}: {e}"))?;
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let code = head
@@ -176,16 +174,10 @@ fn tally_env(args: &[&str], env: &[(&str, &str)]) -> Run {
     let mut child = cmd.spawn().expect("spawn tally client");
     let mut out = child.stdout.take().expect("stdout");
     let mut err = child.stderr.take().expect("stderr");
-    let out_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
+    let out_reader =
+        std::thread::spawn(move || eintr::read_to_string(&mut out).unwrap_or_default());
+    let err_reader =
+        std::thread::spawn(move || eintr::read_to_string(&mut err).unwrap_or_default());
     let deadline = Instant::now() + RUN_BOUND;
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait for tally client") {
@@ -193,7 +185,7 @@ fn tally_env(args: &[&str], env: &[(&str, &str)]) -> Run {
         }
         if Instant::now() >= deadline {
             let _ = child.kill();
-            let _ = child.wait();
+            let _ = eintr::wait(&mut child);
             panic!("tally {args:?} did not finish within {RUN_BOUND:?}");
         }
         std::thread::sleep(Duration::from_millis(5));

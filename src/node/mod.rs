@@ -7,9 +7,10 @@
 //! runs increments.
 //!
 //! Shutdown order: stop accepting connections and let in-flight requests
-//! finish (the server's bounded drain), push what peers still lack, then let
-//! the storage writer commit what is queued and stop, then wait for every
-//! tracked task. The whole sequence is bounded.
+//! finish (the server's bounded drain), stop every background task, push
+//! what peers still lack (including what a push cut short had taken), then
+//! let the storage writer commit what is queued and stop. The whole
+//! sequence is bounded.
 
 mod membership;
 mod read;
@@ -364,13 +365,15 @@ impl Node {
     pub async fn shutdown(self: &Arc<Node>) {
         let bound = self.settings.shutdown_timeout;
         let sequence = async {
+            // Every background task stops first, so that a push cut short
+            // has put its names back before the last flush takes them.
             self.shutdown.cancel();
+            self.tracker.close();
+            self.tracker.wait().await;
             self.peers
                 .flush(self, self.settings.peer_timeout.min(bound / 2))
                 .await;
             self.store.close().await;
-            self.tracker.close();
-            self.tracker.wait().await;
         };
         if tokio::time::timeout(bound, sequence).await.is_err() {
             warn!(?bound, "shutdown did not finish in time");
@@ -431,6 +434,7 @@ pub async fn run(
         listener,
         app,
         limits,
+        &node.settings.metrics,
         stop_serving,
         node.settings.shutdown_timeout,
     )

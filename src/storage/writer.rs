@@ -271,7 +271,7 @@ impl Writer {
 
     /// Makes a durable batch visible: memory, keys, membership, then replies,
     /// then replication.
-    fn publish(&mut self, plan: Plan, batch: Batch, head: u64) {
+    fn publish(&mut self, mut plan: Plan, batch: Batch, head: u64) {
         self.shared.head.store(head, Ordering::Release);
         let mut memory = self
             .shared
@@ -288,13 +288,15 @@ impl Writer {
             self.shared.membership.send_replace(m);
         }
         self.metrics.increments.inc_by(plan.applied);
-        let mut own = plan.own_changed.clone();
-        plan.answer(head, None);
+        // Marked for a push before anything is acknowledged: a node that is
+        // stopped right after an acknowledgement still pushes the change.
+        let mut own = std::mem::take(&mut plan.own_changed);
         if !own.is_empty() {
             own.sort();
             own.dedup();
             (self.hook)(&own, head);
         }
+        plan.answer(head, None);
     }
 
     fn start_episode(&mut self, error: &Arc<StoreError>) {
