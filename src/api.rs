@@ -301,7 +301,17 @@ async fn post_config(
         ))
     })?;
     let actors = parse_actors(&req.actors).map_err(ApiError::bad_request)?;
-    let outcome = node.post_config(actors).await?;
+    let mut forget = Vec::with_capacity(req.forget.len());
+    for raw in &req.forget {
+        let a = crate::cluster::Actor::parse(raw).map_err(ApiError::bad_request)?;
+        if actors.contains(&a) {
+            return Err(ApiError::bad_request(format!(
+                "actor {a} cannot be both an actor and forgotten"
+            )));
+        }
+        forget.push(a);
+    }
+    let outcome = node.post_config(actors, forget).await?;
     Ok(axum::Json(ConfigSummary::from(outcome)).into_response())
 }
 

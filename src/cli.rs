@@ -103,12 +103,21 @@ pub enum Commands {
     },
     /// Post the cluster's actors to a node (POST /config).
     ///
-    /// The node passes them on to the others. Prints whether anything changed, the
-    /// config version, the actors, and which actor the node is.
+    /// The node passes them on to the others. Waits (up to --timeout) until every
+    /// node holds the config and every node that left has handed off what it held,
+    /// then prints whether anything changed, the config version, the actors, which
+    /// actor the node is, which nodes hold it and each leaver's hand-off. Exits 3
+    /// when something is still pending at the deadline (the config is applied and
+    /// keeps spreading by itself).
     Config {
         /// Every node's address: an IP address (port 7777 implied), HOST:PORT or [V6]:PORT.
         #[arg(required = true, value_name = "ADDR")]
         actors: Vec<String>,
+        /// Stop waiting for the hand-off of a node that left and is gone for
+        /// good (or never existed): what only it held is lost to consistent
+        /// reads. Repeat for several.
+        #[arg(long, value_name = "ADDR")]
+        forget: Vec<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -284,7 +293,11 @@ pub fn main(cli: Cli) -> ExitCode {
             client,
         }) => (Action::Get { name, consistent }, client),
         Some(Commands::Status { client }) => (Action::Status, client),
-        Some(Commands::Config { actors, client }) => (Action::Config { actors }, client),
+        Some(Commands::Config {
+            actors,
+            forget,
+            client,
+        }) => (Action::Config { actors, forget }, client),
         Some(Commands::Ls {
             prefix,
             limit,

@@ -455,3 +455,51 @@ fn help_documents_every_client_flag() {
         }
     }
 }
+
+/// `tally config` waits until every node holds the config; when one cannot
+/// be reached it reports it as pending at its deadline and exits 3.
+#[test]
+fn config_waits_for_every_node_and_reports_the_pending_ones() {
+    let node = start_node(1, &[]);
+    let stored = ok(&node, &["config", &node.addr]);
+    assert!(
+        stored.contains(&format!("stored:  {}", node.addr)),
+        "{stored}"
+    );
+    assert!(!stored.contains("pending"), "{stored}");
+    // A second actor on a port where nothing listens never stores it.
+    let silent = format!("127.0.0.1:{}", free_port());
+    let started = Instant::now();
+    let run = client(&node, &["config", &node.addr, &silent, "--timeout", "3s"]);
+    assert_eq!(run.code, Some(3), "{run:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "bounded by --timeout"
+    );
+    assert!(run.stdout.contains("changed: true"), "{run:?}");
+    assert!(
+        run.stdout.contains(&format!("pending: {silent}")),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr.contains("applied and keeps spreading") && run.stderr.contains(&silent),
+        "{run:?}"
+    );
+    // Removing it again: the leaver never answers, so its hand-off stays
+    // open, and consistent reads wait for it.
+    let run = client(&node, &["config", &node.addr, "--timeout", "2s"]);
+    assert_eq!(run.code, Some(3), "{run:?}");
+    assert!(
+        run.stdout
+            .contains(&format!("leaving: {silent} (handing off)")),
+        "{run:?}"
+    );
+    let read = client(&node, &["get", "x", "--consistent", "--timeout", "2s"]);
+    assert_eq!(read.code, Some(3), "{read:?}");
+    // Forgetting it (it never was a node) ends the wait.
+    let run = client(&node, &["config", &node.addr, "--forget", &silent]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(run.stdout.contains("changed: true"), "{run:?}");
+    assert!(!run.stdout.contains("leaving"), "{run:?}");
+    assert_eq!(ok(&node, &["get", "x", "--consistent"]), "0\n");
+}

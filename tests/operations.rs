@@ -1451,3 +1451,118 @@ fn a_client_flood_does_not_starve_replication() {
         "peer connections are counted"
     );
 }
+
+/// Loses node 3's data folder right after it acknowledged increments alone
+/// (its peers paused), then returns what a consistent read on node 1 sees
+/// and the sums acknowledged and sent.
+fn wipe_after_acking_alone(extra: &[&str]) -> (u128, u128, u128) {
+    let mut c = Cluster::start_configured("wipe", 3, extra);
+    // Replicated normally first.
+    let mut acked = 0u128;
+    let mut sent = 0u128;
+    for _ in 0..5 {
+        sent += 2;
+        c.incr(2, "w", 2);
+        acked += 2;
+    }
+    // Node 3 cut off from both peers (paused), then increments on it.
+    c.nodes[0].signal("STOP");
+    c.nodes[1].signal("STOP");
+    for _ in 0..5 {
+        sent += 3;
+        let r = c.http.post(&c.url(2, "/counter/w"), "3");
+        if r.status == 200 {
+            acked += 3;
+        }
+    }
+    // Its data folder is lost; it restarts empty, and its peers come back.
+    c.nodes[2].kill();
+    std::fs::remove_dir_all(c.dir().join("node-3")).unwrap();
+    c.restart(2);
+    c.nodes[0].signal("CONT");
+    c.nodes[1].signal("CONT");
+    let seen = eventually(
+        "a consistent read on node 1",
+        Duration::from_secs(15),
+        || {
+            let r = c.consistent(0, "w", "5s");
+            if r.status == 200 {
+                Ok(r.number())
+            } else {
+                Err(format!("{r:?}"))
+            }
+        },
+    );
+    (seen, acked, sent)
+}
+
+/// With --min-replicas 1 an increment is acknowledged only once another
+/// actor holds it, so a lost data folder loses nothing acknowledged; the same
+/// run without it loses what the node acknowledged alone (which shows the
+/// check can fail).
+#[test]
+fn min_replicas_keeps_every_acknowledged_increment_when_a_folder_is_lost() {
+    let (seen, acked, sent) =
+        wipe_after_acking_alone(&["--min-replicas", "1", "--replica-timeout", "1s"]);
+    assert_eq!(acked, 10, "nothing was acknowledged while node 3 was alone");
+    assert!(
+        seen >= acked && seen <= sent,
+        "consistent read {seen}, acknowledged {acked}, sent {sent}"
+    );
+    let (seen, acked, _) = wipe_after_acking_alone(&[]);
+    assert_eq!(acked, 25, "alone, node 3 acknowledged everything");
+    assert!(
+        seen < acked,
+        "without replicas the lost folder takes its acknowledgements along ({seen} of {acked})"
+    );
+}
+
+#[test]
+fn replica_requirements_answer_503_saying_how_many_stored_it() {
+    let c = Cluster::start_configured("replicas", 3, &["--replica-timeout", "1s"]);
+    // Per request: both others store it.
+    let r = c.http.post(&c.url(0, "/counter/r?replicas=2"), "1");
+    assert_eq!(r.number(), 1, "{r:?}");
+    assert_eq!(
+        c.value(1, "r"),
+        1,
+        "acknowledged means stored on the others"
+    );
+    assert_eq!(c.value(2, "r"), 1);
+    // More than the config has: refused at once, nothing applied.
+    let r = c.http.post(&c.url(0, "/counter/r?replicas=3"), "1");
+    let body = r.assert_error(503, "more replicas than actors");
+    assert_eq!(body["available"], 2, "{body}");
+    assert_eq!(c.value(0, "r"), 1);
+    // One other actor paused: two cannot be had within the deadline.
+    c.nodes[2].signal("STOP");
+    let started = Instant::now();
+    let a = post_with(&c, 0, "/counter/r?replicas=2", &[], "1");
+    let body = a.resp.assert_error(503, "a replica is paused");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "bounded by --replica-timeout"
+    );
+    assert_eq!(
+        (body["stored"].clone(), body["required"].clone()),
+        (json!(1), json!(2)),
+        "{body}"
+    );
+    assert!(a.header("retry-after").is_some(), "{a:?}");
+    assert_eq!(
+        body["local_values"],
+        json!(["2"]),
+        "applied here, not acknowledged"
+    );
+    // One is enough.
+    let r = c.http.post(&c.url(0, "/counter/r?replicas=1"), "1");
+    assert_eq!(r.number(), 3, "{r:?}");
+    for bad in ["x", "-1", "999"] {
+        let r = c
+            .http
+            .post(&c.url(0, &format!("/counter/r?replicas={bad}")), "1");
+        r.assert_error(400, "a bad replica count");
+    }
+    c.nodes[2].signal("CONT");
+    c.wait_value(2, "r", 3, Duration::from_secs(10));
+}

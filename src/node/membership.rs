@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::Node;
 use crate::cluster::{Actor, Membership, Standing};
@@ -103,12 +103,19 @@ impl Node {
     pub async fn post_config(
         self: &Arc<Self>,
         actors: Vec<Actor>,
+        forget: Vec<Actor>,
     ) -> Result<ConfigOutcome, StoreError> {
         let origin = self.identity.node;
         let before = self.membership();
+        if !forget.is_empty() {
+            warn!(
+                forget = ?forget.iter().map(Actor::as_str).collect::<Vec<_>>(),
+                "forgetting leavers without their hand-off: what only they held is lost to consistent reads"
+            );
+        }
         let changed = self
             .store
-            .update_membership(move |m| m.post(actors, origin))
+            .update_membership(move |m| m.post_forgetting(actors, &forget, origin))
             .await?;
         if let Some(m) = &changed {
             log_adopted(m);
@@ -169,7 +176,15 @@ pub(super) async fn membership_loop(node: Arc<Node>) {
         let everyone = m.everyone();
         let unknown = *node.whoami.borrow() == Whoami::Unknown;
         if identified_among.as_ref() != Some(&everyone) || unknown {
-            let who = identify(&node, &m, &everyone, &mut rx).await;
+            let mut who = identify(&node, &m, &everyone, &mut rx).await;
+            // An address found before and still named stays this node's
+            // until shown otherwise: a leaver that cannot reach anyone must
+            // not fall back to "unknown" (which accepts increments).
+            if let (Whoami::Unknown, Whoami::Is(before)) = (&who, &*node.whoami.borrow())
+                && everyone.contains(before)
+            {
+                who = Whoami::Is(before.clone());
+            }
             if who != Whoami::Unknown {
                 identified_among = Some(everyone);
             }

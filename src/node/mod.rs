@@ -446,3 +446,107 @@ pub async fn run(
     info!("stopped");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::memory::MemoryEngine;
+    use crate::storage::{Batch, Changes, Loaded};
+    use crate::transport::CallFuture;
+
+    struct Nowhere;
+
+    impl Transport for Nowhere {
+        fn call(&self, _: &Actor, _: &RequestEnvelope, _: Duration) -> CallFuture {
+            Box::pin(async { Err(CallError::Unreachable("no network in this test".into())) })
+        }
+    }
+
+    /// Commits panic: the storage writer dies on its first write.
+    struct Broken(MemoryEngine);
+
+    impl Engine for Broken {
+        fn load(&self, node: u64) -> Result<Loaded, StoreError> {
+            self.0.load(node)
+        }
+        fn commit(&self, _: &Batch) -> Result<u64, StoreError> {
+            panic!("planted writer bug");
+        }
+        fn changes_since(&self, since: u64, limit: usize) -> Result<Changes, StoreError> {
+            self.0.changes_since(since, limit)
+        }
+        fn mark(&self, peer: u64) -> Result<u64, StoreError> {
+            self.0.mark(peer)
+        }
+        fn location(&self) -> Option<&std::path::Path> {
+            None
+        }
+        fn blocking(&self) -> bool {
+            false
+        }
+    }
+
+    #[tokio::test]
+    async fn a_node_whose_writer_dies_stops_itself_and_says_why() {
+        let settings = Settings::new(1, "127.0.0.1:7777".parse().unwrap(), "unused".into());
+        let node = Node::start_with(
+            settings,
+            Arc::new(Broken(MemoryEngine::new())),
+            Arc::new(Nowhere),
+        )
+        .unwrap();
+        assert!(
+            node.increment(vec![("a".into(), 1)], None, None)
+                .await
+                .is_err()
+        );
+        tokio::time::timeout(Duration::from_secs(5), node.shutdown_token().cancelled())
+            .await
+            .expect("the node stops itself instead of refusing writes forever");
+        let why = node.fatal().expect("and records why");
+        assert!(why.contains("planted writer bug"), "{why}");
+    }
+
+    #[tokio::test]
+    async fn a_node_that_left_refuses_increments_naming_the_actors() {
+        let settings = Settings::new(1, "127.0.0.1:7777".parse().unwrap(), "unused".into());
+        let node =
+            Node::start_with(settings, Arc::new(MemoryEngine::new()), Arc::new(Nowhere)).unwrap();
+        // Its own listening address: found without asking anyone.
+        let me = Actor::parse("127.0.0.1:7777").unwrap();
+        let other = Actor::parse("10.9.9.2").unwrap();
+        let both = vec![me.clone(), other.clone()];
+        node.store
+            .update_membership(move |m| m.post(both, 2))
+            .await
+            .unwrap();
+        let role = |want: Role| {
+            let node = node.clone();
+            async move {
+                for _ in 0..200 {
+                    if node.role() == want {
+                        return true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                false
+            }
+        };
+        assert!(role(Role::Member).await, "{:?}", node.role());
+        node.increment(vec![("a".into(), 1)], None, None)
+            .await
+            .expect("a member acknowledges");
+        let rest = vec![other.clone()];
+        node.store
+            .update_membership(move |m| m.post(rest, 2))
+            .await
+            .unwrap();
+        assert!(role(Role::Leaving).await, "{:?}", node.role());
+        match node.increment(vec![("a".into(), 1)], None, None).await {
+            Err(IncrementError::NotMember { actors, .. }) => assert_eq!(actors, vec![other]),
+            other => panic!("a leaver must refuse, got {other:?}"),
+        }
+        assert_eq!(node.store.value("a"), 1, "and change nothing");
+        node.shutdown().await;
+    }
+}

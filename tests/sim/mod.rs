@@ -144,7 +144,7 @@ async fn run_node(id: u64, engine: Arc<dyn Engine>, tamper: Option<Tamper>) -> t
                 Frame::Config(actors) => {
                     let actors = tally::cluster::parse_actors(&actors).expect("valid actors");
                     Reply::Value(
-                        node.post_config(actors)
+                        node.post_config(actors, Vec::new())
                             .await
                             .map(|s| u128::from(s.membership.stamp().version))
                             .map_err(|e| e.to_string()),
