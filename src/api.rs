@@ -23,7 +23,7 @@ use crate::cluster::{ConfigRequest, parse_actors};
 use crate::counter_name::{self, validate_name};
 use crate::crdt::{Component, GCounter};
 use crate::metrics::{Route as MetricRoute, RouteStatus};
-use crate::node::{ConfigOutcome, Incomplete, IncrementError, Node, RpcError};
+use crate::node::{ConfigOutcome, Incomplete, IncrementError, Node, PostConfigError, RpcError};
 use crate::proto::{RPC_PATH, RequestEnvelope};
 use crate::storage::idempotency::validate_key;
 use crate::storage::{Incremented, StoreError};
@@ -96,6 +96,19 @@ impl From<StoreError> for ApiError {
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<PostConfigError> for ApiError {
+    fn from(e: PostConfigError) -> Self {
+        let message = e.to_string();
+        match e {
+            PostConfigError::Store(e) => e.into(),
+            PostConfigError::NotMember { actors } => {
+                let actors: Vec<String> = actors.iter().map(|a| a.to_string()).collect();
+                ApiError::new(StatusCode::CONFLICT, message).with("actors", json!(actors))
+            }
+        }
     }
 }
 

@@ -312,17 +312,20 @@ impl Membership {
         self.config.stamp
     }
 
-    /// Whether `actor`'s hand-off counts under this config.
+    /// Whether `actor`'s hand-off counts under this config: confirmed under
+    /// this config, or under its parent for an actor that has been leaving
+    /// since (one that was an actor in between may have acknowledged more).
     pub fn excused(&self, actor: &Actor) -> bool {
-        [self.config.stamp, self.config.parent]
-            .into_iter()
-            .filter(|s| !s.is_zero())
-            .any(|stamp| {
-                self.handed_off.contains(&Handoff {
+        let confirmed = |stamp: Stamp| {
+            !stamp.is_zero()
+                && self.handed_off.contains(&Handoff {
                     actor: actor.clone(),
                     stamp,
                 })
-            })
+        };
+        !self.config.has_actor(actor)
+            && (confirmed(self.config.stamp)
+                || (self.config.leaving.contains(actor) && confirmed(self.config.parent)))
     }
 
     fn departed(&self) -> impl Iterator<Item = &Actor> {

@@ -944,6 +944,11 @@ fn config_reaches_all_nodes_and_reposts_change_nothing() {
             Ok(())
         },
     );
+    // Having handed off, it refuses config posts too: reads under the
+    // current config never ask it, so they would not learn of one made there.
+    let r = c.post_config(2, &addrs);
+    let body = r.assert_error(409, "a config posted to a node that left");
+    assert_eq!(strings(&body["actors"]), pair, "{body}");
     // Then node 3 is no longer needed for a consistent read, even paused.
     c.nodes[2].signal("STOP");
     for i in 0..2 {

@@ -75,6 +75,20 @@ impl Role {
     }
 }
 
+/// Why `POST /config` was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PostConfigError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Consistent reads under the current config would never ask this node,
+    /// so they could miss a config made here: it must be posted to a node
+    /// they do ask.
+    #[error(
+        "this node is no longer part of the cluster, which would not learn of a config posted here; post it to one of the actors"
+    )]
+    NotMember { actors: Vec<Actor> },
+}
+
 /// What `POST /config` did.
 #[derive(Debug)]
 pub struct ConfigOutcome {
@@ -104,9 +118,14 @@ impl Node {
         self: &Arc<Self>,
         actors: Vec<Actor>,
         forget: Vec<Actor>,
-    ) -> Result<ConfigOutcome, StoreError> {
+    ) -> Result<ConfigOutcome, PostConfigError> {
         let origin = self.identity.node;
         let before = self.membership();
+        if before.is_set() && matches!(self.role(), Role::Outside | Role::HandedOff) {
+            return Err(PostConfigError::NotMember {
+                actors: before.config.actors,
+            });
+        }
         if !forget.is_empty() {
             warn!(
                 forget = ?forget.iter().map(Actor::as_str).collect::<Vec<_>>(),

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-pub use membership::{ConfigOutcome, Role, Whoami};
+pub use membership::{ConfigOutcome, PostConfigError, Role, Whoami};
 pub use read::Incomplete;
 pub use rpc::RpcError;
 
