@@ -87,12 +87,25 @@ fn replay() {
 
 #[test]
 fn a_seed_replays_exactly() {
-    let plan = plan_for(3);
+    // A plan with crashes and a wipe, replayed while another simulation
+    // runs on another thread (so tokio's process-wide task ids interleave).
+    let plan = plan_for(48);
+    assert!(
+        plan.faults
+            .iter()
+            .any(|w| matches!(w.fault, Fault::Crash(_)))
+            && plan
+                .faults
+                .iter()
+                .any(|w| matches!(w.fault, Fault::Wipe(_))),
+        "the plan crashes and wipes: {plan:#?}"
+    );
     let a = run(&plan, Planted::None);
+    let other = std::thread::spawn(|| run(&plan_for(5), Planted::None));
     let b = run(&plan, Planted::None);
+    let other = other.join().expect("the other simulation ran");
     assert!(!a.incs.is_empty(), "the workload ran");
     assert_eq!(fingerprint(&a), fingerprint(&b));
-    let other = run(&plan_for(5), Planted::None);
     assert_ne!(fingerprint(&a), fingerprint(&other), "seeds differ");
 }
 

@@ -458,6 +458,11 @@ pub fn run(plan: &Plan, planted: Planted) -> History {
         if now >= plan.heal_at && !*healed.lock().unwrap() {
             // A whole network: no more broken connections either.
             sim.set_fail_rate(0.0);
+            for a in 0..plan.nodes {
+                for other in others(plan, a) {
+                    sim.set_link_fail_rate(host(a).as_str(), other.as_str(), 0.0);
+                }
+            }
             for i in 0..plan.nodes {
                 if !sim.is_host_running(host(i).as_str()) {
                     sim.bounce(host(i).as_str());
@@ -515,6 +520,27 @@ fn others(plan: &Plan, x: usize) -> Vec<String> {
         .collect()
 }
 
+/// Kills node `x` as a power cut would: whatever its dying tasks send is
+/// lost. Tokio drops a runtime's tasks in an order that depends on
+/// process-wide task ids, and every stream dropped sends a FIN whose latency
+/// turmoil draws from its one random stream; were those messages sent, a
+/// history would depend on what ran before it in the process, and a seed
+/// would not replay. So the node's links are cut, with no random failure
+/// (which would also draw), while it dies. Faults never overlap, so its
+/// links are whole before and after.
+fn power_cut(sim: &mut turmoil::Sim<'_>, plan: &Plan, x: usize) {
+    let me = host(x);
+    for other in others(plan, x) {
+        sim.set_link_fail_rate(me.as_str(), other.as_str(), 0.0);
+        sim.partition(me.as_str(), other.as_str());
+    }
+    sim.crash(me.as_str());
+    for other in others(plan, x) {
+        sim.release(me.as_str(), other.as_str());
+        sim.set_link_fail_rate(me.as_str(), other.as_str(), plan.fail_rate);
+    }
+}
+
 fn start_fault(
     sim: &mut turmoil::Sim<'_>,
     plan: &Plan,
@@ -530,9 +556,9 @@ fn start_fault(
                 sim.hold(host(*x).as_str(), other.as_str());
             }
         }
-        Fault::Crash(x) => sim.crash(host(*x).as_str()),
+        Fault::Crash(x) => power_cut(sim, plan, *x),
         Fault::Wipe(x) => {
-            sim.crash(host(*x).as_str());
+            power_cut(sim, plan, *x);
             *engines[*x].borrow_mut() = fresh_engine(planted);
             history.lock().unwrap().wipes.push((*x, now));
         }
