@@ -156,3 +156,51 @@ fn the_checker_catches_acknowledging_before_committing() {
     );
     assert!(check(&plan, &run(&plan, Planted::None)).is_empty());
 }
+
+#[test]
+fn overlapping_partitions_hold_until_the_last_one_ends() {
+    // n1 isolated from 2 s to 8 s and, overlapping, split from everyone
+    // from 5 s to 16 s, with a pause of n3 and a crash of n2 on top. Ending
+    // the isolation at 8 s must not heal n1: consistent reads on n2 and n3
+    // in between must still fail to hear from it.
+    let secs = Duration::from_secs_f64;
+    let window = |start: f64, end: f64, fault: Fault| Window {
+        start: secs(start),
+        end: secs(end),
+        fault,
+    };
+    let plan = Plan {
+        nodes: 3,
+        faults: vec![
+            window(2.0, 8.0, Fault::Isolate(0)),
+            window(5.0, 16.0, Fault::Halves(vec![0])),
+            window(6.0, 7.5, Fault::Pause(2)),
+            window(9.0, 11.0, Fault::Crash(1)),
+        ],
+        ..calm(20)
+    };
+    let history = run(&plan, Planted::None);
+    let bad = check(&plan, &history);
+    assert!(bad.is_empty(), "{bad:#?}");
+    let reads: Vec<&sim::Read> = history
+        .reads
+        .iter()
+        .filter(|r| r.consistent && r.node != 0 && r.start >= secs(8.1) && r.end <= secs(15.9))
+        .collect();
+    assert!(
+        reads.len() >= 2,
+        "too few consistent reads fell inside the second partition: {reads:#?}"
+    );
+    for r in reads {
+        assert!(
+            r.value.is_none(),
+            "a read inside the partition answered 200: {r:?}"
+        );
+        if r.unavailable {
+            assert!(
+                r.unreachable.iter().any(|u| u.starts_with("n1:")),
+                "{r:?} did not name n1"
+            );
+        }
+    }
+}

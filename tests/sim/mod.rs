@@ -13,6 +13,8 @@
 
 #![allow(dead_code)]
 
+pub mod plan;
+
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -29,6 +31,8 @@ use tally::storage::{Batch, Changes, Engine, Loaded, StoreError};
 use tally::transport::{CallError, CallFuture, Transport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
+
+pub use plan::{End, Fault, Link, Plan, Window};
 
 const PORT: u16 = 7777;
 const MAX_FRAME: usize = 64 * 1024 * 1024;
@@ -184,110 +188,6 @@ async fn ask(host: &str, frame: Frame, timeout: Duration) -> Option<Reply> {
     tokio::time::timeout(timeout, exchange).await.ok().flatten()
 }
 
-// ---------------------------------------------------------------- faults
-
-#[derive(Clone, Debug, PartialEq)]
-pub enum Fault {
-    /// One node cut from every other node (clients still reach it).
-    Isolate(usize),
-    /// Nodes split into two groups.
-    Halves(Vec<usize>),
-    /// a–b cut, but both still reach c: a non-transitive partition.
-    Bridge(usize, usize),
-    /// Every message to and from the node held, as if the process were stopped.
-    Pause(usize),
-    /// Process killed; restarted with its data when the fault ends.
-    Crash(usize),
-    /// Process killed and its data folder lost; restarted empty.
-    Wipe(usize),
-}
-
-#[derive(Clone, Debug)]
-pub struct Window {
-    pub start: Duration,
-    pub end: Duration,
-    pub fault: Fault,
-}
-
-/// Everything a seed decides.
-#[derive(Clone, Debug)]
-pub struct Plan {
-    pub seed: u64,
-    pub nodes: usize,
-    pub faults: Vec<Window>,
-    /// When faults stop and the network is whole again.
-    pub heal_at: Duration,
-    /// When the run ends.
-    pub end_at: Duration,
-    pub max_latency: Duration,
-    pub fail_rate: f64,
-    pub wipes: bool,
-}
-
-impl Plan {
-    pub fn random(seed: u64, wipes: bool) -> Plan {
-        let mut rng = fastrand::Rng::with_seed(seed);
-        let nodes = 3 + rng.usize(0..=2);
-        let heal_at = Duration::from_secs(20);
-        let mut faults = Vec::new();
-        let mut t = Duration::from_millis(rng.u64(500..2000));
-        while t < heal_at {
-            let len = Duration::from_millis(rng.u64(500..4000));
-            let end = (t + len).min(heal_at);
-            let a = rng.usize(0..nodes);
-            let fault = match rng.u8(0..if wipes { 7 } else { 6 }) {
-                0 | 1 => Fault::Isolate(a),
-                2 => {
-                    let mut group: Vec<usize> = (0..nodes).filter(|_| rng.bool()).collect();
-                    if group.is_empty() || group.len() == nodes {
-                        group = vec![a];
-                    }
-                    Fault::Halves(group)
-                }
-                3 => {
-                    let b = (a + 1 + rng.usize(0..nodes - 1)) % nodes;
-                    Fault::Bridge(a, b)
-                }
-                4 => Fault::Pause(a),
-                5 => Fault::Crash(a),
-                _ => Fault::Wipe(a),
-            };
-            faults.push(Window {
-                start: t,
-                end,
-                fault,
-            });
-            t = end + Duration::from_millis(rng.u64(0..1500));
-        }
-        Plan {
-            seed,
-            nodes,
-            faults,
-            heal_at,
-            end_at: heal_at + Duration::from_secs(15),
-            max_latency: Duration::from_millis(rng.u64(1..50)),
-            fail_rate: if rng.bool() { 0.0 } else { 0.002 },
-            wipes,
-        }
-    }
-
-    /// Whether node `a` cannot talk to node `b` at sim time `t`.
-    pub fn cut(&self, a: usize, b: usize, t: Duration) -> bool {
-        a != b
-            && self
-                .faults
-                .iter()
-                .filter(|w| w.start <= t && t < w.end)
-                .any(|w| match &w.fault {
-                    Fault::Isolate(x) | Fault::Pause(x) | Fault::Crash(x) | Fault::Wipe(x) => {
-                        *x == a || *x == b
-                    }
-                    Fault::Halves(g) => g.contains(&a) != g.contains(&b),
-                    Fault::Bridge(x, y) => (*x == a && *y == b) || (*x == b && *y == a),
-                })
-    }
-}
-
 pub fn host(i: usize) -> String {
     format!("n{}", i + 1)
 }
@@ -408,6 +308,12 @@ const CLIENTS: usize = 3;
 
 /// Runs one plan to completion and returns what the clients saw.
 pub fn run(plan: &Plan, planted: Planted) -> History {
+    assert!(
+        plan.faults
+            .iter()
+            .all(|w| w.start < w.end && w.end <= plan.heal_at),
+        "every fault ends by the heal"
+    );
     fastrand::seed(plan.seed);
     let mut sim = turmoil::Builder::new()
         .simulation_duration(plan.end_at + Duration::from_secs(30))
@@ -441,34 +347,38 @@ pub fn run(plan: &Plan, planted: Planted) -> History {
         });
     }
 
-    let mut applied: Vec<bool> = vec![false; plan.faults.len()];
-    let mut ended: Vec<bool> = vec![false; plan.faults.len()];
+    let changes = plan.changes();
+    let mut next = 0;
+    let mut applied = Applied {
+        links: links(plan).into_iter().map(|l| (l, Link::Open)).collect(),
+        running: vec![true; plan.nodes],
+        wiped: vec![false; plan.faults.len()],
+        fail_rate: plan.fail_rate,
+    };
     loop {
         let now = sim.elapsed();
-        for (k, w) in plan.faults.iter().enumerate() {
-            if !applied[k] && now >= w.start {
-                applied[k] = true;
-                start_fault(&mut sim, plan, &w.fault, &engines, planted, &history, now);
+        if next < changes.len() && changes[next] <= now {
+            while next < changes.len() && changes[next] <= now {
+                next += 1;
             }
-            if applied[k] && !ended[k] && now >= w.end {
-                ended[k] = true;
-                end_fault(&mut sim, plan, &w.fault);
-            }
-        }
-        if now >= plan.heal_at && !*healed.lock().unwrap() {
-            // A whole network: no more broken connections either.
-            sim.set_fail_rate(0.0);
-            for a in 0..plan.nodes {
-                for other in others(plan, a) {
-                    sim.set_link_fail_rate(host(a).as_str(), other.as_str(), 0.0);
+            if now >= plan.heal_at && !*healed.lock().unwrap() {
+                // A whole network: no more broken links either.
+                sim.set_fail_rate(0.0);
+                for (a, b) in links(plan) {
+                    sim.set_link_fail_rate(end_name(a).as_str(), end_name(b).as_str(), 0.0);
                 }
+                applied.fail_rate = 0.0;
+                *healed.lock().unwrap() = true;
             }
-            for i in 0..plan.nodes {
-                if !sim.is_host_running(host(i).as_str()) {
-                    sim.bounce(host(i).as_str());
-                }
-            }
-            *healed.lock().unwrap() = true;
+            apply(
+                &mut sim,
+                plan,
+                now,
+                &mut applied,
+                &engines,
+                planted,
+                &history,
+            );
         }
         match sim.step() {
             Ok(true) => break,
@@ -485,24 +395,6 @@ pub fn run(plan: &Plan, planted: Planted) -> History {
         .unwrap_or_else(|h| std::mem::take(&mut *h.lock().unwrap()))
 }
 
-fn node_pairs(plan: &Plan, fault: &Fault) -> Vec<(usize, usize)> {
-    let mut out = Vec::new();
-    for a in 0..plan.nodes {
-        for b in a + 1..plan.nodes {
-            let cut = match fault {
-                Fault::Isolate(x) => *x == a || *x == b,
-                Fault::Halves(g) => g.contains(&a) != g.contains(&b),
-                Fault::Bridge(x, y) => (*x == a && *y == b) || (*x == b && *y == a),
-                _ => false,
-            };
-            if cut {
-                out.push((a, b));
-            }
-        }
-    }
-    out
-}
-
 /// An empty data folder, with the planted bug if any.
 fn fresh_engine(planted: Planted) -> Arc<dyn Engine> {
     match planted {
@@ -511,13 +403,33 @@ fn fresh_engine(planted: Planted) -> Arc<dyn Engine> {
     }
 }
 
-/// Every other host, clients included: the links a paused node loses.
-fn others(plan: &Plan, x: usize) -> Vec<String> {
-    (0..plan.nodes)
-        .filter(|&i| i != x)
-        .map(host)
-        .chain(["client".to_string()])
-        .collect()
+fn end_name(e: End) -> String {
+    match e {
+        End::Node(i) => host(i),
+        End::Client => "client".into(),
+    }
+}
+
+/// Every link the plan can affect: between nodes, and between the client and each node.
+fn links(plan: &Plan) -> Vec<(End, End)> {
+    let mut out = Vec::new();
+    for a in 0..plan.nodes {
+        for b in a + 1..plan.nodes {
+            out.push((End::Node(a), End::Node(b)));
+        }
+        out.push((End::Client, End::Node(a)));
+    }
+    out
+}
+
+/// What the runner has applied to turmoil so far.
+struct Applied {
+    links: BTreeMap<(End, End), Link>,
+    running: Vec<bool>,
+    /// Which wipe windows have replaced their node's engine.
+    wiped: Vec<bool>,
+    /// Turmoil's fail rate on node-to-node links (0 from the heal on).
+    fail_rate: f64,
 }
 
 /// Kills node `x` as a power cut would: whatever its dying tasks send is
@@ -526,62 +438,77 @@ fn others(plan: &Plan, x: usize) -> Vec<String> {
 /// turmoil draws from its one random stream; were those messages sent, a
 /// history would depend on what ran before it in the process, and a seed
 /// would not replay. So the node's links are cut, with no random failure
-/// (which would also draw), while it dies. Faults never overlap, so its
-/// links are whole before and after.
-fn power_cut(sim: &mut turmoil::Sim<'_>, plan: &Plan, x: usize) {
+/// (which would also draw), while it dies; the caller then restores them.
+fn power_cut(sim: &mut turmoil::Sim<'_>, plan: &Plan, x: usize, applied: &mut Applied) {
     let me = host(x);
-    for other in others(plan, x) {
+    for (pair, state) in applied.links.iter_mut() {
+        let other = match *pair {
+            (End::Node(a), b) if a == x => b,
+            (a, End::Node(b)) if b == x => a,
+            _ => continue,
+        };
+        let other = end_name(other);
         sim.set_link_fail_rate(me.as_str(), other.as_str(), 0.0);
         sim.partition(me.as_str(), other.as_str());
+        *state = Link::Cut;
     }
     sim.crash(me.as_str());
-    for other in others(plan, x) {
-        sim.release(me.as_str(), other.as_str());
-        sim.set_link_fail_rate(me.as_str(), other.as_str(), plan.fail_rate);
+    for (a, b) in links(plan) {
+        if a == End::Node(x) || b == End::Node(x) {
+            sim.set_link_fail_rate(
+                end_name(a).as_str(),
+                end_name(b).as_str(),
+                applied.fail_rate,
+            );
+        }
     }
 }
 
-fn start_fault(
+/// Makes turmoil's hosts and links match the plan at `now`: crashes first,
+/// then lost folders, then links, then restarts, so a node restarts into
+/// the network it should see.
+fn apply(
     sim: &mut turmoil::Sim<'_>,
     plan: &Plan,
-    fault: &Fault,
+    now: Duration,
+    applied: &mut Applied,
     engines: &[Rc<RefCell<Arc<dyn Engine>>>],
     planted: Planted,
-    history: &Arc<Mutex<History>>,
-    now: Duration,
+    history: &Mutex<History>,
 ) {
-    match fault {
-        Fault::Pause(x) => {
-            for other in others(plan, *x) {
-                sim.hold(host(*x).as_str(), other.as_str());
-            }
-        }
-        Fault::Crash(x) => power_cut(sim, plan, *x),
-        Fault::Wipe(x) => {
-            power_cut(sim, plan, *x);
-            *engines[*x].borrow_mut() = fresh_engine(planted);
-            history.lock().unwrap().wipes.push((*x, now));
-        }
-        _ => {
-            for (a, b) in node_pairs(plan, fault) {
-                sim.partition(host(a).as_str(), host(b).as_str());
-            }
+    for x in 0..plan.nodes {
+        if applied.running[x] && !plan.running(x, now) {
+            power_cut(sim, plan, x, applied);
+            applied.running[x] = false;
         }
     }
-}
-
-fn end_fault(sim: &mut turmoil::Sim<'_>, plan: &Plan, fault: &Fault) {
-    match fault {
-        Fault::Pause(x) => {
-            for other in others(plan, *x) {
-                sim.release(host(*x).as_str(), other.as_str());
-            }
+    for (k, w) in plan.faults.iter().enumerate() {
+        if let Fault::Wipe(x) = w.fault
+            && !applied.wiped[k]
+            && w.start <= now
+        {
+            applied.wiped[k] = true;
+            *engines[x].borrow_mut() = fresh_engine(planted);
+            history.lock().unwrap().wipes.push((x, now));
         }
-        Fault::Crash(x) | Fault::Wipe(x) => sim.bounce(host(*x).as_str()),
-        _ => {
-            for (a, b) in node_pairs(plan, fault) {
-                sim.repair(host(a).as_str(), host(b).as_str());
+    }
+    for (pair, state) in applied.links.iter_mut() {
+        let want = plan.link(pair.0, pair.1, now);
+        if *state != want {
+            let (a, b) = (end_name(pair.0), end_name(pair.1));
+            match want {
+                // Healthy again, and whatever was held is delivered.
+                Link::Open => sim.release(a.as_str(), b.as_str()),
+                Link::Held => sim.hold(a.as_str(), b.as_str()),
+                Link::Cut => sim.partition(a.as_str(), b.as_str()),
             }
+            *state = want;
+        }
+    }
+    for x in 0..plan.nodes {
+        if !applied.running[x] && plan.running(x, now) {
+            sim.bounce(host(x).as_str());
+            applied.running[x] = true;
         }
     }
 }
@@ -775,11 +702,17 @@ pub fn check(plan: &Plan, h: &History) -> Vec<String> {
         bad.push(format!("setup: {e}"));
         return bad;
     }
-    let wiped_after = |node: usize, t: Duration| h.wipes.iter().any(|&(n, w)| n == node && w >= t);
-    let acked_before = |name: &str, t: Duration| -> u128 {
+    // An acknowledged increment is owed to a read that answered at `by`
+    // unless a wipe of its node before then excuses it.
+    let excused = |i: &Inc, by: Duration| {
+        h.wipes
+            .iter()
+            .any(|&(n, w)| n == i.node && w <= by && plan::excused_by_wipe(plan, n, i.end, w))
+    };
+    let acked_before = |name: &str, t: Duration, by: Duration| -> u128 {
         h.incs
             .iter()
-            .filter(|i| i.acked && i.name == name && i.end <= t && !wiped_after(i.node, i.end))
+            .filter(|i| i.acked && i.name == name && i.end <= t && !excused(i, by))
             .map(|i| u128::from(i.amount))
             .sum()
     };
@@ -797,7 +730,7 @@ pub fn check(plan: &Plan, h: &History) -> Vec<String> {
             .map(|i| u128::from(i.amount))
             .sum()
     };
-    let acked_kept = |name: &str| acked_before(name, Duration::MAX);
+    let acked_kept = |name: &str| acked_before(name, Duration::MAX, Duration::MAX);
     for r in &h.reads {
         if let Some(v) = r.value {
             // G2: never more than was sent.
@@ -817,7 +750,7 @@ pub fn check(plan: &Plan, h: &History) -> Vec<String> {
         }
         // G1: a successful consistent read includes everything acknowledged before it began.
         if let Some(v) = r.value {
-            let acked = acked_before(&r.name, r.start);
+            let acked = acked_before(&r.name, r.start, r.end);
             if v < acked {
                 bad.push(format!(
                     "G1: consistent read of {:?} on n{} started {:?} returned {v} < {acked} acknowledged before it",
@@ -830,10 +763,7 @@ pub fn check(plan: &Plan, h: &History) -> Vec<String> {
         // G5: bounded, and never 200 while a node it must hear from was cut off throughout.
         // A paused node cannot even receive the request, so its reads are not timed.
         let bound = r.timeout + Duration::from_millis(1500);
-        let target_paused = plan
-            .faults
-            .iter()
-            .any(|w| w.fault == Fault::Pause(r.node) && w.start < r.end && r.start < w.end);
+        let target_paused = !plan.holds_throughout(r.start, r.end, |t| !plan.paused(r.node, t));
         if r.end - r.start > bound && (r.value.is_some() || r.unavailable) && !target_paused {
             bad.push(format!(
                 "G5: consistent read on n{} took {:?} (> {bound:?})",
@@ -842,20 +772,8 @@ pub fn check(plan: &Plan, h: &History) -> Vec<String> {
             ));
         }
         if r.value.is_some() {
-            let cut_throughout = (0..plan.nodes).any(|other| {
-                // Widened by a few ms so clock slop can only hide a violation, never invent one.
-                let mut t = r.start.saturating_sub(Duration::from_millis(5));
-                let end = r.end + Duration::from_millis(5);
-                let mut all = true;
-                while t <= end {
-                    if !plan.cut(r.node, other, t) {
-                        all = false;
-                        break;
-                    }
-                    t += Duration::from_millis(10);
-                }
-                all && plan.cut(r.node, other, end)
-            });
+            let cut_throughout =
+                (0..plan.nodes).any(|other| plan.cut_throughout(r.node, other, r.start, r.end));
             if cut_throughout {
                 bad.push(format!(
                     "G5: consistent read on n{} answered 200 at {:?} although a node was cut off from it the whole time",
