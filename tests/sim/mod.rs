@@ -13,7 +13,9 @@
 
 #![allow(dead_code)]
 
+pub mod check;
 pub mod plan;
+pub mod planted;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -23,19 +25,33 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tally::cluster::Actor;
-use tally::crdt::Component;
 use tally::node::{Node, Settings};
-use tally::proto::{RequestEnvelope, Response, ResponseEnvelope};
-use tally::storage::memory::MemoryEngine;
-use tally::storage::{Batch, Changes, Engine, Loaded, StoreError};
+use tally::proto::{RequestEnvelope, ResponseEnvelope};
+use tally::storage::Engine;
 use tally::transport::{CallError, CallFuture, Transport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::time::Instant;
 
+pub use check::{Check, Violation, check};
 pub use plan::{End, Fault, Link, Plan, Window};
+pub use planted::Planted;
 
 const PORT: u16 = 7777;
 const MAX_FRAME: usize = 64 * 1024 * 1024;
+
+/// Names the workload uses.
+pub const NAMES: [&str; 4] = ["a", "b", "c", "d"];
+/// Deadline of the workload's consistent reads.
+pub const CONSISTENT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a client waits for an increment or a local read (the G3 bound).
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long after the network heals every node must have acknowledged an
+/// increment and answered a consistent read with 200.
+pub const LIVENESS_BOUND: Duration = Duration::from_secs(10);
+/// Pause between a liveness probe's attempts.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// Most attempts of one liveness probe (the bound in time ends it sooner).
+const MAX_ATTEMPTS: usize = 200;
+const CLIENTS: usize = 3;
 
 /// What the simulated clients and peers send to a node.
 #[derive(Serialize, Deserialize)]
@@ -81,62 +97,81 @@ async fn read_frame<T: for<'de> Deserialize<'de>>(
     serde_json::from_slice(&buf).map_err(std::io::Error::other)
 }
 
-/// Rewrites messages between nodes; used to plant bugs.
-pub type Tamper = Arc<dyn Fn(&mut ResponseEnvelope) + Send + Sync>;
+/// Sim time, the same clock on every host and in the runner.
+pub fn now() -> Duration {
+    turmoil::sim_elapsed().expect("called inside the simulation")
+}
+
+// ---------------------------------------------------------------- transport
 
 /// The node-to-node transport over simulated TCP: one connection per call.
+/// Planted bugs hook in here.
 pub struct SimTransport {
-    tamper: Option<Tamper>,
+    planted: Planted,
+}
+
+/// One request and its answer over a fresh connection.
+async fn exchange(to: &str, req: RequestEnvelope) -> Result<ResponseEnvelope, CallError> {
+    let mut s = turmoil::net::TcpStream::connect(to)
+        .await
+        .map_err(|e| CallError::Unreachable(e.to_string()))?;
+    write_frame(&mut s, &Frame::Rpc(req))
+        .await
+        .map_err(|e| CallError::Unreachable(e.to_string()))?;
+    match read_frame::<Reply>(&mut s).await {
+        Ok(Reply::Rpc(Ok(env))) => Ok(env),
+        Ok(Reply::Rpc(Err(e))) => Err(CallError::Refused {
+            status: 400,
+            body: e,
+        }),
+        Ok(other) => Err(CallError::Protocol(format!("{other:?}"))),
+        Err(e) => Err(CallError::Unreachable(e.to_string())),
+    }
 }
 
 impl Transport for SimTransport {
     fn call(&self, to: &Actor, req: &RequestEnvelope, timeout: Duration) -> CallFuture {
+        let mut req = req.clone();
+        if let Some(shortcut) = self.planted.shortcut(to, &mut req, timeout) {
+            return shortcut;
+        }
         let to = to.to_string();
-        let req = req.clone();
-        let tamper = self.tamper.clone();
+        let limit = self.planted.call_limit(timeout);
+        let planted = self.planted;
         Box::pin(async move {
-            let exchange = async {
-                let mut s = turmoil::net::TcpStream::connect(to.as_str())
-                    .await
-                    .map_err(|e| CallError::Unreachable(e.to_string()))?;
-                write_frame(&mut s, &Frame::Rpc(req))
-                    .await
-                    .map_err(|e| CallError::Unreachable(e.to_string()))?;
-                match read_frame::<Reply>(&mut s).await {
-                    Ok(Reply::Rpc(Ok(mut env))) => {
-                        if let Some(t) = &tamper {
-                            t(&mut env);
-                        }
-                        Ok(env)
-                    }
-                    Ok(Reply::Rpc(Err(e))) => Err(CallError::Refused {
-                        status: 400,
-                        body: e,
-                    }),
-                    Ok(other) => Err(CallError::Protocol(format!("{other:?}"))),
-                    Err(e) => Err(CallError::Unreachable(e.to_string())),
-                }
+            let call = async {
+                let mut env = exchange(&to, req).await?;
+                planted.tamper_response(&mut env);
+                Ok(env)
             };
-            tokio::time::timeout(timeout, exchange)
+            tokio::time::timeout(limit, call)
                 .await
                 .map_err(|_| CallError::Timeout(timeout))?
         })
     }
 }
 
+// ---------------------------------------------------------------- a host
+
 /// The software of one simulated host: a node and its accept loop.
-async fn run_node(id: u64, engine: Arc<dyn Engine>, tamper: Option<Tamper>) -> turmoil::Result {
+async fn run_node(
+    id: u64,
+    engine: Arc<dyn Engine>,
+    transport: Arc<SimTransport>,
+    planted: Planted,
+) -> turmoil::Result {
     let mut settings = Settings::new(
         id,
         format!("0.0.0.0:{PORT}").parse().unwrap(),
         "unused".into(),
     );
     settings.sync_interval = Duration::from_millis(500);
-    let node = Node::start_with(settings, engine, Arc::new(SimTransport { tamper }))?;
+    let node = Node::start_with(settings, engine, transport.clone())?;
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
     loop {
         let (mut s, _) = listener.accept().await?;
         let node = node.clone();
+        let transport = transport.clone();
         tokio::spawn(async move {
             let Ok(frame) = read_frame::<Frame>(&mut s).await else {
                 return;
@@ -154,11 +189,16 @@ async fn run_node(id: u64, engine: Arc<dyn Engine>, tamper: Option<Tamper>) -> t
                             .map_err(|e| e.to_string()),
                     )
                 }
-                Frame::Increment { name, amount } => Reply::Value(
-                    node.increment(name, amount)
-                        .await
-                        .map_err(|e| e.to_string()),
-                ),
+                Frame::Increment { name, amount } => {
+                    match planted.before_increment(&node, &transport).await {
+                        Err(e) => Reply::Value(Err(e)),
+                        Ok(()) => Reply::Value(
+                            node.increment(name, amount)
+                                .await
+                                .map_err(|e| e.to_string()),
+                        ),
+                    }
+                }
                 Frame::Value { name } => Reply::Value(Ok(node.store().value(&name))),
                 Frame::Consistent { name, timeout_ms } => {
                     match node
@@ -178,18 +218,101 @@ async fn run_node(id: u64, engine: Arc<dyn Engine>, tamper: Option<Tamper>) -> t
     }
 }
 
-/// A client's call to a node; `None` when it did not answer in time.
-async fn ask(host: &str, frame: Frame, timeout: Duration) -> Option<Reply> {
-    let exchange = async {
-        let mut s = turmoil::net::TcpStream::connect((host, PORT)).await.ok()?;
-        write_frame(&mut s, &frame).await.ok()?;
-        read_frame::<Reply>(&mut s).await.ok()
-    };
-    tokio::time::timeout(timeout, exchange).await.ok().flatten()
+// ---------------------------------------------------------------- a client's call
+
+/// What became of one client request.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// 200 with this value.
+    Ok(u128),
+    /// A consistent read's 503.
+    Unavailable {
+        unreachable: Vec<String>,
+        best: u128,
+    },
+    /// Any other error answer.
+    Refused(String),
+    /// The client dropped the connection on purpose before the answer.
+    Broken,
+    /// The connection failed (refused or reset): the host is down or restarting.
+    Lost(String),
+    /// No answer within the client's timeout.
+    TimedOut,
 }
 
-pub fn host(i: usize) -> String {
-    format!("n{}", i + 1)
+impl Outcome {
+    pub fn value(&self) -> Option<u128> {
+        match self {
+            Outcome::Ok(v) => Some(*v),
+            _ => None,
+        }
+    }
+}
+
+/// Where a client drops its own connection, if it does.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Break {
+    No,
+    /// Connected, sent nothing.
+    BeforeSend,
+    /// Half a frame sent.
+    MidFrame,
+    /// The whole request sent, the answer not awaited.
+    BeforeReply,
+}
+
+impl Break {
+    fn draw(rng: &mut fastrand::Rng, rate: f64) -> Break {
+        if rng.f64() >= rate {
+            return Break::No;
+        }
+        match rng.u8(0..3) {
+            0 => Break::BeforeSend,
+            1 => Break::MidFrame,
+            _ => Break::BeforeReply,
+        }
+    }
+}
+
+/// A client's call to a node. A connection the client breaks itself is
+/// `Broken`; turmoil's random link failures never touch client links (they
+/// lose messages silently, which would be indistinguishable from a node
+/// that does not answer), so `TimedOut` always means the node did not answer.
+async fn ask(host: &str, frame: Frame, timeout: Duration, brk: Break) -> Outcome {
+    let exchange = async {
+        let lost = |e: std::io::Error| Outcome::Lost(e.to_string());
+        let mut s = turmoil::net::TcpStream::connect((host, PORT))
+            .await
+            .map_err(lost)?;
+        match brk {
+            Break::No => {}
+            Break::BeforeSend => return Err(Outcome::Broken),
+            Break::MidFrame => {
+                let bytes = serde_json::to_vec(&frame).expect("frames serialize");
+                s.write_all(&(bytes.len() as u32).to_le_bytes())
+                    .await
+                    .map_err(lost)?;
+                s.write_all(&bytes[..bytes.len() / 2]).await.map_err(lost)?;
+                return Err(Outcome::Broken);
+            }
+            Break::BeforeReply => {
+                write_frame(&mut s, &frame).await.map_err(lost)?;
+                return Err(Outcome::Broken);
+            }
+        }
+        write_frame(&mut s, &frame).await.map_err(lost)?;
+        read_frame::<Reply>(&mut s).await.map_err(lost)
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Err(_) => Outcome::TimedOut,
+        Ok(Err(outcome)) => outcome,
+        Ok(Ok(Reply::Value(Ok(v)))) => Outcome::Ok(v),
+        Ok(Ok(Reply::Value(Err(e)))) => Outcome::Refused(e),
+        Ok(Ok(Reply::Unavailable { unreachable, best })) => {
+            Outcome::Unavailable { unreachable, best }
+        }
+        Ok(Ok(other)) => Outcome::Refused(format!("unexpected reply {other:?}")),
+    }
 }
 
 // ---------------------------------------------------------------- history
@@ -201,8 +324,14 @@ pub struct Inc {
     pub amount: u64,
     pub start: Duration,
     pub end: Duration,
+    pub outcome: Outcome,
+}
+
+impl Inc {
     /// Acknowledged with 200; otherwise uncertain.
-    pub acked: bool,
+    pub fn acked(&self) -> bool {
+        matches!(self.outcome, Outcome::Ok(_))
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -210,15 +339,32 @@ pub struct Read {
     pub name: String,
     pub node: usize,
     pub consistent: bool,
+    /// The node's deadline (consistent reads).
     pub timeout: Duration,
+    /// How long the client waited at most.
+    pub client_timeout: Duration,
     pub start: Duration,
     pub end: Duration,
-    /// `Some(v)` for 200; `None` for 503 or no answer.
-    pub value: Option<u128>,
-    pub unavailable: bool,
-    /// What a 503 named as unreachable.
-    pub unreachable: Vec<String>,
+    pub outcome: Outcome,
     pub after_heal: bool,
+}
+
+impl Read {
+    pub fn value(&self) -> Option<u128> {
+        self.outcome.value()
+    }
+}
+
+/// What the post-heal probe of one node found.
+#[derive(Clone, Debug)]
+pub struct Liveness {
+    pub node: usize,
+    /// When an increment was first acknowledged after the heal.
+    pub acked_at: Option<Duration>,
+    /// When a consistent read first answered 200 after the heal.
+    pub read_at: Option<Duration>,
+    pub last_increment: Option<Outcome>,
+    pub last_read: Option<Outcome>,
 }
 
 #[derive(Default, Debug)]
@@ -227,180 +373,18 @@ pub struct History {
     pub reads: Vec<Read>,
     /// (node, time) of every wipe.
     pub wipes: Vec<(usize, Duration)>,
-    /// Per name, the value every node reported at the end, when they all agreed.
+    pub liveness: Vec<Liveness>,
+    /// When every node first reported equal values for every name.
     pub converged_at: Option<Duration>,
+    /// Per name, the value every node reported then.
     pub final_values: BTreeMap<String, Vec<u128>>,
     pub setup_failed: Option<String>,
 }
 
-// ---------------------------------------------------------------- bugs to plant
-
-/// A memory engine that acknowledges commits without keeping them: what a
-/// node that replies before committing looks like after a crash.
-pub struct ForgetfulEngine(pub MemoryEngine);
-
-impl Engine for ForgetfulEngine {
-    fn load(&self, node: u64) -> Result<Loaded, StoreError> {
-        self.0.load(node)
-    }
-    fn commit(&self, batch: &Batch<'_>) -> Result<(), StoreError> {
-        // Keep config and marks, drop the counters.
-        let empty = BTreeMap::new();
-        self.0.commit(&Batch {
-            counters: &empty,
-            marks: batch.marks,
-            config: batch.config,
-            keys_put: batch.keys_put,
-            keys_del: batch.keys_del,
-        })
-    }
-    fn changes_since(&self, since: u64, limit: usize) -> Result<Changes, StoreError> {
-        self.0.changes_since(since, limit)
-    }
-    fn mark(&self, peer_incarnation: u64) -> Result<u64, StoreError> {
-        self.0.mark(peer_incarnation)
-    }
-    fn location(&self) -> Option<&std::path::Path> {
-        None
-    }
-    fn blocking(&self) -> bool {
-        false
-    }
-}
-
-/// The prototype's bug: each node's *total* travels as if it were the
-/// sender's own component, so merging by maximum mixes totals.
-pub fn totals_by_maximum() -> Tamper {
-    Arc::new(|env: &mut ResponseEnvelope| {
-        let from = env.from;
-        let collapse = |components: &mut Vec<Component>| {
-            let total: u128 = components.iter().map(|c| u128::from(c.count)).sum();
-            *components = vec![Component {
-                node: from.node,
-                incarnation: from.incarnation,
-                count: u64::try_from(total).unwrap_or(u64::MAX),
-            }];
-        };
-        match &mut env.resp {
-            Response::Counter { components } => collapse(components),
-            Response::Changes { counters, .. } => {
-                for c in counters {
-                    collapse(&mut c.components);
-                }
-            }
-            Response::Ack => {}
-        }
-    })
-}
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Planted {
-    None,
-    AckBeforeCommit,
-    TotalsByMaximum,
-}
-
 // ---------------------------------------------------------------- the run
 
-const NAMES: [&str; 4] = ["a", "b", "c", "d"];
-const CONSISTENT_TIMEOUT: Duration = Duration::from_secs(3);
-const CLIENTS: usize = 3;
-
-/// Runs one plan to completion and returns what the clients saw.
-pub fn run(plan: &Plan, planted: Planted) -> History {
-    assert!(
-        plan.faults
-            .iter()
-            .all(|w| w.start < w.end && w.end <= plan.heal_at),
-        "every fault ends by the heal"
-    );
-    fastrand::seed(plan.seed);
-    let mut sim = turmoil::Builder::new()
-        .simulation_duration(plan.end_at + Duration::from_secs(30))
-        .tick_duration(Duration::from_millis(1))
-        .max_message_latency(plan.max_latency)
-        .fail_rate(plan.fail_rate)
-        .repair_rate(0.5)
-        .rng_seed(plan.seed)
-        .build();
-    let engines: Vec<Rc<RefCell<Arc<dyn Engine>>>> = (0..plan.nodes)
-        .map(|_| Rc::new(RefCell::new(fresh_engine(planted))))
-        .collect();
-    let tamper = (planted == Planted::TotalsByMaximum).then(totals_by_maximum);
-    for (i, engine) in engines.iter().enumerate() {
-        let engine = engine.clone();
-        let tamper = tamper.clone();
-        sim.host(host(i).as_str(), move || {
-            let engine = engine.borrow().clone();
-            run_node(i as u64 + 1, engine, tamper.clone())
-        });
-    }
-    let history = Arc::new(Mutex::new(History::default()));
-    let healed = Arc::new(Mutex::new(false));
-    {
-        let history = history.clone();
-        let plan = plan.clone();
-        let healed = healed.clone();
-        sim.client("client", async move {
-            workload(plan, history, healed).await;
-            Ok(())
-        });
-    }
-
-    let changes = plan.changes();
-    let mut next = 0;
-    let mut applied = Applied {
-        links: links(plan).into_iter().map(|l| (l, Link::Open)).collect(),
-        running: vec![true; plan.nodes],
-        wiped: vec![false; plan.faults.len()],
-        fail_rate: plan.fail_rate,
-    };
-    loop {
-        let now = sim.elapsed();
-        if next < changes.len() && changes[next] <= now {
-            while next < changes.len() && changes[next] <= now {
-                next += 1;
-            }
-            if now >= plan.heal_at && !*healed.lock().unwrap() {
-                // A whole network: no more broken links either.
-                sim.set_fail_rate(0.0);
-                for (a, b) in links(plan) {
-                    sim.set_link_fail_rate(end_name(a).as_str(), end_name(b).as_str(), 0.0);
-                }
-                applied.fail_rate = 0.0;
-                *healed.lock().unwrap() = true;
-            }
-            apply(
-                &mut sim,
-                plan,
-                now,
-                &mut applied,
-                &engines,
-                planted,
-                &history,
-            );
-        }
-        match sim.step() {
-            Ok(true) => break,
-            Ok(false) => {}
-            Err(e) => {
-                history.lock().unwrap().setup_failed = Some(format!("simulation error: {e}"));
-                break;
-            }
-        }
-    }
-    drop(sim);
-    Arc::try_unwrap(history)
-        .map(|m| m.into_inner().unwrap())
-        .unwrap_or_else(|h| std::mem::take(&mut *h.lock().unwrap()))
-}
-
-/// An empty data folder, with the planted bug if any.
-fn fresh_engine(planted: Planted) -> Arc<dyn Engine> {
-    match planted {
-        Planted::AckBeforeCommit => Arc::new(ForgetfulEngine(MemoryEngine::new())),
-        _ => Arc::new(MemoryEngine::new()),
-    }
+pub fn host(i: usize) -> String {
+    format!("n{}", i + 1)
 }
 
 fn end_name(e: End) -> String {
@@ -453,14 +437,8 @@ fn power_cut(sim: &mut turmoil::Sim<'_>, plan: &Plan, x: usize, applied: &mut Ap
         *state = Link::Cut;
     }
     sim.crash(me.as_str());
-    for (a, b) in links(plan) {
-        if a == End::Node(x) || b == End::Node(x) {
-            sim.set_link_fail_rate(
-                end_name(a).as_str(),
-                end_name(b).as_str(),
-                applied.fail_rate,
-            );
-        }
+    for y in (0..plan.nodes).filter(|&y| y != x) {
+        sim.set_link_fail_rate(me.as_str(), host(y).as_str(), applied.fail_rate);
     }
 }
 
@@ -488,7 +466,7 @@ fn apply(
             && w.start <= now
         {
             applied.wiped[k] = true;
-            *engines[x].borrow_mut() = fresh_engine(planted);
+            *engines[x].borrow_mut() = planted.fresh_engine();
             history.lock().unwrap().wipes.push((x, now));
         }
     }
@@ -513,146 +491,329 @@ fn apply(
     }
 }
 
-fn outcome(reply: Option<Reply>) -> (Option<u128>, bool, Vec<String>) {
-    match reply {
-        Some(Reply::Value(Ok(v))) => (Some(v), false, Vec::new()),
-        Some(Reply::Unavailable { unreachable, .. }) => (None, true, unreachable),
-        _ => (None, false, Vec::new()),
+/// Runs one plan to completion and returns what the clients saw.
+pub fn run(plan: &Plan, planted: Planted) -> History {
+    assert!(
+        plan.faults
+            .iter()
+            .all(|w| w.start < w.end && w.end <= plan.heal_at),
+        "every fault ends by the heal"
+    );
+    fastrand::seed(plan.seed);
+    let mut sim = turmoil::Builder::new()
+        .simulation_duration(plan.end_at + Duration::from_secs(60))
+        .tick_duration(Duration::from_millis(1))
+        .max_message_latency(plan.max_latency)
+        .fail_rate(plan.fail_rate)
+        .repair_rate(0.5)
+        .rng_seed(plan.seed)
+        .build();
+    let engines: Vec<Rc<RefCell<Arc<dyn Engine>>>> = (0..plan.nodes)
+        .map(|_| Rc::new(RefCell::new(planted.fresh_engine())))
+        .collect();
+    for (i, engine) in engines.iter().enumerate() {
+        let engine = engine.clone();
+        sim.host(host(i).as_str(), move || {
+            let engine = engine.borrow().clone();
+            let transport = Arc::new(SimTransport { planted });
+            run_node(i as u64 + 1, engine, transport, planted)
+        });
+    }
+    let history = Arc::new(Mutex::new(History::default()));
+    {
+        let history = history.clone();
+        let plan = plan.clone();
+        sim.client("client", async move {
+            workload(plan, history).await;
+            Ok(())
+        });
+    }
+    // Turmoil loses messages on a broken link silently; client links are
+    // spared so that a client's timeout always means a silent node.
+    for i in 0..plan.nodes {
+        sim.set_link_fail_rate("client", host(i).as_str(), 0.0);
+    }
+
+    let changes = plan.changes();
+    let mut next = 0;
+    let mut healed = false;
+    let mut applied = Applied {
+        links: links(plan).into_iter().map(|l| (l, Link::Open)).collect(),
+        running: vec![true; plan.nodes],
+        wiped: vec![false; plan.faults.len()],
+        fail_rate: plan.fail_rate,
+    };
+    loop {
+        let now = sim.elapsed();
+        if next < changes.len() && changes[next] <= now {
+            while next < changes.len() && changes[next] <= now {
+                next += 1;
+            }
+            if now >= plan.heal_at && !healed {
+                // A whole network: no more broken links either.
+                sim.set_fail_rate(0.0);
+                for (a, b) in links(plan) {
+                    sim.set_link_fail_rate(end_name(a).as_str(), end_name(b).as_str(), 0.0);
+                }
+                applied.fail_rate = 0.0;
+                healed = true;
+            }
+            apply(
+                &mut sim,
+                plan,
+                now,
+                &mut applied,
+                &engines,
+                planted,
+                &history,
+            );
+        }
+        match sim.step() {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) => {
+                history.lock().unwrap().setup_failed = Some(format!("simulation error: {e}"));
+                break;
+            }
+        }
+    }
+    drop(sim);
+    Arc::try_unwrap(history)
+        .map(|m| m.into_inner().unwrap())
+        .unwrap_or_else(|h| std::mem::take(&mut *h.lock().unwrap()))
+}
+
+// ---------------------------------------------------------------- the workload
+
+/// An increment, recorded in the history.
+async fn increment(
+    history: &Mutex<History>,
+    node: usize,
+    name: &str,
+    amount: u64,
+    brk: Break,
+) -> Outcome {
+    let start = now();
+    let outcome = ask(
+        &host(node),
+        Frame::Increment {
+            name: name.to_string(),
+            amount,
+        },
+        CLIENT_TIMEOUT,
+        brk,
+    )
+    .await;
+    history.lock().unwrap().incs.push(Inc {
+        name: name.to_string(),
+        node,
+        amount,
+        start,
+        end: now(),
+        outcome: outcome.clone(),
+    });
+    outcome
+}
+
+/// A local read, recorded in the history.
+async fn local_read(
+    history: &Mutex<History>,
+    node: usize,
+    name: &str,
+    brk: Break,
+    after_heal: bool,
+) -> Outcome {
+    let start = now();
+    let outcome = ask(
+        &host(node),
+        Frame::Value {
+            name: name.to_string(),
+        },
+        CLIENT_TIMEOUT,
+        brk,
+    )
+    .await;
+    history.lock().unwrap().reads.push(Read {
+        name: name.to_string(),
+        node,
+        consistent: false,
+        timeout: CLIENT_TIMEOUT,
+        client_timeout: CLIENT_TIMEOUT,
+        start,
+        end: now(),
+        outcome: outcome.clone(),
+        after_heal,
+    });
+    outcome
+}
+
+/// A consistent read with deadline `timeout`, recorded in the history; the
+/// client waits up to `client_timeout`.
+async fn consistent_read(
+    history: &Mutex<History>,
+    node: usize,
+    name: &str,
+    timeout: Duration,
+    client_timeout: Duration,
+    brk: Break,
+    after_heal: bool,
+) -> Outcome {
+    let start = now();
+    let outcome = ask(
+        &host(node),
+        Frame::Consistent {
+            name: name.to_string(),
+            timeout_ms: timeout.as_millis() as u64,
+        },
+        client_timeout,
+        brk,
+    )
+    .await;
+    history.lock().unwrap().reads.push(Read {
+        name: name.to_string(),
+        node,
+        consistent: true,
+        timeout,
+        client_timeout,
+        start,
+        end: now(),
+        outcome: outcome.clone(),
+        after_heal,
+    });
+    outcome
+}
+
+/// One random client until shortly after the heal.
+async fn client(c: usize, plan: Plan, history: Arc<Mutex<History>>) {
+    let mut rng = fastrand::Rng::with_seed(plan.seed ^ (0x9e37_79b9 * (c as u64 + 1)));
+    while now() < plan.heal_at + Duration::from_secs(2) {
+        let node = rng.usize(0..plan.nodes);
+        let name = NAMES[rng.usize(0..NAMES.len())];
+        let after_heal = now() >= plan.heal_at;
+        let brk = Break::draw(&mut rng, plan.client_break_rate);
+        match rng.u8(0..10) {
+            0..=5 => {
+                let amount = rng.u64(1..=10);
+                increment(&history, node, name, amount, brk).await;
+            }
+            6..=7 => {
+                local_read(&history, node, name, brk, after_heal).await;
+            }
+            _ => {
+                consistent_read(
+                    &history,
+                    node,
+                    name,
+                    CONSISTENT_TIMEOUT,
+                    CONSISTENT_TIMEOUT + Duration::from_secs(3),
+                    brk,
+                    after_heal,
+                )
+                .await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(rng.u64(5..60))).await;
     }
 }
 
-/// A client's consistent read of `name` on `node`, recorded in the history.
-async fn consistent_read(
-    history: &Mutex<History>,
-    origin: Instant,
-    node: usize,
-    name: String,
-    after_heal: bool,
-) {
-    let start = elapsed(origin);
-    let reply = ask(
-        &host(node),
-        Frame::Consistent {
-            name: name.clone(),
-            timeout_ms: CONSISTENT_TIMEOUT.as_millis() as u64,
-        },
-        CONSISTENT_TIMEOUT + Duration::from_secs(3),
-    )
-    .await;
-    let (value, unavailable, unreachable) = outcome(reply);
-    history.lock().unwrap().reads.push(Read {
-        name,
+/// From the heal on, retries an increment and a consistent read on `node`
+/// until each succeeds or `heal_at + LIVENESS_BOUND` passes.
+async fn probe_liveness(node: usize, plan: Plan, history: Arc<Mutex<History>>) -> Liveness {
+    let bound = plan.heal_at + LIVENESS_BOUND;
+    // The heal is planned: the runner applies it in the step where sim time
+    // reaches `heal_at`, before any host runs that step. (Nothing from
+    // outside the simulation may wake its tasks: that breaks replay.)
+    tokio::time::sleep(plan.heal_at.saturating_sub(now())).await;
+    let writes = async {
+        let mut last = None;
+        for attempt in 0..MAX_ATTEMPTS {
+            if now() >= bound {
+                break;
+            }
+            let name = NAMES[(node + attempt) % NAMES.len()];
+            let outcome = increment(&history, node, name, 1, Break::No).await;
+            if outcome.value().is_some() {
+                return (Some(now()), Some(outcome));
+            }
+            last = Some(outcome);
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+        (None, last)
+    };
+    let reads = async {
+        let mut last = None;
+        for attempt in 0..MAX_ATTEMPTS {
+            let left = bound.saturating_sub(now());
+            if left.is_zero() {
+                break;
+            }
+            let name = NAMES[(node + attempt) % NAMES.len()];
+            let timeout = CONSISTENT_TIMEOUT.min(left);
+            let outcome = consistent_read(
+                &history,
+                node,
+                name,
+                timeout,
+                (timeout + Duration::from_secs(3)).min(left),
+                Break::No,
+                true,
+            )
+            .await;
+            if outcome.value().is_some() {
+                return (Some(now()), Some(outcome));
+            }
+            last = Some(outcome);
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
+        (None, last)
+    };
+    let ((acked_at, last_increment), (read_at, last_read)) = tokio::join!(writes, reads);
+    Liveness {
         node,
-        consistent: true,
-        timeout: CONSISTENT_TIMEOUT,
-        start,
-        end: elapsed(origin),
-        value,
-        unavailable,
-        unreachable,
-        after_heal,
-    });
+        acked_at,
+        read_at,
+        last_increment,
+        last_read,
+    }
 }
 
-fn elapsed(origin: Instant) -> Duration {
-    Instant::now() - origin
-}
-
-async fn workload(plan: Plan, history: Arc<Mutex<History>>, healed: Arc<Mutex<bool>>) {
-    let origin = Instant::now();
+async fn workload(plan: Plan, history: Arc<Mutex<History>>) {
     let actors: Vec<String> = (0..plan.nodes)
         .map(|i| format!("{}:{PORT}", host(i)))
         .collect();
-    // Post the config to one node; wait (bounded) until it is accepted.
+    // Post the config to one node; retry (bounded) until it is accepted.
     let mut posted = false;
     for attempt in 0..50 {
         let target = host(attempt % plan.nodes);
-        if let Some(Reply::Value(Ok(_))) = ask(
+        if let Outcome::Ok(_) = ask(
             &target,
             Frame::Config(actors.clone()),
             Duration::from_secs(2),
+            Break::No,
         )
         .await
         {
             posted = true;
             break;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(RETRY_PAUSE).await;
     }
     if !posted {
         history.lock().unwrap().setup_failed = Some("config could not be posted".into());
         return;
     }
-    let mut tasks = Vec::new();
-    for c in 0..CLIENTS {
-        let plan = plan.clone();
-        let history = history.clone();
-        let healed = healed.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut rng = fastrand::Rng::with_seed(plan.seed ^ (0x9e37_79b9 * (c as u64 + 1)));
-            while elapsed(origin) < plan.heal_at + Duration::from_secs(2) {
-                let node = rng.usize(0..plan.nodes);
-                let name = NAMES[rng.usize(0..NAMES.len())].to_string();
-                let start = elapsed(origin);
-                let after_heal = *healed.lock().unwrap();
-                match rng.u8(0..10) {
-                    0..=5 => {
-                        let amount = rng.u64(1..=10);
-                        let reply = ask(
-                            &host(node),
-                            Frame::Increment {
-                                name: name.clone(),
-                                amount,
-                            },
-                            Duration::from_secs(2),
-                        )
-                        .await;
-                        let acked = matches!(reply, Some(Reply::Value(Ok(_))));
-                        history.lock().unwrap().incs.push(Inc {
-                            name,
-                            node,
-                            amount,
-                            start,
-                            end: elapsed(origin),
-                            acked,
-                        });
-                    }
-                    6..=7 => {
-                        let reply = ask(
-                            &host(node),
-                            Frame::Value { name: name.clone() },
-                            Duration::from_secs(2),
-                        )
-                        .await;
-                        let value = match reply {
-                            Some(Reply::Value(Ok(v))) => Some(v),
-                            _ => None,
-                        };
-                        history.lock().unwrap().reads.push(Read {
-                            name,
-                            node,
-                            consistent: false,
-                            timeout: Duration::from_secs(2),
-                            start,
-                            end: elapsed(origin),
-                            value,
-                            unavailable: false,
-                            unreachable: Vec::new(),
-                            after_heal,
-                        });
-                    }
-                    _ => consistent_read(&history, origin, node, name, after_heal).await,
-                }
-                tokio::time::sleep(Duration::from_millis(rng.u64(5..60))).await;
-            }
-        }));
-    }
-    for t in tasks {
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| tokio::spawn(client(c, plan.clone(), history.clone())))
+        .collect();
+    let probes: Vec<_> = (0..plan.nodes)
+        .map(|i| tokio::spawn(probe_liveness(i, plan.clone(), history.clone())))
+        .collect();
+    for t in clients {
         let _ = t.await;
     }
-    // After healing: every node answers a consistent read, and all values converge.
+    // After the heal every node's values must become equal.
     let deadline = plan.end_at;
-    while elapsed(origin) < deadline {
+    while now() < deadline {
         let mut finals: BTreeMap<String, Vec<u128>> = BTreeMap::new();
         let mut complete = true;
         for name in NAMES {
@@ -663,12 +824,11 @@ async fn workload(plan: Plan, history: Arc<Mutex<History>>, healed: Arc<Mutex<bo
                         name: name.to_string(),
                     },
                     Duration::from_secs(1),
+                    Break::No,
                 )
                 .await
                 {
-                    Some(Reply::Value(Ok(v))) => {
-                        finals.entry(name.to_string()).or_default().push(v)
-                    }
+                    Outcome::Ok(v) => finals.entry(name.to_string()).or_default().push(v),
                     _ => complete = false,
                 }
             }
@@ -679,165 +839,57 @@ async fn workload(plan: Plan, history: Arc<Mutex<History>>, healed: Arc<Mutex<bo
                 .all(|vs| vs.len() == plan.nodes && vs.windows(2).all(|w| w[0] == w[1]));
         if agreed {
             let mut h = history.lock().unwrap();
-            h.converged_at = Some(elapsed(origin));
+            h.converged_at = Some(now());
             h.final_values = finals;
             break;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(RETRY_PAUSE).await;
     }
-    // One consistent read per node and name after convergence.
-    for name in NAMES {
-        for i in 0..plan.nodes {
-            consistent_read(&history, origin, i, name.to_string(), true).await;
+    for p in probes {
+        if let Ok(l) = p.await {
+            history.lock().unwrap().liveness.push(l);
         }
+    }
+    // One consistent read per node and name after convergence, the nodes in parallel.
+    let finals: Vec<_> = (0..plan.nodes)
+        .map(|i| {
+            let history = history.clone();
+            tokio::spawn(async move {
+                for name in NAMES {
+                    consistent_read(
+                        &history,
+                        i,
+                        name,
+                        CONSISTENT_TIMEOUT,
+                        CONSISTENT_TIMEOUT + Duration::from_secs(3),
+                        Break::No,
+                        true,
+                    )
+                    .await;
+                }
+            })
+        })
+        .collect();
+    for t in finals {
+        let _ = t.await;
     }
 }
 
-// ---------------------------------------------------------------- the checker
-
-/// Checks a history against G1, G2, G4 and G5; returns every violation found.
-pub fn check(plan: &Plan, h: &History) -> Vec<String> {
-    let mut bad = Vec::new();
-    if let Some(e) = &h.setup_failed {
-        bad.push(format!("setup: {e}"));
-        return bad;
-    }
-    // An acknowledged increment is owed to a read that answered at `by`
-    // unless a wipe of its node before then excuses it.
-    let excused = |i: &Inc, by: Duration| {
-        h.wipes
-            .iter()
-            .any(|&(n, w)| n == i.node && w <= by && plan::excused_by_wipe(plan, n, i.end, w))
-    };
-    let acked_before = |name: &str, t: Duration, by: Duration| -> u128 {
-        h.incs
-            .iter()
-            .filter(|i| i.acked && i.name == name && i.end <= t && !excused(i, by))
-            .map(|i| u128::from(i.amount))
-            .sum()
-    };
-    let sent_before = |name: &str, t: Duration| -> u128 {
-        h.incs
-            .iter()
-            .filter(|i| i.name == name && i.start <= t)
-            .map(|i| u128::from(i.amount))
-            .sum()
-    };
-    let acked_total = |name: &str| -> u128 {
-        h.incs
-            .iter()
-            .filter(|i| i.acked && i.name == name)
-            .map(|i| u128::from(i.amount))
-            .sum()
-    };
-    let acked_kept = |name: &str| acked_before(name, Duration::MAX, Duration::MAX);
-    for r in &h.reads {
-        if let Some(v) = r.value {
-            // G2: never more than was sent.
-            let sent = sent_before(&r.name, r.end);
-            if v > sent {
-                bad.push(format!(
-                    "G2: {} read of {:?} on n{} at {:?} returned {v}, but only {sent} was sent",
-                    if r.consistent { "consistent" } else { "local" },
-                    r.name,
-                    r.node + 1,
-                    r.end
-                ));
-            }
-        }
-        if !r.consistent {
-            continue;
-        }
-        // G1: a successful consistent read includes everything acknowledged before it began.
-        if let Some(v) = r.value {
-            let acked = acked_before(&r.name, r.start, r.end);
-            if v < acked {
-                bad.push(format!(
-                    "G1: consistent read of {:?} on n{} started {:?} returned {v} < {acked} acknowledged before it",
-                    r.name,
-                    r.node + 1,
-                    r.start
-                ));
-            }
-        }
-        // G5: bounded, and never 200 while a node it must hear from was cut off throughout.
-        // A paused node cannot even receive the request, so its reads are not timed.
-        let bound = r.timeout + Duration::from_millis(1500);
-        let target_paused = !plan.holds_throughout(r.start, r.end, |t| !plan.paused(r.node, t));
-        if r.end - r.start > bound && (r.value.is_some() || r.unavailable) && !target_paused {
-            bad.push(format!(
-                "G5: consistent read on n{} took {:?} (> {bound:?})",
-                r.node + 1,
-                r.end - r.start
-            ));
-        }
-        if r.value.is_some() {
-            let cut_throughout =
-                (0..plan.nodes).any(|other| plan.cut_throughout(r.node, other, r.start, r.end));
-            if cut_throughout {
-                bad.push(format!(
-                    "G5: consistent read on n{} answered 200 at {:?} although a node was cut off from it the whole time",
-                    r.node + 1,
-                    r.end
-                ));
-            }
-        }
-        if r.after_heal && r.value.is_none() && r.start >= plan.heal_at + Duration::from_secs(5) {
-            bad.push(format!(
-                "G5: consistent read of {:?} on n{} started {:?} failed at {:?}, well after the network healed ({})",
-                r.name,
-                r.node + 1,
-                r.start,
-                r.end,
-                if r.unavailable {
-                    format!("503, unreachable {:?}", r.unreachable)
-                } else {
-                    "no answer".to_string()
-                }
-            ));
-        }
-    }
-    // G4: converge after healing, to a value that keeps every acknowledged increment.
-    match h.converged_at {
-        None => bad.push("G4: nodes never agreed after healing".into()),
-        Some(t) => {
-            if t > plan.heal_at + Duration::from_secs(10) {
-                bad.push(format!(
-                    "G4: converged only at {t:?}, healed at {:?}",
-                    plan.heal_at
-                ));
-            }
-            for (name, values) in &h.final_values {
-                let v = values[0];
-                let kept = acked_kept(name);
-                let sent = sent_before(name, Duration::MAX);
-                if v < kept {
-                    bad.push(format!(
-                        "G1: {name:?} converged to {v} < {kept} acknowledged (total acknowledged {})",
-                        acked_total(name)
-                    ));
-                }
-                if v > sent {
-                    bad.push(format!("G2: {name:?} converged to {v} > {sent} sent"));
-                }
-            }
-        }
-    }
-    bad
-}
+// ---------------------------------------------------------------- reports
 
 /// A short fingerprint of a history, to show that a seed replays exactly.
 pub fn fingerprint(h: &History) -> String {
     let mut s = String::new();
     for i in &h.incs {
         s.push_str(&format!(
-            "i{}{}{}{:?}{};",
-            i.name, i.node, i.amount, i.end, i.acked
+            "i{}{}{}{:?}{:?};",
+            i.name, i.node, i.amount, i.end, i.outcome
         ));
     }
     for r in &h.reads {
-        s.push_str(&format!("r{}{}{:?}{:?};", r.name, r.node, r.end, r.value));
+        s.push_str(&format!("r{}{}{:?}{:?};", r.name, r.node, r.end, r.outcome));
     }
+    s.push_str(&format!("{:?}{:?}", h.converged_at, h.liveness));
     format!("{}:{:x}", s.len(), fxhash(&s))
 }
 
@@ -848,17 +900,29 @@ fn fxhash(s: &str) -> u64 {
 }
 
 pub fn summary(h: &History) -> String {
-    let acked = h.incs.iter().filter(|i| i.acked).count();
+    let acked = h.incs.iter().filter(|i| i.acked()).count();
     let consistent = h.reads.iter().filter(|r| r.consistent).count();
     let ok = h
         .reads
         .iter()
-        .filter(|r| r.consistent && r.value.is_some())
+        .filter(|r| r.consistent && r.value().is_some())
         .count();
-    let unavailable = h.reads.iter().filter(|r| r.unavailable).count();
+    let unavailable = h
+        .reads
+        .iter()
+        .filter(|r| matches!(r.outcome, Outcome::Unavailable { .. }))
+        .count();
+    let broken = h
+        .incs
+        .iter()
+        .map(|i| &i.outcome)
+        .chain(h.reads.iter().map(|r| &r.outcome))
+        .filter(|o| **o == Outcome::Broken)
+        .count();
     format!(
-        "{} increments ({acked} acked), {consistent} consistent reads ({ok} ok, {unavailable} 503), converged at {:?}",
+        "{} increments ({acked} acked), {consistent} consistent reads ({ok} ok, {unavailable} 503), {broken} connections broken by clients, {} wipes, converged at {:?}",
         h.incs.len(),
+        h.wipes.len(),
         h.converged_at
     )
 }

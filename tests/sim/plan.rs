@@ -58,9 +58,11 @@ pub struct Plan {
     /// When the workload stops waiting for convergence.
     pub end_at: Duration,
     pub max_latency: Duration,
-    /// Chance that a message breaks its link for a while (turmoil's fail
-    /// rate, until `heal_at`).
+    /// Chance that a message between nodes breaks its link for a while
+    /// (turmoil's fail rate; until `heal_at`, node-to-node links only).
     pub fail_rate: f64,
+    /// Chance that a workload client drops its connection mid-request.
+    pub client_break_rate: f64,
     pub wipes: bool,
 }
 
@@ -136,6 +138,7 @@ impl Plan {
             t = end + ms(rng.u64(0..1500));
         }
         faults.sort_by_key(|w| w.start);
+        let noisy = |rng: &mut fastrand::Rng, rate: f64| if rng.bool() { rate } else { 0.0 };
         Plan {
             seed,
             nodes,
@@ -143,7 +146,8 @@ impl Plan {
             heal_at,
             end_at: heal_at + Duration::from_secs(15),
             max_latency: ms(rng.u64(1..50)),
-            fail_rate: if rng.bool() { 0.0 } else { 0.002 },
+            fail_rate: noisy(&mut rng, 0.002),
+            client_break_rate: noisy(&mut rng, 0.01),
             wipes,
         }
     }
