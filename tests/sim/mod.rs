@@ -6,10 +6,12 @@
 //! through turmoil's simulated TCP, so partitions, held links (a paused
 //! process), latency, connection failures, crashes and restarts all hit the
 //! real protocol. Only HTTP framing is replaced, by a length-prefixed JSON
-//! frame, because the HTTP layer is not what is under test here.
+//! frame, because the HTTP layer is not what is under test here. The
+//! transport also duplicates and holds back requests, so messages arrive
+//! twice and out of order.
 //!
 //! A seed fixes everything: the fault schedule, the workload, turmoil's
-//! network randomness and the nodes' own randomness.
+//! network randomness, the transport's and the nodes' own randomness.
 
 #![allow(dead_code)]
 
@@ -17,7 +19,7 @@ pub mod check;
 pub mod plan;
 pub mod planted;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
@@ -104,10 +106,22 @@ pub fn now() -> Duration {
 
 // ---------------------------------------------------------------- transport
 
+/// How the transport misbehaves on its own (from the plan).
+#[derive(Clone, Copy, Debug)]
+struct Noise {
+    duplicate_rate: f64,
+    delay_rate: f64,
+    max_extra_delay: Duration,
+}
+
 /// The node-to-node transport over simulated TCP: one connection per call.
-/// Planted bugs hook in here.
+/// Some requests are held back a random time before they are sent (so later
+/// ones overtake them), some are sent a second time, late, with the second
+/// answer ignored; planted bugs hook in here.
 pub struct SimTransport {
     planted: Planted,
+    noise: Noise,
+    rng: Mutex<fastrand::Rng>,
 }
 
 /// One request and its answer over a fresh connection.
@@ -136,10 +150,32 @@ impl Transport for SimTransport {
             return shortcut;
         }
         let to = to.to_string();
+        let (delay, duplicate) = {
+            let mut rng = self.rng.lock().unwrap();
+            let mut lag = |rate: f64| {
+                (rng.f64() < rate).then(|| {
+                    Duration::from_millis(
+                        rng.u64(1..=self.noise.max_extra_delay.as_millis().max(1) as u64),
+                    )
+                })
+            };
+            let delay = lag(self.noise.delay_rate);
+            (delay, lag(self.noise.duplicate_rate))
+        };
         let limit = self.planted.call_limit(timeout);
+        if let Some(lag) = duplicate {
+            let (to, req) = (to.clone(), req.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(lag).await;
+                let _ = tokio::time::timeout(limit, exchange(&to, req)).await;
+            });
+        }
         let planted = self.planted;
         Box::pin(async move {
             let call = async {
+                if let Some(d) = delay {
+                    tokio::time::sleep(d).await;
+                }
                 let mut env = exchange(&to, req).await?;
                 planted.tamper_response(&mut env);
                 Ok(env)
@@ -511,11 +547,26 @@ pub fn run(plan: &Plan, planted: Planted) -> History {
     let engines: Vec<Rc<RefCell<Arc<dyn Engine>>>> = (0..plan.nodes)
         .map(|_| Rc::new(RefCell::new(planted.fresh_engine())))
         .collect();
+    let noise = Noise {
+        duplicate_rate: plan.duplicate_rate,
+        delay_rate: plan.delay_rate,
+        max_extra_delay: plan.max_extra_delay,
+    };
     for (i, engine) in engines.iter().enumerate() {
         let engine = engine.clone();
+        let boots = Rc::new(Cell::new(0u64));
+        let seed = plan.seed;
         sim.host(host(i).as_str(), move || {
             let engine = engine.borrow().clone();
-            let transport = Arc::new(SimTransport { planted });
+            boots.set(boots.get() + 1);
+            let transport = Arc::new(SimTransport {
+                planted,
+                noise,
+                rng: Mutex::new(fastrand::Rng::with_seed(
+                    seed ^ (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                        ^ boots.get().wrapping_mul(0xbf58_476d_1ce4_e5b9),
+                )),
+            });
             run_node(i as u64 + 1, engine, transport, planted)
         });
     }

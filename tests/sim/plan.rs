@@ -61,6 +61,14 @@ pub struct Plan {
     /// Chance that a message between nodes breaks its link for a while
     /// (turmoil's fail rate; until `heal_at`, node-to-node links only).
     pub fail_rate: f64,
+    /// Chance that a node-to-node request is delivered a second time, late
+    /// (its answer ignored).
+    pub duplicate_rate: f64,
+    /// Chance that a node-to-node request is held back before it is sent, so
+    /// later ones overtake it.
+    pub delay_rate: f64,
+    /// Longest hold-back of a delayed or duplicated request.
+    pub max_extra_delay: Duration,
     /// Chance that a workload client drops its connection mid-request.
     pub client_break_rate: f64,
     pub wipes: bool,
@@ -147,6 +155,9 @@ impl Plan {
             end_at: heal_at + Duration::from_secs(15),
             max_latency: ms(rng.u64(1..50)),
             fail_rate: noisy(&mut rng, 0.002),
+            duplicate_rate: noisy(&mut rng, 0.03),
+            delay_rate: noisy(&mut rng, 0.05),
+            max_extra_delay: ms(200),
             client_break_rate: noisy(&mut rng, 0.01),
             wipes,
         }
