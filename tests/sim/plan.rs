@@ -17,9 +17,10 @@ pub const SLOP: Duration = Duration::from_millis(20);
 
 /// How long a node must be up, unpaused and connected to another node for
 /// what it acknowledged to be owed even if its data folder is lost later:
-/// longer than the sync interval (500 ms ± 20 %) plus a peer call that was
-/// already waiting on the cut link (1 s timeout), a pull round trip with
-/// latency and held-back messages, and one more timeout for a lost message.
+/// longer than the sync interval (500 ms ± 20 %) plus a peer call still
+/// waiting out its 1 s timeout when contact resumes (as on a held link), a
+/// pull round trip with latency and held-back messages, and one more
+/// timeout for a lost message.
 pub const REPLICATION_WINDOW: Duration = Duration::from_secs(3);
 
 #[derive(Clone, Debug, PartialEq)]
