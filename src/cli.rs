@@ -22,6 +22,8 @@ use crate::client::{self, Action, Conn};
 use crate::node::{Settings, run};
 use crate::server::{DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PEER_CONNECTIONS, Limits};
 
+// Doc comments here are --help text, not rustdoc: brackets and <ID> are literal.
+#[allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 #[derive(Parser, Debug)]
 #[command(
     name = "tally",
@@ -48,6 +50,8 @@ pub struct Cli {
     pub node: NodeArgs,
 }
 
+// Doc comments here are --help text, not rustdoc: brackets and <ID> are literal.
+#[allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 #[derive(Subcommand, Debug)]
 pub enum Commands {
     /// Start a local cluster of nodes on 127.0.0.1, post its config, and
@@ -137,6 +141,8 @@ pub enum Commands {
 }
 
 /// Flags shared by every client command.
+// Doc comments here are --help text, not rustdoc: brackets and <ID> are literal.
+#[allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 #[derive(Args, Debug, Clone)]
 #[command(next_help_heading = "Client options")]
 pub struct ClientArgs {
@@ -170,6 +176,8 @@ impl ClientArgs {
     }
 }
 
+// Doc comments here are --help text, not rustdoc: brackets and <ID> are literal.
+#[allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 #[derive(Args, Debug)]
 pub struct NodeArgs {
     /// This node's id: a positive integer, unique in the cluster and stable across restarts.

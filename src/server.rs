@@ -9,7 +9,7 @@
 //! `--max-peer-connections` for peers), so a flood of clients cannot starve
 //! replication and consistent reads. A connection over its budget gets a
 //! `503` with a JSON error, `Retry-After` and `Connection: close`, and is
-//! closed without a reset (see [`refuse`]).
+//! closed without a reset (see `refuse`).
 //!
 //! A connection whose request line has not arrived yet is *pending*. Pending
 //! connections are bounded too: beyond [`Limits::max_pending_connections`]

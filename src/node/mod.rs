@@ -1,9 +1,9 @@
 //! A running node: wires storage, membership, replication and the HTTP
 //! server together, and owns the shutdown sequence.
 //!
-//! One file per job: [`rpc`] answers peers, [`membership`] keeps "who am I,
+//! One file per job: `rpc` answers peers, `membership` keeps "who am I,
 //! whom do I replicate with, have I handed off" in step with the config,
-//! [`read`] runs consistent reads; this file starts and stops the node and
+//! `read` runs consistent reads; this file starts and stops the node and
 //! runs increments.
 //!
 //! Shutdown order: stop accepting connections and let in-flight requests
