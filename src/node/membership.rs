@@ -101,16 +101,6 @@ pub struct ConfigOutcome {
     pub pending: Vec<Actor>,
 }
 
-pub(super) fn log_adopted(m: &Membership) {
-    info!(
-        version = m.config.stamp.version,
-        origin = m.config.stamp.origin,
-        actors = ?m.config.actors.iter().map(Actor::as_str).collect::<Vec<_>>(),
-        leaving = ?m.leavers().iter().filter(|(_, done)| !done).map(|(a, _)| a.as_str()).collect::<Vec<_>>(),
-        "config applied"
-    );
-}
-
 impl Node {
     /// `POST /config`: a new actor list posted by a client to this node.
     /// Tells every node concerned, and reports which of them hold it.
@@ -137,7 +127,7 @@ impl Node {
             .update_membership(move |m| m.post_forgetting(actors, &forget, origin))
             .await?;
         if let Some(m) = &changed {
-            log_adopted(m);
+            crate::messenger::log_adopted(m);
         }
         let now = self.membership();
         let me = self.wait_for_me(Duration::from_millis(500)).await;
@@ -213,7 +203,7 @@ pub(super) async fn membership_loop(node: Arc<Node>) {
             }
         }
         let role = node.role();
-        node.peers.reconcile(&node, &peers_for(&m, role, node.me()));
+        node.peers.reconcile(&peers_for(&m, role, node.me()));
         if role == Role::Unknown {
             // Not found yet: identification is retried (it waits for a
             // second or for the membership to change).
@@ -266,10 +256,11 @@ async fn identify(
         for actor in everyone.iter().cloned() {
             let node = node.clone();
             asks.spawn(async move {
-                let env = node.envelope(Request::Hello);
+                // Not `call`: asking who they are adopts nothing yet.
+                let env = node.messenger.envelope(Request::Hello);
                 let resp = node
-                    .transport
-                    .call(&actor, &env, node.settings.peer_timeout)
+                    .messenger
+                    .call_raw(&actor, &env, node.settings.peer_timeout)
                     .await;
                 (actor, resp.map(|r| r.from))
             });

@@ -33,9 +33,10 @@ pub use read::Incomplete;
 pub use rpc::RpcError;
 
 use crate::cluster::{Actor, Membership};
+use crate::messenger::Messenger;
 use crate::metrics::{Metrics, Outcome};
-use crate::proto::{PROTOCOL_VERSION, Request, RequestEnvelope, ResponseEnvelope};
-use crate::replication::Peers;
+use crate::proto::{Request, ResponseEnvelope};
+use crate::replication::{self, Replicator};
 use crate::storage::redb::RedbEngine;
 use crate::storage::{Engine, Identity, Incremented, Store, StoreError, StoreOptions};
 use crate::transport::{CallError, HttpTransport, Transport};
@@ -132,9 +133,9 @@ pub struct Node {
     settings: Settings,
     store: Store,
     identity: Identity,
-    transport: Arc<dyn Transport>,
+    messenger: Messenger,
     whoami: watch::Sender<Whoami>,
-    peers: Arc<Peers>,
+    peers: Arc<Replicator>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     started: Instant,
@@ -158,18 +159,11 @@ impl Node {
         engine: Arc<dyn Engine>,
         transport: Arc<dyn Transport>,
     ) -> Result<Arc<Node>, StartError> {
-        let peers = Arc::new(Peers::default());
-        let hook_peers = peers.clone();
         let store_options = StoreOptions {
             metrics: settings.metrics.clone(),
             ..settings.store.clone()
         };
-        let opened = Store::with_engine(
-            engine,
-            settings.id,
-            store_options,
-            Arc::new(move |names: &[String], head| hook_peers.mark_dirty(names, head)),
-        )?;
+        let opened = Store::with_engine(engine, settings.id, store_options)?;
         let identity = opened.store.identity();
         info!(
             version = env!("CARGO_PKG_VERSION"),
@@ -181,14 +175,29 @@ impl Node {
             config_version = opened.store.membership().stamp().version,
             "storage recovered"
         );
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let messenger = Messenger::new(transport, opened.store.clone());
+        let peers = Replicator::start(
+            replication::Context {
+                store: opened.store.clone(),
+                messenger: messenger.clone(),
+                peer_timeout: settings.peer_timeout,
+                sync_interval: settings.sync_interval,
+                metrics: settings.metrics.clone(),
+                shutdown: shutdown.clone(),
+                tasks: tracker.clone(),
+            },
+            opened.committed,
+        );
         let node = Arc::new(Node {
             store: opened.store,
             identity,
-            transport,
+            messenger,
             whoami: watch::Sender::new(Whoami::Unknown),
             peers,
-            shutdown: CancellationToken::new(),
-            tracker: TaskTracker::new(),
+            shutdown,
+            tracker,
             started: Instant::now(),
             fatal: Mutex::new(None),
             settings,
@@ -227,7 +236,7 @@ impl Node {
         Role::of(&self.membership(), &self.whoami.borrow())
     }
 
-    pub fn peers(&self) -> &Peers {
+    pub fn peers(&self) -> &Replicator {
         &self.peers
     }
 
@@ -255,15 +264,6 @@ impl Node {
         });
     }
 
-    fn envelope(&self, req: Request) -> RequestEnvelope {
-        RequestEnvelope {
-            v: PROTOCOL_VERSION,
-            from: self.identity.into(),
-            membership: self.membership(),
-            req,
-        }
-    }
-
     /// Calls a peer and adopts any newer membership its answer carries.
     pub async fn call(
         &self,
@@ -271,38 +271,7 @@ impl Node {
         req: Request,
         timeout: Duration,
     ) -> Result<ResponseEnvelope, CallError> {
-        let env = self.envelope(req);
-        let resp = self.transport.call(to, &env, timeout).await?;
-        if resp.v != PROTOCOL_VERSION {
-            return Err(CallError::Protocol(format!(
-                "peer speaks protocol {}, this node {PROTOCOL_VERSION}",
-                resp.v
-            )));
-        }
-        if let Some(theirs) = &resp.membership {
-            if theirs.validate().is_err() {
-                return Err(CallError::Protocol("peer sent an invalid config".into()));
-            }
-            if let Err(e) = self.adopt(theirs.clone()).await {
-                warn!(error = %e, "could not store a config learned from a peer");
-            }
-        }
-        Ok(resp)
-    }
-
-    /// Merges a membership heard from a peer; returns whether ours changed.
-    pub async fn adopt(&self, theirs: Membership) -> Result<bool, StoreError> {
-        if self.membership().merged_with(&theirs).is_none() {
-            return Ok(false);
-        }
-        let adopted = self
-            .store
-            .update_membership(move |ours| ours.merged_with(&theirs))
-            .await?;
-        if let Some(m) = &adopted {
-            membership::log_adopted(m);
-        }
-        Ok(adopted.is_some())
+        self.messenger.call(to, req, timeout).await
     }
 
     /// Increments (one name or a batch) with an optional idempotency key:
@@ -371,7 +340,7 @@ impl Node {
             self.tracker.close();
             self.tracker.wait().await;
             self.peers
-                .flush(self, self.settings.peer_timeout.min(bound / 2))
+                .flush(self.settings.peer_timeout.min(bound / 2))
                 .await;
             self.store.close().await;
         };
@@ -450,6 +419,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::RequestEnvelope;
     use crate::storage::memory::MemoryEngine;
     use crate::storage::{Batch, Changes, Loaded};
     use crate::transport::CallFuture;

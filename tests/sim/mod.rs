@@ -542,6 +542,9 @@ pub fn run(plan: &Plan, planted: Planted) -> History {
         .fail_rate(plan.fail_rate)
         .repair_rate(0.5)
         .rng_seed(plan.seed)
+        // A paused host gets every held connection at once when it resumes;
+        // turmoil panics past this backlog, where a kernel would drop.
+        .tcp_capacity(4096)
         .build();
     let engines: Vec<Rc<RefCell<Arc<dyn Engine>>>> = (0..plan.nodes)
         .map(|_| Rc::new(RefCell::new(planted.fresh_engine())))
