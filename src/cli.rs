@@ -19,7 +19,8 @@ use tracing::{error, info};
 
 use crate::api::parse_timeout;
 use crate::client::{self, Action, Conn};
-use crate::node::{Settings, run};
+use crate::daemon::run;
+use crate::node::Settings;
 use crate::server::{DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PEER_CONNECTIONS, Limits};
 
 // Doc comments here are --help text, not rustdoc: brackets and <ID> are literal.

@@ -20,6 +20,7 @@ pub mod client;
 pub mod cluster;
 pub mod counter_name;
 pub mod crdt;
+pub mod daemon;
 pub mod messenger;
 pub mod metrics;
 pub mod node;

@@ -21,7 +21,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -39,7 +38,7 @@ use crate::proto::{Request, ResponseEnvelope};
 use crate::replication::{self, Replicator};
 use crate::storage::redb::RedbEngine;
 use crate::storage::{Engine, Identity, Incremented, Store, StoreError, StoreOptions};
-use crate::transport::{CallError, HttpTransport, Transport};
+use crate::transport::{CallError, Transport};
 
 /// Everything a node needs to run; filled from flags and environment by the binary.
 #[derive(Clone, Debug)]
@@ -357,63 +356,6 @@ async fn watch_writer(node: Arc<Node>) {
     error!(reason = %reason, "stopping the node: storage cannot write any more");
     *node.fatal.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
     node.shutdown.cancel();
-}
-
-/// Runs a node until `stop` resolves: listens, serves, then shuts down in order.
-pub async fn run(
-    mut settings: Settings,
-    limits: crate::server::Limits,
-    stop: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), StartError> {
-    let listener =
-        TcpListener::bind(settings.listen)
-            .await
-            .map_err(|source| StartError::Listen {
-                addr: settings.listen,
-                source,
-            })?;
-    settings.listen = listener.local_addr().map_err(|source| StartError::Listen {
-        addr: settings.listen,
-        source,
-    })?;
-    if settings.secret.is_none() {
-        warn!(
-            "no cluster secret set: anyone who can reach this port can change config and inject counts"
-        );
-    }
-    let transport = Arc::new(HttpTransport::new(
-        settings.connect_timeout,
-        settings.secret.clone(),
-        settings.metrics.clone(),
-    ));
-    let node = Node::start(settings, transport)?;
-    info!(listen = %node.settings.listen, "listening");
-    let app = crate::api::router(node.clone());
-    let token = node.shutdown_token();
-    let stop_serving = CancellationToken::new();
-    let trigger = stop_serving.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = stop => {}
-            _ = token.cancelled() => {}
-        }
-        trigger.cancel();
-    });
-    crate::server::serve(
-        listener,
-        app,
-        limits,
-        &node.settings.metrics,
-        stop_serving,
-        node.settings.shutdown_timeout,
-    )
-    .await;
-    node.shutdown().await;
-    if let Some(reason) = node.fatal() {
-        return Err(StartError::Fatal(reason));
-    }
-    info!("stopped");
-    Ok(())
 }
 
 #[cfg(test)]
