@@ -17,7 +17,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tracing::{error, info};
 
-use crate::api::parse_timeout;
 use crate::client::{self, Action, Conn};
 use crate::daemon::run;
 use crate::node::Settings;
@@ -77,7 +76,7 @@ pub enum Commands {
         #[arg(default_value_t = 1)]
         n: u64,
         /// Sent as the Idempotency-Key header: a retry with the same key on the
-        /// same node is applied once (visible ASCII, at most 255 bytes).
+        /// same node is applied once (1 to 128 visible ASCII characters).
         #[arg(long, value_name = "KEY", value_parser = client::parse_idempotency_key)]
         idempotency_key: Option<String>,
         #[command(flatten)]
@@ -277,7 +276,7 @@ pub struct NodeArgs {
 }
 
 fn duration(raw: &str) -> Result<Duration, String> {
-    parse_timeout(raw)
+    crate::input::parse_duration(raw).map_err(|e| e.to_string())
 }
 
 pub fn main(cli: Cli) -> ExitCode {

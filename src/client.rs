@@ -765,21 +765,14 @@ pub fn encode_name(name: &str) -> String {
 
 /// Checks a counter name the way nodes do, before anything is sent.
 pub fn parse_name(raw: &str) -> Result<String, String> {
-    crate::counter_name::validate_name(raw).map_err(|e| e.to_string())?;
+    crate::input::validate_name(raw).map_err(|e| e.to_string())?;
     Ok(raw.to_string())
 }
 
 /// Checks an idempotency key is a valid, non-empty header value.
 pub fn parse_idempotency_key(raw: &str) -> Result<String, String> {
-    if raw.is_empty() {
-        return Err("the idempotency key is empty".into());
-    }
-    if raw.len() > 255 {
-        return Err("the idempotency key is longer than 255 bytes".into());
-    }
-    if !raw.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
-        return Err("the idempotency key must be visible ASCII without spaces".into());
-    }
+    // The node's own rule: a key the client accepts is a key the node accepts.
+    crate::input::validate_key(raw).map_err(|e| e.to_string())?;
     Ok(raw.to_string())
 }
 

@@ -130,6 +130,19 @@ fn start_node(id: u64, extra: &[&str]) -> Node {
 
 /// One HTTP/1.1 GET over a plain socket, independent of the client under test.
 fn raw_get(addr: &str, path: &str) -> Result<(u16, String), String> {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    raw_exchange(addr, &request)
+}
+
+/// `POST path` with body `1` and an `Idempotency-Key` header, over a plain socket.
+fn raw_post_with_key(addr: &str, path: &str, key: &str) -> (u16, String) {
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nIdempotency-Key: {key}\r\nContent-Length: 1\r\nConnection: close\r\n\r\n1"
+    );
+    raw_exchange(addr, &request).expect("an answer")
+}
+
+fn raw_exchange(addr: &str, request: &str) -> Result<(u16, String), String> {
     let sock: SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
     let mut stream = eintr::connect_timeout(&sock, Duration::from_secs(1))
         .map_err(|e| format!("connect {addr}: {e}"))?;
@@ -137,7 +150,6 @@ fn raw_get(addr: &str, path: &str) -> Result<(u16, String), String> {
         .set_read_timeout(Some(Duration::from_secs(5)))
         .and_then(|_| stream.set_write_timeout(Some(Duration::from_secs(5))))
         .map_err(|e| e.to_string())?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     eintr::write_all(&mut stream, request.as_bytes())
         .map_err(|e| format!("send to {addr}: {e}"))?;
     let mut raw = Vec::new();
@@ -502,4 +514,27 @@ fn config_waits_for_every_node_and_reports_the_pending_ones() {
     assert!(run.stdout.contains("changed: true"), "{run:?}");
     assert!(!run.stdout.contains("leaving"), "{run:?}");
     assert_eq!(ok(&node, &["get", "x", "--consistent"]), "0\n");
+}
+
+/// The client and the node apply one rule to idempotency keys: the longest
+/// key one accepts, the other accepts, and one byte more both refuse.
+#[test]
+fn client_and_node_agree_on_idempotency_keys() {
+    let node = start_node(1, &[]);
+    let longest = "k".repeat(tally::input::MAX_KEY_LEN);
+    let ok_run = client(&node, &["inc", "keyed", "1", "--idempotency-key", &longest]);
+    assert_eq!(ok_run.code, Some(0), "{ok_run:?}");
+    let again = client(&node, &["inc", "keyed", "1", "--idempotency-key", &longest]);
+    assert_eq!(again.stdout, "1\n", "a replay: {again:?}");
+    let too_long = format!("{longest}k");
+    let refused = client(
+        &node,
+        &["inc", "keyed", "1", "--idempotency-key", &too_long],
+    );
+    assert_eq!(refused.code, Some(2), "refused by the client: {refused:?}");
+    assert!(refused.stderr.contains("1 to 128"), "{refused:?}");
+    // The node says the same of the same key.
+    let (status, body) = raw_post_with_key(&node.addr, "/counter/keyed", &too_long);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("1 to 128"), "{body}");
 }

@@ -11,7 +11,7 @@ use std::path::Path;
 /// Bottom to top. Keep in step with docs/ARCHITECTURE.md.
 const LAYERS: &[&str] = &[
     "crdt",
-    "counter_name",
+    "input",
     "cluster",
     "metrics",
     "storage",

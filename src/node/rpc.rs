@@ -5,8 +5,8 @@
 use tracing::warn;
 
 use super::Node;
-use crate::counter_name::validate_name;
 use crate::crdt::GCounter;
+use crate::input::validate_name;
 use crate::proto::{
     MAX_NAMES_PER_MESSAGE, PROTOCOL_VERSION, Request, RequestEnvelope, Response, ResponseEnvelope,
     WireCounter,
