@@ -10,17 +10,18 @@ use std::process::{Child, Command, ExitCode};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
 use clap::{Args, Parser, Subcommand};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use tracing::{error, info};
 
 use crate::client::{self, Action, Conn};
 use crate::daemon::run;
-use crate::node::Settings;
+use crate::input::Dur;
+use crate::node::{Settings, defaults};
+use crate::server::DEFAULT_HEADER_TIMEOUT;
 use crate::server::{DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PEER_CONNECTIONS, Limits};
+use crate::storage::{
+    DEFAULT_IDEMPOTENCY_KEYS, DEFAULT_IDEMPOTENCY_WINDOW, DEFAULT_STORAGE_TIMEOUT,
+};
 
 // Doc comments here are --help text, not rustdoc: brackets and <ID> are literal.
 #[allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
@@ -185,7 +186,7 @@ pub struct NodeArgs {
     pub id: Option<u64>,
 
     /// Address and port to listen on.
-    #[arg(long, env = "TALLY_LISTEN", default_value = "0.0.0.0:7777")]
+    #[arg(long, env = "TALLY_LISTEN", default_value = defaults::LISTEN)]
     pub listen: SocketAddr,
 
     /// Data folder of this node [default: ./tally-data/node-<ID>, under the
@@ -195,28 +196,28 @@ pub struct NodeArgs {
     pub data_dir: Option<PathBuf>,
 
     /// Default deadline of a consistent read (e.g. 10s, 500ms).
-    #[arg(long, env = "TALLY_CONSISTENT_TIMEOUT", default_value = "10s", value_parser = duration)]
-    pub consistent_timeout: Duration,
+    #[arg(long, env = "TALLY_CONSISTENT_TIMEOUT", default_value_t = Dur(defaults::CONSISTENT_TIMEOUT))]
+    pub consistent_timeout: Dur,
 
     /// Largest deadline a request may ask for with ?timeout=.
-    #[arg(long, env = "TALLY_MAX_CONSISTENT_TIMEOUT", default_value = "60s", value_parser = duration)]
-    pub max_consistent_timeout: Duration,
+    #[arg(long, env = "TALLY_MAX_CONSISTENT_TIMEOUT", default_value_t = Dur(defaults::MAX_CONSISTENT_TIMEOUT))]
+    pub max_consistent_timeout: Dur,
 
     /// Deadline of one call to a peer.
-    #[arg(long, env = "TALLY_PEER_TIMEOUT", default_value = "1s", value_parser = duration)]
-    pub peer_timeout: Duration,
+    #[arg(long, env = "TALLY_PEER_TIMEOUT", default_value_t = Dur(defaults::PEER_TIMEOUT))]
+    pub peer_timeout: Dur,
 
     /// Deadline for opening a connection to a peer.
-    #[arg(long, env = "TALLY_CONNECT_TIMEOUT", default_value = "500ms", value_parser = duration)]
-    pub connect_timeout: Duration,
+    #[arg(long, env = "TALLY_CONNECT_TIMEOUT", default_value_t = Dur(defaults::CONNECT_TIMEOUT))]
+    pub connect_timeout: Dur,
 
     /// Pause between anti-entropy rounds with each peer.
-    #[arg(long, env = "TALLY_SYNC_INTERVAL", default_value = "500ms", value_parser = duration)]
-    pub sync_interval: Duration,
+    #[arg(long, env = "TALLY_SYNC_INTERVAL", default_value_t = Dur(defaults::SYNC_INTERVAL))]
+    pub sync_interval: Dur,
 
     /// Bound on the whole shutdown sequence after SIGTERM or SIGINT.
-    #[arg(long, env = "TALLY_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = duration)]
-    pub shutdown_timeout: Duration,
+    #[arg(long, env = "TALLY_SHUTDOWN_TIMEOUT", default_value_t = Dur(defaults::SHUTDOWN_TIMEOUT))]
+    pub shutdown_timeout: Dur,
 
     /// Cluster secret required on /config and internal routes, and sent to peers.
     #[arg(long, env = "TALLY_SECRET", hide_env_values = true)]
@@ -228,21 +229,21 @@ pub struct NodeArgs {
 
     /// Longest any request waits for storage; a commit running longer counts
     /// as a stalled disk (increments then answer 503 with Retry-After).
-    #[arg(long, env = "TALLY_STORAGE_TIMEOUT", default_value = "5s", value_parser = duration)]
-    pub storage_timeout: Duration,
+    #[arg(long, env = "TALLY_STORAGE_TIMEOUT", default_value_t = Dur(DEFAULT_STORAGE_TIMEOUT))]
+    pub storage_timeout: Dur,
 
     /// Other actors that must store an increment before it is acknowledged
     /// (0: acknowledged once durable on this node). With 1 or more, a node
     /// whose data folder is lost loses no acknowledged increment; a request
     /// can ask for more with ?replicas=K.
-    #[arg(long, env = "TALLY_MIN_REPLICAS", default_value_t = 0,
+    #[arg(long, env = "TALLY_MIN_REPLICAS", default_value_t = defaults::MIN_REPLICAS as u64,
           value_parser = clap::value_parser!(u64).range(0..=255))]
     pub min_replicas: u64,
 
     /// How long an increment waits for its replicas before answering 503
     /// (it stays applied on this node and replicates later).
-    #[arg(long, env = "TALLY_REPLICA_TIMEOUT", default_value = "5s", value_parser = duration)]
-    pub replica_timeout: Duration,
+    #[arg(long, env = "TALLY_REPLICA_TIMEOUT", default_value_t = Dur(defaults::REPLICA_TIMEOUT))]
+    pub replica_timeout: Dur,
 
     /// Most client connections open at once; more are refused with 503. A
     /// connection whose first request is under /_internal/ (another node's)
@@ -259,15 +260,15 @@ pub struct NodeArgs {
 
     /// Deadline for a client to send a whole request head (the first one
     /// counted from accept); also closes idle connections.
-    #[arg(long, env = "TALLY_HEADER_TIMEOUT", default_value = "10s", value_parser = duration)]
-    pub header_timeout: Duration,
+    #[arg(long, env = "TALLY_HEADER_TIMEOUT", default_value_t = Dur(DEFAULT_HEADER_TIMEOUT))]
+    pub header_timeout: Dur,
 
     /// How long an Idempotency-Key is remembered (e.g. 24h is 86400s).
-    #[arg(long, env = "TALLY_IDEMPOTENCY_WINDOW", default_value = "86400s", value_parser = duration)]
-    pub idempotency_window: Duration,
+    #[arg(long, env = "TALLY_IDEMPOTENCY_WINDOW", default_value_t = Dur(DEFAULT_IDEMPOTENCY_WINDOW))]
+    pub idempotency_window: Dur,
 
     /// Most Idempotency-Keys remembered; the oldest are forgotten first.
-    #[arg(long, env = "TALLY_IDEMPOTENCY_KEYS", default_value_t = 100_000)]
+    #[arg(long, env = "TALLY_IDEMPOTENCY_KEYS", default_value_t = DEFAULT_IDEMPOTENCY_KEYS)]
     pub idempotency_keys: usize,
 
     /// Log filter, e.g. info, debug, tally=debug,warn.
@@ -371,7 +372,7 @@ fn init_logging(filter: &str) {
 
 async fn run_node(args: NodeArgs) -> Result<(), String> {
     let id = args.id.ok_or("a node id is required")?;
-    let data_dir = match args.data_dir {
+    let data_dir = match args.data_dir.clone() {
         Some(d) => d,
         None => default_data_dir(id)?,
     };
@@ -391,31 +392,45 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
     if secret.as_deref() == Some("") {
         return Err("the cluster secret is empty".into());
     }
-    let mut settings = Settings::new(id, args.listen, data_dir);
-    settings.consistent_timeout = args.consistent_timeout;
-    settings.max_consistent_timeout = args.max_consistent_timeout.max(args.consistent_timeout);
-    settings.peer_timeout = args.peer_timeout;
-    settings.connect_timeout = args.connect_timeout;
-    settings.sync_interval = args.sync_interval;
-    settings.shutdown_timeout = args.shutdown_timeout;
-    settings.secret = secret.map(Arc::from);
-    settings.store.idempotency_window = args.idempotency_window;
-    settings.store.idempotency_capacity = args.idempotency_keys.max(1);
-    settings.store.timeout = args.storage_timeout;
-    settings.min_replicas = usize::try_from(args.min_replicas).unwrap_or(usize::MAX);
-    settings.replica_timeout = args.replica_timeout;
-    let max_connections = args.max_connections.max(1);
-    let max_peer_connections = args.max_peer_connections.max(1);
-    let limits = Limits {
-        max_connections,
-        max_peer_connections,
-        max_pending_connections: Limits::pending_for(max_connections, max_peer_connections),
-        header_read_timeout: args.header_timeout,
-        ..Limits::default()
-    };
+    let (settings, limits) = args.into_settings(id, data_dir, secret);
     run(settings, limits, stop_signal())
         .await
         .map_err(|e| e.to_string())
+}
+
+impl NodeArgs {
+    /// The node's settings and the server's limits these flags ask for.
+    fn into_settings(
+        self,
+        id: u64,
+        data_dir: PathBuf,
+        secret: Option<String>,
+    ) -> (Settings, Limits) {
+        let mut settings = Settings::new(id, self.listen, data_dir);
+        settings.consistent_timeout = self.consistent_timeout.0;
+        settings.max_consistent_timeout =
+            self.max_consistent_timeout.0.max(self.consistent_timeout.0);
+        settings.peer_timeout = self.peer_timeout.0;
+        settings.connect_timeout = self.connect_timeout.0;
+        settings.sync_interval = self.sync_interval.0;
+        settings.shutdown_timeout = self.shutdown_timeout.0;
+        settings.secret = secret.map(Arc::from);
+        settings.store.idempotency_window = self.idempotency_window.0;
+        settings.store.idempotency_capacity = self.idempotency_keys.max(1);
+        settings.store.timeout = self.storage_timeout.0;
+        settings.min_replicas = usize::try_from(self.min_replicas).unwrap_or(usize::MAX);
+        settings.replica_timeout = self.replica_timeout.0;
+        let max_connections = self.max_connections.max(1);
+        let max_peer_connections = self.max_peer_connections.max(1);
+        let limits = Limits {
+            max_connections,
+            max_peer_connections,
+            max_pending_connections: Limits::pending_for(max_connections, max_peer_connections),
+            header_read_timeout: self.header_timeout.0,
+            ..Limits::default()
+        };
+        (settings, limits)
+    }
 }
 
 /// Resolves when SIGTERM or SIGINT arrives.
@@ -466,38 +481,27 @@ fn usable(dir: &Path) -> std::io::Result<()> {
     std::fs::remove_file(&probe)
 }
 
-/// A one-shot HTTP request with a deadline; returns status and body.
-pub async fn http(
-    method: &str,
+/// A one-shot request of the demo, through the client's HTTP exchange.
+async fn http(
+    method: hyper::Method,
     url: &str,
     body: Vec<u8>,
     timeout: Duration,
 ) -> Result<(u16, String), String> {
-    let client: Client<_, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let req = hyper::Request::builder()
-        .method(method)
-        .uri(url)
-        .header(hyper::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| format!("bad request for {url}: {e}"))?;
-    let exchange = async {
-        let resp = client
-            .request(req)
-            .await
-            .map_err(|e| format!("cannot reach {url}: {e}"))?;
-        let status = resp.status().as_u16();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| format!("reading answer of {url}: {e}"))?
-            .to_bytes();
-        Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+    let req = client::Req {
+        method,
+        path: String::new(),
+        headers: Vec::new(),
+        body,
+        content_type: "application/json",
     };
-    tokio::time::timeout(timeout, exchange)
-        .await
-        .map_err(|_| format!("{url} did not answer within {timeout:?}"))?
+    match client::send(&req, url, timeout).await {
+        Ok(a) => Ok((a.status, a.body)),
+        Err(client::SendError::Invalid(e)) => Err(e),
+        Err(client::SendError::Unreachable { reason, .. }) => {
+            Err(format!("cannot reach {url}: {reason}"))
+        }
+    }
 }
 
 /// Children killed when dropped, so a failed demo leaves nothing running.
@@ -539,8 +543,13 @@ async fn demo(nodes: u64, base_port: u16, dir: &Path) -> Result<(), String> {
                 return Err(format!("node at {addr} did not start within 15s"));
             }
             let url = format!("http://{addr}/status");
-            if let Ok((200, _)) =
-                http("GET", &url, Vec::new(), left.min(Duration::from_secs(1))).await
+            if let Ok((200, _)) = http(
+                hyper::Method::GET,
+                &url,
+                Vec::new(),
+                left.min(Duration::from_secs(1)),
+            )
+            .await
             {
                 break;
             }
@@ -549,7 +558,7 @@ async fn demo(nodes: u64, base_port: u16, dir: &Path) -> Result<(), String> {
     }
     let config = serde_json::json!({ "actors": addrs }).to_string();
     let (status, body) = http(
-        "POST",
+        hyper::Method::POST,
         &format!("http://{}/config", addrs[0]),
         config.into_bytes(),
         Duration::from_secs(5),
@@ -609,6 +618,18 @@ mod tests {
     #[test]
     fn definitions_are_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// The flags' defaults are the node's, the store's and the server's own.
+    #[test]
+    fn flag_defaults_are_the_code_defaults() {
+        let cli = parse(&["1"]).unwrap();
+        let listen = cli.node.listen;
+        let (settings, limits) = cli.node.into_settings(1, "d".into(), None);
+        let want = Settings::new(1, listen, "d".into());
+        assert_eq!(listen.to_string(), defaults::LISTEN);
+        assert_eq!(format!("{settings:?}"), format!("{want:?}"));
+        assert_eq!(format!("{limits:?}"), format!("{:?}", Limits::default()));
     }
 
     #[test]

@@ -128,6 +128,24 @@ pub fn parse_duration(raw: &str) -> Result<Duration, DurationError> {
     Duration::try_from_secs_f64(n * scale).map_err(|_| bad())
 }
 
+/// A duration flag: read by [`parse_duration`], printed by
+/// [`format_duration`] (so `--help` shows defaults the way they are typed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl std::fmt::Display for Dur {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&format_duration(self.0))
+    }
+}
+
+impl std::str::FromStr for Dur {
+    type Err = DurationError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_duration(s).map(Dur)
+    }
+}
+
 /// A duration as [`parse_duration`] reads it back: `1s`, `500ms`.
 pub fn format_duration(d: Duration) -> String {
     if d.subsec_nanos() == 0 {

@@ -20,6 +20,8 @@ pub const PROTOCOL_VERSION: u32 = 2;
 pub const INTERNAL_PREFIX: &str = "/_internal/";
 /// The path of the one internal route, under [`INTERNAL_PREFIX`].
 pub const RPC_PATH: &str = "/_internal/v1/rpc";
+/// Header carrying the cluster secret on `/config` and internal calls.
+pub const SECRET_HEADER: &str = "x-tally-secret";
 /// Most names in one push or one pull page.
 pub const MAX_NAMES_PER_MESSAGE: usize = 10_000;
 

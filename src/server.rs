@@ -66,6 +66,9 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 /// and both budgets together must stay within the process's file limit.
 pub const DEFAULT_MAX_PEER_CONNECTIONS: usize = 16 * MAX_IN_FLIGHT_PER_PEER;
 
+/// Default of `--header-timeout`.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// `Retry-After` of a refused connection, in seconds.
 const RETRY_AFTER_SECS: u32 = 1;
 /// How long a refused connection is kept to read what its client still
@@ -116,7 +119,7 @@ impl Default for Limits {
                 DEFAULT_MAX_CONNECTIONS,
                 DEFAULT_MAX_PEER_CONNECTIONS,
             ),
-            header_read_timeout: Duration::from_secs(10),
+            header_read_timeout: DEFAULT_HEADER_TIMEOUT,
             max_header_bytes: 64 * 1024,
         }
     }

@@ -21,15 +21,13 @@ use tokio::sync::Semaphore;
 
 use crate::cluster::Actor;
 use crate::metrics::{Metrics, Peer};
-use crate::proto::{RPC_PATH, RequestEnvelope, ResponseEnvelope};
+use crate::proto::{RPC_PATH, RequestEnvelope, ResponseEnvelope, SECRET_HEADER};
 
 /// Largest internal response body accepted.
 pub const MAX_RPC_BODY: usize = 64 * 1024 * 1024;
 /// Most calls in flight to one peer; more fail at once instead of queueing
 /// behind a peer that does not answer.
 pub const MAX_IN_FLIGHT_PER_PEER: usize = 64;
-/// Header carrying the cluster secret on internal calls.
-pub const SECRET_HEADER: &str = "x-tally-secret";
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CallError {
@@ -147,13 +145,18 @@ impl Transport for HttpTransport {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
+/// The causes of an error, most specific last, without a generic outer
+/// message (hyper-util's "client error (Connect)") when there is a cause.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = Vec::new();
     let mut source = e.source();
     while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
+        parts.push(s.to_string());
         source = s.source();
     }
-    out
+    if parts.is_empty() {
+        e.to_string()
+    } else {
+        parts.join(": ")
+    }
 }

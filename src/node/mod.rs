@@ -69,20 +69,35 @@ pub struct Settings {
     pub metrics: Metrics,
 }
 
+/// Every default of a node, once: [`Settings::new`] and the flags read them.
+pub mod defaults {
+    use std::time::Duration;
+
+    pub const LISTEN: &str = "0.0.0.0:7777";
+    pub const CONSISTENT_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const MAX_CONSISTENT_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const PEER_TIMEOUT: Duration = Duration::from_secs(1);
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+    pub const SYNC_INTERVAL: Duration = Duration::from_millis(500);
+    pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const MIN_REPLICAS: usize = 0;
+    pub const REPLICA_TIMEOUT: Duration = Duration::from_secs(5);
+}
+
 impl Settings {
     pub fn new(id: u64, listen: SocketAddr, data_dir: PathBuf) -> Self {
         Settings {
             id,
             listen,
             data_dir,
-            consistent_timeout: Duration::from_secs(10),
-            max_consistent_timeout: Duration::from_secs(60),
-            peer_timeout: Duration::from_secs(1),
-            connect_timeout: Duration::from_millis(500),
-            sync_interval: Duration::from_millis(500),
-            shutdown_timeout: Duration::from_secs(10),
-            min_replicas: 0,
-            replica_timeout: Duration::from_secs(5),
+            consistent_timeout: defaults::CONSISTENT_TIMEOUT,
+            max_consistent_timeout: defaults::MAX_CONSISTENT_TIMEOUT,
+            peer_timeout: defaults::PEER_TIMEOUT,
+            connect_timeout: defaults::CONNECT_TIMEOUT,
+            sync_interval: defaults::SYNC_INTERVAL,
+            shutdown_timeout: defaults::SHUTDOWN_TIMEOUT,
+            min_replicas: defaults::MIN_REPLICAS,
+            replica_timeout: defaults::REPLICA_TIMEOUT,
             secret: None,
             store: StoreOptions::default(),
             metrics: Metrics::default(),

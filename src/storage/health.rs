@@ -10,7 +10,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::metrics::Metrics;
@@ -35,7 +35,7 @@ struct State {
 }
 
 /// What `/status` shows of storage.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct HealthReport {
     pub healthy: bool,
     /// Why not, when unhealthy.

@@ -247,12 +247,20 @@ pub struct StoreOptions {
     pub metrics: Metrics,
 }
 
+/// Default of `--idempotency-window`.
+pub const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
+/// Default of `--idempotency-keys`.
+pub const DEFAULT_IDEMPOTENCY_KEYS: usize = 100_000;
+/// Default of `--storage-timeout`: far above a healthy commit (milliseconds),
+/// below what a client waits.
+pub const DEFAULT_STORAGE_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
-            idempotency_window: Duration::from_secs(24 * 3600),
-            idempotency_capacity: 100_000,
-            timeout: Duration::from_secs(5),
+            idempotency_window: DEFAULT_IDEMPOTENCY_WINDOW,
+            idempotency_capacity: DEFAULT_IDEMPOTENCY_KEYS,
+            timeout: DEFAULT_STORAGE_TIMEOUT,
             metrics: Metrics::default(),
         }
     }
@@ -544,16 +552,26 @@ impl Store {
             .map_err(|_| StoreError::Timeout(timeout))?
     }
 
-    /// Bytes used by the data folder's files (0 without a folder).
-    pub fn disk_bytes(&self) -> u64 {
-        let Some(dir) = self.dir() else { return 0 };
-        std::fs::read_dir(dir)
-            .map(|rd| {
-                rd.filter_map(|e| e.ok()?.metadata().ok())
-                    .map(|m| m.len())
-                    .sum()
-            })
-            .unwrap_or(0)
+    /// Bytes used by the data folder's files (0 without a folder, or when
+    /// the disk does not answer within the storage deadline). Read on a
+    /// blocking thread: a stalled disk must not stall the runtime.
+    pub async fn disk_bytes(&self) -> u64 {
+        let Some(dir) = self.dir().map(Path::to_path_buf) else {
+            return 0;
+        };
+        let sum = tokio::task::spawn_blocking(move || {
+            std::fs::read_dir(dir)
+                .map(|rd| {
+                    rd.filter_map(|e| e.ok()?.metadata().ok())
+                        .map(|m| m.len())
+                        .sum()
+                })
+                .unwrap_or(0)
+        });
+        match tokio::time::timeout(self.inner.timeout, sum).await {
+            Ok(Ok(bytes)) => bytes,
+            _ => 0,
+        }
     }
 }
 

@@ -1,0 +1,137 @@
+//! The operator routes: `POST /config`, `GET /status`, `GET /metrics`, and
+//! the one internal route other nodes call.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+
+use super::types::{ConfigSummary, Leaver, MAX_BODY, Status, StatusConfig};
+use super::{ApiError, authorize, read_body};
+use crate::cluster::{Actor, ConfigRequest, Membership, parse_actors};
+use crate::node::{ConfigOutcome, Node};
+use crate::proto::RequestEnvelope;
+use crate::transport::MAX_RPC_BODY;
+
+pub(super) async fn post_config(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    authorize(&node, &headers)?;
+    let bytes = read_body(body, MAX_BODY).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request(
+            r#"config body is empty; send {"actors": ["host:port", ...]}"#,
+        ));
+    }
+    let req: ConfigRequest = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request(format!(
+            "config is not valid JSON of the form {{\"actors\": [...]}}: {e}"
+        ))
+    })?;
+    let actors = parse_actors(&req.actors).map_err(ApiError::bad_request)?;
+    let mut forget = Vec::with_capacity(req.forget.len());
+    for raw in &req.forget {
+        let a = Actor::parse(raw).map_err(ApiError::bad_request)?;
+        if actors.contains(&a) {
+            return Err(ApiError::bad_request(format!(
+                "actor {a} cannot be both an actor and forgotten"
+            )));
+        }
+        forget.push(a);
+    }
+    let outcome = node.post_config(actors, forget).await?;
+    Ok(axum::Json(summary(outcome)).into_response())
+}
+
+fn strings(v: &[Actor]) -> Vec<String> {
+    v.iter().map(|a| a.to_string()).collect()
+}
+
+fn leavers(m: &Membership) -> Vec<Leaver> {
+    m.leavers()
+        .into_iter()
+        .map(|(a, handed_off)| Leaver {
+            actor: a.to_string(),
+            handed_off,
+        })
+        .collect()
+}
+
+fn summary(o: ConfigOutcome) -> ConfigSummary {
+    ConfigSummary {
+        changed: o.changed,
+        version: o.membership.config.stamp.version,
+        origin: o.membership.config.stamp.origin,
+        actors: strings(&o.membership.config.actors),
+        me: o.me.map(|a| a.to_string()),
+        stored: strings(&o.stored),
+        pending: strings(&o.pending),
+        leaving: leavers(&o.membership),
+    }
+}
+
+pub(super) async fn rpc(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    authorize(&node, &headers)?;
+    let bytes = read_body(body, MAX_RPC_BODY).await?;
+    let env: RequestEnvelope = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("malformed internal message: {e}")))?;
+    let resp = node.handle_rpc(env).await?;
+    Ok(axum::Json(resp).into_response())
+}
+
+pub(super) async fn status(State(node): State<Arc<Node>>) -> Response {
+    let m = node.membership();
+    let id = node.identity();
+    let store = node.store();
+    axum::Json(Status {
+        id: id.node,
+        incarnation: format!("{:016x}", id.incarnation),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        listen: node.settings().listen.to_string(),
+        uptime_secs: node.uptime().as_secs(),
+        me: node.me().map(|a| a.to_string()),
+        role: Some(node.role()),
+        config: StatusConfig {
+            version: m.config.stamp.version,
+            origin: m.config.stamp.origin,
+            actors: strings(&m.config.actors),
+            leaving: leavers(&m),
+            read_set: strings(&m.read_set()),
+        },
+        peers: node.peers().report(),
+        names: store.names() as u64,
+        idempotency_keys: store.remembered_keys() as u64,
+        storage: Some(store.health()),
+        head_seq: store.head(),
+        min_replicas: node.settings().min_replicas as u64,
+        data_dir: store.dir().map(|d| d.display().to_string()),
+        data_bytes: store.disk_bytes().await,
+    })
+    .into_response()
+}
+
+pub(super) async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    let m = &node.settings().metrics;
+    m.names
+        .set(i64::try_from(node.store().names()).unwrap_or(i64::MAX));
+    m.idempotency_keys
+        .set(i64::try_from(node.store().remembered_keys()).unwrap_or(i64::MAX));
+    // Refreshes the health gauge, which also follows stalls.
+    let _ = node.store().health();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        m.encode(),
+    )
+        .into_response()
+}

@@ -1,0 +1,176 @@
+//! The HTTP surface: routing, request parsing, and what every answer looks
+//! like.
+//!
+//! Public routes (SPEC §2) answer `text/plain` decimal digits with no
+//! trailing newline. Every error, including the ones axum or hyper produce
+//! (unknown route, wrong method), leaves as `{"error": "..."}`; errors are
+//! mapped to statuses in one place (`error`). Bad input is refused before
+//! anything is stored. Node-to-node traffic uses one route under
+//! `/_internal/`, which no counter route can reach. The vocabulary (paths,
+//! headers, limits, bodies) is in [`types`], shared with the client.
+//!
+//! One file per kind of route: `counters` (the counter routes, batches and
+//! listing) and `admin` (config, status, metrics and the internal route).
+
+mod admin;
+mod counters;
+pub mod error;
+pub mod types;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+use crate::metrics::{Route as MetricRoute, RouteStatus};
+use crate::node::Node;
+use crate::proto::RPC_PATH;
+pub use error::ApiError;
+use types::{BODY_TIMEOUT, MAX_BODY, Route, SECRET_HEADER, paths};
+
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route(paths::CONFIG, post(admin::post_config))
+        .route(RPC_PATH, post(admin::rpc))
+        .route(paths::STATUS, get(admin::status))
+        .route(
+            paths::COUNTERS,
+            get(counters::list).post(counters::batch_increment),
+        )
+        .route(paths::METRICS, get(admin::metrics))
+        .fallback(counters::counter_routes)
+        .layer(middleware::from_fn(json_errors))
+        .layer(middleware::from_fn_with_state(node.clone(), observe))
+        .with_state(node)
+}
+
+/// Counts every request by route and status, and times it.
+async fn observe(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
+    let route = Route::of(req.uri().path()).template();
+    let started = tokio::time::Instant::now();
+    let resp = next.run(req).await;
+    let m = &node.settings().metrics;
+    m.requests
+        .get_or_create(&RouteStatus {
+            route,
+            status: resp.status().as_u16(),
+        })
+        .inc();
+    m.request_seconds
+        .get_or_create(&MetricRoute { route })
+        .observe(started.elapsed().as_secs_f64());
+    resp
+}
+
+/// Rewrites any error response that is not already JSON (axum's own
+/// rejections, 404s, 405s) into `{"error": "..."}`.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, MAX_BODY)
+        .await
+        .unwrap_or_default();
+    let mut message = String::from_utf8_lossy(&text).trim().to_string();
+    if message.is_empty() {
+        message = status
+            .canonical_reason()
+            .unwrap_or("request failed")
+            .to_lowercase();
+    }
+    let mut out = ApiError::new(status, message).into_response();
+    if let Some(allow) = parts.headers.get(header::ALLOW) {
+        out.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    out
+}
+
+/// A counter value: decimal digits alone.
+fn text(value: u128) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        value.to_string(),
+    )
+        .into_response()
+}
+
+/// Reads a whole body, refusing one over `limit` bytes (413) or one that
+/// does not arrive within `BODY_TIMEOUT` (408): a stalled client cannot hold
+/// a request open (G6).
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit)).await {
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the body did not arrive within {BODY_TIMEOUT:?}"),
+        )),
+        Ok(Err(_)) => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("body is larger than {limit} bytes"),
+        )),
+        Ok(Ok(bytes)) => Ok(bytes),
+    }
+}
+
+/// Checks the cluster secret when one is set.
+fn authorize(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(secret) = &node.settings().secret else {
+        return Ok(());
+    };
+    match headers.get(SECRET_HEADER) {
+        None => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            format!("this route needs the cluster secret in {SECRET_HEADER}"),
+        )),
+        Some(given) if constant_time_eq(given.as_bytes(), secret.as_bytes()) => Ok(()),
+        Some(_) => Err(ApiError::new(StatusCode::FORBIDDEN, "wrong cluster secret")),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for (i, &x) in a.iter().enumerate() {
+        diff |= usize::from(x ^ b.get(i % b.len().max(1)).copied().unwrap_or(0));
+    }
+    diff == 0
+}
+
+fn query_param<'a>(query: Option<&'a str>, key: &str) -> Option<&'a str> {
+    query?
+        .split('&')
+        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
+}
+
+/// Decodes a query value: `%XX` escapes and `+` for a space.
+fn query_value(raw: &str) -> Result<String, ApiError> {
+    percent_encoding::percent_decode_str(&raw.replace('+', " "))
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| ApiError::bad_request("query value is not valid UTF-8"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_compare_exactly() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+        assert!(!constant_time_eq(b"", b"a"));
+    }
+}
