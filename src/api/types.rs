@@ -237,7 +237,6 @@ pub struct Status {
     pub data_bytes: u64,
 }
 
-
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct StatusConfig {

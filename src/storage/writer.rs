@@ -12,7 +12,6 @@
 //! and resumes. If the task itself dies, the store says so through
 //! `Store::stopped`, and the node exits rather than refusing writes forever.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -21,13 +20,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, error, warn};
 
-use super::idempotency::{self, KeyRecord, Keys};
+use super::idempotency::{KeyRecord, Keys};
+use super::plan::{Plan, State, plan};
 use super::{
-    Batch, Committed, Engine, Identity, Incremented, MAX_BATCH, Op, Reply, Shared, StoreError,
-    StoreOptions, run_engine,
+    Batch, Committed, Engine, Identity, MAX_BATCH, Op, Shared, StoreError, StoreOptions, run_engine,
 };
-use crate::cluster::Membership;
-use crate::crdt::{GCounter, ReplicaId};
 use crate::metrics::Metrics;
 
 /// First pause before reopening after a failure; doubles up to the maximum.
@@ -91,68 +88,6 @@ pub(super) fn spawn(writer: Writer, rx: mpsc::Receiver<Op>) {
         error!(reason = %reason, "storage writer stopped; this node can no longer write");
         shared.stopped.send_replace(Some(reason));
     });
-}
-
-/// One reply owed once the batch's fate is known.
-struct Pending {
-    reply: Replier,
-    /// Whether the answer depends on the commit (a replay or a refusal does not).
-    needs_commit: bool,
-}
-
-enum Replier {
-    Increment(Reply<Incremented>, Result<Incremented, StoreError>),
-    Merge(Reply<Vec<String>>, Vec<String>),
-    Membership(Reply<Option<Membership>>, Option<Membership>),
-}
-
-/// A batch decided from queued operations, before any I/O.
-#[derive(Default)]
-struct Plan {
-    batch: Batch,
-    pending: Vec<Pending>,
-    /// Names whose own component changed: replication pushes them.
-    own_changed: Vec<String>,
-    /// Increments applied (not replays, not refusals).
-    applied: u64,
-}
-
-impl Plan {
-    /// Answers every caller: `head` after a successful commit, or `failure`.
-    fn answer(self, head: u64, failure: Option<&Arc<StoreError>>) {
-        for p in self.pending {
-            let failed = failure.filter(|_| p.needs_commit);
-            let fail = || StoreError::Unavailable(failed.cloned().expect("failed"));
-            match p.reply {
-                Replier::Increment(reply, outcome) => {
-                    let outcome = match failed {
-                        Some(_) => Err(fail()),
-                        None => outcome.map(|mut i| {
-                            if !i.replayed {
-                                i.seq = head;
-                            }
-                            i
-                        }),
-                    };
-                    let _ = reply.send(outcome);
-                }
-                Replier::Merge(reply, changed) => {
-                    let _ = reply.send(if failed.is_some() {
-                        Err(fail())
-                    } else {
-                        Ok(changed)
-                    });
-                }
-                Replier::Membership(reply, next) => {
-                    let _ = reply.send(if failed.is_some() {
-                        Err(fail())
-                    } else {
-                        Ok(next)
-                    });
-                }
-            }
-        }
-    }
 }
 
 fn now_ms() -> u64 {
@@ -239,8 +174,26 @@ impl Writer {
         }
         let count = ops.len();
         let current = self.shared.membership.borrow().clone();
-        let mut plan = plan(ops, &State::of(self, &current), now_ms());
         let head = self.shared.head.load(Ordering::Acquire);
+        let mut plan = {
+            let memory = &self.shared.memory;
+            let counter = |name: &str| {
+                memory
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(name)
+                    .cloned()
+                    .unwrap_or_default()
+            };
+            let state = State {
+                own: self.identity.replica(),
+                counter: &counter,
+                keys: &self.keys,
+                membership: &current,
+                head,
+            };
+            plan(ops, &state, now_ms())
+        };
         if plan.batch.is_empty() {
             plan.answer(head, None);
             return;
@@ -392,166 +345,4 @@ impl From<StoreError> for Reload {
     fn from(e: StoreError) -> Self {
         Reload::Failed(e)
     }
-}
-
-/// What planning reads.
-struct State<'a> {
-    own: ReplicaId,
-    shared: &'a Shared,
-    keys: &'a Keys,
-    membership: &'a Membership,
-}
-
-impl<'a> State<'a> {
-    fn of(w: &'a Writer, membership: &'a Membership) -> Self {
-        State {
-            own: w.identity.replica(),
-            shared: &w.shared,
-            keys: &w.keys,
-            membership,
-        }
-    }
-
-    fn counter(&self, name: &str) -> GCounter {
-        self.shared
-            .memory
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-            .cloned()
-            .unwrap_or_default()
-    }
-}
-
-/// Decides one batch from queued operations; does no I/O.
-fn plan(ops: Vec<Op>, state: &State<'_>, now_ms: u64) -> Plan {
-    let mut plan = Plan::default();
-    let mut membership = state.membership.clone();
-    let head = state.shared.head.load(Ordering::Acquire);
-    for op in ops {
-        match op {
-            Op::Increment { items, key, reply } => {
-                let (outcome, needs_commit) =
-                    plan_increment(&mut plan, state, items, key, now_ms, head);
-                plan.pending.push(Pending {
-                    reply: Replier::Increment(reply, outcome),
-                    needs_commit,
-                });
-            }
-            Op::Merge { merge, reply } => {
-                let mut changed = Vec::new();
-                for (name, theirs) in merge.counters {
-                    let mut c = plan
-                        .batch
-                        .counters
-                        .get(&name)
-                        .cloned()
-                        .unwrap_or_else(|| state.counter(&name));
-                    if c.merge(&theirs) {
-                        plan.batch.counters.insert(name.clone(), c);
-                        changed.push(name);
-                    }
-                }
-                let needs_commit = !changed.is_empty() || merge.mark.is_some();
-                plan.batch.marks.extend(merge.mark);
-                plan.pending.push(Pending {
-                    reply: Replier::Merge(reply, changed),
-                    needs_commit,
-                });
-            }
-            Op::Membership { change, reply } => {
-                let next = change(&membership);
-                if let Some(next) = &next {
-                    membership = next.clone();
-                    plan.batch.membership = Some(next.clone());
-                }
-                let needs_commit = next.is_some();
-                plan.pending.push(Pending {
-                    reply: Replier::Membership(reply, next),
-                    needs_commit,
-                });
-            }
-            Op::Close { .. } => unreachable!("filtered by run"),
-        }
-    }
-    if !plan.batch.keys_put.is_empty() {
-        plan.batch.keys_del = state.keys.expired(now_ms, plan.batch.keys_put.len());
-    }
-    plan
-}
-
-/// One increment request: a replay, a refusal, or staged changes.
-fn plan_increment(
-    plan: &mut Plan,
-    state: &State<'_>,
-    items: Vec<(String, u64)>,
-    key: Option<String>,
-    now_ms: u64,
-    head: u64,
-) -> (Result<Incremented, StoreError>, bool) {
-    let fingerprint = key.as_ref().map(|_| idempotency::fingerprint(&items));
-    if let (Some(key), Some(fingerprint)) = (&key, &fingerprint) {
-        let seen = plan
-            .batch
-            .keys_put
-            .iter()
-            .find(|(put, _)| put == key)
-            .map(|(_, r)| r)
-            .or_else(|| state.keys.get(key, now_ms));
-        if let Some(record) = seen {
-            let outcome = if &record.fingerprint == fingerprint {
-                Ok(Incremented {
-                    values: record.values.clone(),
-                    replayed: true,
-                    seq: head,
-                })
-            } else {
-                Err(StoreError::KeyReused(key.clone()))
-            };
-            // A replay of a key put in this very batch is only true once it commits.
-            let in_batch = plan.batch.keys_put.iter().any(|(put, _)| put == key);
-            return (outcome, in_batch);
-        }
-    }
-    let mut staged: BTreeMap<String, GCounter> = BTreeMap::new();
-    for (name, amount) in &items {
-        let mut c = staged
-            .get(name)
-            .or_else(|| plan.batch.counters.get(name))
-            .cloned()
-            .unwrap_or_else(|| state.counter(name));
-        if let Err(e) = c.increment(state.own, *amount) {
-            return (Err(StoreError::Overflow(e)), false);
-        }
-        staged.insert(name.clone(), c);
-    }
-    let values: Vec<u128> = items.iter().map(|(n, _)| staged[n].value()).collect();
-    let mut wrote = false;
-    for (name, c) in staged {
-        if items.iter().any(|(n, a)| n == &name && *a > 0) {
-            plan.own_changed.push(name.clone());
-            plan.batch.counters.insert(name, c);
-            wrote = true;
-        }
-    }
-    if let (Some(key), Some(fingerprint)) = (key, fingerprint) {
-        plan.batch.keys_put.push((
-            key,
-            KeyRecord {
-                fingerprint,
-                values: values.clone(),
-                created_ms: now_ms,
-            },
-        ));
-        wrote = true;
-    }
-    plan.applied += 1;
-    (
-        Ok(Incremented {
-            values,
-            replayed: false,
-            seq: head,
-        }),
-        wrote,
-    )
 }

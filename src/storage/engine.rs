@@ -1,0 +1,194 @@
+//! The engine seam: what an engine stores and answers, and the errors and
+//! values that cross it. Engines are `redb` (on disk) and `memory`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::idempotency::KeyRecord;
+use crate::cluster::Membership;
+use crate::crdt::{GCounter, Overflow, ReplicaId};
+
+/// A source error of an engine, kept whole so its cause (an OS error) shows.
+pub type EngineSource = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("data folder {path}: {source}")]
+    Folder {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("data folder {0} is in use by another tally process")]
+    Locked(PathBuf),
+    #[error("data folder {path} belongs to node {found}, not node {wanted}")]
+    WrongNode {
+        path: PathBuf,
+        found: u64,
+        wanted: u64,
+    },
+    #[error("{}{source}", file.as_ref().map(|f| format!("{}: ", f.display())).unwrap_or_default())]
+    Engine {
+        file: Option<PathBuf>,
+        source: EngineSource,
+    },
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error(transparent)]
+    Overflow(#[from] Overflow),
+    #[error("Idempotency-Key {0:?} was first used with a different request")]
+    KeyReused(String),
+    /// Storage failed and is being reopened; nothing was acknowledged.
+    #[error("storage is unavailable ({0}); writes resume once it recovers")]
+    Unavailable(Arc<StoreError>),
+    /// The call may still be applied later: its outcome is unknown.
+    #[error("storage did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("storage is shutting down")]
+    Closed,
+}
+
+impl StoreError {
+    /// An engine error with no file named yet.
+    pub fn engine(source: impl Into<EngineSource>) -> StoreError {
+        StoreError::Engine {
+            file: None,
+            source: source.into(),
+        }
+    }
+
+    /// Names the file an engine error happened in, if it names none yet.
+    pub fn in_file(self, path: &Path) -> StoreError {
+        match self {
+            StoreError::Engine { file: None, source } => StoreError::Engine {
+                file: Some(path.to_path_buf()),
+                source,
+            },
+            other => other,
+        }
+    }
+
+    /// Whether retrying later may succeed (storage trouble rather than a
+    /// refusal of this request).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Engine { .. } | StoreError::Unavailable(_) | StoreError::Timeout(_)
+        )
+    }
+}
+
+/// What an engine holds, read once at open.
+pub struct Loaded {
+    pub incarnation: u64,
+    pub membership: Membership,
+    pub counters: BTreeMap<String, GCounter>,
+    /// Remembered idempotency keys.
+    pub keys: Vec<(String, KeyRecord)>,
+    /// The last local sequence number given out.
+    pub head: u64,
+    /// Whether the data folder was new.
+    pub created: bool,
+}
+
+/// How far a node has merged a peer's changes: the peer's own local
+/// sequence, valid for one incarnation of the peer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerMark {
+    pub incarnation: u64,
+    pub seq: u64,
+}
+
+/// One commit's worth of changes.
+#[derive(Default)]
+pub struct Batch {
+    /// Each name's whole new counter; each gets a new local sequence.
+    pub counters: BTreeMap<String, GCounter>,
+    /// Only raised, never lowered.
+    pub marks: Vec<PeerMark>,
+    pub membership: Option<Membership>,
+    /// Idempotency keys to remember, and to forget.
+    pub keys_put: Vec<(String, KeyRecord)>,
+    pub keys_del: Vec<String>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.counters.is_empty()
+            && self.marks.is_empty()
+            && self.membership.is_none()
+            && self.keys_put.is_empty()
+            && self.keys_del.is_empty()
+    }
+}
+
+/// A transactional store of counters, marks and membership.
+pub trait Engine: Send + Sync + 'static {
+    /// Reads identity, membership and counters, creating the identity on first use.
+    fn load(&self, node: u64) -> Result<Loaded, StoreError>;
+    /// Applies a batch atomically; returns the last sequence number given out.
+    fn commit(&self, batch: &Batch) -> Result<u64, StoreError>;
+    /// Names changed after `since`, at most `limit`, from one snapshot.
+    fn changes_since(&self, since: u64, limit: usize) -> Result<Changes, StoreError>;
+    fn mark(&self, peer_incarnation: u64) -> Result<u64, StoreError>;
+    /// Closes and reopens the underlying files after an I/O error.
+    fn reopen(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// The data folder, for engines that have one.
+    fn location(&self) -> Option<&Path>;
+    /// Whether calls block on I/O (and so belong on a blocking thread).
+    fn blocking(&self) -> bool;
+    /// For simulated disks: calls must wait until then (a stalled disk).
+    fn ready_at(&self) -> Option<Instant> {
+        None
+    }
+}
+
+/// Identity of the data folder's owner.
+#[derive(Clone, Copy, Debug)]
+pub struct Identity {
+    pub node: u64,
+    pub incarnation: u64,
+}
+
+impl Identity {
+    pub fn replica(&self) -> ReplicaId {
+        ReplicaId {
+            node: self.node,
+            incarnation: self.incarnation,
+        }
+    }
+}
+
+/// What a peer asked for when pulling: our changes after `since`.
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub counters: Vec<(String, GCounter)>,
+    /// Resume from here next time.
+    pub next: u64,
+    /// Our head sequence when the snapshot was taken.
+    pub head: u64,
+    pub more: bool,
+}
+
+/// A peer's changes to fold in, and the peer mark to record with them.
+pub struct Merge {
+    pub counters: Vec<(String, GCounter)>,
+    pub mark: Option<PeerMark>,
+}
+
+/// The answer to an increment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Incremented {
+    /// Each name's local value after the increment.
+    pub values: Vec<u128>,
+    /// True when an idempotency key matched and nothing was applied again.
+    pub replayed: bool,
+    /// The local sequence once it was durable: a peer holding our changes
+    /// up to here holds this increment.
+    pub seq: u64,
+}

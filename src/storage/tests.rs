@@ -1,0 +1,578 @@
+//! The store over both engines, its failure handling and recovery.
+
+use std::path::PathBuf;
+
+use tokio::time::Instant;
+
+use super::*;
+use crate::crdt::ReplicaId;
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "tally-storage-{tag}-{}-{}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// The same store over each engine: the disk one in a fresh folder (removed on drop) and memory.
+struct Both {
+    stores: Vec<Store>,
+    dir: PathBuf,
+}
+
+impl Drop for Both {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn both(tag: &str) -> Both {
+    let dir = temp_dir(tag);
+    let disk = Store::open(&dir, 1, StoreOptions::default()).unwrap().store;
+    let mem = Store::with_engine(
+        Arc::new(memory::MemoryEngine::new()),
+        1,
+        StoreOptions::default(),
+    )
+    .unwrap()
+    .store;
+    Both {
+        stores: vec![disk, mem],
+        dir,
+    }
+}
+
+#[tokio::test]
+async fn increments_survive_reopen_and_the_incarnation_is_kept() {
+    let dir = temp_dir("reopen");
+    let inc;
+    {
+        let opened = Store::open(&dir, 3, StoreOptions::default()).unwrap();
+        assert!(opened.created);
+        let s = opened.store;
+        inc = s.identity().incarnation;
+        assert_eq!(s.increment(vec![("a".into(), 5)]).await.unwrap(), vec![5]);
+        assert_eq!(s.increment(vec![("a".into(), 2)]).await.unwrap(), vec![7]);
+        s.close().await;
+    }
+    let opened = Store::open(&dir, 3, StoreOptions::default()).unwrap();
+    assert!(!opened.created, "the folder was reopened, not created");
+    assert_eq!(opened.store.identity().incarnation, inc);
+    assert_eq!(opened.store.value("a"), 7);
+    drop(opened);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_folder_is_locked_and_bound_to_its_node() {
+    let dir = temp_dir("lock");
+    let first = Store::open(&dir, 1, StoreOptions::default()).unwrap();
+    assert!(matches!(
+        Store::open(&dir, 1, StoreOptions::default()),
+        Err(StoreError::Locked(_))
+    ));
+    first.store.close().await;
+    drop(first);
+    assert!(matches!(
+        Store::open(&dir, 2, StoreOptions::default()),
+        Err(StoreError::WrongNode {
+            found: 1,
+            wanted: 2,
+            ..
+        })
+    ));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_batch_with_an_overflow_changes_nothing() {
+    let both = both("overflow");
+    for s in &both.stores {
+        s.increment(vec![("a".into(), u64::MAX)]).await.unwrap();
+        let err = s
+            .increment(vec![("b".into(), 1), ("a".into(), 1)])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Overflow(_)));
+        assert_eq!(s.value("b"), 0);
+        assert_eq!(s.value("a"), u128::from(u64::MAX));
+        let changes = s.changes_since(0, 10).await.unwrap();
+        assert_eq!(changes.counters.len(), 1, "the refused batch left no trace");
+    }
+}
+
+#[tokio::test]
+async fn concurrent_increments_are_all_applied() {
+    let both = both("group");
+    for s in &both.stores {
+        let tasks: Vec<_> = (0..200)
+            .map(|i| {
+                let s = s.clone();
+                tokio::spawn(async move { s.increment(vec![(format!("n{}", i % 7), 1)]).await })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let total: u128 = (0..7).map(|i| s.value(&format!("n{i}"))).sum();
+        assert_eq!(total, 200);
+    }
+}
+
+#[tokio::test]
+async fn changes_since_returns_only_newer_names_in_pages() {
+    let both = both("changes");
+    for s in &both.stores {
+        for name in ["a", "b", "c"] {
+            s.increment(vec![(name.into(), 1)]).await.unwrap();
+        }
+        let all = s.changes_since(0, 10).await.unwrap();
+        assert_eq!(all.counters.len(), 3);
+        assert!(!all.more);
+        assert_eq!(all.next, all.head);
+        // Touch "a" again: only it is newer than the previous head.
+        s.increment(vec![("a".into(), 1)]).await.unwrap();
+        let delta = s.changes_since(all.head, 10).await.unwrap();
+        let names: Vec<_> = delta.counters.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["a"]);
+        // Paging walks every name exactly once.
+        let p1 = s.changes_since(0, 2).await.unwrap();
+        assert!(p1.more);
+        let p2 = s.changes_since(p1.next, 2).await.unwrap();
+        assert!(!p2.more);
+        let mut seen: Vec<_> = p1
+            .counters
+            .iter()
+            .chain(&p2.counters)
+            .map(|(n, _)| n.clone())
+            .collect();
+        seen.sort();
+        assert_eq!(seen, ["a", "b", "c"]);
+    }
+}
+
+#[tokio::test]
+async fn merges_keep_the_maximum_and_record_the_mark() {
+    let both = both("merge");
+    for s in &both.stores {
+        let peer = ReplicaId {
+            node: 2,
+            incarnation: 9,
+        };
+        let mut theirs = GCounter::new();
+        theirs.increment(peer, 4).unwrap();
+        let changed = s
+            .merge(Merge {
+                counters: vec![("x".into(), theirs.clone())],
+                mark: Some(PeerMark {
+                    incarnation: 9,
+                    seq: 17,
+                }),
+            })
+            .await
+            .unwrap();
+        assert_eq!(changed, ["x"]);
+        let again = s
+            .merge(Merge {
+                counters: vec![("x".into(), theirs)],
+                mark: Some(PeerMark {
+                    incarnation: 9,
+                    seq: 5,
+                }),
+            })
+            .await
+            .unwrap();
+        assert!(again.is_empty());
+        assert_eq!(s.value("x"), 4);
+        assert_eq!(s.mark(9).await.unwrap(), 17, "marks never go down");
+    }
+}
+
+/// A memory store with a short storage deadline, and its engine.
+fn faulty() -> (Store, Arc<memory::MemoryEngine>) {
+    let engine = Arc::new(memory::MemoryEngine::new());
+    let options = StoreOptions {
+        timeout: Duration::from_secs(1),
+        ..StoreOptions::default()
+    };
+    let store = Store::with_engine(engine.clone(), 1, options)
+        .unwrap()
+        .store;
+    (store, engine)
+}
+
+/// Waits (in paused time) until storage reports itself healthy.
+async fn healed(s: &Store) -> bool {
+    for _ in 0..100 {
+        if s.health().healthy {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_disk_refuses_writes_then_heals_by_itself() {
+    let (s, engine) = faulty();
+    s.increment(vec![("a".into(), 1)]).await.unwrap();
+    engine.inject(memory::DiskFault::Full);
+    let err = s.increment(vec![("a".into(), 1)]).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    assert!(err.is_transient());
+    assert!(err.to_string().contains("no space left"), "{err}");
+    assert_eq!(s.value("a"), 1, "nothing of a failed commit is visible");
+    let report = s.health();
+    assert!(!report.healthy);
+    assert!(report.problem.unwrap().contains("no space left"));
+    // While it fails, writes are refused at once, and reads work.
+    let started = Instant::now();
+    assert!(s.increment(vec![("b".into(), 1)]).await.is_err());
+    assert!(started.elapsed() < Duration::from_millis(10));
+    assert_eq!(s.value("a"), 1);
+    // Still failing: retries do not heal it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!s.health().healthy);
+    engine.inject(memory::DiskFault::None);
+    assert!(
+        healed(&s).await,
+        "storage recovers once the disk takes writes"
+    );
+    assert_eq!(s.health().recoveries, 1);
+    assert_eq!(s.increment(vec![("a".into(), 1)]).await.unwrap(), vec![2]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_commit_reported_failed_but_written_is_folded_in_on_recovery() {
+    let engine = Arc::new(memory::MemoryEngine::new());
+    let opened = Store::with_engine(engine.clone(), 1, StoreOptions::default()).unwrap();
+    let (s, mut committed) = (opened.store, opened.committed);
+    engine.inject(memory::DiskFault::FailSync);
+    assert!(s.increment(vec![("a".into(), 5)]).await.is_err());
+    assert_eq!(s.value("a"), 0, "not acknowledged, not visible");
+    assert!(committed.try_recv().is_err(), "nothing published");
+    engine.inject(memory::DiskFault::None);
+    assert!(healed(&s).await);
+    // The disk kept it: the node resumes from what the disk holds, so it
+    // never counts again from a value lower than one it may have written.
+    assert_eq!(s.value("a"), 5);
+    assert_eq!(
+        committed.try_recv().unwrap().names,
+        ["a"],
+        "and replicates it"
+    );
+    assert_eq!(s.increment(vec![("a".into(), 1)]).await.unwrap(), vec![6]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_disk_costs_callers_one_deadline_and_shows_in_health() {
+    let (s, engine) = faulty();
+    engine.inject(memory::DiskFault::Stall(
+        Instant::now() + Duration::from_secs(10),
+    ));
+    let started = Instant::now();
+    let err = s.increment(vec![("a".into(), 1)]).await.unwrap_err();
+    assert!(matches!(err, StoreError::Timeout(_)), "{err}");
+    assert_eq!(started.elapsed(), Duration::from_secs(1));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let report = s.health();
+    assert!(!report.healthy);
+    assert!(report.problem.unwrap().contains("stalled"));
+    let marks = s.mark(7).await;
+    assert!(
+        matches!(marks, Err(StoreError::Timeout(_))),
+        "reads wait at most the deadline too"
+    );
+    // Once the disk answers, the timed-out increment lands after all
+    // (its outcome was unknown, not refused) and writes go on.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(s.health().healthy);
+    assert_eq!(s.increment(vec![("a".into(), 1)]).await.unwrap(), vec![2]);
+}
+
+/// An engine whose commits panic: a bug in the writer's path.
+struct Panicking(memory::MemoryEngine);
+
+impl Engine for Panicking {
+    fn load(&self, node: u64) -> Result<Loaded, StoreError> {
+        self.0.load(node)
+    }
+    fn commit(&self, _: &Batch) -> Result<u64, StoreError> {
+        panic!("planted");
+    }
+    fn changes_since(&self, since: u64, limit: usize) -> Result<Changes, StoreError> {
+        self.0.changes_since(since, limit)
+    }
+    fn mark(&self, peer: u64) -> Result<u64, StoreError> {
+        self.0.mark(peer)
+    }
+    fn location(&self) -> Option<&Path> {
+        None
+    }
+    fn blocking(&self) -> bool {
+        false
+    }
+}
+
+#[tokio::test]
+async fn a_dead_writer_is_reported_not_hidden() {
+    let s = Store::with_engine(
+        Arc::new(Panicking(memory::MemoryEngine::new())),
+        1,
+        StoreOptions::default(),
+    )
+    .unwrap()
+    .store;
+    assert!(matches!(
+        s.increment(vec![("a".into(), 1)]).await,
+        Err(StoreError::Closed)
+    ));
+    let reason = tokio::time::timeout(Duration::from_secs(5), s.stopped())
+        .await
+        .expect("the store reports its writer's end");
+    assert!(reason.contains("planted"), "{reason}");
+}
+
+#[tokio::test]
+async fn a_disk_store_reopens_with_everything_it_held() {
+    let dir = temp_dir("reopen-engine");
+    let engine = Arc::new(redb::RedbEngine::open(&dir).unwrap());
+    let s = Store::with_engine(engine.clone(), 1, StoreOptions::default())
+        .unwrap()
+        .store;
+    s.increment(vec![("a".into(), 3)]).await.unwrap();
+    engine.reopen().unwrap();
+    assert_eq!(engine.load(1).unwrap().counters["a"].value(), 3);
+    assert_eq!(s.increment(vec![("a".into(), 1)]).await.unwrap(), vec![4]);
+    s.close().await;
+    drop(s);
+    drop(engine);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn membership_changes_are_durable_and_published() {
+    let mut both = both("membership");
+    for s in &both.stores {
+        let mut rx = s.watch_membership();
+        let actors = crate::cluster::parse_actors(&["10.0.0.1".to_string()]).unwrap();
+        let changed = s
+            .update_membership(move |m| m.post(actors, 1))
+            .await
+            .unwrap()
+            .expect("a first config is a change");
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(*rx.borrow_and_update(), changed);
+        let again = crate::cluster::parse_actors(&["10.0.0.1".to_string()]).unwrap();
+        assert!(
+            s.update_membership(move |m| m.post(again, 1))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(s.membership(), changed);
+    }
+    let s = both.stores.remove(0);
+    s.close().await;
+    drop(s);
+    let reopened = Store::open(&both.dir, 1, StoreOptions::default())
+        .unwrap()
+        .store;
+    assert_eq!(reopened.membership().stamp().version, 1);
+}
+
+#[tokio::test]
+async fn a_closed_store_refuses_writes() {
+    let both = both("closed");
+    for s in &both.stores {
+        s.close().await;
+        assert!(matches!(
+            s.increment(vec![("a".into(), 1)]).await,
+            Err(StoreError::Closed)
+        ));
+    }
+}
+
+#[tokio::test]
+async fn a_repeated_idempotency_key_is_applied_once_also_after_reopen() {
+    let dir = temp_dir("idem");
+    {
+        let s = Store::open(&dir, 1, StoreOptions::default()).unwrap().store;
+        let first = s
+            .increment_once(vec![("a".into(), 5)], Some("k1".into()))
+            .await
+            .unwrap();
+        assert_eq!((first.values, first.replayed), (vec![5], false));
+        s.increment(vec![("a".into(), 1)]).await.unwrap();
+        let again = s
+            .increment_once(vec![("a".into(), 5)], Some("k1".into()))
+            .await
+            .unwrap();
+        assert_eq!((again.values, again.replayed), (vec![5], true));
+        assert_eq!(s.value("a"), 6);
+        assert!(matches!(
+            s.increment_once(vec![("a".into(), 7)], Some("k1".into()))
+                .await,
+            Err(StoreError::KeyReused(_))
+        ));
+        assert_eq!(s.value("a"), 6, "a refused reuse changes nothing");
+        assert_eq!(s.remembered_keys(), 1);
+        s.close().await;
+    }
+    let s = Store::open(&dir, 1, StoreOptions::default()).unwrap().store;
+    let after = s
+        .increment_once(vec![("a".into(), 5)], Some("k1".into()))
+        .await
+        .unwrap();
+    assert!(after.replayed);
+    assert_eq!(s.value("a"), 6);
+    s.close().await;
+    drop(s);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn concurrent_requests_with_one_key_apply_once() {
+    let s = Store::with_engine(
+        Arc::new(memory::MemoryEngine::new()),
+        1,
+        StoreOptions::default(),
+    )
+    .unwrap()
+    .store;
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.increment_once(vec![("a".into(), 3)], Some("same".into()))
+                    .await
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap().values, vec![3]);
+    }
+    assert_eq!(s.value("a"), 3);
+}
+
+#[tokio::test]
+async fn remembered_keys_are_bounded() {
+    let options = StoreOptions {
+        idempotency_capacity: 3,
+        ..StoreOptions::default()
+    };
+    let engine = Arc::new(memory::MemoryEngine::new());
+    let s = Store::with_engine(engine.clone(), 1, options.clone())
+        .unwrap()
+        .store;
+    for i in 0..5 {
+        s.increment_once(vec![("a".into(), 1)], Some(format!("k{i}")))
+            .await
+            .unwrap();
+    }
+    assert_eq!(s.remembered_keys(), 3);
+    // The oldest was forgotten: reusing it is a new increment.
+    let again = s
+        .increment_once(vec![("a".into(), 1)], Some("k0".into()))
+        .await
+        .unwrap();
+    assert!(!again.replayed);
+    assert_eq!(s.value("a"), 6);
+    // What is stored matches what is remembered.
+    s.close().await;
+    let reopened = Store::with_engine(engine, 1, options).unwrap().store;
+    assert_eq!(reopened.remembered_keys(), 3);
+}
+
+mod lockstep {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::storage::mirror::Mirror;
+
+    #[derive(Clone, Debug)]
+    enum Step {
+        Inc(u8, u64, Option<u8>),
+        Merge(u8, u64, u64),
+        Changes(u64, usize),
+        Mark(u64),
+        Post(u8),
+        Reopen,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            4 => (0u8..6, 0u64..5, proptest::option::of(0u8..4))
+                .prop_map(|(n, a, k)| Step::Inc(n, a, k)),
+            2 => (0u8..6, 1u64..4, 0u64..20).prop_map(|(n, p, c)| Step::Merge(n, p, c)),
+            2 => (0u64..30, 1usize..4).prop_map(|(s, l)| Step::Changes(s, l)),
+            1 => (1u64..4).prop_map(Step::Mark),
+            1 => (1u8..8).prop_map(Step::Post),
+            1 => Just(Step::Reopen),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        /// Every operation runs on redb and on memory at once, and they must
+        /// answer alike, down to sequence numbers and change pages.
+        #[test]
+        fn both_engines_keep_one_contract(steps in prop::collection::vec(step(), 1..40)) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let dir = temp_dir("mirror");
+                let engine = Arc::new(Mirror {
+                    disk: redb::RedbEngine::open(&dir).unwrap(),
+                    mem: memory::MemoryEngine::new(),
+                });
+                let s = Store::with_engine(engine.clone(), 1, StoreOptions::default())
+                    .unwrap()
+                    .store;
+                for step in steps {
+                    match step {
+                        Step::Inc(n, amount, key) => {
+                            let _ = s
+                                .increment_once(vec![(format!("n{n}"), amount)], key.map(|k| format!("k{k}")))
+                                .await;
+                        }
+                        Step::Merge(n, peer, count) => {
+                            let mut c = GCounter::new();
+                            let _ = c.increment(ReplicaId { node: peer + 1, incarnation: peer }, count);
+                            s.merge(Merge {
+                                counters: vec![(format!("n{n}"), c)],
+                                mark: Some(PeerMark { incarnation: peer, seq: count }),
+                            })
+                            .await
+                            .unwrap();
+                        }
+                        Step::Changes(since, limit) => {
+                            s.changes_since(since, limit).await.unwrap();
+                        }
+                        Step::Mark(peer) => {
+                            s.mark(peer).await.unwrap();
+                        }
+                        Step::Post(bits) => {
+                            let actors: Vec<String> = (0..3)
+                                .filter(|i| bits & (1 << i) != 0)
+                                .map(|i| format!("10.0.0.{}", i + 1))
+                                .collect();
+                            let actors = crate::cluster::parse_actors(&actors).unwrap();
+                            s.update_membership(move |m| m.post(actors, 1)).await.unwrap();
+                        }
+                        Step::Reopen => engine.reopen().unwrap(),
+                    }
+                }
+                s.close().await;
+                // What each engine kept, read back whole, must agree too.
+                engine.load(1).unwrap();
+                drop(s);
+                drop(engine);
+                std::fs::remove_dir_all(&dir).unwrap();
+            });
+        }
+    }
+}
