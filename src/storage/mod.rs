@@ -69,6 +69,35 @@ pub struct StoreOptions {
     pub timeout: Duration,
     /// Where commit latency, batch size, health and applied increments are counted.
     pub metrics: Metrics,
+    /// Wall-clock time for idempotency windows, which must survive a restart
+    /// (so not tokio's clock); tests inject their own.
+    pub clock: WallClock,
+}
+
+/// Milliseconds since the Unix epoch.
+#[derive(Clone)]
+pub struct WallClock(pub Arc<dyn Fn() -> u64 + Send + Sync>);
+
+impl WallClock {
+    pub fn now_ms(&self) -> u64 {
+        (self.0)()
+    }
+}
+
+impl Default for WallClock {
+    fn default() -> Self {
+        WallClock(Arc::new(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        }))
+    }
+}
+
+impl std::fmt::Debug for WallClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WallClock")
+    }
 }
 
 /// Default of `--idempotency-window`.
@@ -86,6 +115,7 @@ impl Default for StoreOptions {
             idempotency_capacity: DEFAULT_IDEMPOTENCY_KEYS,
             timeout: DEFAULT_STORAGE_TIMEOUT,
             metrics: Metrics::default(),
+            clock: WallClock::default(),
         }
     }
 }

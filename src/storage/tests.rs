@@ -576,3 +576,30 @@ mod lockstep {
         }
     }
 }
+
+#[tokio::test]
+async fn idempotency_keys_expire_at_their_window_by_the_injected_clock() {
+    let now = Arc::new(std::sync::atomic::AtomicU64::new(1_000));
+    let clock = now.clone();
+    let options = StoreOptions {
+        idempotency_window: Duration::from_secs(10),
+        clock: WallClock(Arc::new(move || clock.load(std::sync::atomic::Ordering::SeqCst))),
+        ..StoreOptions::default()
+    };
+    let s = Store::with_engine(Arc::new(memory::MemoryEngine::new()), 1, options)
+        .unwrap()
+        .store;
+    let key = || Some("k".to_string());
+    assert!(!s.increment_once(vec![("a".into(), 1)], key()).await.unwrap().replayed);
+    now.store(10_999, std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        s.increment_once(vec![("a".into(), 1)], key()).await.unwrap().replayed,
+        "inside the window: a replay"
+    );
+    now.store(11_000, std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        !s.increment_once(vec![("a".into(), 1)], key()).await.unwrap().replayed,
+        "at the window's end: a new increment"
+    );
+    assert_eq!(s.value("a"), 2);
+}

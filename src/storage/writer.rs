@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -23,7 +23,8 @@ use tracing::{debug, error, warn};
 use super::idempotency::{KeyRecord, Keys};
 use super::plan::{Plan, State, plan};
 use super::{
-    Batch, Committed, Engine, Identity, MAX_BATCH, Op, Shared, StoreError, StoreOptions, run_engine,
+    Batch, Committed, Engine, Identity, MAX_BATCH, Op, Shared, StoreError, StoreOptions, WallClock,
+    run_engine,
 };
 use crate::metrics::Metrics;
 
@@ -43,6 +44,7 @@ pub(super) struct Writer {
     /// Where durable changes are published for replication.
     publish: mpsc::UnboundedSender<Committed>,
     metrics: Metrics,
+    clock: WallClock,
     episode: Option<Episode>,
 }
 
@@ -90,13 +92,6 @@ pub(super) fn spawn(writer: Writer, rx: mpsc::Receiver<Op>) {
     });
 }
 
-fn now_ms() -> u64 {
-    // Idempotency windows are wall-clock: they must survive a restart.
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 impl Writer {
     pub(super) fn new(
         engine: Arc<dyn Engine>,
@@ -119,6 +114,7 @@ impl Writer {
             capacity: options.idempotency_capacity,
             publish,
             metrics: options.metrics.clone(),
+            clock: options.clock.clone(),
             episode: None,
         }
     }
@@ -192,7 +188,7 @@ impl Writer {
                 membership: &current,
                 head,
             };
-            plan(ops, &state, now_ms())
+            plan(ops, &state, self.clock.now_ms())
         };
         if plan.batch.is_empty() {
             plan.answer(head, None);
