@@ -59,6 +59,13 @@ fn latency_histogram() -> Histogram {
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
+/// Registers each metric under its name and help text.
+macro_rules! register {
+    ($r:expr, $($name:literal, $help:literal => $metric:expr;)*) => {
+        $($r.register($name, $help, $metric.clone());)*
+    };
+}
+
 /// Every metric of a node; cheap to clone (all handles share their values).
 #[derive(Clone)]
 pub struct Metrics {
@@ -127,116 +134,31 @@ impl Metrics {
             connections_refused: Family::default(),
         };
         let mut r = Registry::with_prefix("tally");
-        r.register(
-            "http_requests",
-            "HTTP requests by route and status",
-            m.requests.clone(),
-        );
-        r.register(
-            "http_request_seconds",
-            "HTTP request latency by route",
-            m.request_seconds.clone(),
-        );
-        r.register(
-            "increments_applied",
-            "Increment requests applied (not replays)",
-            m.increments.clone(),
-        );
-        r.register(
-            "storage_commit_seconds",
-            "Storage commit latency",
-            m.commit_seconds.clone(),
-        );
-        r.register(
-            "storage_commit_batch_size",
-            "Operations per storage commit",
-            m.commit_batch_size.clone(),
-        );
-        r.register(
-            "peer_bytes_sent",
-            "Bytes sent to each peer",
-            m.peer_bytes_sent.clone(),
-        );
-        r.register(
-            "peer_bytes_received",
-            "Bytes received from each peer",
-            m.peer_bytes_received.clone(),
-        );
-        r.register(
-            "replication_pushes",
-            "Pushes to each peer by outcome",
-            m.pushes.clone(),
-        );
-        r.register(
-            "replication_pulls",
-            "Anti-entropy pulls from each peer by outcome",
-            m.pulls.clone(),
-        );
-        r.register(
-            "replication_pulled_names",
-            "Names received by anti-entropy from each peer",
-            m.pulled_names.clone(),
-        );
-        r.register(
-            "peer_up",
-            "1 if the peer answered the last call, else 0",
-            m.peer_up.clone(),
-        );
-        r.register(
-            "peer_lag_changes",
-            "Changes the peer had that this node had not merged at the last pull",
-            m.peer_lag.clone(),
-        );
-        r.register(
-            "consistent_reads",
-            "Consistent reads by outcome",
-            m.consistent_reads.clone(),
-        );
-        r.register(
-            "consistent_read_seconds",
-            "Consistent read duration",
-            m.consistent_seconds.clone(),
-        );
-        r.register(
-            "names",
-            "Counter names stored on this node",
-            m.names.clone(),
-        );
-        r.register(
-            "idempotency_keys",
-            "Idempotency keys remembered",
-            m.idempotency_keys.clone(),
-        );
-        r.register(
-            "storage_healthy",
-            "1 while storage commits succeed, 0 during a failure or a stalled commit",
-            m.storage_healthy.clone(),
-        );
-        r.register(
-            "storage_errors",
-            "Failed storage commits and recovery attempts",
-            m.storage_errors.clone(),
-        );
-        r.register(
-            "storage_recoveries",
-            "Storage failure episodes ended by reopening the database",
-            m.storage_recoveries.clone(),
-        );
-        r.register(
-            "replica_waits",
-            "Increments that waited for other actors to store them, by outcome",
-            m.replica_waits.clone(),
-        );
-        r.register(
-            "connections",
-            "Open connections by class: client, peer, pending (accepted, not admitted yet)",
-            m.connections.clone(),
-        );
-        r.register(
+        register!(r,
+            "http_requests", "HTTP requests by route and status" => m.requests;
+            "http_request_seconds", "HTTP request latency by route" => m.request_seconds;
+            "increments_applied", "Increment requests applied (not replays)" => m.increments;
+            "storage_commit_seconds", "Storage commit latency" => m.commit_seconds;
+            "storage_commit_batch_size", "Operations per storage commit" => m.commit_batch_size;
+            "peer_bytes_sent", "Bytes sent to each peer" => m.peer_bytes_sent;
+            "peer_bytes_received", "Bytes received from each peer" => m.peer_bytes_received;
+            "replication_pushes", "Pushes to each peer by outcome" => m.pushes;
+            "replication_pulls", "Anti-entropy pulls from each peer by outcome" => m.pulls;
+            "replication_pulled_names", "Names received by anti-entropy from each peer" => m.pulled_names;
+            "peer_up", "1 if the peer answered the last call, else 0" => m.peer_up;
+            "peer_lag_changes", "Changes the peer had that this node had not merged at the last pull" => m.peer_lag;
+            "consistent_reads", "Consistent reads by outcome" => m.consistent_reads;
+            "consistent_read_seconds", "Consistent read duration" => m.consistent_seconds;
+            "names", "Counter names stored on this node" => m.names;
+            "idempotency_keys", "Idempotency keys remembered" => m.idempotency_keys;
+            "storage_healthy", "1 while storage commits succeed, 0 during a failure or a stalled commit" => m.storage_healthy;
+            "storage_errors", "Failed storage commits and recovery attempts" => m.storage_errors;
+            "storage_recoveries", "Storage failure episodes ended by reopening the database" => m.storage_recoveries;
+            "replica_waits", "Increments that waited for other actors to store them, by outcome" => m.replica_waits;
+            "connections", "Open connections by class: client, peer, pending (accepted, not admitted yet)" => m.connections;
             "connections_refused",
-            "Connections refused by class: over the client or the peer budget, or pending ones \
-             closed to make room",
-            m.connections_refused.clone(),
+                "Connections refused by class: over the client or the peer budget, or pending ones closed to make room"
+                => m.connections_refused;
         );
         Metrics {
             registry: Arc::new(r),

@@ -8,8 +8,8 @@ use super::Node;
 use crate::crdt::GCounter;
 use crate::input::validate_name;
 use crate::proto::{
-    MAX_NAMES_PER_MESSAGE, PROTOCOL_VERSION, Request, RequestEnvelope, Response, ResponseEnvelope,
-    WireCounter,
+    MAX_NAMES_PER_MESSAGE, NodeRef, PROTOCOL_VERSION, Request, RequestEnvelope, Response,
+    ResponseEnvelope, WireCounter,
 };
 use crate::storage::{Merge, StoreError};
 
@@ -50,48 +50,12 @@ impl Node {
         }
         let resp = match env.req {
             Request::Hello | Request::Config => Response::Ack,
-            Request::Push { counters } => {
-                let counters = validate_counters(counters)?;
-                self.store
-                    .merge(Merge {
-                        counters,
-                        mark: None,
-                    })
-                    .await?;
-                Response::Ack
-            }
+            Request::Push { counters } => self.on_push(counters).await?,
             Request::Pull {
                 incarnation,
                 since,
                 limit,
-            } => {
-                if incarnation != self.identity.incarnation {
-                    // The asker's mark belongs to another incarnation: tell it who we are first.
-                    Response::Changes {
-                        counters: Vec::new(),
-                        next: 0,
-                        head: 0,
-                        more: true,
-                    }
-                } else {
-                    // The asker has durably merged our changes up to `since`.
-                    self.peers.note_pulled(env.from, since);
-                    let changes = self
-                        .store
-                        .changes_since(since, limit.clamp(1, MAX_NAMES_PER_MESSAGE))
-                        .await?;
-                    Response::Changes {
-                        counters: changes
-                            .counters
-                            .into_iter()
-                            .map(|(n, c)| WireCounter::new(n, &c))
-                            .collect(),
-                        next: changes.next,
-                        head: changes.head,
-                        more: changes.more,
-                    }
-                }
-            }
+            } => self.on_pull(env.from, incarnation, since, limit).await?,
             Request::Read { name } => {
                 validate_name(&name).map_err(|e| RpcError::BadRequest(e.to_string()))?;
                 Response::Counter {
@@ -108,6 +72,56 @@ impl Node {
             from: self.identity.into(),
             membership: theirs.merged_with(&ours).is_some().then_some(ours),
             resp,
+        })
+    }
+}
+
+impl Node {
+    /// Counters whose own component changed at the sender.
+    async fn on_push(&self, counters: Vec<WireCounter>) -> Result<Response, RpcError> {
+        let counters = validate_counters(counters)?;
+        self.store
+            .merge(Merge {
+                counters,
+                mark: None,
+            })
+            .await?;
+        Ok(Response::Ack)
+    }
+
+    /// Anti-entropy: our changes after `since`, if the asker knows us as
+    /// `incarnation`.
+    async fn on_pull(
+        &self,
+        from: NodeRef,
+        incarnation: u64,
+        since: u64,
+        limit: usize,
+    ) -> Result<Response, RpcError> {
+        if incarnation != self.identity.incarnation {
+            // The asker's mark belongs to another incarnation: tell it who we are first.
+            return Ok(Response::Changes {
+                counters: Vec::new(),
+                next: 0,
+                head: 0,
+                more: true,
+            });
+        }
+        // The asker has durably merged our changes up to `since`.
+        self.peers.note_pulled(from, since);
+        let changes = self
+            .store
+            .changes_since(since, limit.clamp(1, MAX_NAMES_PER_MESSAGE))
+            .await?;
+        Ok(Response::Changes {
+            counters: changes
+                .counters
+                .into_iter()
+                .map(|(n, c)| WireCounter::new(n, &c))
+                .collect(),
+            next: changes.next,
+            head: changes.head,
+            more: changes.more,
         })
     }
 }

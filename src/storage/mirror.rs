@@ -71,3 +71,102 @@ impl Engine for Mirror {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::cluster::parse_actors;
+    use crate::crdt::{GCounter, ReplicaId};
+    use crate::storage::{Merge, PeerMark, Store, StoreOptions, memory, redb};
+
+    #[derive(Clone, Debug)]
+    enum Step {
+        Inc(u8, u64, Option<u8>),
+        Merge(u8, u64, u64),
+        Changes(u64, usize),
+        Mark(u64),
+        Post(u8),
+        Reopen,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            4 => (0u8..6, 0u64..5, proptest::option::of(0u8..4))
+                .prop_map(|(n, a, k)| Step::Inc(n, a, k)),
+            2 => (0u8..6, 1u64..4, 0u64..20).prop_map(|(n, p, c)| Step::Merge(n, p, c)),
+            2 => (0u64..30, 1usize..4).prop_map(|(s, l)| Step::Changes(s, l)),
+            1 => (1u64..4).prop_map(Step::Mark),
+            1 => (1u8..8).prop_map(Step::Post),
+            1 => Just(Step::Reopen),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        /// Every operation runs on redb and on memory at once, and they must
+        /// answer alike, down to sequence numbers and change pages.
+        #[test]
+        fn both_engines_keep_one_contract(steps in prop::collection::vec(step(), 1..40)) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let dir = std::env::temp_dir().join(format!(
+                    "tally-mirror-{}-{}",
+                    std::process::id(),
+                    fastrand::u64(..)
+                ));
+                let engine = Arc::new(Mirror {
+                    disk: redb::RedbEngine::open(&dir).unwrap(),
+                    mem: memory::MemoryEngine::new(),
+                });
+                let s = Store::with_engine(engine.clone(), 1, StoreOptions::default())
+                    .unwrap()
+                    .store;
+                for step in steps {
+                    match step {
+                        Step::Inc(n, amount, key) => {
+                            let _ = s
+                                .increment_once(vec![(format!("n{n}"), amount)], key.map(|k| format!("k{k}")))
+                                .await;
+                        }
+                        Step::Merge(n, peer, count) => {
+                            let mut c = GCounter::new();
+                            let _ = c.increment(ReplicaId { node: peer + 1, incarnation: peer }, count);
+                            s.merge(Merge {
+                                counters: vec![(format!("n{n}"), c)],
+                                mark: Some(PeerMark { incarnation: peer, seq: count }),
+                            })
+                            .await
+                            .unwrap();
+                        }
+                        Step::Changes(since, limit) => {
+                            s.changes_since(since, limit).await.unwrap();
+                        }
+                        Step::Mark(peer) => {
+                            s.mark(peer).await.unwrap();
+                        }
+                        Step::Post(bits) => {
+                            let actors: Vec<String> = (0..3)
+                                .filter(|i| bits & (1 << i) != 0)
+                                .map(|i| format!("10.0.0.{}", i + 1))
+                                .collect();
+                            let actors = parse_actors(&actors).unwrap();
+                            s.update_membership(move |m| m.post(actors, 1)).await.unwrap();
+                        }
+                        Step::Reopen => engine.reopen().unwrap(),
+                    }
+                }
+                s.close().await;
+                // What each engine kept, read back whole, must agree too.
+                engine.load(1).unwrap();
+                drop(s);
+                drop(engine);
+                std::fs::remove_dir_all(&dir).unwrap();
+            });
+        }
+    }
+}

@@ -450,4 +450,6 @@ async fn run_engine<T: Send + 'static>(
 }
 
 #[cfg(test)]
+mod fault_tests;
+#[cfg(test)]
 mod tests;

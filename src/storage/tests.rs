@@ -2,12 +2,10 @@
 
 use std::path::PathBuf;
 
-use tokio::time::Instant;
-
 use super::*;
 use crate::crdt::ReplicaId;
 
-fn temp_dir(tag: &str) -> PathBuf {
+pub(super) fn temp_dir(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "tally-storage-{tag}-{}-{}",
         std::process::id(),
@@ -191,199 +189,6 @@ async fn merges_keep_the_maximum_and_record_the_mark() {
     }
 }
 
-/// A memory store with a short storage deadline, and its engine.
-fn faulty() -> (Store, Arc<memory::MemoryEngine>) {
-    let engine = Arc::new(memory::MemoryEngine::new());
-    let options = StoreOptions {
-        timeout: Duration::from_secs(1),
-        ..StoreOptions::default()
-    };
-    let store = Store::with_engine(engine.clone(), 1, options)
-        .unwrap()
-        .store;
-    (store, engine)
-}
-
-/// Waits (in paused time) until storage reports itself healthy.
-async fn healed(s: &Store) -> bool {
-    for _ in 0..100 {
-        if s.health().healthy {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_full_disk_refuses_writes_then_heals_by_itself() {
-    let (s, engine) = faulty();
-    s.increment(vec![("a".into(), 1)]).await.unwrap();
-    engine.inject(memory::DiskFault::Full);
-    let err = s.increment(vec![("a".into(), 1)]).await.unwrap_err();
-    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
-    assert!(err.is_transient());
-    assert!(err.to_string().contains("no space left"), "{err}");
-    assert_eq!(s.value("a"), 1, "nothing of a failed commit is visible");
-    let report = s.health();
-    assert!(!report.healthy);
-    assert!(report.problem.unwrap().contains("no space left"));
-    // While it fails, writes are refused at once, and reads work.
-    let started = Instant::now();
-    assert!(s.increment(vec![("b".into(), 1)]).await.is_err());
-    assert!(started.elapsed() < Duration::from_millis(10));
-    assert_eq!(s.value("a"), 1);
-    // Still failing: retries do not heal it.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(!s.health().healthy);
-    engine.inject(memory::DiskFault::None);
-    assert!(
-        healed(&s).await,
-        "storage recovers once the disk takes writes"
-    );
-    assert_eq!(s.health().recoveries, 1);
-    assert_eq!(s.increment(vec![("a".into(), 1)]).await.unwrap(), vec![2]);
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_commit_reported_failed_but_written_is_folded_in_on_recovery() {
-    let engine = Arc::new(memory::MemoryEngine::new());
-    let opened = Store::with_engine(engine.clone(), 1, StoreOptions::default()).unwrap();
-    let (s, mut committed) = (opened.store, opened.committed);
-    engine.inject(memory::DiskFault::FailSync);
-    assert!(s.increment(vec![("a".into(), 5)]).await.is_err());
-    assert_eq!(s.value("a"), 0, "not acknowledged, not visible");
-    assert!(committed.try_recv().is_err(), "nothing published");
-    engine.inject(memory::DiskFault::None);
-    assert!(healed(&s).await);
-    // The disk kept it: the node resumes from what the disk holds, so it
-    // never counts again from a value lower than one it may have written.
-    assert_eq!(s.value("a"), 5);
-    assert_eq!(
-        committed.try_recv().unwrap().names,
-        ["a"],
-        "and replicates it"
-    );
-    assert_eq!(s.increment(vec![("a".into(), 1)]).await.unwrap(), vec![6]);
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_stalled_disk_costs_callers_one_deadline_and_shows_in_health() {
-    let (s, engine) = faulty();
-    engine.inject(memory::DiskFault::Stall(
-        Instant::now() + Duration::from_secs(10),
-    ));
-    let started = Instant::now();
-    let err = s.increment(vec![("a".into(), 1)]).await.unwrap_err();
-    assert!(matches!(err, StoreError::Timeout(_)), "{err}");
-    assert_eq!(started.elapsed(), Duration::from_secs(1));
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let report = s.health();
-    assert!(!report.healthy);
-    assert!(report.problem.unwrap().contains("stalled"));
-    let marks = s.mark(7).await;
-    assert!(
-        matches!(marks, Err(StoreError::Timeout(_))),
-        "reads wait at most the deadline too"
-    );
-    // Once the disk answers, the timed-out increment lands after all
-    // (its outcome was unknown, not refused) and writes go on.
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    assert!(s.health().healthy);
-    assert_eq!(s.increment(vec![("a".into(), 1)]).await.unwrap(), vec![2]);
-}
-
-/// An engine whose commits panic: a bug in the writer's path.
-struct Panicking(memory::MemoryEngine);
-
-impl Engine for Panicking {
-    fn load(&self, node: u64) -> Result<Loaded, StoreError> {
-        self.0.load(node)
-    }
-    fn commit(&self, _: &Batch) -> Result<u64, StoreError> {
-        panic!("planted");
-    }
-    fn changes_since(&self, since: u64, limit: usize) -> Result<Changes, StoreError> {
-        self.0.changes_since(since, limit)
-    }
-    fn mark(&self, peer: u64) -> Result<u64, StoreError> {
-        self.0.mark(peer)
-    }
-    fn location(&self) -> Option<&Path> {
-        None
-    }
-    fn blocking(&self) -> bool {
-        false
-    }
-}
-
-#[tokio::test]
-async fn a_dead_writer_is_reported_not_hidden() {
-    let s = Store::with_engine(
-        Arc::new(Panicking(memory::MemoryEngine::new())),
-        1,
-        StoreOptions::default(),
-    )
-    .unwrap()
-    .store;
-    assert!(matches!(
-        s.increment(vec![("a".into(), 1)]).await,
-        Err(StoreError::Closed)
-    ));
-    let reason = tokio::time::timeout(Duration::from_secs(5), s.stopped())
-        .await
-        .expect("the store reports its writer's end");
-    assert!(reason.contains("planted"), "{reason}");
-}
-
-#[tokio::test]
-async fn a_disk_store_reopens_with_everything_it_held() {
-    let dir = temp_dir("reopen-engine");
-    let engine = Arc::new(redb::RedbEngine::open(&dir).unwrap());
-    let s = Store::with_engine(engine.clone(), 1, StoreOptions::default())
-        .unwrap()
-        .store;
-    s.increment(vec![("a".into(), 3)]).await.unwrap();
-    engine.reopen().unwrap();
-    assert_eq!(engine.load(1).unwrap().counters["a"].value(), 3);
-    assert_eq!(s.increment(vec![("a".into(), 1)]).await.unwrap(), vec![4]);
-    s.close().await;
-    drop(s);
-    drop(engine);
-    std::fs::remove_dir_all(&dir).unwrap();
-}
-
-#[tokio::test]
-async fn membership_changes_are_durable_and_published() {
-    let mut both = both("membership");
-    for s in &both.stores {
-        let mut rx = s.watch_membership();
-        let actors = crate::cluster::parse_actors(&["10.0.0.1".to_string()]).unwrap();
-        let changed = s
-            .update_membership(move |m| m.post(actors, 1))
-            .await
-            .unwrap()
-            .expect("a first config is a change");
-        assert!(rx.has_changed().unwrap());
-        assert_eq!(*rx.borrow_and_update(), changed);
-        let again = crate::cluster::parse_actors(&["10.0.0.1".to_string()]).unwrap();
-        assert!(
-            s.update_membership(move |m| m.post(again, 1))
-                .await
-                .unwrap()
-                .is_none()
-        );
-        assert_eq!(s.membership(), changed);
-    }
-    let s = both.stores.remove(0);
-    s.close().await;
-    drop(s);
-    let reopened = Store::open(&both.dir, 1, StoreOptions::default())
-        .unwrap()
-        .store;
-    assert_eq!(reopened.membership().stamp().version, 1);
-}
-
 #[tokio::test]
 async fn a_closed_store_refuses_writes() {
     let both = both("closed");
@@ -487,119 +292,73 @@ async fn remembered_keys_are_bounded() {
     assert_eq!(reopened.remembered_keys(), 3);
 }
 
-mod lockstep {
-    use proptest::prelude::*;
-
-    use super::*;
-    use crate::storage::mirror::Mirror;
-
-    #[derive(Clone, Debug)]
-    enum Step {
-        Inc(u8, u64, Option<u8>),
-        Merge(u8, u64, u64),
-        Changes(u64, usize),
-        Mark(u64),
-        Post(u8),
-        Reopen,
-    }
-
-    fn step() -> impl Strategy<Value = Step> {
-        prop_oneof![
-            4 => (0u8..6, 0u64..5, proptest::option::of(0u8..4))
-                .prop_map(|(n, a, k)| Step::Inc(n, a, k)),
-            2 => (0u8..6, 1u64..4, 0u64..20).prop_map(|(n, p, c)| Step::Merge(n, p, c)),
-            2 => (0u64..30, 1usize..4).prop_map(|(s, l)| Step::Changes(s, l)),
-            1 => (1u64..4).prop_map(Step::Mark),
-            1 => (1u8..8).prop_map(Step::Post),
-            1 => Just(Step::Reopen),
-        ]
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
-
-        /// Every operation runs on redb and on memory at once, and they must
-        /// answer alike, down to sequence numbers and change pages.
-        #[test]
-        fn both_engines_keep_one_contract(steps in prop::collection::vec(step(), 1..40)) {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async {
-                let dir = temp_dir("mirror");
-                let engine = Arc::new(Mirror {
-                    disk: redb::RedbEngine::open(&dir).unwrap(),
-                    mem: memory::MemoryEngine::new(),
-                });
-                let s = Store::with_engine(engine.clone(), 1, StoreOptions::default())
-                    .unwrap()
-                    .store;
-                for step in steps {
-                    match step {
-                        Step::Inc(n, amount, key) => {
-                            let _ = s
-                                .increment_once(vec![(format!("n{n}"), amount)], key.map(|k| format!("k{k}")))
-                                .await;
-                        }
-                        Step::Merge(n, peer, count) => {
-                            let mut c = GCounter::new();
-                            let _ = c.increment(ReplicaId { node: peer + 1, incarnation: peer }, count);
-                            s.merge(Merge {
-                                counters: vec![(format!("n{n}"), c)],
-                                mark: Some(PeerMark { incarnation: peer, seq: count }),
-                            })
-                            .await
-                            .unwrap();
-                        }
-                        Step::Changes(since, limit) => {
-                            s.changes_since(since, limit).await.unwrap();
-                        }
-                        Step::Mark(peer) => {
-                            s.mark(peer).await.unwrap();
-                        }
-                        Step::Post(bits) => {
-                            let actors: Vec<String> = (0..3)
-                                .filter(|i| bits & (1 << i) != 0)
-                                .map(|i| format!("10.0.0.{}", i + 1))
-                                .collect();
-                            let actors = crate::cluster::parse_actors(&actors).unwrap();
-                            s.update_membership(move |m| m.post(actors, 1)).await.unwrap();
-                        }
-                        Step::Reopen => engine.reopen().unwrap(),
-                    }
-                }
-                s.close().await;
-                // What each engine kept, read back whole, must agree too.
-                engine.load(1).unwrap();
-                drop(s);
-                drop(engine);
-                std::fs::remove_dir_all(&dir).unwrap();
-            });
-        }
-    }
-}
-
 #[tokio::test]
 async fn idempotency_keys_expire_at_their_window_by_the_injected_clock() {
     let now = Arc::new(std::sync::atomic::AtomicU64::new(1_000));
     let clock = now.clone();
     let options = StoreOptions {
         idempotency_window: Duration::from_secs(10),
-        clock: WallClock(Arc::new(move || clock.load(std::sync::atomic::Ordering::SeqCst))),
+        clock: WallClock(Arc::new(move || {
+            clock.load(std::sync::atomic::Ordering::SeqCst)
+        })),
         ..StoreOptions::default()
     };
     let s = Store::with_engine(Arc::new(memory::MemoryEngine::new()), 1, options)
         .unwrap()
         .store;
     let key = || Some("k".to_string());
-    assert!(!s.increment_once(vec![("a".into(), 1)], key()).await.unwrap().replayed);
+    assert!(
+        !s.increment_once(vec![("a".into(), 1)], key())
+            .await
+            .unwrap()
+            .replayed
+    );
     now.store(10_999, std::sync::atomic::Ordering::SeqCst);
     assert!(
-        s.increment_once(vec![("a".into(), 1)], key()).await.unwrap().replayed,
+        s.increment_once(vec![("a".into(), 1)], key())
+            .await
+            .unwrap()
+            .replayed,
         "inside the window: a replay"
     );
     now.store(11_000, std::sync::atomic::Ordering::SeqCst);
     assert!(
-        !s.increment_once(vec![("a".into(), 1)], key()).await.unwrap().replayed,
+        !s.increment_once(vec![("a".into(), 1)], key())
+            .await
+            .unwrap()
+            .replayed,
         "at the window's end: a new increment"
     );
     assert_eq!(s.value("a"), 2);
+}
+
+#[tokio::test]
+async fn membership_changes_are_durable_and_published() {
+    let mut both = both("membership");
+    for s in &both.stores {
+        let mut rx = s.watch_membership();
+        let actors = crate::cluster::parse_actors(&["10.0.0.1".to_string()]).unwrap();
+        let changed = s
+            .update_membership(move |m| m.post(actors, 1))
+            .await
+            .unwrap()
+            .expect("a first config is a change");
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(*rx.borrow_and_update(), changed);
+        let again = crate::cluster::parse_actors(&["10.0.0.1".to_string()]).unwrap();
+        assert!(
+            s.update_membership(move |m| m.post(again, 1))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(s.membership(), changed);
+    }
+    let s = both.stores.remove(0);
+    s.close().await;
+    drop(s);
+    let reopened = Store::open(&both.dir, 1, StoreOptions::default())
+        .unwrap()
+        .store;
+    assert_eq!(reopened.membership().stamp().version, 1);
 }
