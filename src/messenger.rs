@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use crate::cluster::{Actor, Membership};
 use crate::proto::{PROTOCOL_VERSION, Request, RequestEnvelope, ResponseEnvelope};
-use crate::storage::{Identity, Store, StoreError};
+use crate::storage::{ReplicaId, Store, StoreError};
 use crate::transport::{CallError, Transport};
 
 /// Cheap to clone.
@@ -21,7 +21,7 @@ use crate::transport::{CallError, Transport};
 pub struct Messenger {
     transport: Arc<dyn Transport>,
     store: Store,
-    identity: Identity,
+    identity: ReplicaId,
 }
 
 impl Messenger {
@@ -38,7 +38,7 @@ impl Messenger {
     pub fn envelope(&self, req: Request) -> RequestEnvelope {
         RequestEnvelope {
             v: PROTOCOL_VERSION,
-            from: self.identity.into(),
+            from: self.identity,
             membership: self.store.membership(),
             req,
         }

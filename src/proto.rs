@@ -10,8 +10,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::Membership;
+pub use crate::crdt::ReplicaId;
 use crate::crdt::{Component, GCounter};
-use crate::storage::Identity;
 
 pub const PROTOCOL_VERSION: u32 = 2;
 /// The prefix of every internal route; it cannot collide with the public API.
@@ -24,21 +24,6 @@ pub const RPC_PATH: &str = "/_internal/v1/rpc";
 pub const SECRET_HEADER: &str = "x-tally-secret";
 /// Most names in one push or one pull page.
 pub const MAX_NAMES_PER_MESSAGE: usize = 10_000;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeRef {
-    pub node: u64,
-    pub incarnation: u64,
-}
-
-impl From<Identity> for NodeRef {
-    fn from(i: Identity) -> Self {
-        NodeRef {
-            node: i.node,
-            incarnation: i.incarnation,
-        }
-    }
-}
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct WireCounter {
@@ -104,7 +89,7 @@ pub enum Response {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RequestEnvelope {
     pub v: u32,
-    pub from: NodeRef,
+    pub from: ReplicaId,
     pub membership: Membership,
     pub req: Request,
 }
@@ -112,7 +97,7 @@ pub struct RequestEnvelope {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ResponseEnvelope {
     pub v: u32,
-    pub from: NodeRef,
+    pub from: ReplicaId,
     pub membership: Option<Membership>,
     pub resp: Response,
 }

@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 
 use super::Node;
 use crate::cluster::{Actor, Membership, Standing};
-use crate::proto::{NodeRef, Request, Response};
+use crate::proto::{Request, Response};
 use crate::storage::StoreError;
 
 /// Which actor of the membership this node is.
@@ -268,7 +268,7 @@ async fn identify(
         let mut all_answered = true;
         while let Some(joined) = asks.join_next().await {
             match joined {
-                Ok((actor, Ok(from))) if from == NodeRef::from(node.identity) => {
+                Ok((actor, Ok(from))) if from == node.identity => {
                     return Whoami::Is(actor);
                 }
                 Ok((_, Ok(_))) => {}

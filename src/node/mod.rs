@@ -37,7 +37,7 @@ use crate::metrics::{Metrics, Outcome};
 use crate::proto::{Request, ResponseEnvelope};
 use crate::replication::{self, Replicator};
 use crate::storage::redb::RedbEngine;
-use crate::storage::{Engine, Identity, Incremented, Store, StoreError, StoreOptions};
+use crate::storage::{Engine, Incremented, ReplicaId, Store, StoreError, StoreOptions};
 use crate::transport::{CallError, Transport};
 
 /// Everything a node needs to run; filled from flags and environment by the binary.
@@ -146,7 +146,7 @@ pub enum IncrementError {
 pub struct Node {
     settings: Settings,
     store: Store,
-    identity: Identity,
+    identity: ReplicaId,
     messenger: Messenger,
     whoami: watch::Sender<Whoami>,
     peers: Arc<Replicator>,
@@ -230,7 +230,7 @@ impl Node {
         &self.store
     }
 
-    pub fn identity(&self) -> Identity {
+    pub fn identity(&self) -> ReplicaId {
         self.identity
     }
 

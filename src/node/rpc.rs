@@ -8,7 +8,7 @@ use super::Node;
 use crate::crdt::GCounter;
 use crate::input::validate_name;
 use crate::proto::{
-    MAX_NAMES_PER_MESSAGE, NodeRef, PROTOCOL_VERSION, Request, RequestEnvelope, Response,
+    MAX_NAMES_PER_MESSAGE, PROTOCOL_VERSION, ReplicaId, Request, RequestEnvelope, Response,
     ResponseEnvelope, WireCounter,
 };
 use crate::storage::{Merge, StoreError};
@@ -69,7 +69,7 @@ impl Node {
         let ours = self.membership();
         Ok(ResponseEnvelope {
             v: PROTOCOL_VERSION,
-            from: self.identity.into(),
+            from: self.identity,
             membership: theirs.merged_with(&ours).is_some().then_some(ours),
             resp,
         })
@@ -93,7 +93,7 @@ impl Node {
     /// `incarnation`.
     async fn on_pull(
         &self,
-        from: NodeRef,
+        from: ReplicaId,
         incarnation: u64,
         since: u64,
         limit: usize,

@@ -44,7 +44,7 @@ use tracing::{debug, info, warn};
 use crate::cluster::Actor;
 use crate::messenger::Messenger;
 use crate::metrics::{self, Metrics, PeerOutcome};
-use crate::proto::{MAX_NAMES_PER_MESSAGE, NodeRef, Request, Response, WireCounter};
+use crate::proto::{MAX_NAMES_PER_MESSAGE, ReplicaId, Request, Response, WireCounter};
 use crate::storage::{Committed, Merge, PeerMark, Store};
 use peer::{PeerReport, PeerState, PullAnswer, PullStep, Push, Reachability};
 
@@ -128,7 +128,7 @@ impl Replicator {
 
     /// A peer pulled our changes after `since` for our incarnation: it has
     /// durably merged everything up to `since`.
-    pub fn note_pulled(&self, from: NodeRef, since: u64) {
+    pub fn note_pulled(&self, from: ReplicaId, since: u64) {
         for peer in self.all() {
             let mut s = peer.state();
             if s.is(from) && s.stored_upto(since) {

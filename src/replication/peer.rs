@@ -21,7 +21,7 @@ use tokio::time::Instant;
 
 use crate::cluster::Actor;
 use crate::crdt::GCounter;
-use crate::proto::{MAX_NAMES_PER_MESSAGE, NodeRef};
+use crate::proto::{MAX_NAMES_PER_MESSAGE, ReplicaId};
 use crate::storage::PeerMark;
 
 /// One peer, as this node sees it.
@@ -37,7 +37,7 @@ pub struct PeerState {
     reachable: Option<bool>,
     last_contact: Option<Instant>,
     last_error: Option<String>,
-    peer: Option<NodeRef>,
+    peer: Option<ReplicaId>,
     /// Changes the peer had that we had not merged at the last pull.
     lag: u64,
     /// How far (in our sequence) the peer durably holds our changes.
@@ -80,7 +80,7 @@ pub enum PullStep {
 
 /// A pull's answer, as the peer sent it.
 pub struct PullAnswer {
-    pub from: NodeRef,
+    pub from: ReplicaId,
     pub counters: Vec<(String, GCounter)>,
     pub next: u64,
     pub head: u64,
@@ -134,7 +134,7 @@ impl PeerState {
         self.stored
     }
 
-    pub fn is(&self, who: NodeRef) -> bool {
+    pub fn is(&self, who: ReplicaId) -> bool {
         self.peer == Some(who)
     }
 
@@ -191,7 +191,7 @@ impl PeerState {
     pub fn push_done(
         &mut self,
         push: Push,
-        result: Result<NodeRef, String>,
+        result: Result<ReplicaId, String>,
         now: Instant,
     ) -> (Reachability, bool) {
         let acked = result.is_ok();
@@ -257,7 +257,7 @@ impl PeerState {
         raised
     }
 
-    fn contact(&mut self, result: Result<Option<NodeRef>, String>, now: Instant) -> Reachability {
+    fn contact(&mut self, result: Result<Option<ReplicaId>, String>, now: Instant) -> Reachability {
         let was = self.reachable;
         match result {
             Ok(peer) => {
@@ -317,12 +317,12 @@ mod tests {
         v.iter().map(|s| s.to_string()).collect()
     }
 
-    const THEM: NodeRef = NodeRef {
+    const THEM: ReplicaId = ReplicaId {
         node: 2,
         incarnation: 7,
     };
 
-    fn answer(from: NodeRef, next: u64, head: u64, more: bool) -> PullAnswer {
+    fn answer(from: ReplicaId, next: u64, head: u64, more: bool) -> PullAnswer {
         PullAnswer {
             from,
             counters: Vec::new(),
@@ -440,7 +440,7 @@ mod tests {
         assert_eq!(p.merged(mark, head), 2, "lag");
         assert_eq!(p.pull_request().seq, 8);
         // Its folder is replaced: a new incarnation starts from its own mark.
-        let reborn = NodeRef {
+        let reborn = ReplicaId {
             node: 2,
             incarnation: 8,
         };

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::idempotency::KeyRecord;
 use crate::cluster::Membership;
-use crate::crdt::{GCounter, Overflow, ReplicaId};
+use crate::crdt::{GCounter, Overflow};
 
 /// A source error of an engine, kept whole so its cause (an OS error) shows.
 pub type EngineSource = Box<dyn std::error::Error + Send + Sync>;
@@ -145,22 +145,6 @@ pub trait Engine: Send + Sync + 'static {
     /// For simulated disks: calls must wait until then (a stalled disk).
     fn ready_at(&self) -> Option<Instant> {
         None
-    }
-}
-
-/// Identity of the data folder's owner.
-#[derive(Clone, Copy, Debug)]
-pub struct Identity {
-    pub node: u64,
-    pub incarnation: u64,
-}
-
-impl Identity {
-    pub fn replica(&self) -> ReplicaId {
-        ReplicaId {
-            node: self.node,
-            incarnation: self.incarnation,
-        }
     }
 }
 

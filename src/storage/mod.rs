@@ -45,9 +45,10 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+/// Who owns a data folder: its node id and the incarnation drawn with it.
+pub use crate::crdt::ReplicaId;
 pub use engine::{
-    Batch, Changes, Engine, EngineSource, Identity, Incremented, Loaded, Merge, PeerMark,
-    StoreError,
+    Batch, Changes, Engine, EngineSource, Incremented, Loaded, Merge, PeerMark, StoreError,
 };
 pub use health::{Health, HealthReport};
 
@@ -179,7 +180,7 @@ struct Inner {
     engine: Arc<dyn Engine>,
     ops: mpsc::Sender<Op>,
     shared: Arc<Shared>,
-    identity: Identity,
+    identity: ReplicaId,
     timeout: Duration,
 }
 
@@ -205,7 +206,7 @@ impl Store {
         options: StoreOptions,
     ) -> Result<Opened, StoreError> {
         let loaded = engine.load(node)?;
-        let identity = Identity {
+        let identity = ReplicaId {
             node,
             incarnation: loaded.incarnation,
         };
@@ -247,7 +248,7 @@ impl Store {
         })
     }
 
-    pub fn identity(&self) -> Identity {
+    pub fn identity(&self) -> ReplicaId {
         self.inner.identity
     }
 

@@ -23,8 +23,8 @@ use tracing::{debug, error, warn};
 use super::idempotency::{KeyRecord, Keys};
 use super::plan::{Plan, State, plan};
 use super::{
-    Batch, Committed, Engine, Identity, MAX_BATCH, Op, Shared, StoreError, StoreOptions, WallClock,
-    run_engine,
+    Batch, Committed, Engine, MAX_BATCH, Op, ReplicaId, Shared, StoreError, StoreOptions,
+    WallClock, run_engine,
 };
 use crate::metrics::Metrics;
 
@@ -36,7 +36,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 pub(super) struct Writer {
     engine: Arc<dyn Engine>,
-    identity: Identity,
+    identity: ReplicaId,
     shared: Arc<Shared>,
     keys: Keys,
     window: Duration,
@@ -95,7 +95,7 @@ pub(super) fn spawn(writer: Writer, rx: mpsc::Receiver<Op>) {
 impl Writer {
     pub(super) fn new(
         engine: Arc<dyn Engine>,
-        identity: Identity,
+        identity: ReplicaId,
         shared: Arc<Shared>,
         keys: Vec<(String, KeyRecord)>,
         options: &StoreOptions,
@@ -182,7 +182,7 @@ impl Writer {
                     .unwrap_or_default()
             };
             let state = State {
-                own: self.identity.replica(),
+                own: self.identity,
                 counter: &counter,
                 keys: &self.keys,
                 membership: &current,

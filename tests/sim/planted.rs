@@ -11,7 +11,7 @@ use tally::cluster::Actor;
 use tally::crdt::Component;
 use tally::node::Node;
 use tally::proto::{
-    NodeRef, PROTOCOL_VERSION, Request, RequestEnvelope, Response, ResponseEnvelope,
+    PROTOCOL_VERSION, ReplicaId, Request, RequestEnvelope, Response, ResponseEnvelope,
 };
 use tally::storage::memory::MemoryEngine;
 use tally::storage::{Batch, Changes, Engine, Loaded, StoreError};
@@ -92,7 +92,7 @@ impl Planted {
             {
                 let env = ResponseEnvelope {
                     v: PROTOCOL_VERSION,
-                    from: NodeRef {
+                    from: ReplicaId {
                         node: k as u64 + 1,
                         incarnation: 1,
                     },
@@ -151,7 +151,7 @@ impl Planted {
                 let me = node.me();
                 let env = RequestEnvelope {
                     v: PROTOCOL_VERSION,
-                    from: node.identity().into(),
+                    from: node.identity(),
                     membership,
                     req: Request::Hello,
                 };
