@@ -1,18 +1,20 @@
 //! tally: a highly available, partition-tolerant database of named
 //! grow-only counters.
 //!
-//! Layers, each calling only downward:
-//! - [`crdt`]: the G-Counter, pure.
-//! - [`cluster`]: actor addresses, config versions and hand-offs, pure;
-//!   [`input`]: what a client may send (names, amounts, keys, durations), pure.
-//! - [`storage`]: durable redb store with group commit and a change index.
-//! - [`proto`] and [`transport`]: the node-to-node messages and the seam that carries them.
-//! - [`replication`]: push and anti-entropy tasks per peer.
-//! - [`node`]: wiring, membership, consistent reads, shutdown.
-//! - [`api`]: HTTP routes and error mapping; [`server`]: the accept loop and its limits.
+//! Layers, bottom to top; each uses only the ones above it in this list
+//! (`tests/layering.rs` checks it):
+//! - [`crdt`]: the G-Counter; [`input`]: what a client may send; [`cluster`]:
+//!   actor addresses, configs, membership and hand-offs. All pure.
 //! - [`metrics`]: Prometheus metrics recorded by every layer.
-//! - [`cli`]: flags, environment and the `demo` command.
-//! - [`client`]: the command-line client (`tally inc`, `get`, `status`, `config`, `ls`).
+//! - [`storage`]: durable redb store with group commit, a change index, and
+//!   recovery from disk faults.
+//! - [`proto`] and [`transport`]: the node-to-node messages and the seam
+//!   that carries them; [`messenger`]: a call with this node's envelope.
+//! - [`replication`]: a pure per-peer core and the push/pull tasks around it.
+//! - [`node`]: increments, consistent reads, membership, peers' calls, shutdown.
+//! - [`api`]: HTTP routes, the public vocabulary and error mapping;
+//!   [`server`]: the accept loop and its limits; [`daemon`]: one process.
+//! - [`client`]: the command-line client; [`cli`]: flags, environment, `demo`.
 
 pub mod api;
 pub mod cli;
