@@ -2,7 +2,7 @@
 //! and the fault schedule side by side, heals, measures recovery, and hands
 //! the history to the checker.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -12,8 +12,10 @@ use super::check::{
     excused, wipe_excuses,
 };
 use super::client::{Client, Outcome, encode_segment};
-use super::cluster::{Nodes, log_tail};
-use super::net::{DelayMode, Lab, sh};
+use super::harness::{
+    Harness, Setup, cannot_run, env_flag, missing_prerequisite, node_binary, serial,
+};
+use super::net::DelayMode;
 use super::rng::Rng;
 
 /// Counter names: a small set so reads and writes collide; one needs percent-encoding.
@@ -49,12 +51,6 @@ pub struct Params {
     pub secs: u64,
     pub ci: bool,
     pub wipe: bool,
-}
-
-fn env_flag(key: &str) -> bool {
-    std::env::var(key)
-        .map(|v| !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false"))
-        .unwrap_or(false)
 }
 
 impl Params {
@@ -111,132 +107,6 @@ impl Params {
             self.secs,
             if self.wipe { " TALLY_CHAOS_WIPE=1" } else { "" }
         )
-    }
-}
-
-/// Why the test cannot run here, if it cannot.
-fn missing_prerequisite() -> Option<String> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let euid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap_or("?");
-    if euid != "0" {
-        return Some(format!(
-            "the chaos test needs root (network namespaces, nftables, tc); effective uid is {euid}"
-        ));
-    }
-    for (tool, args, package) in [
-        ("ip", &["-V"][..], "iproute2"),
-        ("nft", &["--version"][..], "nftables"),
-        ("tc", &["-V"][..], "iproute2"),
-    ] {
-        if let Err(e) = sh(tool, args) {
-            return Some(format!("`{tool}` is missing (install {package}): {e}"));
-        }
-    }
-    None
-}
-
-/// Fails, so a missing setup never reads as a pass, unless the person
-/// running it opted out with TALLY_CHAOS_SKIP=1 (never under CI).
-fn cannot_run(params: &Params, why: &str) {
-    if params.ci || !env_flag("TALLY_CHAOS_SKIP") {
-        panic!(
-            "chaos test cannot run: {why}. Run it as root with ip, nft and tc, \
-             or set TALLY_CHAOS_SKIP=1 to skip it knowingly (ignored under CI)"
-        );
-    }
-    eprintln!(
-        "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\
-         !!! chaos test SKIPPED (not a pass, TALLY_CHAOS_SKIP=1): {why}\n\
-         !!! run it as root with ip, nft and tc installed.\n\
-         !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n"
-    );
-}
-
-/// The node binary: the release build when present and not older than the
-/// one cargo built for this test, else the one cargo built.
-fn node_binary() -> PathBuf {
-    let built = PathBuf::from(env!("CARGO_BIN_EXE_tally"));
-    let release = built
-        .parent()
-        .and_then(Path::parent)
-        .map(|target| target.join("release").join("tally"));
-    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    if let Some(release) = release
-        && release != built
-        && release.exists()
-    {
-        if mtime(&release) >= mtime(&built) {
-            return release;
-        }
-        eprintln!(
-            "chaos: {} is older than {}; using the latter (run `cargo build --release` to test a release build)",
-            release.display(),
-            built.display()
-        );
-    }
-    built
-}
-
-// ---------------------------------------------------------------------------
-// The harness: everything created, and removed on every exit path
-
-struct Harness {
-    lab: Lab,
-    nodes: Mutex<Nodes>,
-    work: PathBuf,
-}
-
-impl Harness {
-    fn new(params: &Params, bin: PathBuf) -> Result<Harness, String> {
-        let pid = std::process::id();
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let work = std::env::temp_dir().join(format!("tally-chaos-{pid}-{nanos}"));
-        std::fs::create_dir_all(&work)
-            .map_err(|e| format!("cannot create {}: {e}", work.display()))?;
-        let lab = match Lab::create(pid, params.nodes) {
-            Ok(lab) => lab,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&work);
-                return Err(e);
-            }
-        };
-        let namespaces = (1..=params.nodes).map(|i| lab.node_ns(i)).collect();
-        let nodes = Nodes::new(bin, work.clone(), namespaces);
-        Ok(Harness {
-            lab,
-            nodes: Mutex::new(nodes),
-            work,
-        })
-    }
-
-    fn nodes(&self) -> std::sync::MutexGuard<'_, Nodes> {
-        self.nodes.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn logs(&self, lines: usize) -> String {
-        let mut out = String::new();
-        for i in 1..=self.lab.nodes {
-            out.push_str(&format!(
-                "----- node {i} log (last {lines} lines) -----\n{}\n",
-                log_tail(&self.work, i, lines)
-            ));
-        }
-        out
-    }
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        self.nodes().kill_all();
-        self.lab.destroy();
-        let _ = std::fs::remove_dir_all(&self.work);
     }
 }
 
@@ -1037,10 +907,11 @@ fn final_values(world: &World) -> Vec<String> {
 
 pub fn chaos() {
     let params = Params::from_env();
-    if let Some(why) = missing_prerequisite() {
-        cannot_run(&params, &why);
+    if let Some(why) = missing_prerequisite(false) {
+        cannot_run(&why);
         return;
     }
+    let _serial = serial();
     let _replay = ReplayOnPanic(params.replay());
     eprintln!(
         "chaos: seed={} nodes={} secs={}\nchaos: replay with: {}",
@@ -1052,10 +923,14 @@ pub fn chaos() {
     let bin = node_binary();
     eprintln!("chaos: node binary {}", bin.display());
     let setup_started = Instant::now();
-    let h = match Harness::new(&params, bin.clone()) {
+    let setup = Setup {
+        nodes: params.nodes,
+        ..Setup::default()
+    };
+    let h = match Harness::new(&setup, bin.clone()) {
         Ok(h) => h,
         Err(e) => {
-            cannot_run(&params, &format!("cannot build the test network: {e}"));
+            cannot_run(&format!("cannot build the test network: {e}"));
             return;
         }
     };
@@ -1237,7 +1112,7 @@ pub fn chaos() {
     };
     let stray: Vec<String> = listing(&h.work)
         .into_iter()
-        .filter(|f| f != "tally-data" && f != "logs")
+        .filter(|f| f != "tally-data")
         .chain(
             listing(&h.work.join("tally-data"))
                 .into_iter()
