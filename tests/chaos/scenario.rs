@@ -659,3 +659,208 @@ pub fn handoff() {
         );
     }
 }
+
+/// A node removed, handed off, re-added, then cut off while it acknowledges
+/// increments alone, and removed again: its second departure must make it
+/// a leaver again (its hand-off under the earlier config covered only what
+/// it held then). Asserted: the second POST /config names it leaving
+/// without a hand-off, and no consistent read on a member answers 200
+/// without the increments it acknowledged alone.
+pub fn readd_after_handoff() {
+    if let Some(why) = missing_prerequisite(false) {
+        cannot_run(&why);
+        return;
+    }
+    let _serial = serial();
+    let bin = node_binary();
+    eprintln!("readd: node binary {}", bin.display());
+    const N: usize = 3;
+    let setup = Setup {
+        nodes: N,
+        ..Setup::default()
+    };
+    let h = match Harness::new(&setup, bin) {
+        Ok(h) => h,
+        Err(e) => {
+            cannot_run(&format!("cannot build the test network: {e}"));
+            return;
+        }
+    };
+    let ips: Vec<String> = (1..=N).map(|i| h.lab.node_ip(i)).collect();
+    let addr = |i: usize| format!("{}:7777", ips[i - 1]);
+    let world = World {
+        epoch: Instant::now(),
+        ips: ips.clone(),
+        acked: vec![AtomicU64::new(0)],
+        sent: vec![AtomicU64::new(0)],
+        refused: vec![AtomicU64::new(0)],
+        stop: AtomicBool::new(false),
+        to_node4: AtomicBool::new(false),
+        writes: Mutex::new(Vec::new()),
+        reads: Mutex::new(Vec::new()),
+    };
+    let client = Client::new();
+    for i in 1..=N {
+        h.nodes().spawn(i).unwrap_or_else(|e| panic!("{e}"));
+    }
+    for i in 1..=N {
+        assert!(
+            poll(Duration::from_secs(20), || status(&client, &world, i)).is_some(),
+            "node {i} did not answer /status"
+        );
+    }
+    let post = |nodes: &[usize]| -> serde_json::Value {
+        let actors: Vec<String> = nodes.iter().map(|&i| addr(i)).collect();
+        match client
+            .post(
+                &world.url(1, "/config"),
+                &serde_json::json!({ "actors": actors }).to_string(),
+                Duration::from_secs(5),
+            )
+            .0
+        {
+            Outcome::Answer(200, body) => serde_json::from_str(&body).unwrap_or_default(),
+            other => panic!("POST /config {nodes:?} to node 1 answered {other:?}"),
+        }
+    };
+    // Every node in `on` reports a config with exactly `actors`.
+    let settled = |on: &[usize], actors: &[usize]| {
+        let mut want: Vec<String> = actors.iter().map(|&i| addr(i)).collect();
+        want.sort();
+        let ok = poll(Duration::from_secs(10), || {
+            on.iter()
+                .all(|&i| {
+                    status(&client, &world, i)
+                        .is_some_and(|s| actors_of(&s["config"]["actors"]) == want)
+                })
+                .then_some(())
+        });
+        assert!(
+            ok.is_some(),
+            "nodes {on:?} did not all report actors {actors:?}"
+        );
+    };
+    let incr = |node: usize, amount: u64| -> bool {
+        let ok = matches!(
+            client
+                .post(
+                    &world.url(node, "/counter/r"),
+                    &amount.to_string(),
+                    REQUEST_TIMEOUT
+                )
+                .0,
+            Outcome::Answer(200, _)
+        );
+        if ok {
+            world.acked[0].fetch_add(amount, Ordering::SeqCst);
+        }
+        ok
+    };
+
+    post(&[1, 2, 3]);
+    settled(&[1, 2, 3], &[1, 2, 3]);
+    assert!(incr(3, 1), "node 3 acknowledges an increment");
+    // Node 3 leaves and hands off.
+    post(&[1, 2]);
+    let handed_off = poll(HANDOFF_BOUND, || {
+        let s = status(&client, &world, 1)?;
+        s["config"]["leaving"]
+            .as_array()?
+            .iter()
+            .any(|x| x["actor"] == addr(3).as_str() && x["handed_off"] == true)
+            .then_some(())
+    });
+    assert!(
+        handed_off.is_some(),
+        "node 3's first hand-off was not confirmed"
+    );
+    settled(&[1, 2, 3], &[1, 2]);
+    // Node 3 comes back as an actor.
+    post(&[1, 2, 3]);
+    settled(&[1, 2, 3], &[1, 2, 3]);
+    let back = poll(Duration::from_secs(10), || {
+        (status(&client, &world, 3)?["role"] == "member").then_some(())
+    });
+    assert!(back.is_some(), "node 3 is not a member again");
+    // Cut off, it acknowledges increments alone.
+    h.lab
+        .partition(&[(3, 1), (3, 2)])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut alone = 0;
+    for _ in 0..10 {
+        if incr(3, 7) {
+            alone += 7;
+        }
+    }
+    assert!(alone > 0, "node 3 acknowledged nothing while cut off");
+    let acked = world.acked[0].load(Ordering::SeqCst);
+    // It is removed again while cut off.
+    let answer = post(&[1, 2]);
+    let mut failures = Vec::new();
+    let leaving = answer["leaving"].as_array().is_some_and(|l| {
+        l.iter()
+            .any(|x| x["actor"] == addr(3).as_str() && x["handed_off"] == false)
+    });
+    if !leaving {
+        failures.push(format!(
+            "POST /config [1, 2] does not name node 3 as leaving without a hand-off, though it acknowledged {alone} units since it was re-added: {answer}"
+        ));
+    }
+    for node in [1, 2] {
+        match client
+            .get(
+                &world.url(node, "/counter/r/consistent_value?timeout=1s"),
+                Duration::from_secs(4),
+            )
+            .0
+        {
+            Outcome::Answer(200, body) => {
+                let v = parse(&body).unwrap_or(0);
+                if v < acked {
+                    failures.push(format!(
+                        "G1: consistent_value of r on node {node}, node 3 cut off, answered {v} but {acked} had been acknowledged (lost {}: what node 3 acknowledged alone)",
+                        acked - v
+                    ));
+                }
+            }
+            Outcome::Answer(503, _) => {}
+            other => failures.push(format!(
+                "consistent_value of r on node {node} answered {other:?}"
+            )),
+        }
+    }
+    h.lab.heal().unwrap_or_else(|e| panic!("{e}"));
+    // Once the network heals, consistent reads on members include them (the
+    // hand-off pulls them), within a bound.
+    let mut last = None;
+    let healed = poll(HANDOFF_BOUND, || {
+        last = match client
+            .get(
+                &world.url(1, "/counter/r/consistent_value?timeout=1s"),
+                Duration::from_secs(4),
+            )
+            .0
+        {
+            Outcome::Answer(200, body) => parse(&body),
+            _ => None,
+        };
+        last.filter(|v| *v >= acked)
+    });
+    if healed.is_none() {
+        failures.push(format!(
+            "G1: {HANDOFF_BOUND:?} after the heal, consistent_value of r on node 1 is still {last:?} < {acked} acknowledged"
+        ));
+    }
+    eprintln!(
+        "readd: node 3 acknowledged {alone} units alone; second removal answered leaving={}",
+        answer["leaving"]
+    );
+    if !failures.is_empty() {
+        eprintln!("{}", h.logs(20));
+        panic!(
+            "re-added node: {} violation(s):\n  {}",
+            failures.len(),
+            failures.join("\n  ")
+        );
+    }
+}
