@@ -3,7 +3,7 @@
 #   make test          every test: lint, cargo test, then the packaged-binary check
 #   make package       dist/challenge.tar.gz (static executable, see SPEC §1)
 #   make package-test  package, then run it in an empty chroot (scripts/check-package.sh)
-#   make lint          cargo fmt --check and clippy with warnings denied
+#   make lint          cargo fmt --check, clippy and rustdoc with warnings denied
 #   make demo          a three-node cluster on loopback
 #   make clean         remove build output and dist/
 #
@@ -79,6 +79,7 @@ package-test: package
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy $(CARGO_LOCKED) --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc $(CARGO_LOCKED) --no-deps
 
 # Plain `cargo test` runs unit, integration and doc tests; --no-fail-fast
 # runs every test binary even after one fails, so CI reports all failures.

@@ -20,12 +20,11 @@ use axum::routing::{get, post};
 use serde_json::json;
 
 use crate::cluster::{ConfigRequest, parse_actors};
-use crate::counter_name::{self, validate_name};
 use crate::crdt::{Component, GCounter};
+use crate::input::{self, parse_amount, parse_duration, validate_key, validate_name};
 use crate::metrics::{Route as MetricRoute, RouteStatus};
-use crate::node::{ConfigOutcome, Incomplete, IncrementError, Node, RpcError};
+use crate::node::{ConfigOutcome, Incomplete, IncrementError, Node, PostConfigError, RpcError};
 use crate::proto::{RPC_PATH, RequestEnvelope};
-use crate::storage::idempotency::validate_key;
 use crate::storage::{Incremented, StoreError};
 use crate::transport::{MAX_RPC_BODY, SECRET_HEADER};
 use serde::{Deserialize, Serialize};
@@ -96,6 +95,19 @@ impl From<StoreError> for ApiError {
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<PostConfigError> for ApiError {
+    fn from(e: PostConfigError) -> Self {
+        let message = e.to_string();
+        match e {
+            PostConfigError::Store(e) => e.into(),
+            PostConfigError::NotMember { actors } => {
+                let actors: Vec<String> = actors.iter().map(|a| a.to_string()).collect();
+                ApiError::new(StatusCode::CONFLICT, message).with("actors", json!(actors))
+            }
+        }
     }
 }
 
@@ -301,7 +313,17 @@ async fn post_config(
         ))
     })?;
     let actors = parse_actors(&req.actors).map_err(ApiError::bad_request)?;
-    let outcome = node.post_config(actors).await?;
+    let mut forget = Vec::with_capacity(req.forget.len());
+    for raw in &req.forget {
+        let a = crate::cluster::Actor::parse(raw).map_err(ApiError::bad_request)?;
+        if actors.contains(&a) {
+            return Err(ApiError::bad_request(format!(
+                "actor {a} cannot be both an actor and forgotten"
+            )));
+        }
+        forget.push(a);
+    }
+    let outcome = node.post_config(actors, forget).await?;
     Ok(axum::Json(ConfigSummary::from(outcome)).into_response())
 }
 
@@ -356,50 +378,7 @@ impl From<ConfigOutcome> for ConfigSummary {
 
 /// Percent-decodes one path segment into a valid counter name.
 pub fn decode_name(raw: &str) -> Result<String, ApiError> {
-    counter_name::decode_name(raw).map_err(ApiError::bad_request)
-}
-
-/// Parses an increment body: a non-negative decimal integer that fits a u64,
-/// surrounding whitespace allowed.
-pub fn parse_amount(body: &[u8]) -> Result<u64, String> {
-    let s = std::str::from_utf8(body)
-        .map_err(|_| "body is not UTF-8".to_string())?
-        .trim();
-    if s.is_empty() {
-        return Err("body is empty; send a non-negative decimal integer".into());
-    }
-    if !s.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!(
-            "body {:?} is not a non-negative decimal integer",
-            truncate(s, 40)
-        ));
-    }
-    s.parse::<u64>()
-        .map_err(|_| format!("amount {} is larger than {}", truncate(s, 40), u64::MAX))
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => &s[..i],
-        None => s,
-    }
-}
-
-/// Parses `?timeout=` as `500ms`, `2s`, `1.5s` or plain seconds.
-pub fn parse_timeout(raw: &str) -> Result<Duration, String> {
-    let bad = || format!("timeout {raw:?} is not a duration like 500ms, 2s or 2.5");
-    let (number, scale) = if let Some(ms) = raw.strip_suffix("ms") {
-        (ms, 0.001)
-    } else if let Some(s) = raw.strip_suffix('s') {
-        (s, 1.0)
-    } else {
-        (raw, 1.0)
-    };
-    let n: f64 = number.parse().map_err(|_| bad())?;
-    if !n.is_finite() || n <= 0.0 {
-        return Err(bad());
-    }
-    Duration::try_from_secs_f64(n * scale).map_err(|_| bad())
+    input::decode_name(raw).map_err(ApiError::bad_request)
 }
 
 fn query_param<'a>(query: Option<&'a str>, key: &str) -> Option<&'a str> {
@@ -462,7 +441,7 @@ async fn fallback(State(node): State<Arc<Node>>, req: Request) -> Result<Respons
             let settings = node.settings();
             let timeout = match query_param(req.uri().query(), "timeout") {
                 None => settings.consistent_timeout,
-                Some(raw) => parse_timeout(raw)
+                Some(raw) => parse_duration(raw)
                     .map_err(ApiError::bad_request)?
                     .min(settings.max_consistent_timeout),
             };
@@ -725,59 +704,6 @@ async fn status(State(node): State<Arc<Node>>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn amounts_parse_strictly() {
-        assert_eq!(parse_amount(b"5"), Ok(5));
-        assert_eq!(parse_amount(b" \n 42\t\r\n"), Ok(42));
-        assert_eq!(parse_amount(b"0"), Ok(0));
-        assert_eq!(parse_amount(b"007"), Ok(7));
-        assert_eq!(parse_amount(b"18446744073709551615"), Ok(u64::MAX));
-        for bad in [
-            &b""[..],
-            b"   ",
-            b"-1",
-            b"+1",
-            b"1.5",
-            b"1e3",
-            b"abc",
-            b"1 2",
-            b"0x10",
-            b"18446744073709551616",
-            b"\xff",
-        ] {
-            assert!(parse_amount(bad).is_err(), "{bad:?} should be refused");
-        }
-    }
-
-    #[test]
-    fn replica_counts_parse_strictly() {
-        assert_eq!(replicas_param(None).unwrap(), None);
-        assert_eq!(replicas_param(Some("replicas=2")).unwrap(), Some(2));
-        assert_eq!(replicas_param(Some("x=1&replicas=0")).unwrap(), Some(0));
-        for bad in [
-            "replicas=",
-            "replicas=-1",
-            "replicas=a",
-            "replicas=257",
-            "replicas=99999999999",
-        ] {
-            assert!(
-                replicas_param(Some(bad)).is_err(),
-                "{bad:?} should be refused"
-            );
-        }
-    }
-
-    #[test]
-    fn timeouts_parse() {
-        assert_eq!(parse_timeout("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_timeout("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_timeout("1.5"), Ok(Duration::from_millis(1500)));
-        for bad in ["", "0", "-1", "abc", "1h", "NaN", "inf"] {
-            assert!(parse_timeout(bad).is_err(), "{bad:?} should be refused");
-        }
-    }
 
     #[test]
     fn secrets_compare_exactly() {

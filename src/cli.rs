@@ -17,11 +17,13 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tracing::{error, info};
 
-use crate::api::parse_timeout;
 use crate::client::{self, Action, Conn};
-use crate::node::{Settings, run};
-use crate::server::Limits;
+use crate::daemon::run;
+use crate::node::Settings;
+use crate::server::{DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PEER_CONNECTIONS, Limits};
 
+// Doc comments here are --help text, not rustdoc: brackets and <ID> are literal.
+#[allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 #[derive(Parser, Debug)]
 #[command(
     name = "tally",
@@ -48,6 +50,8 @@ pub struct Cli {
     pub node: NodeArgs,
 }
 
+// Doc comments here are --help text, not rustdoc: brackets and <ID> are literal.
+#[allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 #[derive(Subcommand, Debug)]
 pub enum Commands {
     /// Start a local cluster of nodes on 127.0.0.1, post its config, and
@@ -72,7 +76,7 @@ pub enum Commands {
         #[arg(default_value_t = 1)]
         n: u64,
         /// Sent as the Idempotency-Key header: a retry with the same key on the
-        /// same node is applied once (visible ASCII, at most 255 bytes).
+        /// same node is applied once (1 to 128 visible ASCII characters).
         #[arg(long, value_name = "KEY", value_parser = client::parse_idempotency_key)]
         idempotency_key: Option<String>,
         #[command(flatten)]
@@ -103,12 +107,21 @@ pub enum Commands {
     },
     /// Post the cluster's actors to a node (POST /config).
     ///
-    /// The node passes them on to the others. Prints whether anything changed, the
-    /// config version, the actors, and which actor the node is.
+    /// The node passes them on to the others. Waits (up to --timeout) until every
+    /// node holds the config and every node that left has handed off what it held,
+    /// then prints whether anything changed, the config version, the actors, which
+    /// actor the node is, which nodes hold it and each leaver's hand-off. Exits 3
+    /// when something is still pending at the deadline (the config is applied and
+    /// keeps spreading by itself).
     Config {
         /// Every node's address: an IP address (port 7777 implied), HOST:PORT or [V6]:PORT.
         #[arg(required = true, value_name = "ADDR")]
         actors: Vec<String>,
+        /// Stop waiting for the hand-off of a node that left and is gone for
+        /// good (or never existed): what only it held is lost to consistent
+        /// reads. Repeat for several.
+        #[arg(long, value_name = "ADDR")]
+        forget: Vec<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -128,6 +141,8 @@ pub enum Commands {
 }
 
 /// Flags shared by every client command.
+// Doc comments here are --help text, not rustdoc: brackets and <ID> are literal.
+#[allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 #[derive(Args, Debug, Clone)]
 #[command(next_help_heading = "Client options")]
 pub struct ClientArgs {
@@ -161,6 +176,8 @@ impl ClientArgs {
     }
 }
 
+// Doc comments here are --help text, not rustdoc: brackets and <ID> are literal.
+#[allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 #[derive(Args, Debug)]
 pub struct NodeArgs {
     /// This node's id: a positive integer, unique in the cluster and stable across restarts.
@@ -171,9 +188,9 @@ pub struct NodeArgs {
     #[arg(long, env = "TALLY_LISTEN", default_value = "0.0.0.0:7777")]
     pub listen: SocketAddr,
 
-    /// Data folder of this node [default: ./tally-data/node-<ID> if the
-    /// working folder is writable, else $XDG_DATA_HOME/tally/node-<ID> or
-    /// ~/.local/share/tally/node-<ID>, else $TMPDIR/tally/node-<ID>].
+    /// Data folder of this node [default: ./tally-data/node-<ID>, under the
+    /// working folder; if it cannot be created or written the node refuses
+    /// to start rather than use another folder].
     #[arg(long, env = "TALLY_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
 
@@ -227,11 +244,21 @@ pub struct NodeArgs {
     #[arg(long, env = "TALLY_REPLICA_TIMEOUT", default_value = "5s", value_parser = duration)]
     pub replica_timeout: Duration,
 
-    /// Most client and peer connections open at once; more are closed on accept.
-    #[arg(long, env = "TALLY_MAX_CONNECTIONS", default_value_t = 4096)]
+    /// Most client connections open at once; more are refused with 503. A
+    /// connection whose first request is under /_internal/ (another node's)
+    /// counts against --max-peer-connections instead, so clients cannot
+    /// crowd out replication.
+    #[arg(long, env = "TALLY_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
 
-    /// Deadline for a client to send a whole request head; also closes idle connections.
+    /// Most connections from other nodes open at once; more are refused with
+    /// 503. Each peer may hold up to 64 calls in flight, one connection each:
+    /// the default lets 16 peers all do so.
+    #[arg(long, env = "TALLY_MAX_PEER_CONNECTIONS", default_value_t = DEFAULT_MAX_PEER_CONNECTIONS)]
+    pub max_peer_connections: usize,
+
+    /// Deadline for a client to send a whole request head (the first one
+    /// counted from accept); also closes idle connections.
     #[arg(long, env = "TALLY_HEADER_TIMEOUT", default_value = "10s", value_parser = duration)]
     pub header_timeout: Duration,
 
@@ -249,7 +276,7 @@ pub struct NodeArgs {
 }
 
 fn duration(raw: &str) -> Result<Duration, String> {
-    parse_timeout(raw)
+    crate::input::parse_duration(raw).map_err(|e| e.to_string())
 }
 
 pub fn main(cli: Cli) -> ExitCode {
@@ -274,7 +301,11 @@ pub fn main(cli: Cli) -> ExitCode {
             client,
         }) => (Action::Get { name, consistent }, client),
         Some(Commands::Status { client }) => (Action::Status, client),
-        Some(Commands::Config { actors, client }) => (Action::Config { actors }, client),
+        Some(Commands::Config {
+            actors,
+            forget,
+            client,
+        }) => (Action::Config { actors, forget }, client),
         Some(Commands::Ls {
             prefix,
             limit,
@@ -373,8 +404,12 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
     settings.store.timeout = args.storage_timeout;
     settings.min_replicas = usize::try_from(args.min_replicas).unwrap_or(usize::MAX);
     settings.replica_timeout = args.replica_timeout;
+    let max_connections = args.max_connections.max(1);
+    let max_peer_connections = args.max_peer_connections.max(1);
     let limits = Limits {
-        max_connections: args.max_connections.max(1),
+        max_connections,
+        max_peer_connections,
+        max_pending_connections: Limits::pending_for(max_connections, max_peer_connections),
         header_read_timeout: args.header_timeout,
         ..Limits::default()
     };
@@ -400,34 +435,35 @@ async fn stop_signal() {
     info!(signal = which, "stop requested");
 }
 
-/// The first usable of the documented default data folders.
+/// The default data folder: `tally-data/node-<ID>` under the working folder,
+/// and nothing else. A node that silently moved to another folder would start
+/// empty, without its config and without what it had not yet replicated, so
+/// a default folder that cannot be created or written is an error.
 fn default_data_dir(id: u64) -> Result<PathBuf, String> {
-    let leaf = format!("node-{id}");
-    let mut candidates = vec![PathBuf::from("tally-data").join(&leaf)];
-    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
-        candidates.push(PathBuf::from(xdg).join("tally").join(&leaf));
-    } else if let Some(home) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
-        candidates.push(PathBuf::from(home).join(".local/share/tally").join(&leaf));
-    }
-    candidates.push(std::env::temp_dir().join("tally").join(&leaf));
-    for dir in &candidates {
-        if writable(dir) {
-            return Ok(dir.clone());
-        }
-    }
-    Err(format!(
-        "no writable data folder among {candidates:?}; pass --data-dir or set TALLY_DATA_DIR"
-    ))
+    let dir = PathBuf::from(DEFAULT_DATA_ROOT).join(format!("node-{id}"));
+    usable(&dir).map_err(|e| {
+        let shown = match std::env::current_dir() {
+            Ok(cwd) => format!("{} (in {})", dir.display(), cwd.display()),
+            Err(_) => dir.display().to_string(),
+        };
+        format!(
+            "cannot use the default data folder {shown}: {e}; the node never falls back \
+             to another folder: make this one usable, or choose one with --data-dir or \
+             TALLY_DATA_DIR"
+        )
+    })?;
+    Ok(dir)
 }
 
-fn writable(dir: &Path) -> bool {
-    if std::fs::create_dir_all(dir).is_err() {
-        return false;
-    }
+/// Folder under the working folder that holds each node's default data folder.
+const DEFAULT_DATA_ROOT: &str = "tally-data";
+
+/// Creates `dir` if needed and checks a file can be written in it.
+fn usable(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
     let probe = dir.join(".write-probe");
-    let ok = std::fs::write(&probe, b"").is_ok();
-    let _ = std::fs::remove_file(&probe);
-    ok
+    std::fs::write(&probe, b"")?;
+    std::fs::remove_file(&probe)
 }
 
 /// A one-shot HTTP request with a deadline; returns status and body.

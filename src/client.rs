@@ -78,6 +78,8 @@ pub enum Action {
     Status,
     Config {
         actors: Vec<String>,
+        /// Leavers whose hand-off is given up.
+        forget: Vec<String>,
     },
     Ls {
         prefix: Option<String>,
@@ -170,12 +172,14 @@ pub async fn execute(action: &Action, conn: &Conn) -> Outcome {
             };
         }
         Action::Status => req.path = "/status".into(),
-        Action::Config { actors } => {
+        Action::Config { actors, forget } => {
             req.method = hyper::Method::POST;
             req.path = "/config".into();
-            req.body = serde_json::json!({ "actors": actors })
-                .to_string()
-                .into_bytes();
+            let mut body = serde_json::json!({ "actors": actors });
+            if !forget.is_empty() {
+                body["forget"] = serde_json::json!(forget);
+            }
+            req.body = body.to_string().into_bytes();
             req.content_type = "application/json";
         }
         Action::Ls {
@@ -200,6 +204,9 @@ pub async fn execute(action: &Action, conn: &Conn) -> Outcome {
         }
     }
     let url = format!("{}{}", conn.node, req.path);
+    if matches!(action, Action::Config { .. }) {
+        return post_config_until_stored(action, conn, &req, &url, timeout).await;
+    }
     let answer = match send(&req, &url, timeout).await {
         Ok(a) => a,
         Err(SendError::Invalid(reason)) => return Outcome::fail(EXIT_FAILED, reason),
@@ -215,6 +222,92 @@ pub async fn execute(action: &Action, conn: &Conn) -> Outcome {
         }
     };
     interpret(action, conn.json, &answer)
+}
+
+/// Pause between two posts of the same config while waiting for the cluster.
+const CONFIG_POLL: Duration = Duration::from_millis(500);
+
+/// `tally config`: posts the config, then posts it again (a no-op that
+/// reports progress) until every node holds it and every node that left has
+/// handed off, or the deadline passes. Exits 3 when something is still
+/// pending then: the config is applied and keeps spreading by itself.
+async fn post_config_until_stored(
+    action: &Action,
+    conn: &Conn,
+    req: &Req,
+    url: &str,
+    timeout: Duration,
+) -> Outcome {
+    let deadline = tokio::time::Instant::now() + timeout;
+    // Later posts are no-ops: what changed is what the first one did.
+    let mut first_changed = None;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let mut answer = match send(req, url, left.max(Duration::from_millis(1))).await {
+            Ok(a) => a,
+            Err(SendError::Invalid(reason)) => return Outcome::fail(EXIT_FAILED, reason),
+            Err(SendError::Unreachable { reason, .. }) => {
+                return Outcome::fail(
+                    EXIT_UNREACHABLE,
+                    format!("cannot reach {}: {reason}", conn.node),
+                );
+            }
+        };
+        let mut waiting = Vec::new();
+        if let Ok(mut v @ Value::Object(_)) = serde_json::from_str::<Value>(&answer.body) {
+            let changed = *first_changed.get_or_insert(v["changed"] == true);
+            if changed && v["changed"] == false {
+                v["changed"] = Value::Bool(true);
+                answer.body = v.to_string();
+            }
+            waiting = config_waiting(&v);
+        }
+        let mut outcome = interpret(action, conn.json, &answer);
+        if outcome.code != 0 {
+            return outcome;
+        }
+        if waiting.is_empty() {
+            return outcome;
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left <= CONFIG_POLL {
+            outcome.code = EXIT_INCOMPLETE;
+            outcome.stderr = format!(
+                "tally: the config is applied and keeps spreading, but within {timeout:?}: {}\n",
+                waiting.join("; ")
+            );
+            return outcome;
+        }
+        tokio::time::sleep(CONFIG_POLL).await;
+    }
+}
+
+/// What a `POST /config` answer says is still in progress, for people.
+fn config_waiting(v: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    let pending: Vec<&str> = v["pending"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    if !pending.is_empty() {
+        out.push(format!("not stored yet by {}", pending.join(", ")));
+    }
+    let handing_off: Vec<&str> = v["leaving"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|l| l["handed_off"] == false)
+        .filter_map(|l| l["actor"].as_str())
+        .collect();
+    if !handing_off.is_empty() {
+        out.push(format!(
+            "still handing off what they hold: {}",
+            handing_off.join(", ")
+        ));
+    }
+    out
 }
 
 /// The `?timeout=` asked of the node, a little shorter than the client's own
@@ -411,6 +504,20 @@ pub fn format_config(v: &Value) -> String {
         Some(s) => show(s),
     };
     let _ = writeln!(out, "self:    {me}");
+    if let Some(stored) = v.get("stored").filter(|s| s.is_array()) {
+        let _ = writeln!(out, "stored:  {}", list(stored));
+    }
+    if let Some(pending) = v["pending"].as_array().filter(|p| !p.is_empty()) {
+        let _ = writeln!(out, "pending: {}", list(&Value::Array(pending.clone())));
+    }
+    for leaver in v["leaving"].as_array().into_iter().flatten() {
+        let state = if leaver["handed_off"] == true {
+            "handed off"
+        } else {
+            "handing off"
+        };
+        let _ = writeln!(out, "leaving: {} ({state})", show(&leaver["actor"]));
+    }
     out
 }
 
@@ -658,21 +765,14 @@ pub fn encode_name(name: &str) -> String {
 
 /// Checks a counter name the way nodes do, before anything is sent.
 pub fn parse_name(raw: &str) -> Result<String, String> {
-    crate::counter_name::validate_name(raw).map_err(|e| e.to_string())?;
+    crate::input::validate_name(raw).map_err(|e| e.to_string())?;
     Ok(raw.to_string())
 }
 
 /// Checks an idempotency key is a valid, non-empty header value.
 pub fn parse_idempotency_key(raw: &str) -> Result<String, String> {
-    if raw.is_empty() {
-        return Err("the idempotency key is empty".into());
-    }
-    if raw.len() > 255 {
-        return Err("the idempotency key is longer than 255 bytes".into());
-    }
-    if !raw.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
-        return Err("the idempotency key must be visible ASCII without spaces".into());
-    }
+    // The node's own rule: a key the client accepts is a key the node accepts.
+    crate::input::validate_key(raw).map_err(|e| e.to_string())?;
     Ok(raw.to_string())
 }
 
@@ -952,7 +1052,10 @@ mod tests {
         let out = interpret(&Action::Status, false, &answer(599, ""));
         assert_eq!(out.stderr, "tally: 599: (no message)\n");
         let out = interpret(
-            &Action::Config { actors: vec![] },
+            &Action::Config {
+                actors: vec![],
+                forget: vec![],
+            },
             false,
             &answer(401, r#"{"error":"needs secret"}"#),
         );

@@ -312,17 +312,20 @@ impl Membership {
         self.config.stamp
     }
 
-    /// Whether `actor`'s hand-off counts under this config.
+    /// Whether `actor`'s hand-off counts under this config: confirmed under
+    /// this config, or under its parent for an actor that has been leaving
+    /// since (one that was an actor in between may have acknowledged more).
     pub fn excused(&self, actor: &Actor) -> bool {
-        [self.config.stamp, self.config.parent]
-            .into_iter()
-            .filter(|s| !s.is_zero())
-            .any(|stamp| {
-                self.handed_off.contains(&Handoff {
+        let confirmed = |stamp: Stamp| {
+            !stamp.is_zero()
+                && self.handed_off.contains(&Handoff {
                     actor: actor.clone(),
                     stamp,
                 })
-            })
+        };
+        !self.config.has_actor(actor)
+            && (confirmed(self.config.stamp)
+                || (self.config.leaving.contains(actor) && confirmed(self.config.parent)))
     }
 
     fn departed(&self) -> impl Iterator<Item = &Actor> {
@@ -447,9 +450,27 @@ impl Membership {
     /// The membership a post of `actors` at node `origin` produces, or
     /// `None` when it names exactly the current actors (a no-op).
     pub fn post(&self, actors: Vec<Actor>, origin: u64) -> Option<Membership> {
-        if self.is_set() && self.config.same_actors(&actors) {
+        self.post_forgetting(actors, &[], origin)
+    }
+
+    /// Like [`Membership::post`], and also gives up on the hand-off of the
+    /// leavers in `forget`: they are retired as if they had handed off. What
+    /// they acknowledged and no other node holds is then lost to consistent
+    /// reads; it is the operator's way out for a node that is gone for good
+    /// (or was never a node). A post that only forgets is a change too.
+    pub fn post_forgetting(
+        &self,
+        actors: Vec<Actor>,
+        forget: &[Actor],
+        origin: u64,
+    ) -> Option<Membership> {
+        let forgets = self
+            .departed()
+            .any(|a| forget.contains(a) && !self.excused(a));
+        if self.is_set() && self.config.same_actors(&actors) && !forgets {
             return None;
         }
+        let settled = |a: &Actor| self.excused(a) || forget.contains(a);
         let departed: BTreeSet<&Actor> = self
             .config
             .actors
@@ -459,14 +480,14 @@ impl Membership {
             .collect();
         let leaving = departed
             .iter()
-            .filter(|a| !self.excused(a))
+            .filter(|a| !settled(a))
             .map(|a| (*a).clone())
             .collect();
         let mut retired: Vec<Actor> = self
             .config
             .retired
             .iter()
-            .chain(departed.iter().copied().filter(|a| self.excused(a)))
+            .chain(departed.iter().copied().filter(|a| settled(a)))
             .filter(|a| !actors.contains(a))
             .cloned()
             .collect();
@@ -524,6 +545,9 @@ impl Membership {
 #[serde(deny_unknown_fields)]
 pub struct ConfigRequest {
     pub actors: Vec<String>,
+    /// Leavers to stop waiting for (see [`Membership::post_forgetting`]).
+    #[serde(default)]
+    pub forget: Vec<String>,
 }
 
 /// Validates a posted actor list: non-empty, bounded, each parseable, no duplicates.
@@ -687,6 +711,27 @@ mod tests {
             .unwrap();
         assert!(c4.config.retired.is_empty());
         assert_eq!(c4.standing(&d), Standing::Member);
+    }
+
+    #[test]
+    fn a_leaver_that_is_gone_for_good_can_be_forgotten() {
+        let c1 = first(&["10.0.0.1", "10.0.0.2"]);
+        let c2 = c1.post(actors(&["10.0.0.1"]), 1).unwrap();
+        let gone = a("10.0.0.2");
+        assert!(c2.read_set().contains(&gone));
+        assert!(
+            c2.post_forgetting(actors(&["10.0.0.1"]), &[a("10.0.0.9")], 1)
+                .is_none(),
+            "forgetting a node that is not leaving changes nothing"
+        );
+        let c3 = c2
+            .post_forgetting(actors(&["10.0.0.1"]), std::slice::from_ref(&gone), 1)
+            .expect("forgetting a leaver is a change");
+        assert_eq!(c3.stamp().version, 3);
+        assert!(c3.config.leaving.is_empty());
+        assert_eq!(c3.config.retired, vec![gone.clone()]);
+        assert_eq!(c3.read_set(), vec![a("10.0.0.1")]);
+        assert_eq!(c3.standing(&gone), Standing::HandedOff);
     }
 
     #[test]

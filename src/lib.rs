@@ -4,7 +4,7 @@
 //! Layers, each calling only downward:
 //! - [`crdt`]: the G-Counter, pure.
 //! - [`cluster`]: actor addresses, config versions and hand-offs, pure;
-//!   [`counter_name`]: what a counter name may be, pure.
+//!   [`input`]: what a client may send (names, amounts, keys, durations), pure.
 //! - [`storage`]: durable redb store with group commit and a change index.
 //! - [`proto`] and [`transport`]: the node-to-node messages and the seam that carries them.
 //! - [`replication`]: push and anti-entropy tasks per peer.
@@ -18,8 +18,10 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod cluster;
-pub mod counter_name;
 pub mod crdt;
+pub mod daemon;
+pub mod input;
+pub mod messenger;
 pub mod metrics;
 pub mod node;
 pub mod proto;

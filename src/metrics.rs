@@ -3,9 +3,10 @@
 //! One [`Metrics`] per node, cloned into the layers that record: the HTTP
 //! layer (requests and latency by route and status), storage (commit latency
 //! and batch size, increments applied), the transport (bytes per peer),
-//! replication (pushes and pulls by outcome, reachability and lag per peer)
-//! and consistent reads (outcome and duration). Gauges that are cheaper to
-//! read than to track (names, remembered keys) are set when scraped.
+//! replication (pushes and pulls by outcome, reachability and lag per peer),
+//! consistent reads (outcome and duration) and the server (open and refused
+//! connections by class). Gauges that are cheaper to read than to track
+//! (names, remembered keys) are set when scraped.
 //! Labels are bounded: routes are templates, peers are config actors.
 
 use std::sync::Arc;
@@ -44,6 +45,13 @@ pub struct Outcome {
     pub outcome: &'static str,
 }
 
+/// A connection's class: `client`, `peer`, or `pending` (accepted, not
+/// admitted to a budget yet).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionClass {
+    pub class: &'static str,
+}
+
 fn latency_histogram() -> Histogram {
     // 100 µs to about 26 s.
     Histogram::new(exponential_buckets(0.0001, 2.0, 19))
@@ -75,6 +83,8 @@ pub struct Metrics {
     pub storage_errors: Counter,
     pub storage_recoveries: Counter,
     pub replica_waits: Family<Outcome, Counter>,
+    pub connections: Family<ConnectionClass, Gauge>,
+    pub connections_refused: Family<ConnectionClass, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -113,6 +123,8 @@ impl Metrics {
             storage_errors: Counter::default(),
             storage_recoveries: Counter::default(),
             replica_waits: Family::default(),
+            connections: Family::default(),
+            connections_refused: Family::default(),
         };
         let mut r = Registry::with_prefix("tally");
         r.register(
@@ -214,6 +226,17 @@ impl Metrics {
             "replica_waits",
             "Increments that waited for other actors to store them, by outcome",
             m.replica_waits.clone(),
+        );
+        r.register(
+            "connections",
+            "Open connections by class: client, peer, pending (accepted, not admitted yet)",
+            m.connections.clone(),
+        );
+        r.register(
+            "connections_refused",
+            "Connections refused by class: over the client or the peer budget, or pending ones \
+             closed to make room",
+            m.connections_refused.clone(),
         );
         Metrics {
             registry: Arc::new(r),

@@ -14,7 +14,11 @@ use crate::crdt::{Component, GCounter};
 use crate::storage::Identity;
 
 pub const PROTOCOL_VERSION: u32 = 2;
-/// The path of the one internal route; `/_internal/` cannot collide with the public API.
+/// The prefix of every internal route; it cannot collide with the public API.
+/// The server counts a connection whose first request is under it against
+/// the peer budget (see [`crate::server`]).
+pub const INTERNAL_PREFIX: &str = "/_internal/";
+/// The path of the one internal route, under [`INTERNAL_PREFIX`].
 pub const RPC_PATH: &str = "/_internal/v1/rpc";
 /// Most names in one push or one pull page.
 pub const MAX_NAMES_PER_MESSAGE: usize = 10_000;

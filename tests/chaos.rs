@@ -12,6 +12,8 @@ mod check;
 mod client;
 #[path = "chaos/cluster.rs"]
 mod cluster;
+#[path = "common/eintr.rs"]
+mod eintr;
 #[path = "chaos/harness.rs"]
 mod harness;
 #[path = "chaos/net.rs"]

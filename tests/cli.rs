@@ -6,8 +6,10 @@
 //! Every wait is a bounded poll; a failing test leaves no process running
 //! (the [`Node`] guard kills its child on drop) and no folder behind.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+#[path = "common/eintr.rs"]
+mod eintr;
+
+use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -57,7 +59,7 @@ struct Node {
 impl Drop for Node {
     fn drop(&mut self) {
         let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = eintr::wait(&mut self.child);
     }
 }
 
@@ -128,22 +130,30 @@ fn start_node(id: u64, extra: &[&str]) -> Node {
 
 /// One HTTP/1.1 GET over a plain socket, independent of the client under test.
 fn raw_get(addr: &str, path: &str) -> Result<(u16, String), String> {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    raw_exchange(addr, &request)
+}
+
+/// `POST path` with body `1` and an `Idempotency-Key` header, over a plain socket.
+fn raw_post_with_key(addr: &str, path: &str, key: &str) -> (u16, String) {
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nIdempotency-Key: {key}\r\nContent-Length: 1\r\nConnection: close\r\n\r\n1"
+    );
+    raw_exchange(addr, &request).expect("an answer")
+}
+
+fn raw_exchange(addr: &str, request: &str) -> Result<(u16, String), String> {
     let sock: SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
-    let mut stream = TcpStream::connect_timeout(&sock, Duration::from_secs(1))
+    let mut stream = eintr::connect_timeout(&sock, Duration::from_secs(1))
         .map_err(|e| format!("connect {addr}: {e}"))?;
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .and_then(|_| stream.set_write_timeout(Some(Duration::from_secs(5))))
         .map_err(|e| e.to_string())?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| format!("send to {addr}: {e}"))?;
+    eintr::write_all(&mut stream, request.as_bytes())
+        .map_err(|e| format!("send to {addr}: {e}"))?;
     let mut raw = Vec::new();
-    stream
-        .read_to_end(&mut raw)
-        .map_err(|e| format!("read from {addr}: {e}"))?;
+    eintr::read_to_end(&mut stream, &mut raw).map_err(|e| format!("read from {addr}: {e}"))?;
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let code = head
@@ -176,16 +186,10 @@ fn tally_env(args: &[&str], env: &[(&str, &str)]) -> Run {
     let mut child = cmd.spawn().expect("spawn tally client");
     let mut out = child.stdout.take().expect("stdout");
     let mut err = child.stderr.take().expect("stderr");
-    let out_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
+    let out_reader =
+        std::thread::spawn(move || eintr::read_to_string(&mut out).unwrap_or_default());
+    let err_reader =
+        std::thread::spawn(move || eintr::read_to_string(&mut err).unwrap_or_default());
     let deadline = Instant::now() + RUN_BOUND;
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait for tally client") {
@@ -193,7 +197,7 @@ fn tally_env(args: &[&str], env: &[(&str, &str)]) -> Run {
         }
         if Instant::now() >= deadline {
             let _ = child.kill();
-            let _ = child.wait();
+            let _ = eintr::wait(&mut child);
             panic!("tally {args:?} did not finish within {RUN_BOUND:?}");
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -462,4 +466,75 @@ fn help_documents_every_client_flag() {
             );
         }
     }
+}
+
+/// `tally config` waits until every node holds the config; when one cannot
+/// be reached it reports it as pending at its deadline and exits 3.
+#[test]
+fn config_waits_for_every_node_and_reports_the_pending_ones() {
+    let node = start_node(1, &[]);
+    let stored = ok(&node, &["config", &node.addr]);
+    assert!(
+        stored.contains(&format!("stored:  {}", node.addr)),
+        "{stored}"
+    );
+    assert!(!stored.contains("pending"), "{stored}");
+    // A second actor on a port where nothing listens never stores it.
+    let silent = format!("127.0.0.1:{}", free_port());
+    let started = Instant::now();
+    let run = client(&node, &["config", &node.addr, &silent, "--timeout", "3s"]);
+    assert_eq!(run.code, Some(3), "{run:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "bounded by --timeout"
+    );
+    assert!(run.stdout.contains("changed: true"), "{run:?}");
+    assert!(
+        run.stdout.contains(&format!("pending: {silent}")),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr.contains("applied and keeps spreading") && run.stderr.contains(&silent),
+        "{run:?}"
+    );
+    // Removing it again: the leaver never answers, so its hand-off stays
+    // open, and consistent reads wait for it.
+    let run = client(&node, &["config", &node.addr, "--timeout", "2s"]);
+    assert_eq!(run.code, Some(3), "{run:?}");
+    assert!(
+        run.stdout
+            .contains(&format!("leaving: {silent} (handing off)")),
+        "{run:?}"
+    );
+    let read = client(&node, &["get", "x", "--consistent", "--timeout", "2s"]);
+    assert_eq!(read.code, Some(3), "{read:?}");
+    // Forgetting it (it never was a node) ends the wait.
+    let run = client(&node, &["config", &node.addr, "--forget", &silent]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(run.stdout.contains("changed: true"), "{run:?}");
+    assert!(!run.stdout.contains("leaving"), "{run:?}");
+    assert_eq!(ok(&node, &["get", "x", "--consistent"]), "0\n");
+}
+
+/// The client and the node apply one rule to idempotency keys: the longest
+/// key one accepts, the other accepts, and one byte more both refuse.
+#[test]
+fn client_and_node_agree_on_idempotency_keys() {
+    let node = start_node(1, &[]);
+    let longest = "k".repeat(tally::input::MAX_KEY_LEN);
+    let ok_run = client(&node, &["inc", "keyed", "1", "--idempotency-key", &longest]);
+    assert_eq!(ok_run.code, Some(0), "{ok_run:?}");
+    let again = client(&node, &["inc", "keyed", "1", "--idempotency-key", &longest]);
+    assert_eq!(again.stdout, "1\n", "a replay: {again:?}");
+    let too_long = format!("{longest}k");
+    let refused = client(
+        &node,
+        &["inc", "keyed", "1", "--idempotency-key", &too_long],
+    );
+    assert_eq!(refused.code, Some(2), "refused by the client: {refused:?}");
+    assert!(refused.stderr.contains("1 to 128"), "{refused:?}");
+    // The node says the same of the same key.
+    let (status, body) = raw_post_with_key(&node.addr, "/counter/keyed", &too_long);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("1 to 128"), "{body}");
 }

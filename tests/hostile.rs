@@ -1,15 +1,15 @@
 //! Hostile input over raw sockets: malformed HTTP, slowloris, huge headers,
-//! 10 MB bodies, garbage on the internal route, thousands of names. Each
-//! must get a 4xx or a closed connection, and afterwards the node is alive,
-//! its memory bounded and its acknowledged data intact.
+//! 10 MB bodies, garbage on the internal route, thousands of names, floods
+//! of silent connections. Each must get a 4xx or a closed connection, and
+//! afterwards the node is alive, its memory bounded and its acknowledged
+//! data intact.
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{Cluster, raw_request};
+use common::{Cluster, eintr, eventually, raw_request};
 
 /// Resident memory of a process, in KiB.
 fn rss_kib(pid: u32) -> u64 {
@@ -29,22 +29,22 @@ fn status_of(raw: &str) -> Option<u16> {
 /// Sends a head announcing `len` body bytes, then streams zeros until the
 /// server answers or closes; returns what it answered.
 fn stream_body(port: u16, path: &str, len: usize) -> Option<u16> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut s = eintr::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
     s.set_write_timeout(Some(Duration::from_secs(15))).unwrap();
     let head = format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\n\r\n");
-    s.write_all(head.as_bytes()).unwrap();
+    eintr::write_all(&mut s, head.as_bytes()).unwrap();
     let chunk = vec![b'7'; 64 * 1024];
     let mut sent = 0;
     while sent < len {
         let n = chunk.len().min(len - sent);
-        if s.write_all(&chunk[..n]).is_err() {
+        if eintr::write_all(&mut s, &chunk[..n]).is_err() {
             break; // the server stopped reading: allowed
         }
         sent += n;
     }
     let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
+    let _ = eintr::read_to_end(&mut s, &mut out);
     status_of(&String::from_utf8_lossy(&out))
 }
 
@@ -101,9 +101,12 @@ fn hostile_input_leaves_the_node_alive_bounded_and_intact() {
     // served meanwhile, and the node closes them after the header deadline.
     let mut loris: Vec<TcpStream> = (0..100)
         .map(|_| {
-            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-            s.write_all(b"GET /counter/keep/value HTTP/1.1\r\nHost: x\r\nX-Slow: ")
-                .unwrap();
+            let mut s = eintr::connect(("127.0.0.1", port)).unwrap();
+            eintr::write_all(
+                &mut s,
+                b"GET /counter/keep/value HTTP/1.1\r\nHost: x\r\nX-Slow: ",
+            )
+            .unwrap();
             s
         })
         .collect();
@@ -118,7 +121,7 @@ fn hostile_input_leaves_the_node_alive_bounded_and_intact() {
         let mut buf = [0u8; 512];
         // Closed by the server (EOF or a 408/400 first), not left hanging.
         let closed = loop {
-            match s.read(&mut buf) {
+            match eintr::read(s, &mut buf) {
                 Ok(0) => break true,
                 Ok(_) => continue,
                 Err(e) => break e.kind() == std::io::ErrorKind::ConnectionReset,
@@ -147,4 +150,99 @@ fn hostile_input_leaves_the_node_alive_bounded_and_intact() {
         rss_after < rss_before + 200 * 1024,
         "memory grew from {rss_before} KiB to {rss_after} KiB"
     );
+}
+
+/// Connections that never send a byte cannot pile up or crowd anyone out.
+/// Node 1 has room for 8 pending connections (its two budgets, 4 + 4) and a
+/// header deadline of 30 s; of 200 silent connections all but the newest 8
+/// are closed at once, not at the deadline. Meanwhile a client is served,
+/// and a config posted only now (so node 2 must open fresh connections,
+/// classified among the silent ones) replicates an increment and lets a
+/// consistent read on node 2 hear from node 1. The metrics show the bound.
+#[test]
+fn silent_connections_are_bounded_and_crowd_out_no_one() {
+    let mut c = Cluster::empty("silent");
+    let spec = c.spec(
+        1,
+        &[
+            "--max-connections",
+            "4",
+            "--max-peer-connections",
+            "4",
+            "--header-timeout",
+            "30s",
+        ],
+    );
+    c.add(spec);
+    let spec = c.spec(2, &[]);
+    c.add(spec);
+    let port = c.nodes[0].spec.port;
+
+    let mut silent: Vec<Option<TcpStream>> = (0..200)
+        .map(|_| {
+            let s = eintr::connect(("127.0.0.1", port)).expect("connect");
+            s.set_nonblocking(true).expect("nonblocking");
+            Some(s)
+        })
+        .collect();
+    let started = Instant::now();
+    let mut closed = 0;
+    eventually(
+        "node 1 closes all but 8 silent connections",
+        Duration::from_secs(10),
+        || {
+            for slot in &mut silent {
+                let Some(s) = slot else { continue };
+                let mut buf = [0u8; 64];
+                match eintr::read(s, &mut buf) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Ok(n) => {
+                        assert_eq!(n, 0, "a silent connection got an answer");
+                        *slot = None;
+                        closed += 1;
+                    }
+                    Err(_) => {
+                        *slot = None;
+                        closed += 1;
+                    }
+                }
+            }
+            if closed >= 192 {
+                Ok(())
+            } else {
+                Err(format!("{closed} closed"))
+            }
+        },
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "closed by the bound, not by the 30 s deadline"
+    );
+
+    let t = Instant::now();
+    assert_eq!(c.value(0, "s"), 0);
+    assert!(t.elapsed() < Duration::from_secs(2), "a client waited");
+    let r = c.post_config(1, &c.addrs());
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(c.incr(1, "s", 3), 3);
+    c.wait_value(0, "s", 3, Duration::from_secs(10));
+    let r = c.consistent(1, "s", "5s");
+    assert_eq!((r.status, r.body.as_str()), (200, "3"), "{r:?}");
+
+    let metrics = c.http.get(&c.url(0, "/metrics")).body;
+    let value = |line_start: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(line_start))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {line_start} in {metrics}"))
+    };
+    let pending = value(r#"tally_connections{class="pending"} "#);
+    assert!(pending <= 8.0, "{pending} pending connections");
+    let pushed_out = value(r#"tally_connections_refused_total{class="pending"} "#);
+    assert!(
+        pushed_out >= 192.0,
+        "{pushed_out} pending connections closed"
+    );
+    drop(silent);
 }

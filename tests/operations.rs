@@ -241,8 +241,8 @@ fn idempotency_keys_apply_once_also_after_a_crash() {
 
 /// The documented limits of the window: with `--idempotency-keys 2` the
 /// oldest key is forgotten when a third arrives, and with
-/// `--idempotency-window 1s` a key is forgotten once a second has passed
-/// (expiry happens at the next keyed commit); a forgotten key is a new key.
+/// `--idempotency-window 1s` a key is forgotten once a second has passed,
+/// with no other write in between; a forgotten key is a new key.
 #[test]
 fn idempotency_keys_are_forgotten_beyond_capacity_and_window() {
     // Two nodes: one with a small capacity, one with a short window.
@@ -275,7 +275,7 @@ fn idempotency_keys_are_forgotten_beyond_capacity_and_window() {
     );
     assert_eq!(c.value(0, "cap"), 4);
 
-    // Window: once a second has passed, the next keyed commit forgets kw.
+    // Window: once a second has passed, kw is forgotten by itself.
     let r = keyed(1, "kw", "win");
     assert_eq!(
         (r.resp.body.as_str(), r.header(REPLAYED)),
@@ -294,8 +294,6 @@ fn idempotency_keys_are_forgotten_beyond_capacity_and_window() {
             > Duration::from_millis(1300)),
         "time passes"
     );
-    let r = keyed(1, "other", "drive");
-    assert_eq!(r.resp.status, 200, "{r:?}");
     let r = keyed(1, "kw", "win");
     assert_eq!(
         (r.resp.status, r.resp.body.as_str(), r.header(REPLAYED)),
@@ -1213,4 +1211,358 @@ fn the_cluster_secret_guards_config_and_internal_routes() {
     let r = open.http.post(&open.url(0, RPC), FORGED_PUSH);
     assert_eq!(r.status, 200, "forged push on a node without secret: {r:?}");
     assert_eq!(open.value(0, "x"), 1000, "the forged count was merged");
+}
+
+// ---------------------------------------------------------------------------
+// 7. Connection budgets
+
+/// What a [`Flood`] saw.
+#[derive(Default)]
+struct FloodStats {
+    /// Connections answered 200 and still open.
+    held: AtomicU64,
+    /// Connections that ended without a 200: refused.
+    refused: AtomicU64,
+    /// Refused connections that got no answer at all (closed or reset).
+    unanswered: AtomicU64,
+    /// Largest counter value read through the flood.
+    seen: AtomicU64,
+    /// Refusals that were not a readable 503 with a JSON error,
+    /// `Retry-After` and `Connection: close`.
+    bad_refusals: std::sync::Mutex<Vec<String>>,
+}
+
+/// `threads` client connections to one node, held open, each sending
+/// `GET /counter/<name>/value` every 50 ms and reconnecting when refused;
+/// stopped (and joined) on drop.
+struct Flood {
+    stop: std::sync::Arc<AtomicBool>,
+    stats: std::sync::Arc<FloodStats>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Flood {
+    fn start(port: u16, name: &str, threads: usize) -> Flood {
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let stats = std::sync::Arc::new(FloodStats::default());
+        let request = format!("GET /counter/{name}/value HTTP/1.1\r\nHost: flood\r\n\r\n");
+        let threads = (0..threads)
+            .map(|_| {
+                let (stop, stats, request) = (stop.clone(), stats.clone(), request.clone());
+                std::thread::spawn(move || flood_connection(port, &request, &stop, &stats))
+            })
+            .collect();
+        Flood {
+            stop,
+            stats,
+            threads,
+        }
+    }
+
+    fn held(&self) -> u64 {
+        self.stats.held.load(Ordering::SeqCst)
+    }
+
+    fn refused(&self) -> u64 {
+        self.stats.refused.load(Ordering::SeqCst)
+    }
+
+    fn seen(&self) -> u64 {
+        self.stats.seen.load(Ordering::SeqCst)
+    }
+
+    fn stop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One flooding client: connect, send requests on the open connection
+/// until the node refuses or closes it, reconnect.
+fn flood_connection(port: u16, request: &str, stop: &AtomicBool, stats: &FloodStats) {
+    const PACE: Duration = Duration::from_millis(50);
+    while !stop.load(Ordering::SeqCst) {
+        let Ok(mut s) = eintr::connect(("127.0.0.1", port)) else {
+            stats.refused.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(PACE);
+            continue;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
+        let mut admitted = false;
+        while !stop.load(Ordering::SeqCst) {
+            if eintr::write_all(&mut s, request.as_bytes()).is_err() {
+                break;
+            }
+            match read_answer(&mut s) {
+                Ok(Some(a)) if a.status == 200 => {
+                    if !admitted {
+                        admitted = true;
+                        stats.held.fetch_add(1, Ordering::SeqCst);
+                    }
+                    if let Ok(v) = a.body.parse::<u64>() {
+                        stats.seen.fetch_max(v, Ordering::SeqCst);
+                    }
+                }
+                Ok(Some(a)) => {
+                    let json_error = serde_json::from_str::<Value>(&a.body)
+                        .is_ok_and(|v| v["error"].as_str().is_some_and(|e| !e.is_empty()));
+                    if a.status != 503
+                        || !json_error
+                        || a.header("retry-after").is_none()
+                        || a.header("connection") != Some("close")
+                    {
+                        stats
+                            .bad_refusals
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(format!("{a:?}"));
+                    }
+                    break;
+                }
+                Ok(None) | Err(_) => {
+                    if !admitted {
+                        stats.unanswered.fetch_add(1, Ordering::SeqCst);
+                    }
+                    break;
+                }
+            }
+            std::thread::sleep(PACE);
+        }
+        if admitted {
+            stats.held.fetch_sub(1, Ordering::SeqCst);
+        } else {
+            stats.refused.fetch_add(1, Ordering::SeqCst);
+        }
+        std::thread::sleep(PACE);
+    }
+}
+
+/// A flood of client connections beyond `--max-connections` cannot starve
+/// replication: peers have a budget of their own. Node 1 allows 8 client
+/// connections and 24 flooding clients hold and retry them; only then is
+/// the config posted (so no peer connection to node 1 exists yet). An
+/// increment on node 2 still reaches node 1 (read through the flood's own
+/// connections) and a consistent read on node 2, which must hear from node
+/// 1, answers 200, all while the flood is held and still refused. Refused
+/// clients get a readable 503; the metrics count them by class.
+#[test]
+fn a_client_flood_does_not_starve_replication() {
+    let mut c = Cluster::empty("flood");
+    let spec = c.spec(1, &["--max-connections", "8"]);
+    c.add(spec);
+    let spec = c.spec(2, &[]);
+    c.add(spec);
+    let addrs = c.addrs();
+
+    let mut flood = Flood::start(c.nodes[0].spec.port, "f", 24);
+    eventually(
+        "the flood holds node 1's 8 client slots",
+        Duration::from_secs(10),
+        || {
+            if flood.held() == 8 && flood.refused() >= 16 {
+                Ok(())
+            } else {
+                Err(format!("held {} refused {}", flood.held(), flood.refused()))
+            }
+        },
+    );
+
+    let r = c.post_config(1, &addrs);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(c.incr(1, "f", 7), 7);
+    eventually(
+        "node 1's value (read by the flood) reaches 7",
+        Duration::from_secs(10),
+        || match flood.seen() {
+            7 => Ok(()),
+            v => Err(format!("flood reads {v}; held {}", flood.held())),
+        },
+    );
+    let refused_before = flood.refused();
+    let r = c.consistent(1, "f", "5s");
+    assert_eq!((r.status, r.body.as_str()), (200, "7"), "{r:?}");
+    eventually(
+        "the flood is still refused",
+        Duration::from_secs(10),
+        || {
+            if flood.refused() > refused_before {
+                Ok(())
+            } else {
+                Err(format!("refused {}", flood.refused()))
+            }
+        },
+    );
+    assert_eq!(flood.held(), 8, "the flood still holds the client slots");
+
+    flood.stop();
+    let bad = flood.stats.bad_refusals.lock().unwrap().clone();
+    assert!(
+        bad.is_empty(),
+        "refusals that were not a proper 503: {bad:?}"
+    );
+    assert_eq!(
+        flood.stats.unanswered.load(Ordering::SeqCst),
+        0,
+        "refused clients closed or reset without an answer"
+    );
+    let samples = eventually(
+        "node 1 serves /metrics again",
+        Duration::from_secs(10),
+        || {
+            let r =
+                c.http
+                    .try_request("GET", &c.url(0, "/metrics"), None, Duration::from_secs(2))?;
+            if r.status == 200 {
+                Ok(parse_metrics(&r.body))
+            } else {
+                Err(format!("{r:?}"))
+            }
+        },
+    );
+    let refused = |class| {
+        sample(
+            &samples,
+            "tally_connections_refused_total",
+            &[("class", class)],
+        )
+    };
+    assert!(
+        refused("client").is_some_and(|n| n >= flood.refused() as f64),
+        "client refusals: {:?}, flood saw {}",
+        refused("client"),
+        flood.refused()
+    );
+    assert_eq!(refused("peer"), Some(0.0), "no peer connection refused");
+    assert!(
+        sample(&samples, "tally_connections", &[("class", "client")]).is_some_and(|n| n >= 1.0),
+        "this scrape's own connection is a client"
+    );
+    assert!(
+        sample(&samples, "tally_connections", &[("class", "peer")]).is_some(),
+        "peer connections are counted"
+    );
+}
+
+/// Loses node 3's data folder right after it acknowledged increments alone
+/// (its peers paused), then returns what a consistent read on node 1 sees
+/// and the sums acknowledged and sent.
+fn wipe_after_acking_alone(extra: &[&str]) -> (u128, u128, u128) {
+    let mut c = Cluster::start_configured("wipe", 3, extra);
+    // Replicated normally first.
+    let mut acked = 0u128;
+    let mut sent = 0u128;
+    for _ in 0..5 {
+        sent += 2;
+        c.incr(2, "w", 2);
+        acked += 2;
+    }
+    // Node 3 cut off from both peers (paused), then increments on it.
+    c.nodes[0].signal("STOP");
+    c.nodes[1].signal("STOP");
+    for _ in 0..5 {
+        sent += 3;
+        let r = c.http.post(&c.url(2, "/counter/w"), "3");
+        if r.status == 200 {
+            acked += 3;
+        }
+    }
+    // Its data folder is lost; it restarts empty, and its peers come back.
+    c.nodes[2].kill();
+    std::fs::remove_dir_all(c.dir().join("node-3")).unwrap();
+    c.restart(2);
+    c.nodes[0].signal("CONT");
+    c.nodes[1].signal("CONT");
+    let seen = eventually(
+        "a consistent read on node 1",
+        Duration::from_secs(15),
+        || {
+            let r = c.consistent(0, "w", "5s");
+            if r.status == 200 {
+                Ok(r.number())
+            } else {
+                Err(format!("{r:?}"))
+            }
+        },
+    );
+    (seen, acked, sent)
+}
+
+/// With --min-replicas 1 an increment is acknowledged only once another
+/// actor holds it, so a lost data folder loses nothing acknowledged; the same
+/// run without it loses what the node acknowledged alone (which shows the
+/// check can fail).
+#[test]
+fn min_replicas_keeps_every_acknowledged_increment_when_a_folder_is_lost() {
+    let (seen, acked, sent) =
+        wipe_after_acking_alone(&["--min-replicas", "1", "--replica-timeout", "1s"]);
+    assert_eq!(acked, 10, "nothing was acknowledged while node 3 was alone");
+    assert!(
+        seen >= acked && seen <= sent,
+        "consistent read {seen}, acknowledged {acked}, sent {sent}"
+    );
+    let (seen, acked, _) = wipe_after_acking_alone(&[]);
+    assert_eq!(acked, 25, "alone, node 3 acknowledged everything");
+    assert!(
+        seen < acked,
+        "without replicas the lost folder takes its acknowledgements along ({seen} of {acked})"
+    );
+}
+
+#[test]
+fn replica_requirements_answer_503_saying_how_many_stored_it() {
+    let c = Cluster::start_configured("replicas", 3, &["--replica-timeout", "1s"]);
+    // Per request: both others store it.
+    let r = c.http.post(&c.url(0, "/counter/r?replicas=2"), "1");
+    assert_eq!(r.number(), 1, "{r:?}");
+    assert_eq!(
+        c.value(1, "r"),
+        1,
+        "acknowledged means stored on the others"
+    );
+    assert_eq!(c.value(2, "r"), 1);
+    // More than the config has: refused at once, nothing applied.
+    let r = c.http.post(&c.url(0, "/counter/r?replicas=3"), "1");
+    let body = r.assert_error(503, "more replicas than actors");
+    assert_eq!(body["available"], 2, "{body}");
+    assert_eq!(c.value(0, "r"), 1);
+    // One other actor paused: two cannot be had within the deadline.
+    c.nodes[2].signal("STOP");
+    let started = Instant::now();
+    let a = post_with(&c, 0, "/counter/r?replicas=2", &[], "1");
+    let body = a.resp.assert_error(503, "a replica is paused");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "bounded by --replica-timeout"
+    );
+    assert_eq!(
+        (body["stored"].clone(), body["required"].clone()),
+        (json!(1), json!(2)),
+        "{body}"
+    );
+    assert!(a.header("retry-after").is_some(), "{a:?}");
+    assert_eq!(
+        body["local_values"],
+        json!(["2"]),
+        "applied here, not acknowledged"
+    );
+    // One is enough.
+    let r = c.http.post(&c.url(0, "/counter/r?replicas=1"), "1");
+    assert_eq!(r.number(), 3, "{r:?}");
+    for bad in ["x", "-1", "999"] {
+        let r = c
+            .http
+            .post(&c.url(0, &format!("/counter/r?replicas={bad}")), "1");
+        r.assert_error(400, "a bad replica count");
+    }
+    c.nodes[2].signal("CONT");
+    c.wait_value(2, "r", 3, Duration::from_secs(10));
 }

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use tally::api::{parse_amount, parse_timeout};
 use tally::cluster::{Actor, ConfigRequest, parse_actors};
-use tally::counter_name::decode_name;
 use tally::crdt::GCounter;
+use tally::input::decode_name;
+use tally::input::{parse_amount, parse_duration as parse_timeout};
 use tally::node::{Node, Settings};
 use tally::proto::RequestEnvelope;
 use tally::storage::memory::MemoryEngine;

@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::Node;
 use crate::cluster::{Actor, Membership, Standing};
@@ -75,6 +75,20 @@ impl Role {
     }
 }
 
+/// Why `POST /config` was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PostConfigError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Consistent reads under the current config would never ask this node,
+    /// so they could miss a config made here: it must be posted to a node
+    /// they do ask.
+    #[error(
+        "this node is no longer part of the cluster, which would not learn of a config posted here; post it to one of the actors"
+    )]
+    NotMember { actors: Vec<Actor> },
+}
+
 /// What `POST /config` did.
 #[derive(Debug)]
 pub struct ConfigOutcome {
@@ -87,31 +101,33 @@ pub struct ConfigOutcome {
     pub pending: Vec<Actor>,
 }
 
-pub(super) fn log_adopted(m: &Membership) {
-    info!(
-        version = m.config.stamp.version,
-        origin = m.config.stamp.origin,
-        actors = ?m.config.actors.iter().map(Actor::as_str).collect::<Vec<_>>(),
-        leaving = ?m.leavers().iter().filter(|(_, done)| !done).map(|(a, _)| a.as_str()).collect::<Vec<_>>(),
-        "config applied"
-    );
-}
-
 impl Node {
     /// `POST /config`: a new actor list posted by a client to this node.
     /// Tells every node concerned, and reports which of them hold it.
     pub async fn post_config(
         self: &Arc<Self>,
         actors: Vec<Actor>,
-    ) -> Result<ConfigOutcome, StoreError> {
+        forget: Vec<Actor>,
+    ) -> Result<ConfigOutcome, PostConfigError> {
         let origin = self.identity.node;
         let before = self.membership();
+        if before.is_set() && matches!(self.role(), Role::Outside | Role::HandedOff) {
+            return Err(PostConfigError::NotMember {
+                actors: before.config.actors,
+            });
+        }
+        if !forget.is_empty() {
+            warn!(
+                forget = ?forget.iter().map(Actor::as_str).collect::<Vec<_>>(),
+                "forgetting leavers without their hand-off: what only they held is lost to consistent reads"
+            );
+        }
         let changed = self
             .store
-            .update_membership(move |m| m.post(actors, origin))
+            .update_membership(move |m| m.post_forgetting(actors, &forget, origin))
             .await?;
         if let Some(m) = &changed {
-            log_adopted(m);
+            crate::messenger::log_adopted(m);
         }
         let now = self.membership();
         let me = self.wait_for_me(Duration::from_millis(500)).await;
@@ -169,7 +185,15 @@ pub(super) async fn membership_loop(node: Arc<Node>) {
         let everyone = m.everyone();
         let unknown = *node.whoami.borrow() == Whoami::Unknown;
         if identified_among.as_ref() != Some(&everyone) || unknown {
-            let who = identify(&node, &m, &everyone, &mut rx).await;
+            let mut who = identify(&node, &m, &everyone, &mut rx).await;
+            // An address found before and still named stays this node's
+            // until shown otherwise: a leaver that cannot reach anyone must
+            // not fall back to "unknown" (which accepts increments).
+            if let (Whoami::Unknown, Whoami::Is(before)) = (&who, &*node.whoami.borrow())
+                && everyone.contains(before)
+            {
+                who = Whoami::Is(before.clone());
+            }
             if who != Whoami::Unknown {
                 identified_among = Some(everyone);
             }
@@ -179,7 +203,7 @@ pub(super) async fn membership_loop(node: Arc<Node>) {
             }
         }
         let role = node.role();
-        node.peers.reconcile(&node, &peers_for(&m, role, node.me()));
+        node.peers.reconcile(&peers_for(&m, role, node.me()));
         if role == Role::Unknown {
             // Not found yet: identification is retried (it waits for a
             // second or for the membership to change).
@@ -232,10 +256,11 @@ async fn identify(
         for actor in everyone.iter().cloned() {
             let node = node.clone();
             asks.spawn(async move {
-                let env = node.envelope(Request::Hello);
+                // Not `call`: asking who they are adopts nothing yet.
+                let env = node.messenger.envelope(Request::Hello);
                 let resp = node
-                    .transport
-                    .call(&actor, &env, node.settings.peer_timeout)
+                    .messenger
+                    .call_raw(&actor, &env, node.settings.peer_timeout)
                     .await;
                 (actor, resp.map(|r| r.from))
             });

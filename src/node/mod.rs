@@ -1,15 +1,16 @@
 //! A running node: wires storage, membership, replication and the HTTP
 //! server together, and owns the shutdown sequence.
 //!
-//! One file per job: [`rpc`] answers peers, [`membership`] keeps "who am I,
+//! One file per job: `rpc` answers peers, `membership` keeps "who am I,
 //! whom do I replicate with, have I handed off" in step with the config,
-//! [`read`] runs consistent reads; this file starts and stops the node and
+//! `read` runs consistent reads; this file starts and stops the node and
 //! runs increments.
 //!
 //! Shutdown order: stop accepting connections and let in-flight requests
-//! finish (the server's bounded drain), push what peers still lack, then let
-//! the storage writer commit what is queued and stop, then wait for every
-//! tracked task. The whole sequence is bounded.
+//! finish (the server's bounded drain), stop every background task, push
+//! what peers still lack (including what a push cut short had taken), then
+//! let the storage writer commit what is queued and stop. The whole
+//! sequence is bounded.
 
 mod membership;
 mod read;
@@ -20,24 +21,24 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-pub use membership::{ConfigOutcome, Role, Whoami};
+pub use membership::{ConfigOutcome, PostConfigError, Role, Whoami};
 pub use read::Incomplete;
 pub use rpc::RpcError;
 
 use crate::cluster::{Actor, Membership};
+use crate::messenger::Messenger;
 use crate::metrics::{Metrics, Outcome};
-use crate::proto::{PROTOCOL_VERSION, Request, RequestEnvelope, ResponseEnvelope};
-use crate::replication::Peers;
+use crate::proto::{Request, ResponseEnvelope};
+use crate::replication::{self, Replicator};
 use crate::storage::redb::RedbEngine;
 use crate::storage::{Engine, Identity, Incremented, Store, StoreError, StoreOptions};
-use crate::transport::{CallError, HttpTransport, Transport};
+use crate::transport::{CallError, Transport};
 
 /// Everything a node needs to run; filled from flags and environment by the binary.
 #[derive(Clone, Debug)]
@@ -131,9 +132,9 @@ pub struct Node {
     settings: Settings,
     store: Store,
     identity: Identity,
-    transport: Arc<dyn Transport>,
+    messenger: Messenger,
     whoami: watch::Sender<Whoami>,
-    peers: Arc<Peers>,
+    peers: Arc<Replicator>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     started: Instant,
@@ -157,18 +158,11 @@ impl Node {
         engine: Arc<dyn Engine>,
         transport: Arc<dyn Transport>,
     ) -> Result<Arc<Node>, StartError> {
-        let peers = Arc::new(Peers::default());
-        let hook_peers = peers.clone();
         let store_options = StoreOptions {
             metrics: settings.metrics.clone(),
             ..settings.store.clone()
         };
-        let opened = Store::with_engine(
-            engine,
-            settings.id,
-            store_options,
-            Arc::new(move |names: &[String], head| hook_peers.mark_dirty(names, head)),
-        )?;
+        let opened = Store::with_engine(engine, settings.id, store_options)?;
         let identity = opened.store.identity();
         info!(
             version = env!("CARGO_PKG_VERSION"),
@@ -180,14 +174,29 @@ impl Node {
             config_version = opened.store.membership().stamp().version,
             "storage recovered"
         );
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let messenger = Messenger::new(transport, opened.store.clone());
+        let peers = Replicator::start(
+            replication::Context {
+                store: opened.store.clone(),
+                messenger: messenger.clone(),
+                peer_timeout: settings.peer_timeout,
+                sync_interval: settings.sync_interval,
+                metrics: settings.metrics.clone(),
+                shutdown: shutdown.clone(),
+                tasks: tracker.clone(),
+            },
+            opened.committed,
+        );
         let node = Arc::new(Node {
             store: opened.store,
             identity,
-            transport,
+            messenger,
             whoami: watch::Sender::new(Whoami::Unknown),
             peers,
-            shutdown: CancellationToken::new(),
-            tracker: TaskTracker::new(),
+            shutdown,
+            tracker,
             started: Instant::now(),
             fatal: Mutex::new(None),
             settings,
@@ -226,7 +235,7 @@ impl Node {
         Role::of(&self.membership(), &self.whoami.borrow())
     }
 
-    pub fn peers(&self) -> &Peers {
+    pub fn peers(&self) -> &Replicator {
         &self.peers
     }
 
@@ -254,15 +263,6 @@ impl Node {
         });
     }
 
-    fn envelope(&self, req: Request) -> RequestEnvelope {
-        RequestEnvelope {
-            v: PROTOCOL_VERSION,
-            from: self.identity.into(),
-            membership: self.membership(),
-            req,
-        }
-    }
-
     /// Calls a peer and adopts any newer membership its answer carries.
     pub async fn call(
         &self,
@@ -270,38 +270,7 @@ impl Node {
         req: Request,
         timeout: Duration,
     ) -> Result<ResponseEnvelope, CallError> {
-        let env = self.envelope(req);
-        let resp = self.transport.call(to, &env, timeout).await?;
-        if resp.v != PROTOCOL_VERSION {
-            return Err(CallError::Protocol(format!(
-                "peer speaks protocol {}, this node {PROTOCOL_VERSION}",
-                resp.v
-            )));
-        }
-        if let Some(theirs) = &resp.membership {
-            if theirs.validate().is_err() {
-                return Err(CallError::Protocol("peer sent an invalid config".into()));
-            }
-            if let Err(e) = self.adopt(theirs.clone()).await {
-                warn!(error = %e, "could not store a config learned from a peer");
-            }
-        }
-        Ok(resp)
-    }
-
-    /// Merges a membership heard from a peer; returns whether ours changed.
-    pub async fn adopt(&self, theirs: Membership) -> Result<bool, StoreError> {
-        if self.membership().merged_with(&theirs).is_none() {
-            return Ok(false);
-        }
-        let adopted = self
-            .store
-            .update_membership(move |ours| ours.merged_with(&theirs))
-            .await?;
-        if let Some(m) = &adopted {
-            membership::log_adopted(m);
-        }
-        Ok(adopted.is_some())
+        self.messenger.call(to, req, timeout).await
     }
 
     /// Increments (one name or a batch) with an optional idempotency key:
@@ -364,13 +333,15 @@ impl Node {
     pub async fn shutdown(self: &Arc<Node>) {
         let bound = self.settings.shutdown_timeout;
         let sequence = async {
+            // Every background task stops first, so that a push cut short
+            // has put its names back before the last flush takes them.
             self.shutdown.cancel();
-            self.peers
-                .flush(self, self.settings.peer_timeout.min(bound / 2))
-                .await;
-            self.store.close().await;
             self.tracker.close();
             self.tracker.wait().await;
+            self.peers
+                .flush(self.settings.peer_timeout.min(bound / 2))
+                .await;
+            self.store.close().await;
         };
         if tokio::time::timeout(bound, sequence).await.is_err() {
             warn!(?bound, "shutdown did not finish in time");
@@ -387,58 +358,107 @@ async fn watch_writer(node: Arc<Node>) {
     node.shutdown.cancel();
 }
 
-/// Runs a node until `stop` resolves: listens, serves, then shuts down in order.
-pub async fn run(
-    mut settings: Settings,
-    limits: crate::server::Limits,
-    stop: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), StartError> {
-    let listener =
-        TcpListener::bind(settings.listen)
-            .await
-            .map_err(|source| StartError::Listen {
-                addr: settings.listen,
-                source,
-            })?;
-    settings.listen = listener.local_addr().map_err(|source| StartError::Listen {
-        addr: settings.listen,
-        source,
-    })?;
-    if settings.secret.is_none() {
-        warn!(
-            "no cluster secret set: anyone who can reach this port can change config and inject counts"
-        );
-    }
-    let transport = Arc::new(HttpTransport::new(
-        settings.connect_timeout,
-        settings.secret.clone(),
-        settings.metrics.clone(),
-    ));
-    let node = Node::start(settings, transport)?;
-    info!(listen = %node.settings.listen, "listening");
-    let app = crate::api::router(node.clone());
-    let token = node.shutdown_token();
-    let stop_serving = CancellationToken::new();
-    let trigger = stop_serving.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = stop => {}
-            _ = token.cancelled() => {}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::RequestEnvelope;
+    use crate::storage::memory::MemoryEngine;
+    use crate::storage::{Batch, Changes, Loaded};
+    use crate::transport::CallFuture;
+
+    struct Nowhere;
+
+    impl Transport for Nowhere {
+        fn call(&self, _: &Actor, _: &RequestEnvelope, _: Duration) -> CallFuture {
+            Box::pin(async { Err(CallError::Unreachable("no network in this test".into())) })
         }
-        trigger.cancel();
-    });
-    crate::server::serve(
-        listener,
-        app,
-        limits,
-        stop_serving,
-        node.settings.shutdown_timeout,
-    )
-    .await;
-    node.shutdown().await;
-    if let Some(reason) = node.fatal() {
-        return Err(StartError::Fatal(reason));
     }
-    info!("stopped");
-    Ok(())
+
+    /// Commits panic: the storage writer dies on its first write.
+    struct Broken(MemoryEngine);
+
+    impl Engine for Broken {
+        fn load(&self, node: u64) -> Result<Loaded, StoreError> {
+            self.0.load(node)
+        }
+        fn commit(&self, _: &Batch) -> Result<u64, StoreError> {
+            panic!("planted writer bug");
+        }
+        fn changes_since(&self, since: u64, limit: usize) -> Result<Changes, StoreError> {
+            self.0.changes_since(since, limit)
+        }
+        fn mark(&self, peer: u64) -> Result<u64, StoreError> {
+            self.0.mark(peer)
+        }
+        fn location(&self) -> Option<&std::path::Path> {
+            None
+        }
+        fn blocking(&self) -> bool {
+            false
+        }
+    }
+
+    #[tokio::test]
+    async fn a_node_whose_writer_dies_stops_itself_and_says_why() {
+        let settings = Settings::new(1, "127.0.0.1:7777".parse().unwrap(), "unused".into());
+        let node = Node::start_with(
+            settings,
+            Arc::new(Broken(MemoryEngine::new())),
+            Arc::new(Nowhere),
+        )
+        .unwrap();
+        assert!(
+            node.increment(vec![("a".into(), 1)], None, None)
+                .await
+                .is_err()
+        );
+        tokio::time::timeout(Duration::from_secs(5), node.shutdown_token().cancelled())
+            .await
+            .expect("the node stops itself instead of refusing writes forever");
+        let why = node.fatal().expect("and records why");
+        assert!(why.contains("planted writer bug"), "{why}");
+    }
+
+    #[tokio::test]
+    async fn a_node_that_left_refuses_increments_naming_the_actors() {
+        let settings = Settings::new(1, "127.0.0.1:7777".parse().unwrap(), "unused".into());
+        let node =
+            Node::start_with(settings, Arc::new(MemoryEngine::new()), Arc::new(Nowhere)).unwrap();
+        // Its own listening address: found without asking anyone.
+        let me = Actor::parse("127.0.0.1:7777").unwrap();
+        let other = Actor::parse("10.9.9.2").unwrap();
+        let both = vec![me.clone(), other.clone()];
+        node.store
+            .update_membership(move |m| m.post(both, 2))
+            .await
+            .unwrap();
+        let role = |want: Role| {
+            let node = node.clone();
+            async move {
+                for _ in 0..200 {
+                    if node.role() == want {
+                        return true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                false
+            }
+        };
+        assert!(role(Role::Member).await, "{:?}", node.role());
+        node.increment(vec![("a".into(), 1)], None, None)
+            .await
+            .expect("a member acknowledges");
+        let rest = vec![other.clone()];
+        node.store
+            .update_membership(move |m| m.post(rest, 2))
+            .await
+            .unwrap();
+        assert!(role(Role::Leaving).await, "{:?}", node.role());
+        match node.increment(vec![("a".into(), 1)], None, None).await {
+            Err(IncrementError::NotMember { actors, .. }) => assert_eq!(actors, vec![other]),
+            other => panic!("a leaver must refuse, got {other:?}"),
+        }
+        assert_eq!(node.store.value("a"), 1, "and change nothing");
+        node.shutdown().await;
+    }
 }

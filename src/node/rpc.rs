@@ -5,8 +5,8 @@
 use tracing::warn;
 
 use super::Node;
-use crate::counter_name::validate_name;
 use crate::crdt::GCounter;
+use crate::input::validate_name;
 use crate::proto::{
     MAX_NAMES_PER_MESSAGE, PROTOCOL_VERSION, Request, RequestEnvelope, Response, ResponseEnvelope,
     WireCounter,
@@ -38,7 +38,7 @@ impl Node {
             theirs
                 .validate()
                 .map_err(|e| RpcError::BadRequest(e.to_string()))?;
-            if let Err(e) = self.adopt(theirs.clone()).await {
+            if let Err(e) = self.messenger.adopt(theirs.clone()).await {
                 // A hand-off is confirmed only by nodes at the leaver's
                 // config, and a poster counts only nodes that stored its
                 // config: refuse those two from an older one.

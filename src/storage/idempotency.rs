@@ -12,9 +12,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// Longest accepted key, in bytes.
-pub const MAX_KEY_LEN: usize = 128;
-
 /// What a key remembers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyRecord {
@@ -24,19 +21,6 @@ pub struct KeyRecord {
     pub values: Vec<u128>,
     /// Milliseconds since the Unix epoch when the key was first used.
     pub created_ms: u64,
-}
-
-/// Checks a key's syntax: 1 to 128 visible ASCII characters.
-pub fn validate_key(key: &str) -> Result<(), String> {
-    if key.is_empty() || key.len() > MAX_KEY_LEN {
-        return Err(format!(
-            "Idempotency-Key must be 1 to {MAX_KEY_LEN} characters"
-        ));
-    }
-    if !key.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err("Idempotency-Key must be visible ASCII characters".into());
-    }
-    Ok(())
 }
 
 /// A stable description of an increment request: FNV-1a (128 bit) over the
@@ -186,14 +170,5 @@ mod tests {
             fingerprint(&[("ab".into(), 1)]),
             fingerprint(&[("a".into(), 1), ("b".into(), 1)])
         );
-    }
-
-    #[test]
-    fn keys_are_visible_ascii_and_bounded() {
-        assert!(validate_key("retry-1").is_ok());
-        assert!(validate_key("").is_err());
-        assert!(validate_key("has space").is_err());
-        assert!(validate_key("é").is_err());
-        assert!(validate_key(&"k".repeat(129)).is_err());
     }
 }

@@ -282,9 +282,16 @@ enum Op {
     },
 }
 
-/// Called by the writer after each commit with the names whose own
-/// component changed and the head sequence, so replication can push them.
-pub type ChangeHook = Arc<dyn Fn(&[String], u64) + Send + Sync>;
+/// Published by the writer after each commit (before its callers are
+/// answered) and after a recovery, so replication can push what changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Committed {
+    /// Names whose own component changed (after a recovery: every name
+    /// whose counter the disk held more of than memory).
+    pub names: Vec<String>,
+    /// The head sequence once these changes were durable.
+    pub head: u64,
+}
 
 /// Handle to the store; cheap to clone.
 #[derive(Clone)]
@@ -318,17 +325,14 @@ struct Inner {
 pub struct Opened {
     pub store: Store,
     pub created: bool,
+    /// Every durable change to push, in commit order.
+    pub committed: mpsc::UnboundedReceiver<Committed>,
 }
 
 impl Store {
     /// Opens (creating if needed) the data folder of node `node` on disk.
-    pub fn open(
-        dir: &Path,
-        node: u64,
-        options: StoreOptions,
-        hook: ChangeHook,
-    ) -> Result<Opened, StoreError> {
-        Self::with_engine(Arc::new(redb::RedbEngine::open(dir)?), node, options, hook)
+    pub fn open(dir: &Path, node: u64, options: StoreOptions) -> Result<Opened, StoreError> {
+        Self::with_engine(Arc::new(redb::RedbEngine::open(dir)?), node, options)
     }
 
     /// Opens a store over any engine and starts its writer task (so it must
@@ -337,7 +341,6 @@ impl Store {
         engine: Arc<dyn Engine>,
         node: u64,
         options: StoreOptions,
-        hook: ChangeHook,
     ) -> Result<Opened, StoreError> {
         let loaded = engine.load(node)?;
         let identity = Identity {
@@ -353,6 +356,9 @@ impl Store {
             stopped: watch::Sender::new(None),
         });
         let (ops, rx) = mpsc::channel(MAX_BATCH);
+        // Unbounded: the writer must never wait on replication; what is
+        // queued is bounded by the commit rate while replication lags.
+        let (publish, committed) = mpsc::unbounded_channel();
         writer::spawn(
             writer::Writer::new(
                 engine.clone(),
@@ -360,7 +366,7 @@ impl Store {
                 shared.clone(),
                 loaded.keys,
                 &options,
-                hook,
+                publish,
             ),
             rx,
         );
@@ -375,6 +381,7 @@ impl Store {
                 }),
             },
             created: loaded.created,
+            committed,
         })
     }
 
@@ -592,10 +599,6 @@ mod tests {
         dir
     }
 
-    fn no_hook() -> ChangeHook {
-        Arc::new(|_: &[String], _: u64| {})
-    }
-
     /// The same store over each engine: the disk one in a fresh folder (removed on drop) and memory.
     struct Both {
         stores: Vec<Store>,
@@ -610,14 +613,11 @@ mod tests {
 
     fn both(tag: &str) -> Both {
         let dir = temp_dir(tag);
-        let disk = Store::open(&dir, 1, StoreOptions::default(), no_hook())
-            .unwrap()
-            .store;
+        let disk = Store::open(&dir, 1, StoreOptions::default()).unwrap().store;
         let mem = Store::with_engine(
             Arc::new(memory::MemoryEngine::new()),
             1,
             StoreOptions::default(),
-            no_hook(),
         )
         .unwrap()
         .store;
@@ -632,7 +632,7 @@ mod tests {
         let dir = temp_dir("reopen");
         let inc;
         {
-            let opened = Store::open(&dir, 3, StoreOptions::default(), no_hook()).unwrap();
+            let opened = Store::open(&dir, 3, StoreOptions::default()).unwrap();
             assert!(opened.created);
             let s = opened.store;
             inc = s.identity().incarnation;
@@ -640,7 +640,7 @@ mod tests {
             assert_eq!(s.increment(vec![("a".into(), 2)]).await.unwrap(), vec![7]);
             s.close().await;
         }
-        let opened = Store::open(&dir, 3, StoreOptions::default(), no_hook()).unwrap();
+        let opened = Store::open(&dir, 3, StoreOptions::default()).unwrap();
         assert!(!opened.created, "the folder was reopened, not created");
         assert_eq!(opened.store.identity().incarnation, inc);
         assert_eq!(opened.store.value("a"), 7);
@@ -651,15 +651,15 @@ mod tests {
     #[tokio::test]
     async fn a_folder_is_locked_and_bound_to_its_node() {
         let dir = temp_dir("lock");
-        let first = Store::open(&dir, 1, StoreOptions::default(), no_hook()).unwrap();
+        let first = Store::open(&dir, 1, StoreOptions::default()).unwrap();
         assert!(matches!(
-            Store::open(&dir, 1, StoreOptions::default(), no_hook()),
+            Store::open(&dir, 1, StoreOptions::default()),
             Err(StoreError::Locked(_))
         ));
         first.store.close().await;
         drop(first);
         assert!(matches!(
-            Store::open(&dir, 2, StoreOptions::default(), no_hook()),
+            Store::open(&dir, 2, StoreOptions::default()),
             Err(StoreError::WrongNode {
                 found: 1,
                 wanted: 2,
@@ -780,7 +780,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             ..StoreOptions::default()
         };
-        let store = Store::with_engine(engine.clone(), 1, options, no_hook())
+        let store = Store::with_engine(engine.clone(), 1, options)
             .unwrap()
             .store;
         (store, engine)
@@ -829,27 +829,23 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_commit_reported_failed_but_written_is_folded_in_on_recovery() {
-        let pushed = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let seen = pushed.clone();
         let engine = Arc::new(memory::MemoryEngine::new());
-        let s = Store::with_engine(
-            engine.clone(),
-            1,
-            StoreOptions::default(),
-            Arc::new(move |names: &[String], _| seen.lock().unwrap().extend_from_slice(names)),
-        )
-        .unwrap()
-        .store;
+        let opened = Store::with_engine(engine.clone(), 1, StoreOptions::default()).unwrap();
+        let (s, mut committed) = (opened.store, opened.committed);
         engine.inject(memory::DiskFault::FailSync);
         assert!(s.increment(vec![("a".into(), 5)]).await.is_err());
         assert_eq!(s.value("a"), 0, "not acknowledged, not visible");
-        assert!(pushed.lock().unwrap().is_empty());
+        assert!(committed.try_recv().is_err(), "nothing published");
         engine.inject(memory::DiskFault::None);
         assert!(healed(&s).await);
         // The disk kept it: the node resumes from what the disk holds, so it
         // never counts again from a value lower than one it may have written.
         assert_eq!(s.value("a"), 5);
-        assert_eq!(*pushed.lock().unwrap(), ["a"], "and replicates it");
+        assert_eq!(
+            committed.try_recv().unwrap().names,
+            ["a"],
+            "and replicates it"
+        );
         assert_eq!(s.increment(vec![("a".into(), 1)]).await.unwrap(), vec![6]);
     }
 
@@ -909,7 +905,6 @@ mod tests {
             Arc::new(Panicking(memory::MemoryEngine::new())),
             1,
             StoreOptions::default(),
-            no_hook(),
         )
         .unwrap()
         .store;
@@ -927,7 +922,7 @@ mod tests {
     async fn a_disk_store_reopens_with_everything_it_held() {
         let dir = temp_dir("reopen-engine");
         let engine = Arc::new(redb::RedbEngine::open(&dir).unwrap());
-        let s = Store::with_engine(engine.clone(), 1, StoreOptions::default(), no_hook())
+        let s = Store::with_engine(engine.clone(), 1, StoreOptions::default())
             .unwrap()
             .store;
         s.increment(vec![("a".into(), 3)]).await.unwrap();
@@ -965,7 +960,7 @@ mod tests {
         let s = both.stores.remove(0);
         s.close().await;
         drop(s);
-        let reopened = Store::open(&both.dir, 1, StoreOptions::default(), no_hook())
+        let reopened = Store::open(&both.dir, 1, StoreOptions::default())
             .unwrap()
             .store;
         assert_eq!(reopened.membership().stamp().version, 1);
@@ -987,9 +982,7 @@ mod tests {
     async fn a_repeated_idempotency_key_is_applied_once_also_after_reopen() {
         let dir = temp_dir("idem");
         {
-            let s = Store::open(&dir, 1, StoreOptions::default(), no_hook())
-                .unwrap()
-                .store;
+            let s = Store::open(&dir, 1, StoreOptions::default()).unwrap().store;
             let first = s
                 .increment_once(vec![("a".into(), 5)], Some("k1".into()))
                 .await
@@ -1011,9 +1004,7 @@ mod tests {
             assert_eq!(s.remembered_keys(), 1);
             s.close().await;
         }
-        let s = Store::open(&dir, 1, StoreOptions::default(), no_hook())
-            .unwrap()
-            .store;
+        let s = Store::open(&dir, 1, StoreOptions::default()).unwrap().store;
         let after = s
             .increment_once(vec![("a".into(), 5)], Some("k1".into()))
             .await
@@ -1031,7 +1022,6 @@ mod tests {
             Arc::new(memory::MemoryEngine::new()),
             1,
             StoreOptions::default(),
-            no_hook(),
         )
         .unwrap()
         .store;
@@ -1057,7 +1047,7 @@ mod tests {
             ..StoreOptions::default()
         };
         let engine = Arc::new(memory::MemoryEngine::new());
-        let s = Store::with_engine(engine.clone(), 1, options.clone(), no_hook())
+        let s = Store::with_engine(engine.clone(), 1, options.clone())
             .unwrap()
             .store;
         for i in 0..5 {
@@ -1075,9 +1065,7 @@ mod tests {
         assert_eq!(s.value("a"), 6);
         // What is stored matches what is remembered.
         s.close().await;
-        let reopened = Store::with_engine(engine, 1, options, no_hook())
-            .unwrap()
-            .store;
+        let reopened = Store::with_engine(engine, 1, options).unwrap().store;
         assert_eq!(reopened.remembered_keys(), 3);
     }
 }

@@ -23,7 +23,7 @@ use tracing::{debug, error, warn};
 
 use super::idempotency::{self, KeyRecord, Keys};
 use super::{
-    Batch, ChangeHook, Engine, Identity, Incremented, MAX_BATCH, Op, Reply, Shared, StoreError,
+    Batch, Committed, Engine, Identity, Incremented, MAX_BATCH, Op, Reply, Shared, StoreError,
     StoreOptions, run_engine,
 };
 use crate::cluster::Membership;
@@ -43,7 +43,8 @@ pub(super) struct Writer {
     keys: Keys,
     window: Duration,
     capacity: usize,
-    hook: ChangeHook,
+    /// Where durable changes are published for replication.
+    publish: mpsc::UnboundedSender<Committed>,
     metrics: Metrics,
     episode: Option<Episode>,
 }
@@ -168,7 +169,7 @@ impl Writer {
         shared: Arc<Shared>,
         keys: Vec<(String, KeyRecord)>,
         options: &StoreOptions,
-        hook: ChangeHook,
+        publish: mpsc::UnboundedSender<Committed>,
     ) -> Self {
         Writer {
             engine,
@@ -181,7 +182,7 @@ impl Writer {
             ),
             window: options.idempotency_window,
             capacity: options.idempotency_capacity,
-            hook,
+            publish,
             metrics: options.metrics.clone(),
             episode: None,
         }
@@ -271,7 +272,7 @@ impl Writer {
 
     /// Makes a durable batch visible: memory, keys, membership, then replies,
     /// then replication.
-    fn publish(&mut self, plan: Plan, batch: Batch, head: u64) {
+    fn publish(&mut self, mut plan: Plan, batch: Batch, head: u64) {
         self.shared.head.store(head, Ordering::Release);
         let mut memory = self
             .shared
@@ -288,13 +289,16 @@ impl Writer {
             self.shared.membership.send_replace(m);
         }
         self.metrics.increments.inc_by(plan.applied);
-        let mut own = plan.own_changed.clone();
-        plan.answer(head, None);
-        if !own.is_empty() {
-            own.sort();
-            own.dedup();
-            (self.hook)(&own, head);
+        // Published before anything is acknowledged: a node stopped right
+        // after an acknowledgement still finds the change queued and pushes it.
+        let mut names = std::mem::take(&mut plan.own_changed);
+        if !names.is_empty() {
+            names.sort();
+            names.dedup();
+            // Nobody listening (replication stopped) is not the writer's concern.
+            let _ = self.publish.send(Committed { names, head });
         }
+        plan.answer(head, None);
     }
 
     fn start_episode(&mut self, error: &Arc<StoreError>) {
@@ -370,7 +374,10 @@ impl Writer {
         }
         self.shared.head.store(head, Ordering::Release);
         if !changed.is_empty() {
-            (self.hook)(&changed, head);
+            let _ = self.publish.send(Committed {
+                names: changed,
+                head,
+            });
         }
         Ok(())
     }

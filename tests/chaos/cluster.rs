@@ -6,6 +6,7 @@ use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+use super::eintr;
 use super::net::sh;
 
 pub struct Nodes {
@@ -108,9 +109,7 @@ impl Nodes {
             .ok_or_else(|| format!("node {id} is not running"))?;
         let _ = sh("kill", &["-CONT", &child.id().to_string()]);
         let _ = sh("kill", &["-KILL", &child.id().to_string()]);
-        child
-            .wait()
-            .map_err(|e| format!("cannot reap node {id}: {e}"))?;
+        eintr::wait(&mut child).map_err(|e| format!("cannot reap node {id}: {e}"))?;
         Ok(())
     }
 
@@ -134,7 +133,7 @@ impl Nodes {
                 let pid = child.id().to_string();
                 let _ = sh("kill", &["-CONT", &pid]);
                 let _ = sh("kill", &["-KILL", &pid]);
-                let _ = child.wait();
+                let _ = eintr::wait(&mut child);
             }
         }
     }

@@ -16,8 +16,9 @@
 //! do not collide, and a rerun with a recycled pid first removes what an
 //! earlier crash may have left behind.
 
-use std::io::Write;
 use std::process::{Command, Stdio};
+
+use crate::eintr;
 
 /// The nftables table each node namespace gets; partitions are rules in it.
 const TABLE: &str = "tally_chaos";
@@ -44,12 +45,11 @@ pub fn sh_in(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String
     if let Some(input) = stdin
         && let Some(mut pipe) = child.stdin.take()
     {
-        pipe.write_all(input.as_bytes())
+        eintr::write_all(&mut pipe, input.as_bytes())
             .map_err(|e| format!("cannot feed `{program}`: {e}"))?;
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| format!("`{program}` did not finish: {e}"))?;
+    let out =
+        eintr::wait_with_output(child).map_err(|e| format!("`{program}` did not finish: {e}"))?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {

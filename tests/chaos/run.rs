@@ -12,6 +12,7 @@ use super::check::{
     ReadKind, ReadRec, ReadResult, WriteRec, WriteResult, check, excused, wipe_excuses,
 };
 use super::client::{Client, Outcome, encode_segment};
+use super::eintr;
 use super::harness::{
     Harness, Setup, cannot_run, env_flag, missing_prerequisite, node_binary, serial,
 };
@@ -1378,23 +1379,16 @@ fn fill(path: &Path) -> Result<u64, String> {
     use std::io::Write;
     let mut f = std::fs::File::create(path)
         .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-    let block = vec![0xA5u8; 1 << 20];
     let mut written = 0u64;
-    // Bounded: the tmpfs holds TMPFS_MIB MiB.
-    for _ in 0..(4 * TMPFS_MIB + 16) {
-        match f.write(&block) {
-            Ok(0) => break,
-            Ok(k) => written += k as u64,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => break,
-        }
-    }
-    // What is left, in 4 KiB blocks.
-    let small = [0xA5u8; 4096];
-    for _ in 0..1024 {
-        match f.write(&small) {
-            Ok(0) | Err(_) => break,
-            Ok(k) => written += k as u64,
+    // 1 MiB blocks, then what is left in 4 KiB ones; bounded, the tmpfs
+    // holds TMPFS_MIB MiB.
+    for (size, count) in [(1usize << 20, 4 * TMPFS_MIB + 16), (4096, 1024)] {
+        let block = vec![0xA5u8; size];
+        for _ in 0..count {
+            match eintr::retry(|| f.write(&block)) {
+                Ok(0) | Err(_) => break,
+                Ok(k) => written += k as u64,
+            }
         }
     }
     Ok(written)

@@ -9,9 +9,10 @@
 
 #![allow(dead_code)]
 
+pub mod eintr;
+
 use std::collections::BTreeSet;
 use std::fs::File;
-use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -400,17 +401,17 @@ impl Answer {
 /// Writes `request` on a fresh connection and reads until the server closes
 /// it or `timeout` passes; returns the status and the raw answer.
 pub fn raw_request(port: u16, request: &[u8], timeout: Duration) -> (Option<u16>, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let mut stream = eintr::connect(("127.0.0.1", port)).expect("connect");
     stream.set_read_timeout(Some(timeout)).expect("set timeout");
     stream
         .set_write_timeout(Some(timeout))
         .expect("set timeout");
     // A server may answer (and close) before it read everything: not an error here.
-    let _ = stream.write_all(request);
+    let _ = eintr::write_all(&mut stream, request);
     let mut out = Vec::new();
     let mut buf = [0u8; 8192];
     loop {
-        match stream.read(&mut buf) {
+        match eintr::read(&mut stream, &mut buf) {
             Ok(0) => break,
             Ok(n) => {
                 out.extend_from_slice(&buf[..n]);
@@ -427,6 +428,71 @@ pub fn raw_request(port: u16, request: &[u8], timeout: Duration) -> (Option<u16>
         .and_then(|rest| rest.get(..3))
         .and_then(|s| s.parse().ok());
     (status, text)
+}
+
+/// One HTTP/1.1 answer read off a connection that stays open.
+#[derive(Debug, Clone)]
+pub struct RawAnswer {
+    pub status: u16,
+    /// (lower-case name, value) pairs, in the order received.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl RawAnswer {
+    /// The first value of response header `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads one answer (head and `Content-Length` body) from `stream`, which
+/// stays usable for the next request. `Ok(None)`: the server closed the
+/// connection before a whole answer.
+pub fn read_answer(stream: &mut TcpStream) -> std::io::Result<Option<RawAnswer>> {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        match eintr::read(stream, &mut buf)? {
+            0 => return Ok(None),
+            n => raw.extend_from_slice(&buf[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&raw[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.strip_prefix("HTTP/1.1 "))
+        .and_then(|rest| rest.get(..3))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP answer: {head:?}")))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = raw[head_end + 4..].to_vec();
+    while body.len() < len {
+        match eintr::read(stream, &mut buf)? {
+            0 => return Ok(None),
+            n => body.extend_from_slice(&buf[..n]),
+        }
+    }
+    Ok(Some(RawAnswer {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }))
 }
 
 /// Whether `raw` holds a full response with a Content-Length body.
@@ -454,13 +520,7 @@ pub fn raw_body(raw: &str) -> &str {
 
 /// Sends `signal` (e.g. "STOP", "CONT", "KILL", "TERM") to `pid`.
 pub fn signal(pid: u32, signal: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(pid.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("run kill");
+    let status = signal_quietly(pid, signal).expect("run kill");
     assert!(status.success(), "kill -{signal} {pid} failed");
 }
 
@@ -588,7 +648,7 @@ impl NodeProc {
         if let Some(mut child) = self.child.take() {
             let _ = signal_quietly(child.id(), "CONT");
             let _ = child.kill();
-            let _ = child.wait();
+            let _ = eintr::wait(&mut child);
         }
     }
 
@@ -608,12 +668,13 @@ impl NodeProc {
 }
 
 fn signal_quietly(pid: u32, sig: &str) -> std::io::Result<ExitStatus> {
-    Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
+    eintr::status(
+        Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )
 }
 
 /// A set of nodes on loopback, each with its own port and data folder under
@@ -884,7 +945,7 @@ pub fn run_expecting_exit(
     });
     if status.is_none() {
         let _ = child.kill();
-        let _ = child.wait();
+        let _ = eintr::wait(&mut child);
     }
     (status, std::fs::read_to_string(log).unwrap_or_default())
 }

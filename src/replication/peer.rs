@@ -1,0 +1,462 @@
+//! What this node knows about one peer, and what to send it next: a pure
+//! state machine, driven by events (a commit, a push's outcome, a pull's
+//! answer, the peer pulling from us) and asked for the next message (a push,
+//! a pull). It does no I/O and reads no clock (the caller passes `now`), so
+//! partitions, restarts and replays are tested here without a runtime.
+//!
+//! The rules it keeps:
+//! - Names whose own component changed wait in `dirty` for a push to a
+//!   member; while the peer is known to be down they are dropped instead (it
+//!   will pull them), and a push cut short puts them back.
+//! - A push that carried every dirty name, acknowledged, means the peer holds
+//!   every own change committed up to the head the names were committed by.
+//! - The pull position is the peer's own sequence for one incarnation of the
+//!   peer; an answer from another incarnation (its folder was replaced)
+//!   restarts from the mark stored for that incarnation.
+//! - `stored` (how far the peer durably holds our changes) only rises.
+
+use std::collections::BTreeSet;
+
+use tokio::time::Instant;
+
+use crate::cluster::Actor;
+use crate::crdt::GCounter;
+use crate::proto::{MAX_NAMES_PER_MESSAGE, NodeRef};
+use crate::storage::PeerMark;
+
+/// One peer, as this node sees it.
+#[derive(Debug)]
+pub struct PeerState {
+    pub actor: Actor,
+    /// Members get pushes and count as replicas; leavers are only pulled from.
+    member: bool,
+    dirty: BTreeSet<String>,
+    /// The head sequence the dirty names were committed by.
+    dirty_head: u64,
+    position: Option<PeerMark>,
+    reachable: Option<bool>,
+    last_contact: Option<Instant>,
+    last_error: Option<String>,
+    peer: Option<NodeRef>,
+    /// Changes the peer had that we had not merged at the last pull.
+    lag: u64,
+    /// How far (in our sequence) the peer durably holds our changes.
+    stored: u64,
+}
+
+/// Names to push, taken out of `dirty`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Push {
+    pub names: Vec<String>,
+    /// When the push carries every dirty name: the head it covers.
+    covers: Option<u64>,
+    /// Whether dirty names are left for another push right after.
+    pub more: bool,
+}
+
+/// A change of reachability, worth one log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reachability {
+    Unchanged,
+    Reachable,
+    Unreachable(String),
+}
+
+/// What to do with a pull's answer.
+#[derive(Debug, PartialEq)]
+pub enum PullStep {
+    /// The peer answered as another incarnation: look up the mark stored
+    /// for it, then [`PeerState::resume`] from there.
+    LookUpMark { incarnation: u64 },
+    /// Merge these counters and record `mark` in the same commit, then
+    /// [`PeerState::merged`]; pull again at once when `more`.
+    Merge {
+        counters: Vec<(String, GCounter)>,
+        mark: PeerMark,
+        head: u64,
+        more: bool,
+    },
+}
+
+/// A pull's answer, as the peer sent it.
+pub struct PullAnswer {
+    pub from: NodeRef,
+    pub counters: Vec<(String, GCounter)>,
+    pub next: u64,
+    pub head: u64,
+    pub more: bool,
+}
+
+/// What `/status` shows of a peer.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct PeerReport {
+    pub actor: String,
+    pub reachable: Option<bool>,
+    pub last_contact_ms_ago: Option<u128>,
+    pub last_error: Option<String>,
+    pub node: Option<u64>,
+    pub incarnation: Option<String>,
+    pub lag_changes: u64,
+    pub pending_push: usize,
+    /// False for a leaver this node only pulls from (its hand-off).
+    pub member: bool,
+    /// How far (in this node's sequence) the peer is known to hold our changes.
+    pub stored_seq: u64,
+}
+
+impl PeerState {
+    pub fn new(actor: Actor, member: bool) -> Self {
+        PeerState {
+            actor,
+            member,
+            dirty: BTreeSet::new(),
+            dirty_head: 0,
+            position: None,
+            reachable: None,
+            last_contact: None,
+            last_error: None,
+            peer: None,
+            lag: 0,
+            stored: 0,
+        }
+    }
+
+    pub fn is_member(&self) -> bool {
+        self.member
+    }
+
+    /// Returns whether the role changed.
+    pub fn set_member(&mut self, member: bool) -> bool {
+        std::mem::replace(&mut self.member, member) != member
+    }
+
+    pub fn stored(&self) -> u64 {
+        self.stored
+    }
+
+    pub fn is(&self, who: NodeRef) -> bool {
+        self.peer == Some(who)
+    }
+
+    /// Names whose own component changed, committed by `head`.
+    pub fn committed(&mut self, names: &[String], head: u64) {
+        if self.member {
+            self.dirty.extend(names.iter().cloned());
+            self.dirty_head = self.dirty_head.max(head);
+        }
+    }
+
+    /// The next push, if there is one to make. A peer known to be down (or
+    /// not a member) gets none: its dirty names are dropped, it will pull
+    /// them. `force` pushes even to a peer last seen down (at shutdown).
+    pub fn take_push(&mut self, force: bool) -> Option<Push> {
+        if !self.member || (!force && self.reachable == Some(false)) {
+            self.dirty.clear();
+            return None;
+        }
+        if self.dirty.is_empty() {
+            return None;
+        }
+        if self.dirty.len() > MAX_NAMES_PER_MESSAGE {
+            let first_left = self
+                .dirty
+                .iter()
+                .nth(MAX_NAMES_PER_MESSAGE)
+                .cloned()
+                .expect("more than the limit");
+            let rest = self.dirty.split_off(&first_left);
+            let names = std::mem::replace(&mut self.dirty, rest)
+                .into_iter()
+                .collect();
+            return Some(Push {
+                names,
+                covers: None,
+                more: true,
+            });
+        }
+        Some(Push {
+            names: std::mem::take(&mut self.dirty).into_iter().collect(),
+            covers: Some(self.dirty_head),
+            more: false,
+        })
+    }
+
+    /// A push was dropped before its call finished: its names go back.
+    pub fn push_abandoned(&mut self, push: Push) {
+        self.dirty.extend(push.names);
+    }
+
+    /// A push's outcome (the answering node, or the error). Returns the
+    /// reachability change and whether `stored` rose.
+    pub fn push_done(
+        &mut self,
+        push: Push,
+        result: Result<NodeRef, String>,
+        now: Instant,
+    ) -> (Reachability, bool) {
+        let acked = result.is_ok();
+        let change = self.contact(result.map(Some), now);
+        let raised = match (acked, push.covers) {
+            (true, Some(head)) => self.stored_upto(head),
+            // A failed push is left to anti-entropy.
+            _ => false,
+        };
+        (change, raised)
+    }
+
+    /// What to ask the peer for next: its changes after this mark.
+    pub fn pull_request(&self) -> PeerMark {
+        self.position.unwrap_or_default()
+    }
+
+    /// A pull's answer.
+    pub fn pulled(&mut self, answer: PullAnswer, now: Instant) -> (Reachability, PullStep) {
+        let change = self.contact(Ok(Some(answer.from)), now);
+        let asked = self.pull_request();
+        if answer.from.incarnation != asked.incarnation {
+            return (
+                change,
+                PullStep::LookUpMark {
+                    incarnation: answer.from.incarnation,
+                },
+            );
+        }
+        let step = PullStep::Merge {
+            counters: answer.counters,
+            mark: PeerMark {
+                incarnation: asked.incarnation,
+                seq: answer.next,
+            },
+            head: answer.head,
+            more: answer.more,
+        };
+        (change, step)
+    }
+
+    /// Resumes pulling the peer's `mark.incarnation` from `mark.seq`.
+    pub fn resume(&mut self, mark: PeerMark) {
+        self.position = Some(mark);
+    }
+
+    /// A page was merged and its mark stored; returns the lag left.
+    pub fn merged(&mut self, mark: PeerMark, head: u64) -> u64 {
+        self.position = Some(mark);
+        self.lag = head.saturating_sub(mark.seq);
+        self.lag
+    }
+
+    pub fn pull_failed(&mut self, error: String, now: Instant) -> Reachability {
+        self.contact(Err(error), now)
+    }
+
+    /// The peer pulled our changes after `since`: it durably holds them up
+    /// to there. Returns whether `stored` rose.
+    pub fn stored_upto(&mut self, since: u64) -> bool {
+        let raised = since > self.stored;
+        self.stored = self.stored.max(since);
+        raised
+    }
+
+    fn contact(&mut self, result: Result<Option<NodeRef>, String>, now: Instant) -> Reachability {
+        let was = self.reachable;
+        match result {
+            Ok(peer) => {
+                self.reachable = Some(true);
+                self.last_contact = Some(now);
+                self.last_error = None;
+                if peer.is_some() {
+                    self.peer = peer;
+                }
+                if was == Some(true) {
+                    Reachability::Unchanged
+                } else {
+                    Reachability::Reachable
+                }
+            }
+            Err(e) => {
+                self.reachable = Some(false);
+                self.last_error = Some(e.clone());
+                if was == Some(false) {
+                    Reachability::Unchanged
+                } else {
+                    Reachability::Unreachable(e)
+                }
+            }
+        }
+    }
+
+    pub fn report(&self, now: Instant) -> PeerReport {
+        PeerReport {
+            actor: self.actor.to_string(),
+            reachable: self.reachable,
+            last_contact_ms_ago: self
+                .last_contact
+                .map(|t| now.saturating_duration_since(t).as_millis()),
+            last_error: self.last_error.clone(),
+            node: self.peer.map(|r| r.node),
+            incarnation: self.peer.map(|r| format!("{:016x}", r.incarnation)),
+            lag_changes: self.lag,
+            pending_push: self.dirty.len(),
+            member: self.member,
+            stored_seq: self.stored,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn peer() -> PeerState {
+        PeerState::new(Actor::parse("10.0.0.2").unwrap(), true)
+    }
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    const THEM: NodeRef = NodeRef {
+        node: 2,
+        incarnation: 7,
+    };
+
+    fn answer(from: NodeRef, next: u64, head: u64, more: bool) -> PullAnswer {
+        PullAnswer {
+            from,
+            counters: Vec::new(),
+            next,
+            head,
+            more,
+        }
+    }
+
+    #[test]
+    fn a_push_takes_every_dirty_name_and_covers_their_head() {
+        let now = Instant::now();
+        let mut p = peer();
+        assert_eq!(p.take_push(false), None);
+        p.committed(&names(&["b", "a"]), 4);
+        p.committed(&names(&["a"]), 6);
+        let push = p.take_push(false).unwrap();
+        assert_eq!(push.names, names(&["a", "b"]));
+        assert!(!push.more);
+        assert_eq!(p.take_push(false), None, "one push takes them all");
+        let (change, raised) = p.push_done(push, Ok(THEM), now);
+        assert_eq!(change, Reachability::Reachable);
+        assert!(raised);
+        assert_eq!(p.stored(), 6, "the peer holds everything up to head 6");
+    }
+
+    #[test]
+    fn a_partition_drops_pushes_and_the_heal_goes_through_pulls() {
+        let now = Instant::now();
+        let mut p = peer();
+        p.committed(&names(&["a"]), 1);
+        let push = p.take_push(false).unwrap();
+        let (change, raised) = p.push_done(push, Err("timed out".into()), now);
+        assert_eq!(change, Reachability::Unreachable("timed out".into()));
+        assert!(!raised, "a failed push stores nothing");
+        // While down, new changes are not queued for it: it will pull them.
+        p.committed(&names(&["b"]), 2);
+        assert_eq!(p.take_push(false), None);
+        assert_eq!(p.report(now).pending_push, 0);
+        assert_eq!(
+            p.pull_failed("refused".into(), now),
+            Reachability::Unchanged,
+            "one log line per change"
+        );
+        // The heal: its pull of our changes after 2 says it holds them.
+        assert!(p.stored_upto(2));
+        assert!(!p.stored_upto(1), "stored never goes down");
+        let (change, _) = p.pulled(answer(THEM, 0, 0, true), now + Duration::from_secs(1));
+        assert_eq!(change, Reachability::Reachable);
+        p.committed(&names(&["c"]), 3);
+        assert!(
+            p.take_push(false).is_some(),
+            "reachable again: pushes resume"
+        );
+    }
+
+    #[test]
+    fn a_push_cut_short_puts_its_names_back() {
+        let mut p = peer();
+        p.committed(&names(&["a", "b"]), 2);
+        let push = p.take_push(false).unwrap();
+        p.push_abandoned(push);
+        assert_eq!(p.take_push(true).unwrap().names, names(&["a", "b"]));
+    }
+
+    #[test]
+    fn a_long_dirty_set_goes_in_pages_and_only_the_last_covers() {
+        let now = Instant::now();
+        let mut p = peer();
+        let many: Vec<String> = (0..MAX_NAMES_PER_MESSAGE + 5)
+            .map(|i| format!("n{i:06}"))
+            .collect();
+        p.committed(&many, 9);
+        let first = p.take_push(false).unwrap();
+        assert_eq!(first.names.len(), MAX_NAMES_PER_MESSAGE);
+        assert!(first.more);
+        let (_, raised) = p.push_done(first, Ok(THEM), now);
+        assert!(!raised, "part of the changes is not all of them");
+        let rest = p.take_push(false).unwrap();
+        assert_eq!(rest.names.len(), 5);
+        assert!(p.push_done(rest, Ok(THEM), now).1);
+        assert_eq!(p.stored(), 9);
+    }
+
+    #[test]
+    fn a_leaver_gets_no_pushes_but_is_pulled() {
+        let mut p = PeerState::new(Actor::parse("10.0.0.4").unwrap(), false);
+        p.committed(&names(&["a"]), 1);
+        assert_eq!(p.take_push(true), None);
+        assert_eq!(p.pull_request(), PeerMark::default());
+        assert!(p.set_member(true));
+        assert!(!p.set_member(true));
+    }
+
+    #[test]
+    fn pulls_resume_per_incarnation_and_restart_after_a_lost_folder() {
+        let now = Instant::now();
+        let mut p = peer();
+        // First contact: learn the incarnation, resume from the stored mark.
+        let (_, step) = p.pulled(answer(THEM, 0, 0, true), now);
+        assert_eq!(step, PullStep::LookUpMark { incarnation: 7 });
+        p.resume(PeerMark {
+            incarnation: 7,
+            seq: 3,
+        });
+        assert_eq!(p.pull_request().seq, 3);
+        let (_, step) = p.pulled(answer(THEM, 8, 10, true), now);
+        let PullStep::Merge {
+            mark, head, more, ..
+        } = step
+        else {
+            panic!("{step:?}")
+        };
+        assert_eq!((mark.seq, head, more), (8, 10, true));
+        assert_eq!(p.merged(mark, head), 2, "lag");
+        assert_eq!(p.pull_request().seq, 8);
+        // Its folder is replaced: a new incarnation starts from its own mark.
+        let reborn = NodeRef {
+            node: 2,
+            incarnation: 8,
+        };
+        let (_, step) = p.pulled(answer(reborn, 0, 0, true), now);
+        assert_eq!(step, PullStep::LookUpMark { incarnation: 8 });
+        p.resume(PeerMark {
+            incarnation: 8,
+            seq: 0,
+        });
+        assert!(p.is(reborn));
+        assert_eq!(
+            p.pull_request(),
+            PeerMark {
+                incarnation: 8,
+                seq: 0
+            }
+        );
+    }
+}
