@@ -48,12 +48,10 @@ fn membership_handoff_scenario() {
 }
 
 /// A node re-added after its hand-off, then removed again while it had
-/// acknowledged increments alone (see `chaos/scenario.rs`). Ignored: it
-/// fails against this release (the earlier hand-off still excuses the node,
-/// so the second removal retires it at once and consistent reads stop
-/// asking it); run it with `--ignored`.
+/// acknowledged increments alone (see `chaos/scenario.rs`). Before 2538bdd
+/// the earlier hand-off still excused the node, so the second removal
+/// retired it at once and consistent reads stopped asking it.
 #[test]
-#[ignore = "reproduces a known bug: a re-added node's old hand-off excuses it when it is removed again"]
 fn membership_readd_after_handoff_scenario() {
     scenario::readd_after_handoff();
 }
