@@ -492,11 +492,24 @@ fn read_result(outcome: Outcome, consistent: bool) -> ReadResult {
 
 /// Sends one increment and records it (sent before, acknowledged on 200).
 fn increment(world: &World, client: &Client, node: usize, name: usize, amount: u64) -> WriteResult {
+    increment_keyed(world, client, node, name, amount, None)
+}
+
+/// [`increment`] with an optional `Idempotency-Key` (each key used once).
+fn increment_keyed(
+    world: &World,
+    client: &Client,
+    node: usize,
+    name: usize,
+    amount: u64,
+    key: Option<&str>,
+) -> WriteResult {
     world.sent[name].fetch_add(amount, Ordering::SeqCst);
     let start = world.now();
-    let (outcome, _) = client.post(
+    let (outcome, _) = client.post_keyed(
         &world.counter_url(node, name, ""),
         &amount.to_string(),
+        key,
         REQUEST_TIMEOUT,
     );
     let result = match outcome {
@@ -1286,7 +1299,29 @@ fn disk_full(
         active_from as f64 / 1e6,
         filled >> 20
     );
-    std::thread::sleep(hold);
+    // Storage pressure while it is full: increments with a fresh
+    // Idempotency-Key each (the key is stored with the increment), so every
+    // actor's database must grow and its commits meet the full disk, however
+    // much free room its file had. They are recorded like any increment.
+    let members: Vec<usize> = lock(&world.current).clone();
+    let until = Instant::now() + hold;
+    let fault_no = lock(&world.disk_recoveries).len();
+    std::thread::scope(|s| {
+        for &node in &members {
+            s.spawn(move || {
+                let client = Client::new();
+                for k in 0..100_000u32 {
+                    if Instant::now() >= until {
+                        break;
+                    }
+                    let key = format!("disk-full-{fault_no}-n{node}-{k}-{}", "k".repeat(64));
+                    let name = k as usize % world.names.len();
+                    increment_keyed(world, &client, node, name, 1, Some(&key));
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            });
+        }
+    });
     let active_until = world.now();
     std::fs::remove_file(&filler).map_err(|e| format!("cannot delete the filler: {e}"))?;
     let freed_at = world.now();
