@@ -14,16 +14,46 @@ mod client;
 mod cluster;
 #[path = "common/eintr.rs"]
 mod eintr;
+#[path = "chaos/harness.rs"]
+mod harness;
 #[path = "chaos/net.rs"]
 mod net;
 #[path = "chaos/rng.rs"]
 mod rng;
 #[path = "chaos/run.rs"]
 mod run;
+#[path = "chaos/scenario.rs"]
+mod scenario;
 
+/// 5 processes, a 3-node config to start with; partitions, pauses, crashes,
+/// delay, membership changes under partitions and a full disk.
 #[test]
 fn chaos_real_network() {
-    run::chaos();
+    run::chaos(run::Profile::Default);
+}
+
+/// 3 nodes that acknowledge an increment only once another node stored it
+/// (TALLY_MIN_REPLICAS=1), with wiped data folders among the faults: no
+/// acknowledged increment may be lost, wipes included.
+#[test]
+fn chaos_min_replicas_wipes() {
+    run::chaos(run::Profile::Replicas);
+}
+
+/// The membership change that used to lose increments a removed node had
+/// acknowledged alone, replayed step by step (see `chaos/scenario.rs`).
+#[test]
+fn membership_handoff_scenario() {
+    scenario::handoff();
+}
+
+/// A node re-added after its hand-off, then removed again while it had
+/// acknowledged increments alone (see `chaos/scenario.rs`). Before 2538bdd
+/// the earlier hand-off still excused the node, so the second removal
+/// retired it at once and consistent reads stopped asking it.
+#[test]
+fn membership_readd_after_handoff_scenario() {
+    scenario::readd_after_handoff();
 }
 
 /// The checker must be able to fail: each history below breaks one guarantee.
@@ -90,6 +120,7 @@ mod checker {
             down: vec![],
             degraded: vec![],
             wiped: false,
+            disk_full: false,
         }
     }
 
@@ -104,6 +135,7 @@ mod checker {
             down: vec![node],
             degraded: vec![],
             wiped: false,
+            disk_full: false,
         }
     }
 
@@ -145,6 +177,7 @@ mod checker {
                 read(2, CONS, (8100, 8140), 8, 12, ReadResult::Value(12)),
             ],
             faults: vec![isolate_n1(3000, 5000), pause(3, 7000, 8000)],
+            ..History::default()
         }
     }
 
@@ -348,6 +381,7 @@ mod checker {
             down: vec![],
             degraded: vec![],
             wiped: false,
+            disk_full: false,
         });
         h.reads.push(read(
             1,
@@ -381,6 +415,7 @@ mod checker {
             down: vec![2],
             degraded: vec![],
             wiped: true,
+            disk_full: false,
         };
         let no_config = ReadResult::Unavailable {
             unreachable: vec![],
@@ -453,5 +488,376 @@ mod checker {
         assert!(!names_ip(&list, "10.77.1.11"));
         assert!(names_ip(&["10.77.1.11:7777".to_string()], "10.77.1.11"));
         assert!(names_ip(&["10.77.1.11".to_string()], "10.77.1.11"));
+    }
+
+    // ---- membership, storage and replica rules ----
+
+    fn ips4() -> Vec<String> {
+        (1..=4).map(|i| format!("10.77.1.{}", 10 + i)).collect()
+    }
+
+    fn run4(h: &History, bounds: &Bounds) -> Vec<String> {
+        check(h, &ips4(), &names(), bounds).violations
+    }
+
+    fn refusal_409() -> WriteResult {
+        WriteResult::Rejected(
+            409,
+            r#"{"error":"this node is not in the cluster's config","actors":["10.77.1.11:7777","10.77.1.12:7777"]}"#
+                .into(),
+        )
+    }
+
+    fn replicas_503() -> WriteResult {
+        WriteResult::Rejected(
+            503,
+            r#"{"error":"stored on 0 of the 1 other actors required","stored":0,"required":1,"local_values":["9"]}"#
+                .into(),
+        )
+    }
+
+    fn storage_503() -> WriteResult {
+        WriteResult::Rejected(
+            503,
+            r#"{"error":"storage: No space left on device (os error 28)"}"#.into(),
+        )
+    }
+
+    fn no_config_503() -> WriteResult {
+        WriteResult::Rejected(
+            503,
+            r#"{"error":"1 other actors must store this increment, but the config has 0","required":1,"available":0}"#
+                .into(),
+        )
+    }
+
+    /// Four processes, a config of nodes 1-3 to start with, then (10-12 s,
+    /// under a split) a config without node 3 that settles.
+    fn with_a_shrink() -> History {
+        History {
+            writes: vec![write(1, 5, 0, 10, WriteResult::Acked)],
+            reads: vec![read(2, CONS, (50, 80), 5, 5, ReadResult::Value(5))],
+            faults: vec![FaultRec {
+                label: "shrink under split".into(),
+                begin: ms(10_000),
+                active_from: ms(10_010),
+                active_until: ms(11_500),
+                end: ms(12_000),
+                cuts: vec![(1, 3), (2, 3), (3, 4)],
+                ..FaultRec::default()
+            }],
+            initial_actors: vec![1, 2, 3],
+            changes: vec![ConfigChange {
+                label: "shrink under split".into(),
+                begin: ms(10_000),
+                end: ms(12_000),
+                posted: vec![vec![1, 2]],
+                settled: Some(vec![1, 2]),
+            }],
+            ..History::default()
+        }
+    }
+
+    #[test]
+    fn refusals_classify_by_their_answer() {
+        let body = |r: WriteResult| match r {
+            WriteResult::Rejected(s, b) => classify(s, &b),
+            _ => unreachable!(),
+        };
+        assert_eq!(body(refusal_409()), Refusal::NotMember);
+        assert_eq!(
+            body(replicas_503()),
+            Refusal::Replicas {
+                stored: 0,
+                required: 1
+            }
+        );
+        assert_eq!(body(storage_503()), Refusal::Storage);
+        assert_eq!(body(no_config_503()), Refusal::TooFewActors);
+        assert_eq!(classify(409, r#"{"error":"x"}"#), Refusal::Other);
+        assert_eq!(classify(500, r#"{"error":"x"}"#), Refusal::Other);
+        assert_eq!(classify(503, "not json"), Refusal::Other);
+    }
+
+    #[test]
+    fn a_409_from_a_node_that_left_is_refused_not_lost() {
+        let mut h = with_a_shrink();
+        // Node 3 left: it refuses, and reads owe nothing for it.
+        h.writes.push(write(3, 4, 13_000, 13_002, refusal_409()));
+        h.reads
+            .push(read(1, CONS, (13_100, 13_110), 5, 9, ReadResult::Value(5)));
+        assert_eq!(run4(&h, &Bounds::default()), Vec::<String>::new());
+
+        // Node 1 was an actor of every config: its 409 breaks G3.
+        let mut h = with_a_shrink();
+        h.writes.push(write(1, 4, 13_000, 13_002, refusal_409()));
+        let v = run4(&h, &Bounds::default());
+        assert!(
+            v.len() == 1 && v[0].starts_with("G3:") && v[0].contains("409"),
+            "{v:#?}"
+        );
+
+        // Node 3 before any change named a config without it: G3 too.
+        let mut h = with_a_shrink();
+        h.writes.push(write(3, 4, 5_000, 5_002, refusal_409()));
+        let v = run4(&h, &Bounds::default());
+        assert!(v.len() == 1 && v[0].starts_with("G3:"), "{v:#?}");
+    }
+
+    #[test]
+    fn g1_makes_no_exception_for_a_membership_change() {
+        // Node 3 acknowledges +4 alone, cut off, as the config without it is
+        // posted; a read after the change must still include it.
+        let mut h = with_a_shrink();
+        h.writes
+            .push(write(3, 4, 10_500, 10_502, WriteResult::Acked));
+        h.reads
+            .push(read(1, CONS, (12_500, 12_510), 9, 9, ReadResult::Value(9)));
+        assert_eq!(run4(&h, &Bounds::default()), Vec::<String>::new());
+        h.reads
+            .push(read(2, CONS, (12_600, 12_610), 9, 9, ReadResult::Value(5)));
+        let v = run4(&h, &Bounds::default());
+        assert!(
+            v.iter()
+                .any(|m| m.starts_with("G1:") && m.contains("lost 4")),
+            "{v:#?}"
+        );
+    }
+
+    #[test]
+    fn rules_naming_nodes_bind_only_actors_of_every_config_in_force() {
+        let isolate_n4 = FaultRec {
+            label: "isolate n4".into(),
+            begin: ms(3_000),
+            active_from: ms(3_000),
+            active_until: ms(5_000),
+            end: ms(5_000),
+            cuts: vec![(4, 1), (4, 2), (4, 3)],
+            ..FaultRec::default()
+        };
+        let mut h = with_a_shrink();
+        h.faults.push(isolate_n4.clone());
+        // Node 4 is in no config: a read need not hear from it.
+        h.reads
+            .push(read(1, CONS, (3_100, 3_200), 5, 5, ReadResult::Value(5)));
+        assert_eq!(run4(&h, &Bounds::default()), Vec::<String>::new());
+        // When every node is an actor, the same read cannot have heard from all.
+        h.initial_actors = Vec::new();
+        h.changes[0].posted = vec![vec![1, 2, 4]];
+        h.changes[0].settled = Some(vec![1, 2, 4]);
+        let v = run4(&h, &Bounds::default());
+        assert!(
+            v.len() == 1 && v[0].starts_with("G5:") && v[0].contains("200"),
+            "{v:#?}"
+        );
+
+        // During the change that removes node 3 (cut off by the split), a
+        // read on node 1 may answer 200 or a 503 that does not name node 3;
+        // node 4, an actor of no config, is named by no rule either.
+        let mut h = with_a_shrink();
+        h.reads
+            .push(read(1, CONS, (10_100, 11_000), 5, 5, ReadResult::Value(5)));
+        h.reads.push(read(
+            2,
+            CONS,
+            (10_100, 11_100),
+            5,
+            5,
+            ReadResult::Unavailable {
+                unreachable: vec!["10.77.1.11:7777".into()],
+                best: Some(5),
+            },
+        ));
+        assert_eq!(run4(&h, &Bounds::default()), Vec::<String>::new());
+        // But nodes 1 and 2 stay actors throughout: had node 1 been cut off
+        // from node 2 (and from node 4, which could relay), a 200 would be caught.
+        h.faults[0].cuts.extend([(1, 2), (1, 4)]);
+        let v = run4(&h, &Bounds::default());
+        assert!(
+            v.len() == 1 && v[0].starts_with("G5:") && v[0].contains("answered 200"),
+            "{v:#?}"
+        );
+    }
+
+    #[test]
+    fn a_node_without_a_config_may_say_so_until_it_is_given_one() {
+        let no_config = ReadResult::Unavailable {
+            unreachable: vec![],
+            best: Some(0),
+        };
+        let mut h = with_a_shrink();
+        h.reads
+            .push(read(4, CONS, (2_000, 2_010), 5, 5, no_config.clone()));
+        // Also while cut off from actors it would otherwise have to name.
+        h.reads
+            .push(read(4, CONS, (10_100, 10_110), 5, 5, no_config.clone()));
+        assert_eq!(run4(&h, &Bounds::default()), Vec::<String>::new());
+        // Once a change naming node 4 settled, it holds a config: G5.
+        h.changes[0].posted = vec![vec![1, 2, 4]];
+        h.changes[0].settled = Some(vec![1, 2, 4]);
+        h.reads
+            .push(read(4, CONS, (13_000, 13_010), 5, 5, no_config));
+        let v = run4(&h, &Bounds::default());
+        assert!(
+            v.len() == 1 && v[0].starts_with("G5:") && v[0].contains("13.000s"),
+            "{v:#?}"
+        );
+    }
+
+    #[test]
+    fn a_change_must_settle_and_the_final_configs_agree() {
+        let mut h = with_a_shrink();
+        h.changes[0].settled = None;
+        let v = run4(&h, &Bounds::default());
+        assert!(v.len() == 1 && v[0].starts_with("G8:"), "{v:#?}");
+
+        let view = |v: u64| Some((v, 1, vec!["10.77.1.11:7777".to_string()]));
+        let mut h = with_a_shrink();
+        h.final_configs = vec![(1, view(2)), (2, view(2)), (3, view(2))];
+        assert_eq!(run4(&h, &Bounds::default()), Vec::<String>::new());
+        h.final_configs[2] = (3, view(1));
+        let v = run4(&h, &Bounds::default());
+        assert!(v.len() == 1 && v[0].starts_with("G8:"), "{v:#?}");
+        h.final_configs[2] = (3, None);
+        let v = run4(&h, &Bounds::default());
+        assert!(v.len() == 1 && v[0].starts_with("G8:"), "{v:#?}");
+    }
+
+    fn with_a_full_disk() -> History {
+        let mut h = clean();
+        h.faults.push(FaultRec {
+            label: "disk-full".into(),
+            begin: ms(20_000),
+            active_from: ms(20_050),
+            active_until: ms(22_000),
+            end: ms(22_500),
+            disk_full: true,
+            ..FaultRec::default()
+        });
+        h.writes.push(write(2, 3, 21_000, 21_001, storage_503()));
+        h.disk_recoveries.push(DiskRecovery {
+            freed_at: ms(22_000),
+            resumed: vec![(1, Some(ms(300))), (2, Some(ms(900))), (3, Some(ms(20)))],
+            restarted: vec![],
+        });
+        h
+    }
+
+    #[test]
+    fn storage_refusals_only_while_the_disk_is_full_and_writes_resume_in_time() {
+        assert_eq!(run(&with_a_full_disk()), Vec::<String>::new());
+        let mut h = with_a_full_disk();
+        h.writes.push(write(2, 3, 30_000, 30_001, storage_503()));
+        only(&h, "G10:");
+        let mut h = with_a_full_disk();
+        h.disk_recoveries[0].resumed[1] = (2, Some(ms(10_500)));
+        only(&h, "G10:");
+        let mut h = with_a_full_disk();
+        h.disk_recoveries[0].resumed[1] = (2, None);
+        only(&h, "G10:");
+        let mut h = with_a_full_disk();
+        h.disk_recoveries[0].restarted = vec![3];
+        only(&h, "G10:");
+    }
+
+    #[test]
+    fn replica_refusals_only_while_a_node_cannot_reach_enough_actors() {
+        let mut h = clean();
+        // Node 1 is isolated 3-5 s: it cannot get its increment stored.
+        h.writes.push(write(1, 2, 3_200, 4_200, replicas_503()));
+        // Just after the heal, its peers may not have pulled yet.
+        h.writes.push(write(1, 2, 5_100, 6_100, replicas_503()));
+        assert_eq!(run(&h), Vec::<String>::new());
+        // With node 3 paused node 2 still reaches node 1: no excuse.
+        let mut h = clean();
+        h.faults.push(pause(3, 30_000, 31_000));
+        h.writes.push(write(2, 2, 30_100, 30_200, replicas_503()));
+        only(&h, "G3:");
+        // Whereas with node 1 isolated as well, node 2 reaches no one.
+        h.faults.push(isolate_n1(30_000, 31_000));
+        assert_eq!(run(&h), Vec::<String>::new());
+        // Nor on a whole network.
+        let mut h = clean();
+        h.writes.push(write(2, 2, 15_000, 16_000, replicas_503()));
+        only(&h, "G3:");
+    }
+
+    #[test]
+    fn a_refusal_for_want_of_a_config_only_while_relearning_it() {
+        let wipe = FaultRec {
+            label: "wipe n2".into(),
+            begin: ms(10_000),
+            active_from: ms(10_010),
+            active_until: ms(10_900),
+            end: ms(11_000),
+            down: vec![2],
+            wiped: true,
+            ..FaultRec::default()
+        };
+        let mut h = clean();
+        h.faults.push(wipe);
+        h.writes.push(write(2, 1, 11_100, 11_101, no_config_503()));
+        assert_eq!(run(&h), Vec::<String>::new());
+        h.writes.push(write(2, 1, 300, 301, no_config_503()));
+        only(&h, "G3:");
+    }
+
+    #[test]
+    fn without_the_wipe_excuse_nothing_a_wipe_took_is_forgiven() {
+        let strict = Bounds {
+            excuse_wipes: false,
+            ..Bounds::default()
+        };
+        let mut h = clean();
+        h.faults.push(FaultRec {
+            label: "wipe n2".into(),
+            begin: ms(10_000),
+            active_from: ms(10_010),
+            active_until: ms(10_900),
+            end: ms(11_000),
+            down: vec![2],
+            wiped: true,
+            ..FaultRec::default()
+        });
+        h.writes.push(write(2, 3, 9_000, 9_010, WriteResult::Acked));
+        h.reads.push(read(
+            1,
+            CONS,
+            (12_000, 12_010),
+            11,
+            15,
+            ReadResult::Value(15),
+        ));
+        assert_eq!(
+            check(&h, &ips(), &names(), &strict).violations,
+            Vec::<String>::new()
+        );
+        // The increment node 2 acknowledged before its wipe is owed.
+        let mut lost = h;
+        lost.reads.push(read(
+            3,
+            CONS,
+            (12_100, 12_110),
+            11,
+            15,
+            ReadResult::Value(8),
+        ));
+        assert!(
+            check(&lost, &ips(), &names(), &Bounds::default())
+                .violations
+                .iter()
+                .all(|m| !m.contains("lost 3")),
+            "the default run excuses it"
+        );
+        let v = check(&lost, &ips(), &names(), &strict).violations;
+        assert!(
+            v.iter()
+                .any(|m| m.starts_with("G1:") && m.contains("lost 3")),
+            "{v:#?}"
+        );
+        assert!(
+            v.iter().any(|m| m.contains("went backwards")),
+            "consistent reads may not go back across a wipe either: {v:#?}"
+        );
     }
 }

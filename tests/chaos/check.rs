@@ -69,7 +69,7 @@ pub struct ReadRec {
 /// One injected fault. `begin..end` is the whole disturbance (from the first
 /// action to the end of the heal, a restarted node answering included);
 /// `active_from..active_until` is when it is surely in force.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct FaultRec {
     pub label: String,
     pub begin: Micros,
@@ -84,7 +84,49 @@ pub struct FaultRec {
     pub degraded: Vec<usize>,
     /// The `down` nodes lost their whole data folder before restarting.
     pub wiped: bool,
+    /// The nodes' shared filesystem was full (`begin..end` runs until every
+    /// running node acknowledged an increment again).
+    pub disk_full: bool,
 }
+
+/// A membership change made during the run: configs posted to nodes while a
+/// partition held, then the network healed and the run waited for every
+/// node to report the same config.
+#[derive(Clone, Debug, Default)]
+pub struct ConfigChange {
+    pub label: String,
+    /// From the first post to the moment the config settled (or the wait gave up).
+    pub begin: Micros,
+    pub end: Micros,
+    /// The actors (1-based node numbers) of each config posted.
+    pub posted: Vec<Vec<usize>>,
+    /// The actors of the config every running node reported at `end`;
+    /// `None` when they did not agree within the bound.
+    pub settled: Option<Vec<usize>>,
+}
+
+/// What one node's `/status` said of its config: (version, origin, actors).
+pub type ConfigView = (u64, u64, Vec<String>);
+
+/// After the space of a full disk came back: how long each running node
+/// took to acknowledge an increment again (`None`: not within the wait),
+/// and whether its process stayed the same (no restart).
+#[derive(Clone, Debug, Default)]
+pub struct DiskRecovery {
+    pub freed_at: Micros,
+    pub resumed: Vec<(usize, Option<Micros>)>,
+    /// Nodes whose process changed (or exited) across the fault.
+    pub restarted: Vec<usize>,
+}
+
+/// G10: after the space returns, every running node acknowledges
+/// increments again within this, without a restart.
+pub const DISK_RESUME_BOUND: Micros = 10_000_000;
+
+/// An increment answered 503 because too few other actors stored it in
+/// time is excused while its node cannot reach enough of them, and this
+/// long after (a healed peer is marked up and pulls within a second or so).
+pub const REPLICA_GRACE: Micros = 3_000_000;
 
 /// How far back, before a node's data folder is deleted, its acknowledged
 /// increments may not have reached any peer yet (a fault holds up to 4 s,
@@ -98,7 +140,10 @@ pub const WIPE_RELEARN: Micros = 10_000_000;
 /// acknowledged shortly before it, which may be lost with its folder. SPEC
 /// G1 covers crashes, not lost disks; G7 asks only that the node never
 /// count on from a lower value, which the checks still hold it to.
-pub fn wipe_excuses(h: &History, names: usize) -> Vec<(Micros, Vec<u64>)> {
+pub fn wipe_excuses(h: &History, names: usize, excuse_wipes: bool) -> Vec<(Micros, Vec<u64>)> {
+    if !excuse_wipes {
+        return Vec::new();
+    }
     h.faults
         .iter()
         .filter(|f| f.wiped)
@@ -133,6 +178,105 @@ pub struct History {
     pub writes: Vec<WriteRec>,
     pub reads: Vec<ReadRec>,
     pub faults: Vec<FaultRec>,
+    /// The actors of the config posted at the start; empty: every node.
+    pub initial_actors: Vec<usize>,
+    pub changes: Vec<ConfigChange>,
+    pub disk_recoveries: Vec<DiskRecovery>,
+    /// After the final heal, what each running node that was ever named by
+    /// a config reported (the last look, once they agreed or the wait ended).
+    pub final_configs: Vec<(usize, Option<ConfigView>)>,
+}
+
+/// Why a node refused an increment, from its answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// 409: this node is not an actor of the config it holds.
+    NotMember,
+    /// 503 from storage (full disk, I/O error).
+    Storage,
+    /// 503: fewer than `required` other actors stored it in time.
+    Replicas {
+        stored: u64,
+        required: u64,
+    },
+    /// 503: the config has fewer other actors than the replicas required
+    /// (a node without a config has none).
+    TooFewActors,
+    Other,
+}
+
+pub fn classify(status: u16, body: &str) -> Refusal {
+    let json: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    if !json["error"].is_string() {
+        return Refusal::Other;
+    }
+    match status {
+        409 if json["actors"].is_array() => Refusal::NotMember,
+        503 => match (json["stored"].as_u64(), json["required"].as_u64()) {
+            (Some(stored), Some(required)) => Refusal::Replicas { stored, required },
+            (None, Some(_)) if json["available"].is_u64() => Refusal::TooFewActors,
+            (None, None) => Refusal::Storage,
+            _ => Refusal::Other,
+        },
+        _ => Refusal::Other,
+    }
+}
+
+impl History {
+    fn initial(&self, n: usize) -> Vec<usize> {
+        if self.initial_actors.is_empty() {
+            (1..=n).collect()
+        } else {
+            self.initial_actors.clone()
+        }
+    }
+
+    /// The actor sets of every config that may have been in force on some
+    /// node during `s..e`: the one settled before, and every one posted or
+    /// settled by a change overlapping `s..e`. A change that never settled
+    /// leaves all it posted possible from then on.
+    pub fn possible_configs(&self, n: usize, s: Micros, e: Micros) -> Vec<Vec<usize>> {
+        let mut possible = vec![self.initial(n)];
+        let mut changes: Vec<&ConfigChange> = self.changes.iter().collect();
+        changes.sort_by_key(|c| c.begin);
+        for c in changes {
+            if c.begin > e {
+                break;
+            }
+            if c.end < s {
+                match &c.settled {
+                    Some(a) => possible = vec![a.clone()],
+                    None => possible.extend(c.posted.iter().cloned()),
+                }
+            } else {
+                possible.extend(c.posted.iter().cloned());
+                possible.extend(c.settled.iter().cloned());
+            }
+        }
+        possible
+    }
+
+    /// The nodes that were actors of every config in force during `s..e`:
+    /// the only ones a rule may require a request to hear from, or to
+    /// accept increments.
+    pub fn members_throughout(&self, n: usize, s: Micros, e: Micros) -> Vec<usize> {
+        let possible = self.possible_configs(n, s, e);
+        (1..=n)
+            .filter(|x| possible.iter().all(|c| c.contains(x)))
+            .collect()
+    }
+
+    /// Whether node `x` may lack a config at `t`: it was not in the initial
+    /// config and no change naming it had settled yet.
+    pub fn maybe_unconfigured(&self, n: usize, x: usize, t: Micros) -> bool {
+        if self.initial(n).contains(&x) {
+            return false;
+        }
+        !self
+            .changes
+            .iter()
+            .any(|c| c.end < t && c.settled.is_some() && c.posted.iter().any(|p| p.contains(&x)))
+    }
 }
 
 /// What the checker asserts beyond the guarantees' plain logic.
@@ -147,6 +291,9 @@ pub struct Bounds {
     /// G5: a consistent read that starts this long after every fault has
     /// healed, on a network that stays whole, must answer 200.
     pub whole_grace_ms: u64,
+    /// Whether increments a node acknowledged shortly before its folder was
+    /// deleted are excused from G1 (not when nodes run with min-replicas).
+    pub excuse_wipes: bool,
 }
 
 impl Default for Bounds {
@@ -156,6 +303,7 @@ impl Default for Bounds {
             max_ms: 2000,
             consistent_slack_ms: 2000,
             whole_grace_ms: 3000,
+            excuse_wipes: true,
         }
     }
 }
@@ -203,6 +351,13 @@ pub struct Stats {
     pub acked: usize,
     pub uncertain: usize,
     pub rejected: usize,
+    /// Refusals the guarantees allow: by a node outside the config (409),
+    /// by full storage (503), for want of replicas (503), for want of a
+    /// config (503).
+    pub refused_not_member: usize,
+    pub refused_storage: usize,
+    pub refused_replicas: usize,
+    pub refused_no_config: usize,
     pub value_reads: usize,
     pub consistent_reads: usize,
     pub consistent_ok: usize,
@@ -307,11 +462,49 @@ pub fn check(h: &History, ips: &[String], names: &[String], bounds: &Bounds) -> 
         *st.faults.entry(kind.to_string()).or_default() += 1;
     }
 
+    let n = ips.len();
+    // A node whose folder was deleted, from its restart until it may have
+    // relearned the config from its peers.
+    let relearning = |node: usize, t: Micros| {
+        h.faults.iter().any(|f| {
+            f.wiped && f.down.contains(&node) && t >= f.active_from && t <= f.end + WIPE_RELEARN
+        })
+    };
+    // Whether, at some time in [s, e] (or up to REPLICA_GRACE after a fault
+    // healed), node `node` could reach fewer than `k` other actors of some
+    // config in force.
+    let short_of_peers = |node: usize, s: Micros, e: Micros, k: u64| {
+        let around: Vec<&FaultRec> = h
+            .faults
+            .iter()
+            .filter(|f| overlaps(s, e, f.begin, f.end.saturating_add(REPLICA_GRACE)))
+            .collect();
+        let union = FaultRec {
+            cuts: around.iter().flat_map(|f| f.cuts.iter().copied()).collect(),
+            down: around.iter().flat_map(|f| f.down.iter().copied()).collect(),
+            ..FaultRec::default()
+        };
+        let unreachable = cut_off(node, &union, n);
+        h.possible_configs(n, s, e).iter().any(|config| {
+            let reachable = config
+                .iter()
+                .filter(|&&x| x != node && !unreachable.contains(&x))
+                .count();
+            (reachable as u64) < k
+        })
+    };
+    let during_disk_fault = |s: Micros, e: Micros| {
+        h.faults
+            .iter()
+            .any(|f| f.disk_full && overlaps(s, e, f.begin, f.end))
+    };
+
     // Increments.
     let mut write_lat = Vec::new();
     for w in &h.writes {
         st.writes += 1;
         let eligible = !disturbed(w.node, w.start, w.end);
+        let mut timed = eligible;
         match &w.result {
             WriteResult::Acked => st.acked += 1,
             WriteResult::Uncertain(e) => {
@@ -330,16 +523,73 @@ pub fn check(h: &History, ips: &[String], names: &[String], bounds: &Bounds) -> 
             }
             WriteResult::Rejected(status, body) => {
                 st.rejected += 1;
-                v.push(format!(
-                    "G3: POST /counter/{} +{} to node {} answered {status} {body:?} at {}",
+                let what = format!(
+                    "POST /counter/{} +{} to node {} answered {status} {body:?} at {}..{} ({})",
                     name(w.name),
                     w.amount,
                     w.node,
-                    secs(w.end)
-                ));
+                    secs(w.start),
+                    secs(w.end),
+                    describe_faults(w.start, w.end)
+                );
+                let refusal = classify(*status, body);
+                let excused = match &refusal {
+                    // Refused, not acknowledged: owed to no read, lost by none.
+                    Refusal::NotMember => {
+                        let members = h.members_throughout(n, w.start, w.end);
+                        if members.contains(&w.node) {
+                            v.push(format!(
+                                "G3: {what}, though node {} was an actor of every config in force ({members:?})",
+                                w.node
+                            ));
+                            false
+                        } else {
+                            st.refused_not_member += 1;
+                            true
+                        }
+                    }
+                    Refusal::Storage => {
+                        if during_disk_fault(w.start, w.end) {
+                            st.refused_storage += 1;
+                            true
+                        } else {
+                            v.push(format!("G10: {what}, with no storage fault in force"));
+                            false
+                        }
+                    }
+                    Refusal::Replicas { required, .. } => {
+                        if !eligible || short_of_peers(w.node, w.start, w.end, *required) {
+                            st.refused_replicas += 1;
+                            true
+                        } else {
+                            v.push(format!(
+                                "G3: {what}, though it could reach {required} other actors throughout"
+                            ));
+                            false
+                        }
+                    }
+                    Refusal::TooFewActors => {
+                        if relearning(w.node, w.start) || h.maybe_unconfigured(n, w.node, w.start) {
+                            st.refused_no_config += 1;
+                            true
+                        } else {
+                            v.push(format!(
+                                "G3: {what}, though it had a config with enough actors"
+                            ));
+                            false
+                        }
+                    }
+                    Refusal::Other => {
+                        v.push(format!("G3: {what}"));
+                        false
+                    }
+                };
+                // A refusal that waited for replicas is bounded by the
+                // replica deadline, not by G3's latency figures.
+                timed = eligible && !excused;
             }
         }
-        if eligible {
+        if timed {
             write_lat.push(w.end - w.start);
         }
     }
@@ -360,7 +610,7 @@ pub fn check(h: &History, ips: &[String], names: &[String], bounds: &Bounds) -> 
             .filter(|f| f.wiped && f.active_from <= t && node.is_none_or(|n| f.down.contains(&n)))
             .count()
     };
-    let excuses = wipe_excuses(h, names.len());
+    let excuses = wipe_excuses(h, names.len(), bounds.excuse_wipes);
     let last_fault_end = |t: Micros| {
         h.faults
             .iter()
@@ -444,23 +694,27 @@ pub fn check(h: &History, ips: &[String], names: &[String], bounds: &Bounds) -> 
                                 u128::from(owed) - x
                             ));
                         }
+                        // Without the wipe excuse nothing may vanish with a
+                        // folder: consistent reads never go back, across wipes too.
+                        let era = if bounds.excuse_wipes {
+                            era(None, r.start)
+                        } else {
+                            0
+                        };
                         consistent_seen
-                            .entry((r.name, era(None, r.start)))
+                            .entry((r.name, era))
                             .or_default()
                             .push((r.start, r.end, *x));
                     }
                     ReadResult::Unavailable { unreachable, best } => {
                         st.consistent_503 += 1;
                         // A node that lost its folder (config included) and has
-                        // not yet relearned the config from its peers has no
-                        // one to name: it may answer 503 with an empty list.
-                        let relearning = h.faults.iter().any(|f| {
-                            f.wiped
-                                && f.down.contains(&r.node)
-                                && r.start >= f.active_from
-                                && r.start <= f.end + WIPE_RELEARN
-                        });
-                        if (unreachable.is_empty() && !relearning) || best.is_none() {
+                        // not yet relearned the config from its peers, or that
+                        // was not given one yet, has no one to name: it may
+                        // answer 503 with an empty list.
+                        let no_config =
+                            relearning(r.node, r.start) || h.maybe_unconfigured(n, r.node, r.start);
+                        if (unreachable.is_empty() && !no_config) || best.is_none() {
                             v.push(format!(
                                 "G5: {what} answered 503 without a non-empty `unreachable` list and a `best_known_value` ({unreachable:?}, {best:?}), at {when}"
                             ));
@@ -494,7 +748,13 @@ pub fn check(h: &History, ips: &[String], names: &[String], bounds: &Bounds) -> 
                         if !(f.active_from <= r.start && r.end <= f.active_until) {
                             continue;
                         }
-                        let expected = cut_off(r.node, f, ips.len());
+                        // Only nodes that were actors of every config in force
+                        // during the read must have been heard from.
+                        let members = h.members_throughout(n, r.start, r.end);
+                        let expected: Vec<usize> = cut_off(r.node, f, n)
+                            .into_iter()
+                            .filter(|x| members.contains(x))
+                            .collect();
                         if expected.is_empty() {
                             continue;
                         }
@@ -502,6 +762,12 @@ pub fn check(h: &History, ips: &[String], names: &[String], bounds: &Bounds) -> 
                         let expected_ips: Vec<&str> =
                             expected.iter().map(|&j| ips[j - 1].as_str()).collect();
                         match &r.result {
+                            // A node without a config knows no one to name (the
+                            // empty list is judged above); its 503 is the answer.
+                            ReadResult::Unavailable { unreachable, .. }
+                                if unreachable.is_empty()
+                                    && (relearning(r.node, r.start)
+                                        || h.maybe_unconfigured(n, r.node, r.start)) => {}
                             ReadResult::Unavailable { unreachable, .. } => {
                                 let missing: Vec<&str> = expected_ips
                                     .iter()
@@ -579,6 +845,51 @@ pub fn check(h: &History, ips: &[String], names: &[String], bounds: &Bounds) -> 
             v.push(format!(
                 "G7: value of {:?} on node {node} went backwards: {msg}",
                 name(*k)
+            ));
+        }
+    }
+
+    // G8: every membership change settles on one config everywhere.
+    for c in &h.changes {
+        if c.settled.is_none() {
+            v.push(format!(
+                "G8: after {} [{}..{}] the running nodes did not report one config within the bound",
+                c.label,
+                secs(c.begin),
+                secs(c.end)
+            ));
+        }
+    }
+    if let Some((_, first)) = h.final_configs.first() {
+        let differ = h
+            .final_configs
+            .iter()
+            .any(|(_, c)| c.is_none() || c != first);
+        if differ {
+            v.push(format!(
+                "G8: after the final heal the running nodes did not all report the same config (version, origin, actors): {:?}",
+                h.final_configs
+            ));
+        }
+    }
+    // G10: once the space returns, every running node writes again, by itself.
+    for d in &h.disk_recoveries {
+        for (node, resumed) in &d.resumed {
+            match resumed {
+                Some(t) if *t <= DISK_RESUME_BOUND => {}
+                other => v.push(format!(
+                    "G10: node {node} acknowledged no increment within {}s of the space returning at {} ({})",
+                    DISK_RESUME_BOUND / 1_000_000,
+                    secs(d.freed_at),
+                    other.map_or("never".to_string(), |t| format!("after {}", secs(t)))
+                )),
+            }
+        }
+        if !d.restarted.is_empty() {
+            v.push(format!(
+                "G10: nodes {:?} restarted or exited across the full disk at {}; they must resume without a restart",
+                d.restarted,
+                secs(d.freed_at)
             ));
         }
     }

@@ -49,10 +49,23 @@ impl Client {
     }
 
     pub fn post(&self, url: &str, body: &str, timeout: Duration) -> (Outcome, Duration) {
+        self.post_keyed(url, body, None, timeout)
+    }
+
+    /// A POST with an optional `Idempotency-Key` header.
+    pub fn post_keyed(
+        &self,
+        url: &str,
+        body: &str,
+        key: Option<&str>,
+        timeout: Duration,
+    ) -> (Outcome, Duration) {
         let started = Instant::now();
-        let result = self
-            .agent
-            .post(url)
+        let mut req = self.agent.post(url);
+        if let Some(key) = key {
+            req = req.header("Idempotency-Key", key);
+        }
+        let result = req
             .config()
             .timeout_global(Some(timeout))
             .build()

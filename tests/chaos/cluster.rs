@@ -12,6 +12,11 @@ use super::net::sh;
 pub struct Nodes {
     pub bin: PathBuf,
     pub work: PathBuf,
+    /// Where each node's log goes (outside `work`, so a full working
+    /// folder does not take the logs with it).
+    pub logs: PathBuf,
+    /// Environment every node gets, beyond TALLY_LOG.
+    pub env: Vec<(String, String)>,
     /// Namespace of each node, index 0 = node 1.
     pub namespaces: Vec<String>,
     children: Vec<Option<Child>>,
@@ -19,19 +24,21 @@ pub struct Nodes {
 }
 
 impl Nodes {
-    pub fn new(bin: PathBuf, work: PathBuf, namespaces: Vec<String>) -> Self {
+    pub fn new(bin: PathBuf, work: PathBuf, logs: PathBuf, namespaces: Vec<String>) -> Self {
         let children = namespaces.iter().map(|_| None).collect();
         Nodes {
             bin,
             work,
+            logs,
+            env: Vec::new(),
             namespaces,
             children,
             spawns: 0,
         }
     }
 
-    pub fn log_path(work: &Path, id: usize) -> PathBuf {
-        work.join("logs").join(format!("node-{id}.log"))
+    pub fn log_path(logs: &Path, id: usize) -> PathBuf {
+        logs.join(format!("node-{id}.log"))
     }
 
     /// Starts node `id` (1-based) in its namespace, in the shared folder.
@@ -39,12 +46,12 @@ impl Nodes {
         if self.children[id - 1].is_some() {
             return Err(format!("node {id} is already running"));
         }
-        std::fs::create_dir_all(self.work.join("logs"))
+        std::fs::create_dir_all(&self.logs)
             .map_err(|e| format!("cannot create the log folder: {e}"))?;
         let log = OpenOptions::new()
             .create(true)
             .append(true)
-            .open(Self::log_path(&self.work, id))
+            .open(Self::log_path(&self.logs, id))
             .map_err(|e| format!("cannot open node {id}'s log: {e}"))?;
         let log2 = log
             .try_clone()
@@ -65,6 +72,9 @@ impl Nodes {
             }
         }
         cmd.env("TALLY_LOG", "info").env("NO_COLOR", "1");
+        for (key, value) in &self.env {
+            cmd.env(key, value);
+        }
         let child = cmd
             .spawn()
             .map_err(|e| format!("cannot start node {id}: {e}"))?;
@@ -130,8 +140,8 @@ impl Nodes {
 }
 
 /// The last `lines` lines of node `id`'s log.
-pub fn log_tail(work: &Path, id: usize, lines: usize) -> String {
-    let text = std::fs::read_to_string(Nodes::log_path(work, id)).unwrap_or_default();
+pub fn log_tail(logs: &Path, id: usize, lines: usize) -> String {
+    let text = std::fs::read_to_string(Nodes::log_path(logs, id)).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }

@@ -2,18 +2,21 @@
 //! and the fault schedule side by side, heals, measures recovery, and hands
 //! the history to the checker.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::check::{
-    Bounds, FaultRec, History, Micros, ReadKind, ReadRec, ReadResult, WriteRec, WriteResult, check,
-    excused, wipe_excuses,
+    Bounds, ConfigChange, ConfigView, DISK_RESUME_BOUND, DiskRecovery, FaultRec, History, Micros,
+    ReadKind, ReadRec, ReadResult, WriteRec, WriteResult, check, excused, wipe_excuses,
 };
 use super::client::{Client, Outcome, encode_segment};
-use super::cluster::{Nodes, log_tail};
-use super::net::{DelayMode, Lab, sh};
+use super::eintr;
+use super::harness::{
+    Harness, Setup, cannot_run, env_flag, missing_prerequisite, node_binary, serial,
+};
+use super::net::DelayMode;
 use super::rng::Rng;
 
 /// Counter names: a small set so reads and writes collide; one needs percent-encoding.
@@ -39,26 +42,69 @@ const IN_FLIGHT_TIMEOUT_MS: u64 = 20_000;
 const IN_FLIGHT_BOUND: Duration = Duration::from_secs(5);
 /// Bound on a node answering /status after it was (re)started.
 const START_BOUND: Duration = Duration::from_secs(20);
+/// Bound on every running node reporting the same config after a
+/// membership change healed, and after the final heal.
+const CONFIG_SETTLE_BOUND: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------
 // Parameters and prerequisites
 
+/// The configurations of the chaos run, one test each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Profile {
+    /// `chaos_real_network`: 5 processes, a 3-node config to start with,
+    /// membership changes and a full disk among the faults; the strict
+    /// checker (wipes only with TALLY_CHAOS_WIPE, and then excused).
+    Default,
+    /// `chaos_min_replicas_wipes`: 3 nodes with TALLY_MIN_REPLICAS=1, wipes
+    /// on (one of them right after the node was cut off), and no excuse for
+    /// anything a wipe takes.
+    Replicas,
+}
+
+impl Profile {
+    fn test_name(self) -> &'static str {
+        match self {
+            Profile::Default => "chaos_real_network",
+            Profile::Replicas => "chaos_min_replicas_wipes",
+        }
+    }
+}
+
 pub struct Params {
+    pub profile: Profile,
     pub seed: u64,
+    /// Node processes started.
     pub nodes: usize,
     pub secs: u64,
     pub ci: bool,
     pub wipe: bool,
+    /// Membership changes among the faults; the first config then names
+    /// all nodes but the last two.
+    pub membership: bool,
+    /// The full-disk fault (the shared working folder on a tmpfs).
+    pub disk: bool,
+    /// TALLY_MIN_REPLICAS of every node (0: not set).
+    pub min_replicas: usize,
 }
 
-fn env_flag(key: &str) -> bool {
-    std::env::var(key)
-        .map(|v| !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false"))
-        .unwrap_or(false)
+/// A flag that is on unless set to 0/false (`default` when unset).
+fn env_on(key: &str, default: bool) -> bool {
+    match std::env::var(key) {
+        Ok(v) => !(v.is_empty() || v == "0" || v.eq_ignore_ascii_case("false")),
+        Err(_) => default,
+    }
 }
+
+/// Size of the tmpfs the shared working folder lives on when the disk fault is on.
+pub const TMPFS_MIB: u64 = 64;
+/// The replica deadline of the nodes in the min-replicas run: shorter than
+/// the client's deadline, so an increment that cannot reach a replica is
+/// answered (503) rather than left hanging.
+const REPLICA_TIMEOUT: &str = "1s";
 
 impl Params {
-    pub fn from_env() -> Params {
+    pub fn from_env(profile: Profile) -> Params {
         let seed = match std::env::var("TALLY_CHAOS_SEED") {
             Ok(raw) => {
                 let raw = raw.trim();
@@ -76,6 +122,10 @@ impl Params {
                 Rng::new(nanos ^ u64::from(std::process::id())).next_u64()
             }
         };
+        let (default_nodes, default_secs) = match profile {
+            Profile::Default => (5, 60),
+            Profile::Replicas => (3, 30),
+        };
         let nodes = match std::env::var("TALLY_CHAOS_NODES") {
             Ok(raw) => raw
                 .trim()
@@ -83,7 +133,7 @@ impl Params {
                 .ok()
                 .filter(|n| (1..=20).contains(n))
                 .unwrap_or_else(|| panic!("TALLY_CHAOS_NODES={raw:?} is not a number in 1..=20")),
-            Err(_) => 3,
+            Err(_) => default_nodes,
         };
         let secs = match std::env::var("TALLY_CHAOS_SECS") {
             Ok(raw) => raw
@@ -92,151 +142,78 @@ impl Params {
                 .ok()
                 .filter(|s| *s >= 5)
                 .unwrap_or_else(|| panic!("TALLY_CHAOS_SECS={raw:?} is not a number ≥ 5")),
-            Err(_) => 60,
+            Err(_) => default_secs,
         };
-        Params {
-            seed,
-            nodes,
-            secs,
-            ci: env_flag("CI"),
-            wipe: env_flag("TALLY_CHAOS_WIPE"),
+        match profile {
+            Profile::Default => Params {
+                profile,
+                seed,
+                nodes,
+                secs,
+                ci: env_flag("CI"),
+                wipe: env_flag("TALLY_CHAOS_WIPE"),
+                membership: nodes >= 4 && env_on("TALLY_CHAOS_MEMBERSHIP", true),
+                disk: env_on("TALLY_CHAOS_DISK", true),
+                min_replicas: 0,
+            },
+            Profile::Replicas => {
+                assert!(
+                    nodes >= 2,
+                    "the min-replicas run needs at least 2 nodes (TALLY_CHAOS_NODES={nodes})"
+                );
+                Params {
+                    profile,
+                    seed,
+                    nodes,
+                    secs,
+                    ci: env_flag("CI"),
+                    wipe: true,
+                    membership: false,
+                    disk: false,
+                    min_replicas: 1,
+                }
+            }
         }
+    }
+
+    /// The actors of the config posted at the start (1-based).
+    pub fn initial_actors(&self) -> Vec<usize> {
+        let k = if self.membership {
+            self.nodes - 2
+        } else {
+            self.nodes
+        };
+        (1..=k).collect()
+    }
+
+    /// Increments a wipe took with it are excused unless nodes wait for replicas.
+    pub fn excuse_wipes(&self) -> bool {
+        self.min_replicas == 0
     }
 
     pub fn replay(&self) -> String {
+        let mut flags = String::new();
+        if self.profile == Profile::Default {
+            if self.wipe {
+                flags.push_str(" TALLY_CHAOS_WIPE=1");
+            }
+            if !self.membership && self.nodes >= 4 {
+                flags.push_str(" TALLY_CHAOS_MEMBERSHIP=0");
+            }
+            if !self.disk {
+                flags.push_str(" TALLY_CHAOS_DISK=0");
+            }
+        }
+        if let Some(only) = only_kinds() {
+            flags.push_str(&format!(" TALLY_CHAOS_ONLY={}", only.join(",")));
+        }
         format!(
-            "TALLY_CHAOS_SEED={} TALLY_CHAOS_NODES={} TALLY_CHAOS_SECS={}{} cargo test --release --test chaos -- --nocapture",
+            "TALLY_CHAOS_SEED={} TALLY_CHAOS_NODES={} TALLY_CHAOS_SECS={}{flags} cargo test --release --test chaos {} -- --nocapture",
             self.seed,
             self.nodes,
             self.secs,
-            if self.wipe { " TALLY_CHAOS_WIPE=1" } else { "" }
+            self.profile.test_name()
         )
-    }
-}
-
-/// Why the test cannot run here, if it cannot.
-fn missing_prerequisite() -> Option<String> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let euid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap_or("?");
-    if euid != "0" {
-        return Some(format!(
-            "the chaos test needs root (network namespaces, nftables, tc); effective uid is {euid}"
-        ));
-    }
-    for (tool, args, package) in [
-        ("ip", &["-V"][..], "iproute2"),
-        ("nft", &["--version"][..], "nftables"),
-        ("tc", &["-V"][..], "iproute2"),
-    ] {
-        if let Err(e) = sh(tool, args) {
-            return Some(format!("`{tool}` is missing (install {package}): {e}"));
-        }
-    }
-    None
-}
-
-/// Fails, so a missing setup never reads as a pass, unless the person
-/// running it opted out with TALLY_CHAOS_SKIP=1 (never under CI).
-fn cannot_run(params: &Params, why: &str) {
-    if params.ci || !env_flag("TALLY_CHAOS_SKIP") {
-        panic!(
-            "chaos test cannot run: {why}. Run it as root with ip, nft and tc, \
-             or set TALLY_CHAOS_SKIP=1 to skip it knowingly (ignored under CI)"
-        );
-    }
-    eprintln!(
-        "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\
-         !!! chaos test SKIPPED (not a pass, TALLY_CHAOS_SKIP=1): {why}\n\
-         !!! run it as root with ip, nft and tc installed.\n\
-         !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n"
-    );
-}
-
-/// The node binary: the release build when present and not older than the
-/// one cargo built for this test, else the one cargo built.
-fn node_binary() -> PathBuf {
-    let built = PathBuf::from(env!("CARGO_BIN_EXE_tally"));
-    let release = built
-        .parent()
-        .and_then(Path::parent)
-        .map(|target| target.join("release").join("tally"));
-    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    if let Some(release) = release
-        && release != built
-        && release.exists()
-    {
-        if mtime(&release) >= mtime(&built) {
-            return release;
-        }
-        eprintln!(
-            "chaos: {} is older than {}; using the latter (run `cargo build --release` to test a release build)",
-            release.display(),
-            built.display()
-        );
-    }
-    built
-}
-
-// ---------------------------------------------------------------------------
-// The harness: everything created, and removed on every exit path
-
-struct Harness {
-    lab: Lab,
-    nodes: Mutex<Nodes>,
-    work: PathBuf,
-}
-
-impl Harness {
-    fn new(params: &Params, bin: PathBuf) -> Result<Harness, String> {
-        let pid = std::process::id();
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let work = std::env::temp_dir().join(format!("tally-chaos-{pid}-{nanos}"));
-        std::fs::create_dir_all(&work)
-            .map_err(|e| format!("cannot create {}: {e}", work.display()))?;
-        let lab = match Lab::create(pid, params.nodes) {
-            Ok(lab) => lab,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&work);
-                return Err(e);
-            }
-        };
-        let namespaces = (1..=params.nodes).map(|i| lab.node_ns(i)).collect();
-        let nodes = Nodes::new(bin, work.clone(), namespaces);
-        Ok(Harness {
-            lab,
-            nodes: Mutex::new(nodes),
-            work,
-        })
-    }
-
-    fn nodes(&self) -> std::sync::MutexGuard<'_, Nodes> {
-        self.nodes.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn logs(&self, lines: usize) -> String {
-        let mut out = String::new();
-        for i in 1..=self.lab.nodes {
-            out.push_str(&format!(
-                "----- node {i} log (last {lines} lines) -----\n{}\n",
-                log_tail(&self.work, i, lines)
-            ));
-        }
-        out
-    }
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        self.nodes().kill_all();
-        self.lab.destroy();
-        let _ = std::fs::remove_dir_all(&self.work);
     }
 }
 
@@ -271,6 +248,32 @@ struct World {
     final_fault: Mutex<Option<FaultRec>>,
     /// Whether the data-loss fault is in the mix (TALLY_CHAOS_WIPE).
     wipe: bool,
+    /// Whether increments a wipe took with it are excused (not with min-replicas).
+    excuse_wipes: bool,
+    /// Membership changes and the full disk among the faults.
+    membership: bool,
+    disk: bool,
+    /// Nodes clients send requests to (bit i-1 for node i): those named by
+    /// a config whose post was answered. Nodes never named by one have no
+    /// config; the deployment contract posts one before any other request.
+    enrolled: AtomicU64,
+    /// Nodes known to hold a config (they reported one at a settle check):
+    /// a restart must bring it back.
+    configured: AtomicU64,
+    /// The actors of the config the nodes last agreed on.
+    current: Mutex<Vec<usize>>,
+    initial_actors: Vec<usize>,
+    changes: Mutex<Vec<ConfigChange>>,
+    disk_recoveries: Mutex<Vec<DiskRecovery>>,
+    final_configs: Mutex<Vec<(usize, Option<ConfigView>)>>,
+}
+
+fn bits(nodes: &[usize]) -> u64 {
+    nodes.iter().fold(0, |acc, i| acc | (1 << (i - 1)))
+}
+
+fn nodes_of(mask: u64, n: usize) -> Vec<usize> {
+    (1..=n).filter(|i| mask & (1 << (i - 1)) != 0).collect()
 }
 
 impl World {
@@ -289,6 +292,36 @@ impl World {
         )
     }
 
+    fn enrolled(&self) -> Vec<usize> {
+        nodes_of(self.enrolled.load(Ordering::SeqCst), self.ips.len())
+    }
+
+    fn configured(&self) -> Vec<usize> {
+        nodes_of(self.configured.load(Ordering::SeqCst), self.ips.len())
+    }
+
+    /// A random node clients may use.
+    fn pick_node(&self, rng: &mut Rng) -> usize {
+        let enrolled = self.enrolled();
+        if enrolled.is_empty() {
+            return 1;
+        }
+        enrolled[rng.index(enrolled.len())]
+    }
+
+    /// Node number of an actor address (`ip:7777`), if it is one of ours.
+    fn node_of(&self, actor: &str) -> Option<usize> {
+        self.ips
+            .iter()
+            .position(|ip| actor == format!("{ip}:7777") || actor == ip)
+            .map(|i| i + 1)
+    }
+
+    fn actors_json(&self, nodes: &[usize]) -> String {
+        let list: Vec<&String> = nodes.iter().map(|&i| &self.ips[i - 1]).collect();
+        serde_json::json!({ "actors": list }).to_string()
+    }
+
     fn running(&self) -> bool {
         !self.stop.load(Ordering::SeqCst) && Instant::now() < self.deadline
     }
@@ -303,19 +336,20 @@ impl World {
 }
 
 /// Per name, what every node must include once the faults are over: the
-/// acknowledged sum, less what wiped nodes may have taken with them.
+/// acknowledged sum, less what wiped nodes may have taken with them (when
+/// that is excused).
 fn owed(world: &World) -> Vec<u64> {
     let faults = lock(&world.faults).clone();
     let acked = |k: usize| world.acked[k].load(Ordering::SeqCst);
-    if !faults.iter().any(|f| f.wiped) {
+    if !world.excuse_wipes || !faults.iter().any(|f| f.wiped) {
         return (0..world.names.len()).map(acked).collect();
     }
     let h = History {
         writes: lock(&world.writes).clone(),
-        reads: Vec::new(),
         faults,
+        ..History::default()
     };
-    let excuses = wipe_excuses(&h, world.names.len());
+    let excuses = wipe_excuses(&h, world.names.len(), true);
     (0..world.names.len())
         .map(|k| acked(k).saturating_sub(excused(&excuses, k, Micros::MAX)))
         .collect()
@@ -362,16 +396,52 @@ fn wait_ready(client: &Client, world: &World, node: usize, bound: Duration) -> b
     poll(bound, || status_json(client, world, node)).is_some()
 }
 
-/// Whether node `node` knows the whole config and which actor it is.
+/// Whether node `node` holds a config and knows which actor it is (SPEC G7,
+/// G8: a restart brings both back without a re-post).
 fn knows_config(status: &serde_json::Value, world: &World, node: usize) -> bool {
-    let actors: Vec<&str> = status["config"]["actors"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|x| x.as_str()).collect())
-        .unwrap_or_default();
-    let want: Vec<String> = world.ips.iter().map(|ip| format!("{ip}:7777")).collect();
-    actors.len() == want.len()
-        && want.iter().all(|w| actors.contains(&w.as_str()))
-        && status["self"].as_str() == Some(want[node - 1].as_str())
+    let me = format!("{}:7777", world.ips[node - 1]);
+    status["config"]["version"].as_u64().unwrap_or(0) > 0
+        && status["self"].as_str() == Some(me.as_str())
+}
+
+/// What a node's `/status` says of its config.
+fn config_view(status: &serde_json::Value) -> Option<ConfigView> {
+    let version = status["config"]["version"].as_u64()?;
+    let origin = status["config"]["origin"].as_u64()?;
+    let mut actors: Vec<String> = status["config"]["actors"]
+        .as_array()?
+        .iter()
+        .filter_map(|x| x.as_str().map(String::from))
+        .collect();
+    actors.sort();
+    Some((version, origin, actors))
+}
+
+/// Polls every node in `nodes` until all report the same config (set);
+/// returns each one's last view, and whether they agreed.
+fn await_one_config(
+    client: &Client,
+    world: &World,
+    nodes: &[usize],
+    bound: Duration,
+) -> (Vec<(usize, Option<ConfigView>)>, bool) {
+    let mut last = Vec::new();
+    let agreed = poll(bound, || {
+        last = nodes
+            .iter()
+            .map(|&i| {
+                (
+                    i,
+                    status_json(client, world, i).and_then(|s| config_view(&s)),
+                )
+            })
+            .collect::<Vec<_>>();
+        let first = last.first()?.1.clone()?;
+        let same = first.0 > 0 && last.iter().all(|(_, v)| v.as_ref() == Some(&first));
+        same.then_some(())
+    })
+    .is_some();
+    (last, agreed)
 }
 
 fn consistent(
@@ -420,62 +490,79 @@ fn read_result(outcome: Outcome, consistent: bool) -> ReadResult {
 // ---------------------------------------------------------------------------
 // Workload
 
+/// Sends one increment and records it (sent before, acknowledged on 200).
+fn increment(world: &World, client: &Client, node: usize, name: usize, amount: u64) -> WriteResult {
+    increment_keyed(world, client, node, name, amount, None)
+}
+
+/// [`increment`] with an optional `Idempotency-Key` (each key used once).
+fn increment_keyed(
+    world: &World,
+    client: &Client,
+    node: usize,
+    name: usize,
+    amount: u64,
+    key: Option<&str>,
+) -> WriteResult {
+    world.sent[name].fetch_add(amount, Ordering::SeqCst);
+    let start = world.now();
+    let (outcome, _) = client.post_keyed(
+        &world.counter_url(node, name, ""),
+        &amount.to_string(),
+        key,
+        REQUEST_TIMEOUT,
+    );
+    let result = match outcome {
+        Outcome::Answer(200, body) if parse_value(&body).is_some() => {
+            world.acked[name].fetch_add(amount, Ordering::SeqCst);
+            // The answer is the node's new local value: it includes this
+            // increment and nothing that was never sent.
+            let local = parse_value(&body).unwrap_or(0);
+            let sent = u128::from(world.sent[name].load(Ordering::SeqCst));
+            if local < u128::from(amount) || local > sent {
+                world.problem(format!(
+                    "G2: POST /counter/{} +{amount} to node {node} answered local value {local}, outside {amount}..={sent} (sent so far)",
+                    world.names[name]
+                ));
+            }
+            WriteResult::Acked
+        }
+        Outcome::Answer(status, body) => WriteResult::Rejected(status, body),
+        Outcome::Failed(e) => WriteResult::Uncertain(e),
+    };
+    let end = world.now();
+    lock(&world.writes).push(WriteRec {
+        node,
+        name,
+        amount,
+        start,
+        end,
+        result: result.clone(),
+    });
+    result
+}
+
 fn writer(world: &World, mut rng: Rng) {
     let client = Client::new();
-    let n = world.ips.len() as u64;
     for _ in 0..10_000_000u64 {
         if !world.running() {
             break;
         }
-        let node = 1 + rng.below(n) as usize;
+        let node = world.pick_node(&mut rng);
         let name = rng.index(world.names.len());
         let amount = rng.range(1, 10);
-        world.sent[name].fetch_add(amount, Ordering::SeqCst);
-        let start = world.now();
-        let (outcome, _) = client.post(
-            &world.counter_url(node, name, ""),
-            &amount.to_string(),
-            REQUEST_TIMEOUT,
-        );
-        let result = match outcome {
-            Outcome::Answer(200, body) if parse_value(&body).is_some() => {
-                world.acked[name].fetch_add(amount, Ordering::SeqCst);
-                // The answer is the node's new local value: it includes this
-                // increment and nothing that was never sent.
-                let local = parse_value(&body).unwrap_or(0);
-                let sent = u128::from(world.sent[name].load(Ordering::SeqCst));
-                if local < u128::from(amount) || local > sent {
-                    world.problem(format!(
-                        "G2: POST /counter/{} +{amount} to node {node} answered local value {local}, outside {amount}..={sent} (sent so far)",
-                        world.names[name]
-                    ));
-                }
-                WriteResult::Acked
-            }
-            Outcome::Answer(status, body) => WriteResult::Rejected(status, body),
-            Outcome::Failed(e) => WriteResult::Uncertain(e),
-        };
-        let end = world.now();
-        lock(&world.writes).push(WriteRec {
-            node,
-            name,
-            amount,
-            start,
-            end,
-            result,
-        });
+        increment(world, &client, node, name, amount);
         std::thread::sleep(Duration::from_millis(rng.range(0, 8)));
     }
 }
 
 fn reader(world: &World, mut rng: Rng, kind_consistent: bool) {
     let client = Client::new();
-    let n = world.ips.len() as u64;
     for _ in 0..10_000_000u64 {
         if !world.running() {
             break;
         }
-        let node = 1 + rng.below(n) as usize;
+        let node = world.pick_node(&mut rng);
         let name = rng.index(world.names.len());
         let start = world.now();
         let acked_at_start = world.acked[name].load(Ordering::SeqCst);
@@ -523,12 +610,89 @@ enum Fault {
     Crash(usize),
     /// Crash, lose the whole data folder, restart (SPEC G7's second sentence).
     Wipe(usize),
+    /// Cut off (acknowledging alone, or trying to), then wiped and
+    /// restarted while still cut off, then healed.
+    IsolateWipe(usize),
     Delay(usize),
+    /// Configs posted while a partition holds (see [`MembershipPlan`]).
+    Membership(MembershipPlan),
+    /// The shared working folder's filesystem filled up, then freed.
+    DiskFull,
+}
+
+/// A membership change under a partition: `posts` are (node the config is
+/// posted to, actors of the config); one post grows or shrinks the config,
+/// two on opposite sides of the partition conflict.
+#[derive(Debug)]
+struct MembershipPlan {
+    kind: &'static str,
+    sides: (Vec<usize>, Vec<usize>),
+    posts: Vec<(usize, Vec<usize>)>,
+}
+
+/// The names of the fault kinds, by their number in [`Fault::pick`], as
+/// `TALLY_CHAOS_ONLY` takes them.
+const KIND_NAMES: [&str; 10] = [
+    "pause",
+    "isolate",
+    "cut-link",
+    "crash",
+    "delay",
+    "wipe",
+    "split",
+    "isolate-wipe",
+    "membership",
+    "disk-full",
+];
+
+/// `TALLY_CHAOS_ONLY=kind,kind`: only these fault kinds (to replay or
+/// study one of them).
+fn only_kinds() -> Option<Vec<String>> {
+    let raw = std::env::var("TALLY_CHAOS_ONLY").ok()?;
+    let list: Vec<String> = raw
+        .split(',')
+        .map(|k| k.trim().to_string())
+        .filter(|k| !k.is_empty())
+        .collect();
+    for k in &list {
+        assert!(
+            KIND_NAMES.contains(&k.as_str()),
+            "TALLY_CHAOS_ONLY: unknown fault kind {k:?} (kinds: {KIND_NAMES:?})"
+        );
+    }
+    (!list.is_empty()).then_some(list)
+}
+
+/// What the fault picker needs to know of the run.
+struct PickCtx {
+    only: Option<Vec<String>>,
+    n: usize,
+    wipe: bool,
+    membership: bool,
+    /// Every third fault of a run with membership changes is one.
+    membership_turn: bool,
+    disk: bool,
+    /// Actors of the config the nodes last agreed on.
+    current: Vec<usize>,
 }
 
 impl Fault {
-    fn pick(rng: &mut Rng, n: usize, wipe: bool) -> Fault {
+    fn pick(rng: &mut Rng, ctx: &PickCtx) -> Fault {
+        let n = ctx.n;
         let node = |rng: &mut Rng| 1 + rng.index(n);
+        let allowed = |kind: &str| {
+            ctx.only
+                .as_ref()
+                .is_none_or(|o| o.iter().any(|k| k == kind))
+        };
+        if ctx.membership_turn && allowed("membership") {
+            // A few tries: the partition drawn may leave a side without an actor.
+            for _ in 0..5 {
+                if let Some(plan) = membership_plan(rng, ctx) {
+                    return Fault::Membership(plan);
+                }
+            }
+        }
         let mut kinds = vec![0, 3, 4];
         if n >= 2 {
             kinds.push(1);
@@ -536,11 +700,27 @@ impl Fault {
         if n >= 3 {
             kinds.push(2);
         }
-        if wipe {
+        if ctx.wipe {
             kinds.push(5);
+            if n >= 2 {
+                kinds.push(7);
+            }
         }
         if n >= 4 {
             kinds.push(6);
+        }
+        if ctx.membership {
+            kinds.push(8);
+        }
+        if ctx.disk {
+            kinds.push(9);
+        }
+        if let Some(only) = &ctx.only {
+            kinds.retain(|k| only.iter().any(|name| KIND_NAMES[*k] == name));
+            assert!(
+                !kinds.is_empty(),
+                "TALLY_CHAOS_ONLY={only:?} names no fault this run can apply (kinds: {KIND_NAMES:?})"
+            );
         }
         match kinds[rng.index(kinds.len())] {
             1 => Fault::Isolate(node(rng)),
@@ -552,22 +732,30 @@ impl Fault {
             4 => Fault::Delay(node(rng)),
             5 => Fault::Wipe(node(rng)),
             6 => {
-                let k = n / 2;
-                let a: Vec<usize> = rng.subset(n, k).into_iter().map(|i| i + 1).collect();
-                let b: Vec<usize> = (1..=n).filter(|i| !a.contains(i)).collect();
+                let (a, b) = halves(rng, n);
                 Fault::Split(a, b)
             }
+            7 => Fault::IsolateWipe(node(rng)),
+            8 => match membership_plan(rng, ctx) {
+                Some(plan) => Fault::Membership(plan),
+                None => Fault::Pause(node(rng)),
+            },
+            9 => Fault::DiskFull,
             _ => Fault::Pause(node(rng)),
         }
     }
 
     fn cuts(&self, n: usize) -> Vec<(usize, usize)> {
-        match self {
-            Fault::Isolate(i) => (1..=n).filter(|j| j != i).map(|j| (*i, j)).collect(),
-            Fault::Split(a, b) => a
-                .iter()
+        let isolate = |i: usize| (1..=n).filter(|j| *j != i).map(|j| (i, j)).collect();
+        let split = |a: &[usize], b: &[usize]| {
+            a.iter()
                 .flat_map(|x| b.iter().map(move |y| (*x, *y)))
-                .collect(),
+                .collect()
+        };
+        match self {
+            Fault::Isolate(i) | Fault::IsolateWipe(i) => isolate(*i),
+            Fault::Split(a, b) => split(a, b),
+            Fault::Membership(plan) => split(&plan.sides.0, &plan.sides.1),
             Fault::CutLink(a, b) => vec![(*a, *b)],
             _ => Vec::new(),
         }
@@ -581,16 +769,102 @@ impl Fault {
             Fault::Pause(i) => format!("pause n{i}"),
             Fault::Crash(i) => format!("crash n{i}"),
             Fault::Wipe(i) => format!("wipe n{i} (crash, data folder deleted, restart)"),
+            Fault::IsolateWipe(i) => {
+                format!("isolate-wipe n{i} (cut off, then wiped and restarted while cut off)")
+            }
             Fault::Delay(i) => match mode {
                 DelayMode::Netem => format!("delay n{i} (netem 50ms±20ms)"),
                 DelayMode::TbfFallback => format!("delay n{i} (tbf fallback, no netem)"),
             },
+            Fault::Membership(plan) => {
+                let posts: Vec<String> = plan
+                    .posts
+                    .iter()
+                    .map(|(to, actors)| format!("{actors:?} to n{to}"))
+                    .collect();
+                format!(
+                    "{} under split {:?}|{:?}: {}",
+                    plan.kind,
+                    plan.sides.0,
+                    plan.sides.1,
+                    posts.join(" and ")
+                )
+            }
+            Fault::DiskFull => format!("disk-full (the shared {TMPFS_MIB} MiB tmpfs filled up)"),
         }
     }
 }
 
+/// Random halves of the nodes (the first has n/2 of them).
+fn halves(rng: &mut Rng, n: usize) -> (Vec<usize>, Vec<usize>) {
+    let a: Vec<usize> = rng.subset(n, n / 2).into_iter().map(|i| i + 1).collect();
+    let b: Vec<usize> = (1..=n).filter(|i| !a.contains(i)).collect();
+    (a, b)
+}
+
+/// A membership change from the current config: a grow to every node (when
+/// some are out), a shrink to n-2 random nodes (when all are in), or, a
+/// third of the time, two different configs posted on the two sides of the
+/// partition. Configs are posted to actors of the current config; `None`
+/// when the partition drawn leaves a side without one.
+fn membership_plan(rng: &mut Rng, ctx: &PickCtx) -> Option<MembershipPlan> {
+    let n = ctx.n;
+    let current = &ctx.current;
+    let conflict = rng.chance(1, 3);
+    let sides = if rng.chance(1, 2) {
+        halves(rng, n)
+    } else {
+        let x = 1 + rng.index(n);
+        (vec![x], (1..=n).filter(|&i| i != x).collect())
+    };
+    let on = |side: &[usize], rng: &mut Rng| {
+        let candidates: Vec<usize> = side
+            .iter()
+            .copied()
+            .filter(|i| current.contains(i))
+            .collect();
+        (!candidates.is_empty()).then(|| candidates[rng.index(candidates.len())])
+    };
+    // A random config of n-2..=n actors, different from `current` and `other`.
+    let fresh = |rng: &mut Rng, other: &[usize]| {
+        for _ in 0..50 {
+            let k = rng.range((n - 2) as u64, n as u64) as usize;
+            let c: Vec<usize> = rng.subset(n, k).into_iter().map(|i| i + 1).collect();
+            if c != *current && c != other {
+                return Some(c);
+            }
+        }
+        None
+    };
+    if conflict {
+        let a = on(&sides.0, rng)?;
+        let b = on(&sides.1, rng)?;
+        let x = fresh(rng, &[])?;
+        let y = fresh(rng, &x)?;
+        return Some(MembershipPlan {
+            kind: "conflicting-configs",
+            sides,
+            posts: vec![(a, x), (b, y)],
+        });
+    }
+    let side = if rng.chance(1, 2) { &sides.0 } else { &sides.1 };
+    let to = on(side, rng)?;
+    let (kind, actors) = if current.len() < n {
+        ("grow", (1..=n).collect())
+    } else {
+        let k = n - 2;
+        let c: Vec<usize> = rng.subset(n, k).into_iter().map(|i| i + 1).collect();
+        ("shrink", c)
+    };
+    Some(MembershipPlan {
+        kind,
+        sides,
+        posts: vec![(to, actors)],
+    })
+}
+
 /// Restarts node `id` with the same id and folder, without posting config,
-/// and checks it came back with its config (G7, G8).
+/// and makes a consistent read on it the moment it answers.
 fn restart(h: &Harness, world: &World, client: &Client, id: usize) -> Result<(), String> {
     h.nodes().spawn(id)?;
     if !wait_ready(client, world, id, START_BOUND) {
@@ -614,23 +888,45 @@ fn restart(h: &Harness, world: &World, client: &Client, id: usize) -> Result<(),
         sent_at_end: world.sent[name].load(Ordering::SeqCst),
         result,
     });
+    Ok(())
+}
+
+/// A restarted node that held a config knows it again, and itself in it,
+/// within 5 s (from its folder, or, after a wipe, from its peers), G7/G8.
+/// A node nobody will tell (never configured, or wiped while outside the
+/// config) is not expected to.
+fn expect_config_back(world: &World, client: &Client, id: usize, wiped: bool) {
+    if !world.configured().contains(&id) {
+        return;
+    }
+    if wiped && !lock(&world.current).contains(&id) {
+        return;
+    }
     let known = poll(Duration::from_secs(5), || {
         status_json(client, world, id).filter(|s| knows_config(s, world, id))
     });
     if known.is_none() {
         world.problem(format!(
-            "G7/G8: node {id} restarted from its folder but does not know the cluster config and itself within 5s: {:?}",
-            status_json(client, world, id)
+            "G7/G8: node {id} restarted{} but does not know a config and itself in it within 5s: {:?}",
+            if wiped {
+                " with a wiped folder"
+            } else {
+                " from its folder"
+            },
+            status_json(client, world, id).map(|s| (s["self"].clone(), s["config"].clone()))
         ));
     }
-    Ok(())
+}
+
+fn record(world: &World, f: FaultRec) {
+    lock(&world.faults).push(f);
 }
 
 fn faults(h: &Harness, world: &World, mut rng: Rng) -> Result<(), String> {
     let client = Client::new();
     let n = world.ips.len();
     let mode = h.lab.delay_mode;
-    for _ in 0..100_000u32 {
+    for slot in 0..100_000u32 {
         if !world.running() {
             break;
         }
@@ -639,114 +935,45 @@ fn faults(h: &Harness, world: &World, mut rng: Rng) -> Result<(), String> {
                 return Err(format!("node {i} exited on its own ({status})"));
             }
         }
-        let fault = Fault::pick(&mut rng, n, world.wipe);
+        let ctx = PickCtx {
+            only: only_kinds(),
+            n,
+            wipe: world.wipe,
+            membership: world.membership,
+            membership_turn: world.membership && slot % 3 == 1,
+            disk: world.disk,
+            current: lock(&world.current).clone(),
+        };
+        let fault = Fault::pick(&mut rng, &ctx);
         let hold = Duration::from_millis(rng.range(1000, 4000));
         let gap = Duration::from_millis(rng.range(300, 1500));
+        // Room for what follows the hold: a membership change waits for the
+        // config to settle, a full disk for every node to write again.
+        let tail = match fault {
+            Fault::Membership(_) => CONFIG_SETTLE_BOUND,
+            Fault::DiskFull => Duration::from_micros(DISK_RESUME_BOUND),
+            _ => Duration::ZERO,
+        };
         let finish_by = world.deadline.checked_sub(FINAL_HOLD);
-        if finish_by.is_none_or(|t| Instant::now() + hold + gap > t) {
+        if finish_by.is_none_or(|t| Instant::now() + hold + gap + tail / 2 > t) {
             break;
         }
         let label = fault.label(mode);
         let cuts = fault.cuts(n);
-        let mut down = Vec::new();
-        let mut degraded = Vec::new();
         let begin = world.now();
-        match &fault {
-            Fault::Isolate(_) | Fault::Split(..) | Fault::CutLink(..) => h.lab.partition(&cuts)?,
-            Fault::Pause(i) => {
-                down.push(*i);
-                h.nodes().pause(*i)?;
-            }
-            Fault::Crash(i) => {
-                down.push(*i);
-                h.nodes().crash(*i)?;
-            }
-            Fault::Wipe(i) => {
-                down.push(*i);
-                h.nodes().crash(*i)?;
-                let dir = h.work.join(format!("tally-data/node-{i}"));
-                std::fs::remove_dir_all(&dir)
-                    .map_err(|e| format!("cannot delete {}: {e}", dir.display()))?;
-            }
-            Fault::Delay(i) => {
-                if mode == DelayMode::TbfFallback {
-                    degraded.push(*i);
-                }
-                h.lab.delay(*i)?;
-            }
-        }
-        let active_from = world.now();
         eprintln!(
             "chaos: {:>8.3}s {label} for {:.1}s",
             begin as f64 / 1e6,
             hold.as_secs_f64()
         );
-        if !cuts.is_empty() && rng.chance(1, 3) {
-            // A node paused, or crashed and restarted, while the partition holds.
-            let third = hold / 3;
-            std::thread::sleep(third);
-            let victim = 1 + rng.index(n);
-            let crash = rng.chance(1, 2);
-            let kind = if crash {
-                "nested-crash"
-            } else {
-                "nested-pause"
-            };
-            let inner_label = format!("{kind} n{victim} (inside {label})");
-            let inner_begin = world.now();
-            if crash {
-                h.nodes().crash(victim)?;
-            } else {
-                h.nodes().pause(victim)?;
-            }
-            let inner_from = world.now();
-            eprintln!(
-                "chaos: {:>8.3}s {inner_label} for {:.1}s",
-                inner_begin as f64 / 1e6,
-                third.as_secs_f64()
-            );
-            std::thread::sleep(third);
-            let inner_until = world.now();
-            if crash {
-                restart(h, world, &client, victim)?;
-            } else {
-                h.nodes().resume(victim)?;
-            }
-            lock(&world.faults).push(FaultRec {
-                label: inner_label,
-                begin: inner_begin,
-                active_from: inner_from,
-                active_until: inner_until,
-                end: world.now(),
-                cuts: Vec::new(),
-                down: vec![victim],
-                degraded: Vec::new(),
-                wiped: false,
-            });
-            std::thread::sleep(hold.saturating_sub(third * 2));
-        } else {
-            std::thread::sleep(hold);
-        }
-        let active_until = world.now();
         match &fault {
-            Fault::Isolate(_) | Fault::Split(..) | Fault::CutLink(..) | Fault::Delay(_) => {
-                h.lab.heal()?
+            Fault::Membership(plan) => {
+                membership_change(h, world, &client, plan, &label, &cuts, hold)?
             }
-            Fault::Pause(i) => h.nodes().resume(*i)?,
-            Fault::Crash(i) | Fault::Wipe(i) => restart(h, world, &client, *i)?,
+            Fault::DiskFull => disk_full(h, world, &client, &label, hold)?,
+            Fault::IsolateWipe(i) => isolate_wipe(h, world, &client, *i, &label, &cuts, hold)?,
+            _ => plain_fault(h, world, &client, &mut rng, &fault, &label, &cuts, hold)?,
         }
-        let end = world.now();
-        lock(&world.faults).push(FaultRec {
-            label,
-            begin,
-            active_from,
-            active_until,
-            end,
-            cuts,
-            down,
-            degraded,
-            wiped: matches!(fault, Fault::Wipe(_)),
-        });
         if !world.running() {
             break;
         }
@@ -771,12 +998,435 @@ fn faults(h: &Harness, world: &World, mut rng: Rng) -> Result<(), String> {
             active_until: u64::MAX,
             end: u64::MAX,
             cuts,
-            down: Vec::new(),
-            degraded: Vec::new(),
-            wiped: false,
+            ..FaultRec::default()
         });
     }
     Ok(())
+}
+
+/// Partitions, pauses, crashes, wipes and delays: applied, held (a third of
+/// the partitions with a pause or crash nested in their middle), healed.
+#[allow(clippy::too_many_arguments)]
+fn plain_fault(
+    h: &Harness,
+    world: &World,
+    client: &Client,
+    rng: &mut Rng,
+    fault: &Fault,
+    label: &str,
+    cuts: &[(usize, usize)],
+    hold: Duration,
+) -> Result<(), String> {
+    let n = world.ips.len();
+    let mode = h.lab.delay_mode;
+    let mut down = Vec::new();
+    let mut degraded = Vec::new();
+    let begin = world.now();
+    match fault {
+        Fault::Isolate(_) | Fault::Split(..) | Fault::CutLink(..) => h.lab.partition(cuts)?,
+        Fault::Pause(i) => {
+            down.push(*i);
+            h.nodes().pause(*i)?;
+        }
+        Fault::Crash(i) => {
+            down.push(*i);
+            h.nodes().crash(*i)?;
+        }
+        Fault::Wipe(i) => {
+            down.push(*i);
+            h.nodes().crash(*i)?;
+            wipe_folder(h, *i)?;
+        }
+        Fault::Delay(i) => {
+            if mode == DelayMode::TbfFallback {
+                degraded.push(*i);
+            }
+            h.lab.delay(*i)?;
+        }
+        other => return Err(format!("not a plain fault: {other:?}")),
+    }
+    let active_from = world.now();
+    if !cuts.is_empty() && rng.chance(1, 3) {
+        // A node paused, or crashed and restarted, while the partition holds.
+        let third = hold / 3;
+        std::thread::sleep(third);
+        let victim = 1 + rng.index(n);
+        let crash = rng.chance(1, 2);
+        let kind = if crash {
+            "nested-crash"
+        } else {
+            "nested-pause"
+        };
+        let inner_label = format!("{kind} n{victim} (inside {label})");
+        let inner_begin = world.now();
+        if crash {
+            h.nodes().crash(victim)?;
+        } else {
+            h.nodes().pause(victim)?;
+        }
+        let inner_from = world.now();
+        eprintln!(
+            "chaos: {:>8.3}s {inner_label} for {:.1}s",
+            inner_begin as f64 / 1e6,
+            third.as_secs_f64()
+        );
+        std::thread::sleep(third);
+        let inner_until = world.now();
+        if crash {
+            restart(h, world, client, victim)?;
+            expect_config_back(world, client, victim, false);
+        } else {
+            h.nodes().resume(victim)?;
+        }
+        record(
+            world,
+            FaultRec {
+                label: inner_label,
+                begin: inner_begin,
+                active_from: inner_from,
+                active_until: inner_until,
+                end: world.now(),
+                down: vec![victim],
+                ..FaultRec::default()
+            },
+        );
+        std::thread::sleep(hold.saturating_sub(third * 2));
+    } else {
+        std::thread::sleep(hold);
+    }
+    let active_until = world.now();
+    match fault {
+        Fault::Pause(i) => h.nodes().resume(*i)?,
+        Fault::Crash(i) | Fault::Wipe(i) => {
+            restart(h, world, client, *i)?;
+            expect_config_back(world, client, *i, matches!(fault, Fault::Wipe(_)));
+        }
+        _ => h.lab.heal()?,
+    }
+    record(
+        world,
+        FaultRec {
+            label: label.to_string(),
+            begin,
+            active_from,
+            active_until,
+            end: world.now(),
+            cuts: cuts.to_vec(),
+            down,
+            degraded,
+            wiped: matches!(fault, Fault::Wipe(_)),
+            disk_full: false,
+        },
+    );
+    Ok(())
+}
+
+fn wipe_folder(h: &Harness, i: usize) -> Result<(), String> {
+    let dir = h.work.join(format!("tally-data/node-{i}"));
+    std::fs::remove_dir_all(&dir).map_err(|e| format!("cannot delete {}: {e}", dir.display()))
+}
+
+/// Node `i` cut off for the first half of the hold (clients keep sending
+/// it increments: without min-replicas it acknowledges them alone), then
+/// SIGKILLed, its folder deleted and restarted while still cut off; healed
+/// at the end of the hold.
+fn isolate_wipe(
+    h: &Harness,
+    world: &World,
+    client: &Client,
+    i: usize,
+    label: &str,
+    cuts: &[(usize, usize)],
+    hold: Duration,
+) -> Result<(), String> {
+    let begin = world.now();
+    h.lab.partition(cuts)?;
+    let active_from = world.now();
+    std::thread::sleep(hold / 2);
+    let wipe_begin = world.now();
+    h.nodes().crash(i)?;
+    wipe_folder(h, i)?;
+    let wipe_from = world.now();
+    restart(h, world, client, i)?;
+    let restarted = world.now();
+    record(
+        world,
+        FaultRec {
+            label: format!("wipe n{i} (inside {label})"),
+            begin: wipe_begin,
+            active_from: wipe_from,
+            active_until: restarted,
+            end: restarted,
+            down: vec![i],
+            wiped: true,
+            ..FaultRec::default()
+        },
+    );
+    std::thread::sleep(hold / 2);
+    let active_until = world.now();
+    h.lab.heal()?;
+    record(
+        world,
+        FaultRec {
+            label: label.to_string(),
+            begin,
+            active_from,
+            active_until,
+            end: world.now(),
+            cuts: cuts.to_vec(),
+            ..FaultRec::default()
+        },
+    );
+    expect_config_back(world, client, i, true);
+    Ok(())
+}
+
+/// Posts the plan's configs while its partition holds, heals, and waits for
+/// every running node named by a config to report the same one.
+fn membership_change(
+    h: &Harness,
+    world: &World,
+    client: &Client,
+    plan: &MembershipPlan,
+    label: &str,
+    cuts: &[(usize, usize)],
+    hold: Duration,
+) -> Result<(), String> {
+    let begin = world.now();
+    h.lab.partition(cuts)?;
+    let active_from = world.now();
+    // Surely in force before the posts.
+    std::thread::sleep(Duration::from_millis(200));
+    let mut posted = Vec::new();
+    for (to, actors) in &plan.posts {
+        let answer = client
+            .post(
+                &world.url(*to, "/config"),
+                &world.actors_json(actors),
+                Duration::from_secs(5),
+            )
+            .0;
+        match &answer {
+            Outcome::Answer(200, _) => {
+                posted.push(actors.clone());
+                // Clients may use the nodes it names from now on.
+                world.enrolled.fetch_or(bits(actors), Ordering::SeqCst);
+            }
+            other => world.problem(format!(
+                "G8: POST /config {actors:?} to node {to} during {label} answered {other:?}"
+            )),
+        }
+        eprintln!(
+            "chaos: {:>8.3}s   posted {actors:?} to n{to}: {}",
+            world.now() as f64 / 1e6,
+            match &answer {
+                Outcome::Answer(s, b) => format!("{s} {b}"),
+                Outcome::Failed(e) => e.clone(),
+            }
+        );
+    }
+    std::thread::sleep(hold.saturating_sub(Duration::from_millis(200)));
+    let active_until = world.now();
+    h.lab.heal()?;
+    let healed = world.now();
+    let named = world.enrolled();
+    let (views, agreed) = await_one_config(client, world, &named, CONFIG_SETTLE_BOUND);
+    let end = world.now();
+    let settled = if agreed {
+        let actors: Vec<usize> = views
+            .first()
+            .and_then(|(_, v)| v.as_ref())
+            .map(|(_, _, a)| a.iter().filter_map(|x| world.node_of(x)).collect())
+            .unwrap_or_default();
+        let mut sorted = actors.clone();
+        sorted.sort_unstable();
+        *lock(&world.current) = sorted.clone();
+        world.configured.fetch_or(bits(&named), Ordering::SeqCst);
+        eprintln!(
+            "chaos: {:>8.3}s   every node named by a config reports {:?} {:.0}ms after the heal",
+            end as f64 / 1e6,
+            views.first().and_then(|(_, v)| v.clone()),
+            (end - healed) as f64 / 1e3
+        );
+        Some(sorted)
+    } else {
+        eprintln!(
+            "chaos: {:>8.3}s   the nodes did not agree on a config within {CONFIG_SETTLE_BOUND:?}: {views:?}",
+            end as f64 / 1e6
+        );
+        None
+    };
+    record(
+        world,
+        FaultRec {
+            label: label.to_string(),
+            begin,
+            active_from,
+            active_until,
+            end,
+            cuts: cuts.to_vec(),
+            ..FaultRec::default()
+        },
+    );
+    lock(&world.changes).push(ConfigChange {
+        label: label.to_string(),
+        begin,
+        end,
+        posted,
+        settled,
+    });
+    Ok(())
+}
+
+/// Fills the shared working folder's tmpfs with a file, holds, deletes the
+/// file, then measures how long each running node takes to acknowledge an
+/// increment again (its process unchanged: no restart).
+fn disk_full(
+    h: &Harness,
+    world: &World,
+    client: &Client,
+    label: &str,
+    hold: Duration,
+) -> Result<(), String> {
+    let n = world.ips.len();
+    let pids: Vec<Option<u32>> = (1..=n).map(|i| h.nodes().pid(i)).collect();
+    let begin = world.now();
+    let filler = h.work.join("filler");
+    let filled = fill(&filler)?;
+    let active_from = world.now();
+    eprintln!(
+        "chaos: {:>8.3}s   wrote {} MiB of filler: the filesystem is full",
+        active_from as f64 / 1e6,
+        filled >> 20
+    );
+    // Storage pressure while it is full: increments with a fresh
+    // Idempotency-Key each (the key is stored with the increment), so every
+    // actor's database must grow and its commits meet the full disk, however
+    // much free room its file had. They are recorded like any increment.
+    let members: Vec<usize> = lock(&world.current).clone();
+    let until = Instant::now() + hold;
+    let fault_no = lock(&world.disk_recoveries).len();
+    std::thread::scope(|s| {
+        for &node in &members {
+            s.spawn(move || {
+                let client = Client::new();
+                for k in 0..100_000u32 {
+                    if Instant::now() >= until {
+                        break;
+                    }
+                    let key = format!("disk-full-{fault_no}-n{node}-{k}-{}", "k".repeat(64));
+                    let name = k as usize % world.names.len();
+                    increment_keyed(world, &client, node, name, 1, Some(&key));
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            });
+        }
+    });
+    let active_until = world.now();
+    std::fs::remove_file(&filler).map_err(|e| format!("cannot delete the filler: {e}"))?;
+    let freed_at = world.now();
+    let freed = Instant::now();
+    // Every running node must acknowledge an increment again within the
+    // bound, by itself; each is probed in its own thread.
+    let bound = Duration::from_micros(DISK_RESUME_BOUND) + Duration::from_secs(2);
+    // (Only actors of the config: a node that left refuses increments by
+    // design, and one never given a config is not sent requests.)
+    let running: Vec<usize> = lock(&world.current)
+        .iter()
+        .copied()
+        .filter(|&i| h.nodes().running(i))
+        .collect();
+    let resumed: Vec<(usize, Option<Micros>)> = std::thread::scope(|s| {
+        let probes: Vec<_> = running
+            .iter()
+            .map(|&node| {
+                s.spawn(move || {
+                    let client = Client::new();
+                    let mut k = node;
+                    let ok = poll(bound, || {
+                        k += 1;
+                        let name = k % world.names.len();
+                        matches!(increment(world, &client, node, name, 1), WriteResult::Acked)
+                            .then(|| freed.elapsed().as_micros() as Micros)
+                    });
+                    (node, ok)
+                })
+            })
+            .collect();
+        probes
+            .into_iter()
+            .zip(&running)
+            .map(|(p, &node)| p.join().unwrap_or((node, None)))
+            .collect()
+    });
+    let restarted: Vec<usize> = (1..=n)
+        .filter(|&i| h.nodes().exited(i).is_some() || h.nodes().pid(i) != pids[i - 1])
+        .collect();
+    let end = world.now();
+    let health: Vec<String> = world
+        .enrolled()
+        .iter()
+        .map(|&i| {
+            let s = status_json(client, world, i);
+            format!(
+                "n{i} {}",
+                s.map_or("no status".to_string(), |s| format!(
+                    "healthy={} errors={} recoveries={}",
+                    s["storage"]["healthy"], s["storage"]["errors"], s["storage"]["recoveries"]
+                ))
+            )
+        })
+        .collect();
+    eprintln!(
+        "chaos: {:>8.3}s   space back; writes again after {:?}; storage: {}",
+        end as f64 / 1e6,
+        resumed
+            .iter()
+            .map(|(i, t)| format!(
+                "n{i} {}",
+                t.map_or("never".to_string(), |t| format!("{:.0}ms", t as f64 / 1e3))
+            ))
+            .collect::<Vec<_>>(),
+        health.join(", ")
+    );
+    record(
+        world,
+        FaultRec {
+            label: label.to_string(),
+            begin,
+            active_from,
+            active_until,
+            end,
+            disk_full: true,
+            ..FaultRec::default()
+        },
+    );
+    lock(&world.disk_recoveries).push(DiskRecovery {
+        freed_at,
+        resumed,
+        restarted,
+    });
+    Ok(())
+}
+
+/// Writes `path` until its filesystem is full; returns the bytes written.
+fn fill(path: &Path) -> Result<u64, String> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    let mut written = 0u64;
+    // 1 MiB blocks, then what is left in 4 KiB ones; bounded, the tmpfs
+    // holds TMPFS_MIB MiB.
+    for (size, count) in [(1usize << 20, 4 * TMPFS_MIB + 16), (4096, 1024)] {
+        let block = vec![0xA5u8; size];
+        for _ in 0..count {
+            match eintr::retry(|| f.write(&block)) {
+                Ok(0) | Err(_) => break,
+                Ok(k) => written += k as u64,
+            }
+        }
+    }
+    Ok(written)
 }
 
 // ---------------------------------------------------------------------------
@@ -786,17 +1436,20 @@ struct Recovery {
     /// Consistent reads already waiting when the network healed: the slowest
     /// one's answer, after the heal.
     in_flight: Option<Duration>,
+    /// Until every running node named by a config reported the same one.
+    config_agreed: Option<Duration>,
     consistent_everywhere: Option<Duration>,
     converged: Option<Duration>,
 }
 
 /// Time from `healed` until a consistent read answers 200 on every node.
 fn measure_consistent(world: &World, healed: Instant) -> Option<Duration> {
-    let n = world.ips.len();
+    let nodes = world.enrolled();
     let owed = &owed(world);
     let per_node: Vec<Option<Duration>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (1..=n)
-            .map(|node| {
+        let handles: Vec<_> = nodes
+            .iter()
+            .map(|&node| {
                 s.spawn(move || {
                     let client = Client::new();
                     let mut k = 0usize;
@@ -825,10 +1478,9 @@ fn measure_consistent(world: &World, healed: Instant) -> Option<Duration> {
             .map(|h| h.join().unwrap_or(None))
             .collect()
     });
-    for (i, t) in per_node.iter().enumerate() {
+    for (i, t) in nodes.iter().zip(&per_node) {
         eprintln!(
-            "chaos: node {} consistent after the heal: {}",
-            i + 1,
+            "chaos: node {i} consistent after the heal: {}",
             t.map_or("never".into(), |t| format!(
                 "{:.0}ms",
                 t.as_secs_f64() * 1e3
@@ -840,17 +1492,18 @@ fn measure_consistent(world: &World, healed: Instant) -> Option<Duration> {
         .try_fold(Duration::ZERO, |acc, t| t.map(|t| acc.max(t)))
 }
 
-/// Time from `healed` until every node's value of every name is equal and ≥ acked.
+/// Time from `healed` until every member's value of every name is equal and
+/// ≥ acked. (A node that left the config is no longer replicated to.)
 fn measure_convergence(world: &World, healed: Instant) -> Option<Duration> {
     let client = Client::new();
-    let n = world.ips.len();
+    let members = lock(&world.current).clone();
     let mut last = String::new();
     let owed = owed(world);
     let found = poll(RECOVERY_WAIT, || {
         for (name, &acked) in owed.iter().enumerate() {
             let acked = u128::from(acked);
-            let mut values = Vec::with_capacity(n);
-            for node in 1..=n {
+            let mut values = Vec::with_capacity(members.len());
+            for &node in &members {
                 let url = world.counter_url(node, name, "/value");
                 match read_result(client.get(&url, REQUEST_TIMEOUT).0, false) {
                     ReadResult::Value(v) => values.push(v),
@@ -883,7 +1536,9 @@ fn recover(h: &Harness, world: &World) -> Result<Recovery, String> {
         // Consistent reads that start while every node is alone and must
         // answer 200 soon after the heal, long before their deadline.
         let waiting: Vec<_> = match &partitioned {
-            Some(_) => (1..=n)
+            Some(_) => world
+                .enrolled()
+                .into_iter()
                 .map(|node| {
                     s.spawn(move || {
                         let client = Client::new();
@@ -976,30 +1631,66 @@ fn recover(h: &Harness, world: &World) -> Result<Recovery, String> {
             }
             lock(&world.reads).push(r);
         }
+        // G8: every running node named by a config reports the same one.
+        let named = world.enrolled();
+        let (views, agreed) = await_one_config(&client, world, &named, CONFIG_SETTLE_BOUND);
+        let config_agreed = agreed.then(|| healed.elapsed());
+        if agreed && let Some((_, Some((_, _, actors)))) = views.first() {
+            let mut members: Vec<usize> = actors.iter().filter_map(|a| world.node_of(a)).collect();
+            members.sort_unstable();
+            *lock(&world.current) = members;
+        }
+        eprintln!(
+            "chaos: final config {}: {:?}",
+            config_agreed.map_or("not agreed".to_string(), |t| format!(
+                "agreed {:.0}ms after the heal",
+                t.as_secs_f64() * 1e3
+            )),
+            views
+        );
+        *lock(&world.final_configs) = views;
         let c = s.spawn(move || measure_consistent(world, healed));
         let v = s.spawn(move || measure_convergence(world, healed));
         Ok(Recovery {
             in_flight,
+            config_agreed,
             consistent_everywhere: c.join().unwrap_or(None),
             converged: v.join().unwrap_or(None),
         })
     })
 }
 
-/// After convergence: every node's value and consistent value of every name
-/// lies between what was acknowledged and what was sent.
+/// After convergence: every member's value, and every configured node's
+/// consistent value, of every name lies between what was acknowledged and
+/// what was sent. A node that left the config is no longer replicated to:
+/// its own value is only bounded by what was sent.
 fn final_values(world: &World) -> Vec<String> {
     let client = Client::new();
     let mut lines = Vec::new();
     let owed = owed(world);
+    let members = lock(&world.current).clone();
     for (name, &acked) in owed.iter().enumerate() {
         let sent = world.sent[name].load(Ordering::SeqCst);
         let mut seen = Vec::new();
-        for node in 1..=world.ips.len() {
+        for node in world.enrolled() {
             let url = world.counter_url(node, name, "/value");
             let value = read_result(client.get(&url, REQUEST_TIMEOUT).0, false);
             let cons = consistent(&client, world, node, name, 3000);
-            for (what, r) in [("value", &value), ("consistent_value", &cons)] {
+            if !members.contains(&node) {
+                match &value {
+                    ReadResult::Value(v) if *v <= u128::from(sent) => {}
+                    other => world.problem(format!(
+                        "final value of {:?} on node {node} (outside the config) is {other:?}; it must be 200 and ≤ {sent} sent",
+                        world.names[name]
+                    )),
+                }
+            }
+            let checked: &[(&str, &ReadResult)] = if members.contains(&node) {
+                &[("value", &value), ("consistent_value", &cons)]
+            } else {
+                &[("consistent_value", &cons)]
+            };
+            for &(what, r) in checked {
                 match r {
                     ReadResult::Value(v) if *v >= u128::from(acked) && *v <= u128::from(sent) => {
                         seen.push(*v)
@@ -1035,27 +1726,50 @@ fn final_values(world: &World) -> Vec<String> {
 // ---------------------------------------------------------------------------
 // The run
 
-pub fn chaos() {
-    let params = Params::from_env();
-    if let Some(why) = missing_prerequisite() {
-        cannot_run(&params, &why);
+pub fn chaos(profile: Profile) {
+    let params = Params::from_env(profile);
+    if let Some(why) = missing_prerequisite(params.disk) {
+        cannot_run(&why);
         return;
     }
+    let _serial = serial();
     let _replay = ReplayOnPanic(params.replay());
     eprintln!(
-        "chaos: seed={} nodes={} secs={}\nchaos: replay with: {}",
+        "chaos: {} seed={} nodes={} secs={} first config {:?} membership={} disk={} wipe={} min_replicas={}\nchaos: replay with: {}",
+        profile.test_name(),
         params.seed,
         params.nodes,
         params.secs,
+        params.initial_actors(),
+        params.membership,
+        params.disk,
+        params.wipe,
+        params.min_replicas,
         params.replay()
     );
     let bin = node_binary();
     eprintln!("chaos: node binary {}", bin.display());
     let setup_started = Instant::now();
-    let h = match Harness::new(&params, bin.clone()) {
+    let mut node_env = Vec::new();
+    if params.min_replicas > 0 {
+        node_env.push((
+            "TALLY_MIN_REPLICAS".to_string(),
+            params.min_replicas.to_string(),
+        ));
+        node_env.push((
+            "TALLY_REPLICA_TIMEOUT".to_string(),
+            REPLICA_TIMEOUT.to_string(),
+        ));
+    }
+    let setup = Setup {
+        nodes: params.nodes,
+        node_env,
+        tmpfs_mib: params.disk.then_some(TMPFS_MIB),
+    };
+    let h = match Harness::new(&setup, bin.clone()) {
         Ok(h) => h,
         Err(e) => {
-            cannot_run(&params, &format!("cannot build the test network: {e}"));
+            cannot_run(&format!("cannot build the test network: {e}"));
             return;
         }
     };
@@ -1085,6 +1799,16 @@ pub fn chaos() {
         problems: Mutex::new(Vec::new()),
         final_fault: Mutex::new(None),
         wipe: params.wipe,
+        excuse_wipes: params.excuse_wipes(),
+        membership: params.membership,
+        disk: params.disk,
+        enrolled: AtomicU64::new(bits(&params.initial_actors())),
+        configured: AtomicU64::new(bits(&params.initial_actors())),
+        current: Mutex::new(params.initial_actors()),
+        initial_actors: params.initial_actors(),
+        changes: Mutex::new(Vec::new()),
+        disk_recoveries: Mutex::new(Vec::new()),
+        final_configs: Mutex::new(Vec::new()),
     };
     let client = Client::new();
 
@@ -1108,17 +1832,38 @@ pub fn chaos() {
             "pid {pid} of node {i} is not the node binary; signals would miss it"
         );
     }
-    let config = serde_json::json!({ "actors": ips }).to_string();
+    // The first config, posted once to node 1; nodes outside it run without one.
+    let first = world.initial_actors.clone();
     match client
-        .post(&world.url(1, "/config"), &config, Duration::from_secs(5))
+        .post(
+            &world.url(1, "/config"),
+            &world.actors_json(&first),
+            Duration::from_secs(5),
+        )
         .0
     {
         Outcome::Answer(200, _) => {}
         other => panic!("POST /config to node 1 failed: {other:?}\n{}", h.logs(40)),
     }
+    let (views, agreed) = await_one_config(&client, &world, &first, Duration::from_secs(10));
+    let want: Vec<String> = first
+        .iter()
+        .map(|&i| format!("{}:7777", ips[i - 1]))
+        .collect();
+    let mut want_sorted = want.clone();
+    want_sorted.sort();
+    assert!(
+        agreed
+            && views
+                .iter()
+                .all(|(_, v)| v.as_ref().is_some_and(|v| v.2 == want_sorted)),
+        "G8: the nodes of the first config did not all learn it within 10s: {views:?}\n{}",
+        h.logs(40)
+    );
     for i in 1..=n {
         let status = poll(Duration::from_secs(10), || {
-            status_json(&client, &world, i).filter(|s| knows_config(s, &world, i))
+            status_json(&client, &world, i)
+                .filter(|s| !first.contains(&i) || knows_config(s, &world, i))
         })
         .unwrap_or_else(|| {
             panic!(
@@ -1139,7 +1884,7 @@ pub fn chaos() {
             h.work.join(format!("tally-data/node-{i}")).display()
         );
     }
-    for i in 1..=n {
+    for &i in &first {
         let ok = poll(Duration::from_secs(10), || {
             matches!(
                 consistent(&client, &world, i, 0, 3000),
@@ -1198,6 +1943,7 @@ pub fn chaos() {
             world.problem(format!("final heal failed, recovery not measured: {e}"));
             Recovery {
                 in_flight: None,
+                config_agreed: None,
                 consistent_everywhere: None,
                 converged: None,
             }
@@ -1237,7 +1983,7 @@ pub fn chaos() {
     };
     let stray: Vec<String> = listing(&h.work)
         .into_iter()
-        .filter(|f| f != "tally-data" && f != "logs")
+        .filter(|f| f != "tally-data")
         .chain(
             listing(&h.work.join("tally-data"))
                 .into_iter()
@@ -1256,18 +2002,72 @@ pub fn chaos() {
         writes: std::mem::take(&mut *lock(&world.writes)),
         reads: std::mem::take(&mut *lock(&world.reads)),
         faults: std::mem::take(&mut *lock(&world.faults)),
+        initial_actors: world.initial_actors.clone(),
+        changes: std::mem::take(&mut *lock(&world.changes)),
+        disk_recoveries: std::mem::take(&mut *lock(&world.disk_recoveries)),
+        final_configs: std::mem::take(&mut *lock(&world.final_configs)),
     };
-    let report = check(&history, &ips, &names, &Bounds::default());
+    let bounds = Bounds {
+        excuse_wipes: params.excuse_wipes(),
+        ..Bounds::default()
+    };
+    let report = check(&history, &ips, &names, &bounds);
     let st = &report.stats;
+    let changes_summary = if history.changes.is_empty() {
+        "none".to_string()
+    } else {
+        history
+            .changes
+            .iter()
+            .map(|c| {
+                format!(
+                    "\n  {:.1}s {} -> settled on {}",
+                    c.begin as f64 / 1e6,
+                    c.label,
+                    c.settled
+                        .as_ref()
+                        .map_or("nothing (violation)".to_string(), |a| format!(
+                            "{a:?} after {:.1}s",
+                            (c.end - c.begin) as f64 / 1e6
+                        ))
+                )
+            })
+            .collect::<String>()
+    };
+    let disk_summary = if history.disk_recoveries.is_empty() {
+        "none".to_string()
+    } else {
+        history
+            .disk_recoveries
+            .iter()
+            .map(|d| {
+                let slowest = d
+                    .resumed
+                    .iter()
+                    .map(|(_, t)| *t)
+                    .try_fold(0, |m, t| t.map(|t| t.max(m)));
+                format!(
+                    "\n  space back at {:.1}s: every running node wrote again within {}",
+                    d.freed_at as f64 / 1e6,
+                    slowest.map_or("never (violation)".to_string(), |t| format!(
+                        "{:.0}ms",
+                        t as f64 / 1e3
+                    ))
+                )
+            })
+            .collect::<String>()
+    };
     let ms = |t: Option<Duration>| {
         t.map_or("never".into(), |t| {
             format!("{:.0}ms", t.as_secs_f64() * 1e3)
         })
     };
     let mut summary = format!(
-        "\n===== tally chaos summary (seed {}, {} nodes, {}s, delay via {:?}) =====\n\
+        "\n===== tally chaos summary: {} (seed {}, {} nodes, {}s, min-replicas {}, delay via {:?}) =====\n\
          faults applied: {} {:?}\n\
-         increments: {} sent, {} acked, {} uncertain, {} rejected\n\
+         membership changes: {}\n\
+         full disks: {}\n\
+         increments: {} sent, {} acked, {} uncertain, {} rejected ({} by a node outside the config, {} by full storage, {} short of replicas, {} without a config)\n\
          value reads: {}   consistent reads: {} ({} ok, {} 503, {} no answer)\n\
          consistent reads wholly inside a fault that cut their node (must be 503): {}; 503s naming extra nodes: {}\n\
          G3 value latency during partitions (running nodes): {}\n\
@@ -1275,18 +2075,27 @@ pub fn chaos() {
          G3 value latency whole run (running nodes):     {}\n\
          G3 increment latency (running nodes):           {}\n\
          G5 consistent read latency (running nodes):     {}\n\
-         after the final heal: reads waiting across it answered in {}; fresh consistent reads succeed on every node in {}; converged in {}\n\
+         after the final heal: reads waiting across it answered in {}; one config everywhere in {}; fresh consistent reads succeed on every node in {}; converged in {}\n\
+         final config: {:?}\n\
          final counters:\n{}\n",
+        profile.test_name(),
         params.seed,
         n,
         params.secs,
+        params.min_replicas,
         h.lab.delay_mode,
         history.faults.len(),
         st.faults,
+        changes_summary,
+        disk_summary,
         st.writes,
         st.acked,
         st.uncertain,
         st.rejected,
+        st.refused_not_member,
+        st.refused_storage,
+        st.refused_replicas,
+        st.refused_no_config,
         st.value_reads,
         st.consistent_reads,
         st.consistent_ok,
@@ -1304,8 +2113,10 @@ pub fn chaos() {
         } else {
             "n/a (one node)".into()
         },
+        ms(recovery.config_agreed),
         ms(recovery.consistent_everywhere),
         ms(recovery.converged),
+        history.final_configs.first().and_then(|(_, v)| v.clone()),
         finals.join("\n"),
     );
     let mut violations: Vec<String> = lock(&world.problems).clone();
