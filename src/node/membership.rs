@@ -199,7 +199,13 @@ pub(super) async fn membership_loop(node: Arc<Node>) {
             }
             if *node.whoami.borrow() != who {
                 info!(whoami = ?who, "identified this node in the config");
-                node.whoami.send_replace(who);
+                node.whoami.send_replace(who.clone());
+            }
+            if let Whoami::Is(me) = who
+                && node.store.remembered_me().as_ref() != Some(&me)
+                && let Err(e) = node.store.remember_me(me).await
+            {
+                debug!(error = %e, "could not store which actor this node is");
             }
         }
         let role = node.role();

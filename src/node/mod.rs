@@ -204,11 +204,19 @@ impl Node {
             },
             opened.committed,
         );
+        // The actor this node found itself to be before a restart, while
+        // the config still names it: known at once, so a node that left
+        // never acknowledges an increment while it finds out again.
+        let remembered = opened
+            .store
+            .remembered_me()
+            .filter(|me| opened.store.membership().everyone().contains(me))
+            .map_or(Whoami::Unknown, Whoami::Is);
         let node = Arc::new(Node {
             store: opened.store,
             identity,
             messenger,
-            whoami: watch::Sender::new(Whoami::Unknown),
+            whoami: watch::Sender::new(remembered),
             peers,
             shutdown,
             tracker,

@@ -4,9 +4,11 @@
 //! The read starts from the local counter and asks, in parallel, every
 //! actor of the membership's read set (the config's actors and every leaver
 //! whose hand-off is not confirmed). Answers are merged per component. When
-//! an answer carries a newer membership, it is adopted and the read goes on
-//! under it: the new read set is asked too (answers already heard still
-//! count). Each silent actor is retried with a short pause, so a healed
+//! an answer carries a newer membership, the read goes on under it (even if
+//! storage cannot keep it just now): nodes it adds are asked too, answers
+//! already heard still count. When a node leaves the read set (its hand-off
+//! was confirmed), everyone is asked again: what they said before may
+//! predate what it handed over. Each silent actor is retried with a short pause, so a healed
 //! network is noticed at once, until the deadline; then the read answers
 //! with what it could not hear from.
 
@@ -18,7 +20,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::Node;
-use crate::cluster::Actor;
+use crate::cluster::{Actor, Membership};
 use crate::crdt::GCounter;
 use crate::metrics::Outcome;
 use crate::proto::{Request, Response};
@@ -58,9 +60,12 @@ impl Node {
         timeout: Duration,
     ) -> Result<u128, Incomplete> {
         let deadline = Instant::now() + timeout;
-        let mut membership = self.store.watch_membership();
+        let mut stored = self.store.watch_membership();
+        // What this read goes by: the stored membership, merged with any an
+        // answer carries (even when storage cannot keep it right now).
+        let mut view = stored.borrow_and_update().clone();
         let mut merged = self.store.counter(name).unwrap_or_default();
-        if !membership.borrow().is_set() {
+        if !view.is_set() {
             // Without a config this node cannot know whom to hear from: it
             // may be new, or it may have lost its data folder and with it
             // the list of peers that hold what it acknowledged. Only a 503
@@ -75,12 +80,23 @@ impl Node {
         let mut heard: BTreeSet<Actor> = self.me().into_iter().collect();
         let mut asked: BTreeSet<Actor> = BTreeSet::new();
         let mut calls = JoinSet::new();
+        let mut read_set = view.read_set();
         let needed = loop {
-            let needed: Vec<Actor> = membership
-                .borrow_and_update()
-                .read_set()
-                .into_iter()
-                .filter(|a| !heard.contains(a))
+            let now_set = view.read_set();
+            if read_set.iter().any(|a| !now_set.contains(a)) {
+                // A node left the read set (its hand-off was confirmed): the
+                // answers heard so far may predate what it handed over, so
+                // they are asked again.
+                calls = JoinSet::new();
+                asked.clear();
+                heard = self.me().into_iter().collect();
+                merged.merge(&self.store.counter(name).unwrap_or_default());
+            }
+            read_set = now_set;
+            let needed: Vec<Actor> = read_set
+                .iter()
+                .filter(|a| !heard.contains(*a))
+                .cloned()
                 .collect();
             if needed.is_empty() {
                 return Ok(merged.value());
@@ -91,24 +107,33 @@ impl Node {
                     let actor = actor.clone();
                     let name = name.to_string();
                     calls.spawn(async move {
-                        let counter = node.read_until(&actor, name, deadline).await;
-                        (actor, counter)
+                        let answer = node.read_until(&actor, name, deadline).await;
+                        (actor, answer)
                     });
                 }
             }
             tokio::select! {
                 biased;
                 joined = calls.join_next() => match joined {
-                    Some(Ok((actor, Some(theirs)))) => {
+                    Some(Ok((actor, Some((theirs, membership))))) => {
                         merged.merge(&theirs);
                         heard.insert(actor);
+                        if let Some(next) = membership.and_then(|m| view.merged_with(&m)) {
+                            view = next;
+                        }
                     }
                     // Gave up at the deadline, or the task failed.
                     Some(_) => {}
                     None => break needed,
                 },
-                changed = membership.changed() => if changed.is_err() {
-                    break needed;
+                changed = stored.changed() => match changed {
+                    Ok(()) => {
+                        let m = stored.borrow_and_update().clone();
+                        if let Some(next) = view.merged_with(&m) {
+                            view = next;
+                        }
+                    }
+                    Err(_) => break needed,
                 },
                 _ = tokio::time::sleep_until(deadline) => break needed,
             }
@@ -129,7 +154,7 @@ impl Node {
         actor: &Actor,
         name: String,
         deadline: Instant,
-    ) -> Option<GCounter> {
+    ) -> Option<(GCounter, Option<Membership>)> {
         let per_call = self.settings.peer_timeout;
         let mut pause = Duration::from_millis(20);
         loop {
@@ -141,7 +166,7 @@ impl Node {
             if let Ok(resp) = self.call(actor, req, per_call.min(left)).await
                 && let Response::Counter { components } = resp.resp
             {
-                return Some(components.into_iter().collect());
+                return Some((components.into_iter().collect(), resp.membership));
             }
             let left = deadline.saturating_duration_since(Instant::now());
             tokio::time::sleep(pause.min(left)).await;

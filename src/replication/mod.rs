@@ -193,7 +193,11 @@ impl Replicator {
             info!(peer = %actor, member, "peer added");
             let peer = Arc::new(Peer {
                 actor: actor.clone(),
-                state: Mutex::new(PeerState::new(actor.clone(), *member)),
+                state: Mutex::new(PeerState::new(
+                    actor.clone(),
+                    *member,
+                    self.ctx.store.head(),
+                )),
                 wake: Notify::new(),
                 cancel: self.ctx.shutdown.child_token(),
                 label: metrics::Peer {

@@ -9,7 +9,11 @@
 //!   member; while the peer is known to be down they are dropped instead (it
 //!   will pull them), and a push cut short puts them back.
 //! - A push that carried every dirty name, acknowledged, means the peer holds
-//!   every own change committed up to the head the names were committed by.
+//!   every own change committed up to the head the names were committed by,
+//!   unless some own change was never delivered: names dropped while the
+//!   peer was down, a push that failed, commits from before the peer was
+//!   known. Such a *gap* is closed only by the peer pulling past it (a pull
+//!   says how far it holds everything, contiguously).
 //! - The pull position is the peer's own sequence for one incarnation of the
 //!   peer; an answer from another incarnation (its folder was replaced)
 //!   restarts from the mark stored for that incarnation.
@@ -42,6 +46,9 @@ pub struct PeerState {
     lag: u64,
     /// How far (in our sequence) the peer durably holds our changes.
     stored: u64,
+    /// The highest head of own changes no push delivered: pushes may raise
+    /// `stored` only once it is past this.
+    gap: u64,
 }
 
 /// Names to push, taken out of `dirty`.
@@ -50,6 +57,8 @@ pub struct Push {
     pub names: Vec<String>,
     /// When the push carries every dirty name: the head it covers.
     covers: Option<u64>,
+    /// The head its names were committed by (a gap if it fails).
+    head: u64,
     /// Whether dirty names are left for another push right after.
     pub more: bool,
 }
@@ -105,7 +114,9 @@ pub struct PeerReport {
 }
 
 impl PeerState {
-    pub fn new(actor: Actor, member: bool) -> Self {
+    /// A peer known from now on; own changes up to `head` were never
+    /// pushed to it (they were made before), so they are a gap.
+    pub fn new(actor: Actor, member: bool, head: u64) -> Self {
         PeerState {
             actor,
             member,
@@ -118,6 +129,7 @@ impl PeerState {
             peer: None,
             lag: 0,
             stored: 0,
+            gap: head,
         }
     }
 
@@ -151,7 +163,10 @@ impl PeerState {
     /// them. `force` pushes even to a peer last seen down (at shutdown).
     pub fn take_push(&mut self, force: bool) -> Option<Push> {
         if !self.member || (!force && self.reachable == Some(false)) {
-            self.dirty.clear();
+            if !self.dirty.is_empty() {
+                self.dirty.clear();
+                self.gap = self.gap.max(self.dirty_head);
+            }
             return None;
         }
         if self.dirty.is_empty() {
@@ -171,12 +186,14 @@ impl PeerState {
             return Some(Push {
                 names,
                 covers: None,
+                head: self.dirty_head,
                 more: true,
             });
         }
         Some(Push {
             names: std::mem::take(&mut self.dirty).into_iter().collect(),
             covers: Some(self.dirty_head),
+            head: self.dirty_head,
             more: false,
         })
     }
@@ -196,9 +213,13 @@ impl PeerState {
     ) -> (Reachability, bool) {
         let acked = result.is_ok();
         let change = self.contact(result.map(Some), now);
-        let raised = match (acked, push.covers) {
-            (true, Some(head)) => self.stored_upto(head),
-            // A failed push is left to anti-entropy.
+        if !acked {
+            // Left to anti-entropy: its names were not delivered.
+            self.gap = self.gap.max(push.head);
+            return (change, false);
+        }
+        let raised = match push.covers {
+            Some(head) if self.gap <= self.stored => self.stored_upto(head),
             _ => false,
         };
         (change, raised)
@@ -310,7 +331,7 @@ mod tests {
     use super::*;
 
     fn peer() -> PeerState {
-        PeerState::new(Actor::parse("10.0.0.2").unwrap(), true)
+        PeerState::new(Actor::parse("10.0.0.2").unwrap(), true, 0)
     }
 
     fn names(v: &[&str]) -> Vec<String> {
@@ -380,6 +401,47 @@ mod tests {
     }
 
     #[test]
+    fn a_push_after_a_gap_does_not_claim_what_it_did_not_carry() {
+        let now = Instant::now();
+        let mut p = peer();
+        // Names dropped while the peer was down: commit 3 never reached it.
+        p.committed(&names(&["a"]), 1);
+        let push = p.take_push(false).unwrap();
+        p.push_done(push, Err("down".into()), now);
+        p.committed(&names(&["b"]), 3);
+        assert_eq!(p.take_push(false), None);
+        // Back: a push of "c" (commit 5) alone says nothing of 1 and 3.
+        let (_, step) = p.pulled(answer(THEM, 0, 0, true), now);
+        assert!(matches!(step, PullStep::LookUpMark { .. }));
+        p.committed(&names(&["c"]), 5);
+        let push = p.take_push(false).unwrap();
+        assert!(!p.push_done(push, Ok(THEM), now).1);
+        assert_eq!(p.stored(), 0);
+        // Its pull past the gap does, and pushes count again after it.
+        assert!(p.stored_upto(4));
+        p.committed(&names(&["d"]), 7);
+        let push = p.take_push(false).unwrap();
+        assert!(p.push_done(push, Ok(THEM), now).1);
+        assert_eq!(p.stored(), 7);
+    }
+
+    #[test]
+    fn changes_from_before_a_peer_was_known_are_a_gap() {
+        let now = Instant::now();
+        let mut p = PeerState::new(Actor::parse("10.0.0.3").unwrap(), true, 10);
+        p.committed(&names(&["a"]), 11);
+        let push = p.take_push(false).unwrap();
+        assert!(
+            !p.push_done(push, Ok(THEM), now).1,
+            "commits 1..=10 never went to it"
+        );
+        assert!(p.stored_upto(10));
+        p.committed(&names(&["b"]), 12);
+        let push = p.take_push(false).unwrap();
+        assert!(p.push_done(push, Ok(THEM), now).1);
+    }
+
+    #[test]
     fn a_push_cut_short_puts_its_names_back() {
         let mut p = peer();
         p.committed(&names(&["a", "b"]), 2);
@@ -409,7 +471,7 @@ mod tests {
 
     #[test]
     fn a_leaver_gets_no_pushes_but_is_pulled() {
-        let mut p = PeerState::new(Actor::parse("10.0.0.4").unwrap(), false);
+        let mut p = PeerState::new(Actor::parse("10.0.0.4").unwrap(), false, 0);
         p.committed(&names(&["a"]), 1);
         assert_eq!(p.take_push(true), None);
         assert_eq!(p.pull_request(), PeerMark::default());

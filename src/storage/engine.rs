@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::idempotency::KeyRecord;
-use crate::cluster::Membership;
+use crate::cluster::{Actor, Membership};
 use crate::crdt::{GCounter, Overflow};
 
 /// A source error of an engine, kept whole so its cause (an OS error) shows.
@@ -90,6 +90,8 @@ pub struct Loaded {
     pub keys: Vec<(String, KeyRecord)>,
     /// The last local sequence number given out.
     pub head: u64,
+    /// Which actor this node last found itself to be.
+    pub me: Option<Actor>,
     /// Whether the data folder was new.
     pub created: bool,
 }
@@ -113,6 +115,8 @@ pub struct Batch {
     /// Idempotency keys to remember, and to forget.
     pub keys_put: Vec<(String, KeyRecord)>,
     pub keys_del: Vec<String>,
+    /// Which actor this node found itself to be.
+    pub me: Option<Actor>,
 }
 
 impl Batch {
@@ -120,6 +124,7 @@ impl Batch {
         self.counters.is_empty()
             && self.marks.is_empty()
             && self.membership.is_none()
+            && self.me.is_none()
             && self.keys_put.is_empty()
             && self.keys_del.is_empty()
     }

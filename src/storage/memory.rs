@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use super::idempotency::KeyRecord;
 use super::{Batch, Changes, Engine, Loaded, StoreError};
-use crate::cluster::Membership;
+use crate::cluster::{Actor, Membership};
 use crate::crdt::GCounter;
 
 /// A fault of the simulated disk.
@@ -42,6 +42,7 @@ struct State {
     marks: HashMap<u64, u64>,
     membership: Membership,
     keys: BTreeMap<String, KeyRecord>,
+    me: Option<Actor>,
     fault: DiskFault,
     /// Set by a failed commit, cleared by a reopen (redb's behaviour).
     poisoned: bool,
@@ -105,6 +106,7 @@ impl Engine for MemoryEngine {
                 .collect(),
             keys: s.keys.iter().map(|(k, r)| (k.clone(), r.clone())).collect(),
             head: s.seq,
+            me: s.me.clone(),
             created,
         })
     }
@@ -142,6 +144,9 @@ impl Engine for MemoryEngine {
         }
         if let Some(m) = &batch.membership {
             s.membership = m.clone();
+        }
+        if let Some(me) = &batch.me {
+            s.me = Some(me.clone());
         }
         for k in &batch.keys_del {
             s.keys.remove(k);

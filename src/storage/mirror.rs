@@ -37,6 +37,7 @@ impl Engine for Mirror {
         assert_eq!(d.keys, m.keys, "load: idempotency keys");
         assert_eq!(d.membership, m.membership, "load: membership");
         assert_eq!(d.head, m.head, "load: head");
+        assert_eq!(d.me, m.me, "load: me");
         Ok(d)
     }
 

@@ -40,7 +40,7 @@ mod writer;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -52,7 +52,7 @@ pub use engine::{
 };
 pub use health::{Health, HealthReport};
 
-use crate::cluster::Membership;
+use crate::cluster::{Actor, Membership};
 use crate::crdt::GCounter;
 use crate::metrics::Metrics;
 
@@ -140,6 +140,10 @@ enum Op {
         change: MembershipChange,
         reply: Reply<Option<Membership>>,
     },
+    RememberMe {
+        me: Actor,
+        reply: Reply<()>,
+    },
     Close {
         reply: oneshot::Sender<()>,
     },
@@ -168,6 +172,8 @@ struct Shared {
     /// std lock is cheaper than an async one.
     memory: RwLock<BTreeMap<String, GCounter>>,
     membership: watch::Sender<Membership>,
+    /// Which actor this node is, as last stored.
+    me: Mutex<Option<Actor>>,
     /// Count of remembered idempotency keys, for metrics and status.
     keys: AtomicUsize,
     head: AtomicU64,
@@ -213,6 +219,7 @@ impl Store {
         let shared = Arc::new(Shared {
             memory: RwLock::new(loaded.counters),
             membership: watch::Sender::new(loaded.membership),
+            me: Mutex::new(loaded.me),
             keys: AtomicUsize::new(loaded.keys.len()),
             head: AtomicU64::new(loaded.head),
             health: Health::new(options.timeout, options.metrics.clone()),
@@ -293,6 +300,21 @@ impl Store {
             .memory
             .read()
             .unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Which actor this node found itself to be when it last knew, as stored.
+    pub fn remembered_me(&self) -> Option<Actor> {
+        self.inner
+            .shared
+            .me
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Stores which actor this node is, so a restart knows it at once.
+    pub async fn remember_me(&self, me: Actor) -> Result<(), StoreError> {
+        self.call(|reply| Op::RememberMe { me, reply }).await
     }
 
     /// The durable membership (config).

@@ -22,6 +22,7 @@ pub(super) enum Replier {
     Increment(Reply<Incremented>, Result<Incremented, StoreError>),
     Merge(Reply<Vec<String>>, Vec<String>),
     Membership(Reply<Option<Membership>>, Option<Membership>),
+    Done(Reply<()>),
 }
 
 /// A batch decided from queued operations, before any I/O.
@@ -59,6 +60,13 @@ impl Plan {
                         Err(fail())
                     } else {
                         Ok(changed)
+                    });
+                }
+                Replier::Done(reply) => {
+                    let _ = reply.send(if failed.is_some() {
+                        Err(fail())
+                    } else {
+                        Ok(())
                     });
                 }
                 Replier::Membership(reply, next) => {
@@ -131,6 +139,13 @@ pub(super) fn plan(ops: Vec<Op>, state: &State<'_>, now_ms: u64) -> Plan {
                 plan.pending.push(Pending {
                     reply: Replier::Membership(reply, next),
                     needs_commit,
+                });
+            }
+            Op::RememberMe { me, reply } => {
+                plan.batch.me = Some(me);
+                plan.pending.push(Pending {
+                    reply: Replier::Done(reply),
+                    needs_commit: true,
                 });
             }
             Op::Close { .. } => unreachable!("filtered by run"),

@@ -21,7 +21,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::idempotency::KeyRecord;
 use super::{Batch, Changes, Engine, Loaded, StoreError};
-use crate::cluster::{ClusterConfig, Membership};
+use crate::cluster::{Actor, ClusterConfig, Membership};
 use crate::crdt::GCounter;
 
 const COUNTERS: TableDefinition<&str, &[u8]> = TableDefinition::new("counters");
@@ -98,7 +98,7 @@ impl RedbEngine {
     fn load_inner(&self, node: u64) -> Result<Loaded, StoreError> {
         let db = self.db()?;
         let txn = db.begin_write().map_err(engine)?;
-        let (incarnation, membership, head) = {
+        let (incarnation, membership, head, me) = {
             let mut meta = txn.open_table(META).map_err(engine)?;
             txn.open_table(COUNTERS).map_err(engine)?;
             txn.open_table(BY_SEQ).map_err(engine)?;
@@ -124,7 +124,16 @@ impl RedbEngine {
                 None => Membership::default(),
                 Some(v) => decode_membership(v.value())?,
             };
-            (incarnation, membership, read_u64(&meta, "seq")?)
+            let me = match meta.get("me").map_err(engine)? {
+                None => None,
+                Some(v) => Some(
+                    std::str::from_utf8(v.value())
+                        .ok()
+                        .and_then(|s| Actor::parse(s).ok())
+                        .ok_or_else(|| StoreError::Corrupt("stored actor of this node".into()))?,
+                ),
+            };
+            (incarnation, membership, read_u64(&meta, "seq")?, me)
         };
         txn.commit().map_err(engine)?;
         let txn = db.begin_read().map_err(engine)?;
@@ -152,6 +161,7 @@ impl RedbEngine {
             counters,
             keys,
             head,
+            me,
             created: self.created,
         })
     }
@@ -284,6 +294,9 @@ impl RedbEngine {
                         .insert(mark.incarnation, mark.seq)
                         .map_err(engine)?;
                 }
+            }
+            if let Some(me) = &batch.me {
+                meta.insert("me", me.as_str().as_bytes()).map_err(engine)?;
             }
             if let Some(membership) = &batch.membership {
                 let json = serde_json::to_vec(membership).expect("membership serializes");

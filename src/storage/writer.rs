@@ -237,6 +237,9 @@ impl Writer {
         if let Some(m) = batch.membership {
             self.shared.membership.send_replace(m);
         }
+        if let Some(me) = batch.me {
+            *self.shared.me.lock().unwrap_or_else(|p| p.into_inner()) = Some(me);
+        }
         self.metrics.increments.inc_by(plan.applied);
         // Published before anything is acknowledged: a node stopped right
         // after an acknowledgement still finds the change queued and pushes it.

@@ -217,6 +217,7 @@ impl Engine for ForgetfulEngine {
             membership: batch.membership.clone(),
             keys_put: batch.keys_put.clone(),
             keys_del: batch.keys_del.clone(),
+            me: batch.me.clone(),
         })
     }
     fn changes_since(&self, since: u64, limit: usize) -> Result<Changes, StoreError> {
