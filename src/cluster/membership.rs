@@ -7,7 +7,9 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Actor, ClusterConfig, ConfigError, MAX_DEPARTED, Stamp, validate_departed};
+use super::{
+    Actor, ClusterConfig, ConfigError, MAX_DEPARTED, MAX_LINEAGE, Stamp, validate_departed,
+};
 
 /// A confirmed hand-off: every actor of the config stamped `stamp`, at that
 /// config, had durably merged all that `actor` held.
@@ -73,7 +75,7 @@ impl Membership {
         };
         !self.config.has_actor(actor)
             && (confirmed(self.config.stamp)
-                || (self.config.leaving.contains(actor) && confirmed(self.config.parent)))
+                || (self.config.leaving.contains(actor) && confirmed(self.config.parent())))
     }
 
     fn departed(&self) -> impl Iterator<Item = &Actor> {
@@ -161,38 +163,43 @@ impl Membership {
             return None;
         }
         let mut next = other.clone();
-        let named: BTreeSet<&Actor> = next.everyone_in_config().collect();
-        let orphans: Vec<Actor> = self
-            .config
-            .actors
-            .iter()
-            .chain(self.departed())
-            .filter(|a| !named.contains(a))
-            .cloned()
-            .collect();
+        let config = &next.config;
+        // Made step by step from ours: its poster accounted for our actors
+        // and leavers (retiring only confirmed hand-offs). Otherwise a
+        // concurrent config won, and an actor of ours it lists as retired
+        // may have acknowledged more since, under ours.
+        let descends = config.descends_from(self.config.stamp);
+        let read = |a: &Actor| config.has_actor(a) || config.leaving.contains(a);
+        let mut orphans: Vec<Actor> = Vec::new();
+        for a in &self.config.actors {
+            if !read(a) && (!descends || !config.retired.contains(a)) {
+                orphans.push(a.clone());
+            }
+        }
+        for a in self.config.leaving.iter().filter(|a| !self.excused(a)) {
+            if !read(a) && !config.retired.contains(a) {
+                orphans.push(a.clone());
+            }
+        }
+        // Orphans stay orphans until they hand off under the winner: no
+        // config's poster knew of them.
+        orphans.extend(self.orphans.iter().filter(|a| !read(a)).cloned());
         next.orphans.extend(orphans);
         next.handed_off.extend(self.handed_off.iter().cloned());
         next.prune();
         Some(next)
     }
 
-    fn everyone_in_config(&self) -> impl Iterator<Item = &Actor> {
-        self.config
-            .actors
-            .iter()
-            .chain(&self.config.leaving)
-            .chain(&self.config.retired)
-    }
-
     /// Drops what no longer matters: hand-offs under other stamps than this
     /// config's and its parent's, orphans the config names itself.
     fn prune(&mut self) {
-        let keep = [self.config.stamp, self.config.parent];
+        let keep = [self.config.stamp, self.config.parent()];
         self.handed_off.retain(|h| keep.contains(&h.stamp));
         let config = &self.config;
-        self.orphans.retain(|a| {
-            !config.has_actor(a) && !config.leaving.contains(a) && !config.retired.contains(a)
-        });
+        // An orphan the config retires stays: it may have acknowledged more,
+        // under a config that lost, since it handed off.
+        self.orphans
+            .retain(|a| !config.has_actor(a) && !config.leaving.contains(a));
     }
 
     /// The membership a post of `actors` at node `origin` produces, or
@@ -250,7 +257,11 @@ impl Membership {
                 actors,
                 leaving,
                 retired,
-                parent: self.config.stamp,
+                lineage: std::iter::once(self.config.stamp)
+                    .filter(|s| !s.is_zero())
+                    .chain(self.config.lineage.iter().copied())
+                    .take(MAX_LINEAGE)
+                    .collect(),
             },
             orphans: BTreeSet::new(),
             handed_off: self.handed_off.clone(),
@@ -319,7 +330,8 @@ mod tests {
         assert!(c1.post(actors(&["10.0.0.2", "10.0.0.1"]), 2).is_none());
         let c2 = c1.post(actors(&["10.0.0.1"]), 2).unwrap();
         assert_eq!(c2.stamp().version, 2);
-        assert_eq!(c2.config.parent, c1.stamp());
+        assert_eq!(c2.config.parent(), c1.stamp());
+        assert!(c2.config.descends_from(c1.stamp()));
         assert!(c1.config.is_superseded_by(&c2.config));
         assert!(!c2.config.is_superseded_by(&c1.config));
         assert_eq!(c1.merged_with(&c2), Some(c2.clone()));
@@ -463,6 +475,35 @@ mod tests {
     }
 
     #[test]
+    fn a_node_re_added_by_a_losing_config_is_read_though_the_winner_retired_it() {
+        let c1 = first(&["10.0.0.1", "10.0.0.2", "10.0.0.3"]);
+        let three = a("10.0.0.3");
+        let c2 = c1
+            .post(actors(&["10.0.0.1", "10.0.0.2"]), 1)
+            .unwrap()
+            .with_handoff(&three)
+            .unwrap();
+        // One side retires it for good, the other (concurrently) re-adds it,
+        // and it acknowledges there; the first side wins.
+        let winner = c2
+            .post(actors(&["10.0.0.1", "10.0.0.2", "10.0.0.5"]), 2)
+            .unwrap();
+        assert_eq!(winner.config.retired, vec![three.clone()]);
+        let loser = c2
+            .post(actors(&["10.0.0.1", "10.0.0.2", "10.0.0.3"]), 1)
+            .unwrap();
+        assert!(loser.config.is_superseded_by(&winner.config));
+        let merged = loser.merged_with(&winner).unwrap();
+        assert!(merged.orphans.contains(&three), "{merged:?}");
+        assert!(merged.read_set().contains(&three));
+        // A node that merely missed the steps between (same lineage) does
+        // not resurrect a node that handed off and may be switched off.
+        let stale = c1.merged_with(&winner).unwrap();
+        assert!(winner.config.descends_from(c1.stamp()));
+        assert!(!stale.read_set().contains(&three), "{stale:?}");
+    }
+
+    #[test]
     fn received_configs_are_validated() {
         let c1 = first(&["10.0.0.1", "10.0.0.2"]);
         assert_eq!(c1.validate(), Ok(()));
@@ -474,7 +515,7 @@ mod tests {
         orphan.orphans.insert(a("10.0.0.2"));
         assert!(orphan.validate().is_err());
         let mut parent = c1.clone();
-        parent.config.parent = parent.config.stamp;
+        parent.config.lineage = vec![parent.config.stamp];
         assert_eq!(parent.validate(), Err(ConfigError::BadParent));
         let mut exhausted = c1.clone();
         exhausted.config.stamp.version = u64::MAX;

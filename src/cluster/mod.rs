@@ -42,6 +42,8 @@ pub use membership::{Handoff, Membership, Standing};
 pub const DEFAULT_PORT: u16 = 7777;
 /// Most actors a config may list.
 pub const MAX_ACTORS: usize = 256;
+/// Most ancestors a config remembers.
+pub const MAX_LINEAGE: usize = 64;
 /// Most actors a config may remember as leaving or retired, and a
 /// membership as orphans or hand-offs.
 pub const MAX_DEPARTED: usize = 4096;
@@ -170,9 +172,10 @@ pub struct ClusterConfig {
     /// Actors that left and handed off: never asked again unless re-added.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retired: Vec<Actor>,
-    /// The stamp of the config this one was made from.
-    #[serde(default, skip_serializing_if = "Stamp::is_zero")]
-    pub parent: Stamp,
+    /// The stamps of the configs this one was made from, its parent first
+    /// (at most [`MAX_LINEAGE`]): whether a config descends from another.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lineage: Vec<Stamp>,
 }
 
 impl ClusterConfig {
@@ -181,7 +184,7 @@ impl ClusterConfig {
         self.stamp.version > 0
     }
 
-    fn sort_key(&self) -> (Stamp, [Vec<&Actor>; 3], Stamp) {
+    fn sort_key(&self) -> (Stamp, [Vec<&Actor>; 3], &[Stamp]) {
         (
             self.stamp,
             [
@@ -189,8 +192,19 @@ impl ClusterConfig {
                 sorted(&self.leaving),
                 sorted(&self.retired),
             ],
-            self.parent,
+            &self.lineage,
         )
+    }
+
+    /// The stamp of the config this one was made from (zero for a first one).
+    pub fn parent(&self) -> Stamp {
+        self.lineage.first().copied().unwrap_or_default()
+    }
+
+    /// Whether this config was made, step by step, from the one stamped
+    /// `ancestor` (as far back as the lineage remembers).
+    pub fn descends_from(&self, ancestor: Stamp) -> bool {
+        self.lineage.contains(&ancestor)
     }
 
     /// Whether `other` should replace `self`.
@@ -227,7 +241,10 @@ impl ClusterConfig {
         if parse_actors(&raw)? != self.actors {
             return Err(ConfigError::NotCanonical);
         }
-        if self.parent >= self.stamp {
+        if self.lineage.len() > MAX_LINEAGE
+            || self.lineage.first().is_some_and(|p| *p >= self.stamp)
+            || self.lineage.windows(2).any(|w| w[1] >= w[0])
+        {
             return Err(ConfigError::BadParent);
         }
         for list in [&self.leaving, &self.retired] {
