@@ -554,6 +554,13 @@ fn the_checker_catches_storage_that_never_heals() {
 }
 
 #[test]
+fn the_checker_catches_local_reads_that_wait_for_the_disk() {
+    // n1's disk is full for 4 s: local reads must answer from memory.
+    let plan = with_faults(29, vec![window(3.0, 7.0, Fault::Disk(0, DiskKind::Full))]);
+    assert_caught(&plan, Planted::ReadsWaitForDisk, Check::G3, true);
+}
+
+#[test]
 fn the_checker_catches_a_failed_fsync_reported_as_success() {
     // n1 is cut off, its fsync fails, and it crashes: an engine that
     // reports the commits as done while keeping nothing of them loses what
@@ -689,6 +696,12 @@ fn the_checker_catches_reads_that_skip_leavers() {
 fn the_checker_catches_a_config_that_does_not_spread() {
     let plan = changing(26, vec![post(5.0, &[0, 1, 2, 3], 0)], Vec::new());
     assert_caught(&plan, Planted::ConfigStuck, Check::OneConfig, false);
+}
+
+#[test]
+fn the_checker_catches_posts_that_fail() {
+    let plan = changing(30, vec![post(5.0, &[0, 1, 3], 0)], Vec::new());
+    assert_caught(&plan, Planted::RefusePosts, Check::Post, false);
 }
 
 #[test]

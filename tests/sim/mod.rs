@@ -358,6 +358,10 @@ async fn run_node(
                 Frame::Rpc(env) => {
                     Reply::Rpc(node.handle_rpc(env).await.map_err(|e| e.to_string()))
                 }
+                Frame::Config(_) if planted.refuses_post(&node) => Reply::Refused {
+                    kind: Refusal::Other,
+                    message: "planted: posts refused".into(),
+                },
                 Frame::Config(actors) => {
                     let actors = tally::cluster::parse_actors(&actors).expect("valid actors");
                     match node.post_config(actors, Vec::new()).await {
@@ -390,7 +394,7 @@ async fn run_node(
                         },
                     }
                 }
-                Frame::Value { name } => Reply::Value(Ok(node.store().value(&name))),
+                Frame::Value { name } => Reply::Value(Ok(planted.value(&node, &name).await)),
                 Frame::Consistent { name, timeout_ms } => {
                     let deadline = planted.read_deadline(Duration::from_millis(timeout_ms));
                     match node.consistent_value(&name, deadline).await {

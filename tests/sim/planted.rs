@@ -68,6 +68,10 @@ pub enum Planted {
     ConfigStuck,
     /// A node that left acknowledges increments anyway.
     LeaversAck,
+    /// Local reads wait for storage to be healthy again.
+    ReadsWaitForDisk,
+    /// Every config post after the first is refused.
+    RefusePosts,
 }
 
 impl Planted {
@@ -232,6 +236,26 @@ impl Planted {
                 .await
                 .map(|done| done.values[0]),
         }
+    }
+}
+
+impl Planted {
+    /// Runs a local read in the host's handler.
+    pub async fn value(self, node: &Node, name: &str) -> u128 {
+        if self == Planted::ReadsWaitForDisk {
+            for _ in 0..100 {
+                if node.store().health().healthy {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        node.store().value(name)
+    }
+
+    /// Whether the host refuses a config post.
+    pub fn refuses_post(self, node: &Node) -> bool {
+        self == Planted::RefusePosts && node.membership().is_set()
     }
 }
 
