@@ -97,14 +97,20 @@ fn actor_throughout(h: &History, x: usize, from: Duration, to: Duration) -> bool
     in_force(h, from, to).all(|p| p.actors.contains(&x))
 }
 
-/// Whether node `x` may hold, by `to`, a config it is not an actor of: any
-/// config made by then that does not name it. A node cut off from the
-/// newest config keeps an older one, so one removed and re-added refuses
-/// increments until it learns it was re-added.
+/// Whether node `x` may hold, by `to`, a config it left: one made by then
+/// that does not name it, after (or beside) one that did. A node cut off
+/// from the newest config keeps an older one, so one removed and re-added
+/// refuses increments until it learns it was re-added. A node no config
+/// named before never holds one that leaves it out.
 fn ever_left(h: &History, x: usize, to: Duration) -> bool {
-    h.posts
-        .iter()
-        .any(|p| p.made() && p.start <= to && !p.actors.contains(&x))
+    h.posts.iter().any(|p| {
+        p.made()
+            && p.start <= to
+            && !p.actors.contains(&x)
+            && h.posts
+                .iter()
+                .any(|q| q.made() && q.generation <= p.generation && q.actors.contains(&x))
+    })
 }
 
 /// Nodes whose increments a consistent read is not promised (README,
