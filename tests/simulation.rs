@@ -12,7 +12,8 @@ use std::io::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sim::{
-    Check, Fault, Outcome, Plan, Planted, Violation, Window, check, fingerprint, run, summary,
+    Changes, Check, DiskKind, Fault, Flavor, Outcome, Plan, Planted, Post, Violation, Window,
+    check, fingerprint, run, summary,
 };
 
 fn env_u64(key: &str, default: u64) -> u64 {
@@ -26,9 +27,26 @@ fn replay_command(seed: u64) -> String {
     format!("TALLY_SIM_SEED={seed} cargo test --test simulation replay -- --exact --nocapture")
 }
 
-/// Every fourth seed also wipes data folders.
+/// What a seed draws besides partitions, pauses and crashes: every fourth
+/// seed wipes data folders, and half of those run with `--min-replicas 1`
+/// (wiping one node only); three seeds in four fail disks; three in sixteen
+/// change membership one config after the other, and one in sixteen also
+/// posts conflicting configs on two sides of a partition.
+fn flavor_for(seed: u64) -> Flavor {
+    Flavor {
+        wipes: seed.is_multiple_of(4),
+        disks: seed % 4 != 3,
+        changes: match seed % 16 {
+            1 | 5 | 9 => Changes::Sequential,
+            13 => Changes::Conflicting,
+            _ => Changes::None,
+        },
+        min_replicas: usize::from(seed % 8 == 4),
+    }
+}
+
 fn plan_for(seed: u64) -> Plan {
-    Plan::random(seed, seed.is_multiple_of(4))
+    Plan::random(seed, flavor_for(seed))
 }
 
 /// Writes straight to the terminal, past the test harness's capture, so
@@ -41,11 +59,21 @@ fn announce(line: &str) {
 fn run_seeds(seeds: impl IntoIterator<Item = u64>) {
     let mut failures = Vec::new();
     let mut ran = 0;
+    let verbose = std::env::var_os("TALLY_SIM_VERBOSE").is_some();
     for seed in seeds {
         ran += 1;
         let plan = plan_for(seed);
         let history = run(&plan, Planted::None);
         let bad = check(&plan, &history);
+        if verbose {
+            announce(&format!(
+                "seed {seed} ({:?}, min_replicas {}): {}; {} violations",
+                plan.changes,
+                plan.min_replicas,
+                summary(&history),
+                bad.len()
+            ));
+        }
         if !bad.is_empty() {
             let lines: Vec<String> = bad.iter().map(Violation::to_string).collect();
             failures.push(format!(
@@ -128,6 +156,38 @@ fn replay() {
     let plan = plan_for(seed);
     let history = run(&plan, Planted::None);
     println!("plan: {plan:#?}");
+    if std::env::var_os("TALLY_SIM_DUMP").is_some() {
+        for i in &history.incs {
+            println!(
+                "inc {} n{} +{} {:?}..{:?} {:?}",
+                i.name,
+                i.node + 1,
+                i.amount,
+                i.start,
+                i.end,
+                i.outcome
+            );
+        }
+        for r in &history.reads {
+            println!(
+                "read{} {} n{} {:?}..{:?} {:?}",
+                if r.consistent { "!" } else { "" },
+                r.name,
+                r.node + 1,
+                r.start,
+                r.end,
+                r.outcome
+            );
+        }
+        println!("wipes {:?}", history.wipes);
+        println!("posts {:#?}", history.posts);
+        println!("recoveries {:#?}", history.recoveries);
+        println!("liveness {:#?}", history.liveness);
+        println!(
+            "configs {:?} {:?}",
+            history.configs_agreed_at, history.configs
+        );
+    }
     println!("{}", summary(&history));
     println!("fingerprint: {}", fingerprint(&history));
     let bad = check(&plan, &history);
@@ -135,28 +195,151 @@ fn replay() {
     assert!(bad.is_empty(), "seed {seed}:\n{}", lines.join("\n"));
 }
 
+/// Whether turmoil seeds tokio's own random choices (`--cfg tokio_unstable`).
+fn tokio_is_seeded() -> bool {
+    cfg!(tokio_unstable)
+}
+
+/// The first seed from `from` (within 1000) whose plan has `wanted`.
+fn seed_with(from: u64, wanted: impl Fn(&Plan) -> bool) -> u64 {
+    (from..from + 1000)
+        .find(|&s| wanted(&plan_for(s)))
+        .expect("some seed has it")
+}
+
+// ---------------------------------------------------------------- violations found
+
+/// Runs one fixed seed and asserts the checker finds nothing.
+fn assert_seed_passes(seed: u64) {
+    let plan = plan_for(seed);
+    let history = run(&plan, Planted::None);
+    let bad: Vec<String> = check(&plan, &history)
+        .iter()
+        .map(Violation::to_string)
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "seed {seed}: {}\n{bad:#?}",
+        summary(&history)
+    );
+}
+
+/// Regression: `--min-replicas 1` acknowledged an increment although no
+/// other actor stored it, then lost it with its node's data folder. n2's disk is full
+/// from 1.378 s to 1.956 s, so its pulls fail and it marks both peers
+/// down; an increment of "d" at 2.198 s is dropped from the push queue
+/// (the peers are "down") while the queue keeps its head sequence; a push
+/// of "c" at 2.25 s is acknowledged as covering that head, which satisfies
+/// the wait for "d"'s replica. "d" +1 is acknowledged at 2.306 s, n2 is
+/// wiped at 2.315 s, and the read of "d" on n1 at 3.638 s misses it
+/// (src/replication.rs: `push_loop` clears the names of a peer marked down
+/// but keeps `dirty.head`, and `push_once` reports that head as stored).
+/// Seed 21892 takes another path to it: n3 restarts at 7.047 s and commits
+/// +3 of "b" at 7.127 s before it has identified itself and started its
+/// peers, so no peer marks "b" dirty; a push of "c" at 7.245 s covers the
+/// head, "b" is acknowledged at 7.27 s and lost with the wipe at 7.432 s.
+#[test]
+fn replica_counted_for_a_change_no_push_carried_seeds_20_21892() {
+    assert_seed_passes(20);
+    assert_seed_passes(21892);
+}
+
+/// Regression: a consistent read on a node whose disk failed went by the
+/// config it held, not by the newer one a peer reported: `Node::call` cannot store
+/// the newer config (storage refuses writes), only logs it, and the read
+/// extends only when the stored membership changes. Seed 265: n4 (disk
+/// failing) holds the first config {n2, n3, n4}; n3 answers with the next
+/// one naming all five, and the read answers 200 at 3.566 s without
+/// hearing from n1, cut off from it. Seed 293: n3 (disk full) answers 200
+/// at 10.637 s under the first config and misses increments n1 and n5
+/// acknowledged (src/node/mod.rs `Node::call`, src/node/read.rs). Many
+/// more seeds fail the same way (TESTING.md lists them).
+#[test]
+fn a_read_on_a_failing_disk_ignores_a_newer_config_seeds_265_293() {
+    assert_seed_passes(265);
+    assert_seed_passes(293);
+}
+
+/// Regression: a consistent read that heard the actors before a leaver's
+/// hand-off was confirmed answered, once the hand-off excused the leaver,
+/// with those earlier answers, which lack what the leaver acknowledged meanwhile.
+/// Seed 485: the third config removes n1 while n1 is cut off; n1 keeps
+/// acknowledging (+6 of "d" at 10.215 s). A read of "d" on n4 from
+/// 10.455 s hears n2, n3 and n5 at once, waits for n1, is cut off itself
+/// from 11.401 s, learns at 13.1 s that n1 handed off (at 11.58 s) and
+/// answers 200 with the answers of 10.5 s: 89, without n1's +6
+/// (src/node/read.rs: `heard` outlives the hand-off that excuses a leaver).
+/// Seed 5585 fails the same way.
+#[test]
+fn a_read_counts_answers_from_before_a_hand_off_seed_485() {
+    assert_seed_passes(485);
+}
+
+/// Regression: a node that left and handed off acknowledged increments
+/// after a restart, until it had found out again which actor it is
+/// (`Role::Unknown` accepts increments); nobody pulls from it any more, so
+/// they are lost for good. Seed 833: n3, removed by the fourth config,
+/// refuses at 14.917 s, crashes at 19.729 s, restarts at 20 s and
+/// acknowledges +1 of "c" at 20.004 s; it refuses again from 21.29 s, and
+/// the converged value lacks the +1. Seeds 497, 5049, 10013, 11209, 20193,
+/// 20941, 21037 and 21521 fail the same way
+/// (src/node/membership.rs: `Role::accepts_increments`, identification
+/// by asking the actors when its addresses do not tell).
+#[test]
+fn a_restarted_leaver_acknowledges_while_unidentified_seeds_497_833() {
+    assert_seed_passes(833);
+    assert_seed_passes(497);
+}
+
+/// Regression: conflicting posts lost, for good, what a node acknowledged
+/// that the losing config re-added and the winning one lists as retired: nodes that
+/// held the losing config make orphans only of the nodes the winning one
+/// does not name at all, and a retired node is named, so nobody pulls from
+/// it again. Seed 21709: the first config {n1, n4, n5} becomes {n1, n3, n5}
+/// and n4 hands off; then {all five} (stamp 3.1, re-adding n4) and
+/// {n1, n2, n5} (3.5, n4 retired) are posted on two sides of a partition.
+/// n4, an actor of the losing config, acknowledges +1 of "a" at 14.302 s;
+/// the converged value never has it (src/cluster.rs:
+/// `Membership::merged_with`).
+#[test]
+fn conflicting_posts_lose_a_retired_node_the_loser_re_added_seed_21709() {
+    assert_seed_passes(21709);
+}
+
 #[test]
 fn a_seed_replays_exactly() {
-    // A plan with crashes and a wipe, replayed while another simulation
-    // runs on another thread (so tokio's process-wide task ids interleave).
-    let plan = plan_for(60);
     assert!(
-        plan.faults
-            .iter()
-            .any(|w| matches!(w.fault, Fault::Crash(_)))
-            && plan
-                .faults
-                .iter()
-                .any(|w| matches!(w.fault, Fault::Wipe(_))),
-        "the plan crashes and wipes: {plan:#?}"
+        tokio_is_seeded(),
+        "build with --cfg tokio_unstable (.cargo/config.toml; a RUSTFLAGS variable replaces it): without it tokio's own choices are not seeded and seeds that change membership do not replay"
     );
-    let a = run(&plan, Planted::None);
-    let other = std::thread::spawn(|| run(&plan_for(5), Planted::None));
-    let b = run(&plan, Planted::None);
-    let other = other.join().expect("the other simulation ran");
+    // A plan with crashes, a wipe and a stalled disk (whose end each boot
+    // of a host computes on its own clock), and a plan that changes
+    // membership, each replayed while the other runs on another thread (so
+    // tokio's process-wide task ids interleave).
+    let has = |plan: &Plan, f: fn(&Fault) -> bool| plan.faults.iter().any(|w| f(&w.fault));
+    let faulty = plan_for(seed_with(60, |p| {
+        has(p, |f| matches!(f, Fault::Crash(_)))
+            && has(p, |f| matches!(f, Fault::Wipe(_)))
+            && has(p, |f| matches!(f, Fault::Disk(_, DiskKind::Stall)))
+    }));
+    let changing = plan_for(seed_with(5, |p| p.posts.len() >= 2));
+    let a = run(&faulty, Planted::None);
+    let other = {
+        let changing = changing.clone();
+        std::thread::spawn(move || run(&changing, Planted::None))
+    };
+    let b = run(&faulty, Planted::None);
+    let c = other.join().expect("the other simulation ran");
+    let d = run(&changing, Planted::None);
     assert!(a.incs.iter().any(|i| i.acked()), "the workload ran");
+    assert!(
+        d.posts.iter().filter(|p| p.stamp().is_some()).count() >= 2,
+        "configs were posted: {:#?}",
+        d.posts
+    );
     assert_eq!(fingerprint(&a), fingerprint(&b));
-    assert_ne!(fingerprint(&a), fingerprint(&other), "seeds differ");
+    assert_eq!(fingerprint(&c), fingerprint(&d));
+    assert_ne!(fingerprint(&a), fingerprint(&c), "seeds differ");
 }
 
 // ---------------------------------------------------------------- the checker can fail
@@ -178,7 +361,16 @@ fn calm(seed: u64) -> Plan {
     Plan {
         faults: Vec::new(),
         fail_rate: 0.0,
-        ..Plan::random(seed, false)
+        ..Plan::random(seed, Flavor::default())
+    }
+}
+
+/// `plan` on `nodes` nodes, the first config naming them all.
+fn sized(nodes: usize, plan: Plan) -> Plan {
+    Plan {
+        nodes,
+        initial: (0..nodes).collect(),
+        ..plan
     }
 }
 
@@ -301,9 +493,13 @@ fn the_checker_catches_consistent_reads_that_always_fail() {
 
 #[test]
 fn the_checker_catches_increments_that_wait_for_peers() {
-    // While n1 is cut off, increments on every node wait for a peer they
-    // cannot reach; after the heal they succeed again.
-    let plan = with_faults(18, vec![window(3.0, 9.0, Fault::Isolate(0))]);
+    // Every node runs with --min-replicas 2 (all its peers) where the plan
+    // says 0: while n1 is cut off, increments on every node wait for a
+    // peer they cannot reach and answer 503; after the heal they succeed.
+    let plan = sized(
+        3,
+        with_faults(18, vec![window(3.0, 9.0, Fault::Isolate(0))]),
+    );
     assert_caught(&plan, Planted::AckAfterPeers, Check::G3, true);
 }
 
@@ -326,9 +522,9 @@ fn overlapping_partitions_hold_until_the_last_one_ends() {
     // from 5 s to 16 s, with a pause of n3 and a crash of n2 on top. Ending
     // the isolation at 8 s must not heal n1: consistent reads on n2 and n3
     // in between must still fail to hear from it.
-    let plan = Plan {
-        nodes: 3,
-        ..with_faults(
+    let plan = sized(
+        3,
+        with_faults(
             20,
             vec![
                 window(2.0, 8.0, Fault::Isolate(0)),
@@ -336,8 +532,8 @@ fn overlapping_partitions_hold_until_the_last_one_ends() {
                 window(6.0, 7.5, Fault::Pause(2)),
                 window(9.0, 11.0, Fault::Crash(1)),
             ],
-        )
-    };
+        ),
+    );
     let history = run(&plan, Planted::None);
     let bad: Vec<String> = check(&plan, &history)
         .iter()
@@ -363,4 +559,211 @@ fn overlapping_partitions_hold_until_the_last_one_ends() {
             ),
         }
     }
+}
+
+// ---------------------------------------------------------------- storage faults
+
+#[test]
+fn the_checker_catches_storage_that_never_heals() {
+    // n1's disk is full for 3 s; an engine that never reopens after the
+    // failed commit keeps refusing writes once the disk has room again.
+    let plan = with_faults(21, vec![window(3.0, 6.0, Fault::Disk(0, DiskKind::Full))]);
+    assert_caught(&plan, Planted::NeverReopens, Check::DiskRecovery, false);
+}
+
+#[test]
+fn the_checker_catches_local_reads_that_wait_for_the_disk() {
+    // n1's disk is full for 4 s: local reads must answer from memory.
+    let plan = with_faults(29, vec![window(3.0, 7.0, Fault::Disk(0, DiskKind::Full))]);
+    assert_caught(&plan, Planted::ReadsWaitForDisk, Check::G3, true);
+}
+
+#[test]
+fn the_checker_catches_a_failed_fsync_reported_as_success() {
+    // n1 is cut off, its fsync fails, and it crashes: an engine that
+    // reports the commits as done while keeping nothing of them loses what
+    // n1 acknowledged meanwhile.
+    let plan = with_faults(
+        22,
+        vec![
+            window(2.0, 10.0, Fault::Isolate(0)),
+            window(3.0, 8.0, Fault::Disk(0, DiskKind::FailSync)),
+            window(8.0, 9.0, Fault::Crash(0)),
+        ],
+    );
+    assert_caught(&plan, Planted::AckFailedSync, Check::G1Final, false);
+}
+
+#[test]
+fn disk_faults_refuse_writes_keep_reads_and_heal() {
+    // Each kind of disk fault on n1, one after the other; n2 is cut off
+    // during the first.
+    let plan = sized(
+        3,
+        with_faults(
+            23,
+            vec![
+                window(2.0, 4.0, Fault::Disk(0, DiskKind::Full)),
+                window(3.0, 5.0, Fault::Isolate(1)),
+                window(6.0, 8.0, Fault::Disk(0, DiskKind::FailSync)),
+                window(10.0, 12.0, Fault::Disk(0, DiskKind::Stall)),
+            ],
+        ),
+    );
+    let history = run(&plan, Planted::None);
+    let bad: Vec<String> = check(&plan, &history)
+        .iter()
+        .map(Violation::to_string)
+        .collect();
+    assert!(bad.is_empty(), "{bad:#?}");
+    let on_n1 = |from: f64, to: f64| {
+        history
+            .incs
+            .iter()
+            .filter(move |i| i.node == 0 && i.start >= secs(from) && i.end <= secs(to))
+    };
+    for (from, to) in [(2.1, 3.9), (6.1, 7.9)] {
+        assert!(
+            on_n1(from, to).count() >= 3
+                && on_n1(from, to).all(|i| matches!(
+                    i.outcome,
+                    Outcome::Refused(sim::Refusal::Storage, _) | Outcome::Broken
+                )),
+            "increments on a failing disk answer 503 at once: {:#?}",
+            on_n1(from, to).collect::<Vec<_>>()
+        );
+    }
+    assert!(
+        on_n1(10.1, 12.0).all(|i| matches!(i.outcome, Outcome::TimedOut | Outcome::Broken)),
+        "increments on a stalled disk wait"
+    );
+    let reads = history
+        .reads
+        .iter()
+        .filter(|r| r.node == 0 && !r.consistent && r.start >= secs(2.0) && r.end <= secs(12.0));
+    assert!(reads.clone().count() >= 3 && reads.clone().all(|r| r.value().is_some()));
+    assert_eq!(
+        history.recoveries.len(),
+        3,
+        "one recovery probe per fault: {:#?}",
+        history.recoveries
+    );
+    assert!(history.recoveries.iter().all(|r| r.took_at.is_some()));
+}
+
+// ---------------------------------------------------------------- writes that survive a lost disk
+
+/// `calm(seed)` with `--min-replicas 1` and these faults.
+fn replicated(seed: u64, faults: Vec<Window>) -> Plan {
+    Plan {
+        min_replicas: 1,
+        wipes: true,
+        ..with_faults(seed, faults)
+    }
+}
+
+#[test]
+fn the_checker_catches_acknowledgements_without_replicas() {
+    // n1 is cut off and then loses its disk: with --min-replicas 1 it may
+    // not acknowledge anything meanwhile, and nothing it acknowledged is
+    // excused by the wipe.
+    let plan = replicated(
+        24,
+        vec![
+            window(2.0, 8.0, Fault::Isolate(0)),
+            window(8.0, 9.0, Fault::Wipe(0)),
+        ],
+    );
+    assert_caught(&plan, Planted::NoReplicas, Check::G1Final, false);
+}
+
+// ---------------------------------------------------------------- membership changes
+
+/// Four nodes, the first config naming n1–n3, these posts and faults.
+fn changing(seed: u64, posts: Vec<Post>, faults: Vec<Window>) -> Plan {
+    Plan {
+        nodes: 4,
+        initial: vec![0, 1, 2],
+        posts,
+        changes: Changes::Sequential,
+        ..with_faults(seed, faults)
+    }
+}
+
+fn post(at: f64, actors: &[usize], to: usize) -> Post {
+    Post {
+        at: secs(at),
+        actors: actors.to_vec(),
+        side: Some(vec![to]),
+    }
+}
+
+#[test]
+fn the_checker_catches_reads_that_skip_leavers() {
+    // n3 is cut off and keeps acknowledging; n4 replaces it. Reads that
+    // ask only the new config's actors miss what n3 acknowledged.
+    let plan = changing(
+        25,
+        vec![post(5.0, &[0, 1, 3], 0)],
+        vec![window(2.0, 12.0, Fault::Isolate(2))],
+    );
+    assert_caught(&plan, Planted::SkipLeavers, Check::G1Read, false);
+}
+
+#[test]
+fn the_checker_catches_a_config_that_does_not_spread() {
+    let plan = changing(26, vec![post(5.0, &[0, 1, 2, 3], 0)], Vec::new());
+    assert_caught(&plan, Planted::ConfigStuck, Check::OneConfig, false);
+}
+
+#[test]
+fn the_checker_catches_posts_that_fail() {
+    let plan = changing(30, vec![post(5.0, &[0, 1, 3], 0)], Vec::new());
+    assert_caught(&plan, Planted::RefusePosts, Check::Post, false);
+}
+
+#[test]
+fn the_checker_catches_leavers_that_keep_acknowledging() {
+    let plan = changing(27, vec![post(5.0, &[0, 1, 3], 0)], Vec::new());
+    assert_caught(&plan, Planted::LeaversAck, Check::Departed, false);
+}
+
+#[test]
+fn a_removed_node_refuses_and_a_read_waits_for_it() {
+    // n3 is removed while cut off: it acknowledges until it learns, and
+    // reads elsewhere answer 503 rather than a value without its increments.
+    let plan = changing(
+        28,
+        vec![post(5.0, &[0, 1, 3], 0)],
+        vec![window(2.0, 12.0, Fault::Isolate(2))],
+    );
+    let history = run(&plan, Planted::None);
+    let bad: Vec<String> = check(&plan, &history)
+        .iter()
+        .map(Violation::to_string)
+        .collect();
+    assert!(bad.is_empty(), "{bad:#?}");
+    assert!(
+        history
+            .incs
+            .iter()
+            .any(|i| i.node == 2 && i.acked() && i.start > secs(6.0) && i.end < secs(12.0)),
+        "n3 acknowledges while it does not know it left"
+    );
+    assert!(
+        history.incs.iter().any(|i| i.node == 2
+            && i.start > secs(13.0)
+            && matches!(i.outcome, Outcome::Refused(sim::Refusal::NotMember, _))),
+        "and refuses once it knows"
+    );
+    let inside = history
+        .reads
+        .iter()
+        .filter(|r| r.consistent && r.node != 2 && r.start > secs(5.5) && r.end < secs(11.9));
+    assert!(inside.clone().count() >= 1);
+    assert!(
+        inside.clone().all(|r| r.value().is_none()),
+        "{:#?}",
+        inside.collect::<Vec<_>>()
+    );
 }

@@ -5,8 +5,11 @@
 use std::fmt;
 use std::time::Duration;
 
-use super::plan::excused_by_wipe;
-use super::{CLIENT_TIMEOUT, History, Inc, LIVENESS_BOUND, Outcome, Plan};
+use super::plan::{REPLICATION_WINDOW, excused_by_wipe};
+use super::{
+    CLIENT_TIMEOUT, History, Inc, LIVENESS_BOUND, Outcome, Plan, Posted, RECOVERY_BOUND, Refusal,
+    final_config, newest,
+};
 
 /// Which check found a violation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,9 +39,22 @@ pub enum Check {
     G5Unheard,
     /// G5: a consistent read that started 5 s after the heal failed.
     G5AfterHeal,
-    /// After the heal a node acknowledged no increment, or answered no
-    /// consistent read with 200, within `LIVENESS_BOUND`.
+    /// After the heal an actor of the final config acknowledged no
+    /// increment, or answered no consistent read with 200, within
+    /// `LIVENESS_BOUND`.
     Liveness,
+    /// After the heal a node that left the cluster did not refuse an
+    /// increment as a non-member within `LIVENESS_BOUND`.
+    Departed,
+    /// A node whose disk works again (and that runs, and is an actor) took
+    /// no increment into storage within `RECOVERY_BOUND`.
+    DiskRecovery,
+    /// After the heal the nodes of the last configs posted did not all
+    /// report the same config, the one with the highest stamp.
+    OneConfig,
+    /// A config post to a running node with a working disk that holds the
+    /// newest config did not answer 200.
+    Post,
 }
 
 #[derive(Clone, Debug)]
@@ -60,7 +76,96 @@ const AFTER_HEAL: Duration = Duration::from_secs(5);
 /// How long after the heal the nodes must agree.
 const CONVERGENCE_BOUND: Duration = Duration::from_secs(10);
 
-/// Checks a history against G1–G5 and liveness; returns every violation found.
+/// The configs a request running from `from` to `to` may go by: the newest
+/// config posted (200) before it began, and every config posted (or sent,
+/// with an unknown outcome) until it ended.
+fn in_force(h: &History, from: Duration, to: Duration) -> impl Iterator<Item = &Posted> {
+    let base = h
+        .posts
+        .iter()
+        .filter(|p| p.stamp().is_some() && p.end <= from)
+        .map(|p| p.generation)
+        .max()
+        .unwrap_or(0);
+    h.posts
+        .iter()
+        .filter(move |p| p.generation >= base && p.made() && p.start <= to)
+}
+
+/// Whether node `x` is an actor of every config in force from `from` to `to`.
+fn actor_throughout(h: &History, x: usize, from: Duration, to: Duration) -> bool {
+    in_force(h, from, to).all(|p| p.actors.contains(&x))
+}
+
+/// Whether node `x` may hold, by `to`, a config it left: one made by then
+/// that does not name it, after (or beside) one that did. A node cut off
+/// from the newest config keeps an older one, so one removed and re-added
+/// refuses increments until it learns it was re-added. A node no config
+/// named before never holds one that leaves it out.
+fn ever_left(h: &History, x: usize, to: Duration) -> bool {
+    h.posts.iter().any(|p| {
+        p.made()
+            && p.start <= to
+            && !p.actors.contains(&x)
+            && h.posts
+                .iter()
+                .any(|q| q.made() && q.generation <= p.generation && q.actors.contains(&x))
+    })
+}
+
+/// Whether node `x` may still hold, at `t`, a config that does not name it
+/// (README: a node refuses increments while the config it holds does not
+/// name it): some config made by then does not, and since the last one
+/// that does, `x` has not had [`REPLICATION_WINDOW`] of unbroken contact
+/// with the node that took that post.
+fn may_not_know_it_is_named(plan: &Plan, h: &History, x: usize, t: Duration) -> bool {
+    let made = || h.posts.iter().filter(|p| p.made() && p.start <= t);
+    if !made().any(|p| !p.actors.contains(&x)) {
+        return false;
+    }
+    match made()
+        .filter(|p| p.actors.contains(&x))
+        .max_by_key(|p| p.start)
+    {
+        None => true,
+        Some(named) => named.target.is_none_or(|poster| {
+            !plan.had_contact_with(x, poster, named.start, t, REPLICATION_WINDOW)
+        }),
+    }
+}
+
+/// Nodes whose increments a consistent read is not promised (README,
+/// "Membership changes"): with conflicting posts, the nodes that only the
+/// losing config named, for what they acknowledged once it was posted.
+/// Returns them with the time the losing config was posted.
+fn unpromised(h: &History) -> Option<(Vec<usize>, Duration)> {
+    let last = h.posts.iter().map(|p| p.generation).max()?;
+    let pair: Vec<&Posted> = h
+        .posts
+        .iter()
+        .filter(|p| p.generation == last && p.stamp().is_some())
+        .collect();
+    if pair.len() < 2 {
+        return None;
+    }
+    let winner = pair.iter().max_by_key(|p| p.stamp())?;
+    let parent = newest(&h.posts, last)?;
+    let mut nodes = Vec::new();
+    let mut since = Duration::MAX;
+    for loser in pair.iter().filter(|p| p.stamp() != winner.stamp()) {
+        since = since.min(loser.start);
+        nodes.extend(
+            loser
+                .actors
+                .iter()
+                .filter(|x| !winner.actors.contains(x) && !parent.actors.contains(x)),
+        );
+    }
+    Some((nodes, since))
+}
+
+/// Checks a history against G1–G5, liveness, storage recovery and
+/// membership; returns every violation found.
 pub fn check(plan: &Plan, h: &History) -> Vec<Violation> {
     let mut bad = Vec::new();
     let mut flag = |check: Check, detail: String| bad.push(Violation { check, detail });
@@ -69,16 +174,21 @@ pub fn check(plan: &Plan, h: &History) -> Vec<Violation> {
         return bad;
     }
     // An acknowledged increment is owed to a read that answered at `by`
-    // unless a wipe of its node before then excuses it.
+    // unless a wipe of its node before then excuses it. With
+    // `--min-replicas` nothing is excused: another node stored it first.
     let excused = |i: &Inc, by: Duration| {
-        h.wipes
-            .iter()
-            .any(|&(n, w)| n == i.node && w <= by && excused_by_wipe(plan, n, i.end, w))
+        plan.min_replicas == 0
+            && h.wipes
+                .iter()
+                .any(|&(n, w)| n == i.node && w <= by && excused_by_wipe(plan, n, i.end, w))
     };
-    let owed_before = |name: &str, t: Duration, by: Duration| -> u128 {
+    let unpromised = unpromised(h);
+    let promised = |i: &Inc| !matches!(&unpromised, Some((nodes, since)) if nodes.contains(&i.node) && i.start >= *since);
+    let owed_before = |name: &str, t: Duration, by: Duration, all: bool| -> u128 {
         h.incs
             .iter()
             .filter(|i| i.acked() && i.name == name && i.end <= t && !excused(i, by))
+            .filter(|i| all || promised(i))
             .map(|i| u128::from(i.amount))
             .sum()
     };
@@ -96,12 +206,45 @@ pub fn check(plan: &Plan, h: &History) -> Vec<Violation> {
             .map(|i| u128::from(i.amount))
             .sum()
     };
+    let finals: Vec<usize> = final_config(&h.posts)
+        .map(|f| f.actors.clone())
+        .unwrap_or_default();
 
-    // G3: increments answer on every node that runs, during partitions too.
+    // Posts: one made to a running node with a working disk that holds the
+    // newest config answers 200 (the workload chose it so).
+    for p in h.posts.iter().filter(|p| p.made() && p.stamp().is_none()) {
+        flag(
+            Check::Post,
+            format!(
+                "config {:?} posted to n{} at {:?} answered {:?}",
+                p.actors,
+                p.target.map_or(0, |t| t + 1),
+                p.start,
+                p.outcome
+            ),
+        );
+    }
+
+    // G3: increments answer on every node that runs, during partitions too,
+    // unless it left the cluster, waits for replicas it was asked to wait
+    // for, or its disk fails.
     for i in &h.incs {
-        if plan.serving_throughout(i.node, i.start, i.end)
-            && !matches!(i.outcome, Outcome::Ok(_) | Outcome::Broken)
+        if !plan.serving_throughout(i.node, i.start, i.end)
+            || matches!(i.outcome, Outcome::Ok(_) | Outcome::Broken)
         {
+            continue;
+        }
+        let excused = match &i.outcome {
+            Outcome::Refused(Refusal::NotMember, _) => {
+                ever_left(h, i.node, i.end) || may_not_know_it_is_named(plan, h, i.node, i.start)
+            }
+            Outcome::Refused(Refusal::Replicas | Refusal::TooFewActors, _) => plan.min_replicas > 0,
+            Outcome::Refused(Refusal::Storage, _) | Outcome::TimedOut => {
+                !plan.disk_settled_throughout(i.node, i.start, i.end)
+            }
+            _ => false,
+        };
+        if !excused {
             flag(
                 Check::G3,
                 format!(
@@ -140,7 +283,7 @@ pub fn check(plan: &Plan, h: &History) -> Vec<Violation> {
         }
         let serving = plan.serving_throughout(r.node, r.start, r.end);
         if !r.consistent {
-            // G3: local reads answer on every node that runs.
+            // G3: local reads answer on every node that runs, whatever its disk does.
             if serving && !matches!(r.outcome, Outcome::Ok(_) | Outcome::Broken) {
                 flag(
                     Check::G3,
@@ -157,9 +300,10 @@ pub fn check(plan: &Plan, h: &History) -> Vec<Violation> {
             continue;
         }
         // G1: a successful consistent read includes everything acknowledged
-        // before it began (unless a wipe before it answered excuses it).
+        // before it began (unless a wipe before it answered excuses it, or
+        // the README does not promise it).
         if let Some(v) = r.value() {
-            let owed = owed_before(&r.name, r.start, r.end);
+            let owed = owed_before(&r.name, r.start, r.end, false);
             if v < owed {
                 flag(
                     Check::G1Read,
@@ -180,7 +324,9 @@ pub fn check(plan: &Plan, h: &History) -> Vec<Violation> {
             Outcome::Ok(_) | Outcome::Unavailable { .. } => took > bound,
             Outcome::TimedOut => r.client_timeout >= bound,
             Outcome::Lost(_) => true,
-            Outcome::Refused(_) | Outcome::Broken => false,
+            Outcome::Refused(..) | Outcome::Broken | Outcome::Posted(_) | Outcome::Status(_) => {
+                false
+            }
         };
         if serving && late {
             flag(
@@ -195,10 +341,13 @@ pub fn check(plan: &Plan, h: &History) -> Vec<Violation> {
                 ),
             );
         }
-        // G5: never 200 while a node it must hear from was cut off throughout.
+        // G5: never 200 while a node it must hear from (an actor of every
+        // config in force) was cut off throughout.
         if r.value().is_some()
-            && let Some(other) =
-                (0..plan.nodes).find(|&o| plan.cut_throughout(r.node, o, r.start, r.end))
+            && let Some(other) = (0..plan.nodes).find(|&o| {
+                actor_throughout(h, o, r.start, r.end)
+                    && plan.cut_throughout(r.node, o, r.start, r.end)
+            })
         {
             flag(
                 Check::G5Unheard,
@@ -213,6 +362,7 @@ pub fn check(plan: &Plan, h: &History) -> Vec<Violation> {
             );
         }
         if r.after_heal
+            && finals.contains(&r.node)
             && r.value().is_none()
             && r.outcome != Outcome::Broken
             && r.start >= plan.heal_at + AFTER_HEAL
@@ -246,7 +396,7 @@ pub fn check(plan: &Plan, h: &History) -> Vec<Violation> {
             }
             for (name, values) in &h.final_values {
                 let v = values[0];
-                let owed = owed_before(name, Duration::MAX, Duration::MAX);
+                let owed = owed_before(name, Duration::MAX, Duration::MAX, true);
                 let sent = sent_before(name, Duration::MAX);
                 if v < owed {
                     flag(
@@ -264,13 +414,55 @@ pub fn check(plan: &Plan, h: &History) -> Vec<Violation> {
                     );
                 }
             }
+            // Per node: what each node acknowledged is in its own
+            // components, so an uncertain increment applied elsewhere
+            // cannot hide a lost one in the sum.
+            for (name, per_node) in &h.final_components {
+                for node in 0..plan.nodes {
+                    let owed: u128 = h
+                        .incs
+                        .iter()
+                        .filter(|i| i.acked() && &i.name == name && i.node == node)
+                        .filter(|i| !excused(i, Duration::MAX))
+                        .map(|i| u128::from(i.amount))
+                        .sum();
+                    let held = per_node.get(&node).copied().unwrap_or(0);
+                    if held < owed {
+                        flag(
+                            Check::G1Final,
+                            format!(
+                                "{name:?} converged with n{}'s components at {held} < {owed} it acknowledged",
+                                node + 1
+                            ),
+                        );
+                    }
+                }
+            }
         }
     }
 
-    // Liveness: after the heal every node acknowledges and reads consistently.
+    // Liveness: after the heal every actor of the final config acknowledges
+    // and reads consistently; every node that left refuses increments.
     let bound = plan.heal_at + LIVENESS_BOUND;
     for node in 0..plan.nodes {
         let probe = h.liveness.iter().find(|l| l.node == node);
+        if probe.is_some_and(|l| l.departed) {
+            if probe.and_then(|l| l.refused_at).is_none_or(|t| t > bound) {
+                flag(
+                    Check::Departed,
+                    format!(
+                        "n{} left the cluster but refused no increment as a non-member between the heal at {:?} and {bound:?}; last answer {:?}",
+                        node + 1,
+                        plan.heal_at,
+                        probe.and_then(|l| l.last_increment.clone())
+                    ),
+                );
+            }
+            continue;
+        }
+        if !finals.contains(&node) {
+            continue;
+        }
         let acked = probe.and_then(|l| l.acked_at).filter(|&t| t <= bound);
         let read = probe.and_then(|l| l.read_at).filter(|&t| t <= bound);
         if acked.is_none() {
@@ -295,6 +487,55 @@ pub fn check(plan: &Plan, h: &History) -> Vec<Violation> {
                 ),
             );
         }
+    }
+
+    // Storage heals by itself: once a node's disk works again, the node
+    // takes writes within the bound, without a restart.
+    for r in &h.recoveries {
+        let until = r.from + RECOVERY_BOUND;
+        let applies = plan.serving_throughout(r.node, r.from, until)
+            && plan.holds_throughout(r.from, until, |t| plan.disk(r.node, t).is_none())
+            && !r.not_asked;
+        if applies && r.took_at.is_none_or(|t| t > until) {
+            flag(
+                Check::DiskRecovery,
+                format!(
+                    "n{}'s disk worked again from {:?}, but no increment was taken by {until:?}; last answer {:?}",
+                    r.node + 1,
+                    r.from,
+                    r.last
+                ),
+            );
+        }
+    }
+
+    // One config everywhere after the heal: the highest stamp posted last.
+    let last = h
+        .posts
+        .iter()
+        .filter(|p| p.stamp().is_some())
+        .map(|p| p.generation)
+        .max();
+    let highest = h
+        .posts
+        .iter()
+        .filter(|p| Some(p.generation) == last)
+        .filter_map(|p| p.stamp())
+        .max();
+    let disagree: Vec<String> = h
+        .configs
+        .iter()
+        .filter(|(_, stamp)| *stamp != highest)
+        .map(|(x, stamp)| format!("n{}: {stamp:?}", x + 1))
+        .collect();
+    if h.configs_agreed_at.is_none() || !disagree.is_empty() {
+        flag(
+            Check::OneConfig,
+            format!(
+                "after the heal the nodes did not all report config {highest:?} by {bound:?}: {}",
+                disagree.join(", ")
+            ),
+        );
     }
     bad
 }

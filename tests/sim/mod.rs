@@ -21,20 +21,22 @@ pub mod planted;
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tally::cluster::Actor;
-use tally::node::{Node, Settings};
+use tally::node::{IncrementError, Node, Settings};
 use tally::proto::{RequestEnvelope, ResponseEnvelope};
 use tally::storage::Engine;
+use tally::storage::memory::{DiskFault, MemoryEngine};
 use tally::transport::{CallError, CallFuture, Transport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub use check::{Check, Violation, check};
-pub use plan::{End, Fault, Link, Plan, Window};
+pub use plan::{Changes, DiskKind, End, Fault, Flavor, Link, Plan, Post, Window};
 pub use planted::Planted;
 
 const PORT: u16 = 7777;
@@ -49,6 +51,15 @@ pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long after the network heals every node must have acknowledged an
 /// increment and answered a consistent read with 200.
 pub const LIVENESS_BOUND: Duration = Duration::from_secs(10);
+/// How long after its disk works again a node must acknowledge an increment.
+pub const RECOVERY_BOUND: Duration = Duration::from_secs(5);
+/// `Settings::replica_timeout` on seeds with `--min-replicas`: below the
+/// client's timeout, so a short increment answers 503 rather than nothing.
+pub const REPLICA_TIMEOUT: Duration = Duration::from_millis(1500);
+/// How long the workload waits for a config post to answer.
+const POST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long after its planned time a post may still find a node to take it.
+const POST_WINDOW: Duration = Duration::from_secs(3);
 /// Pause between a liveness probe's attempts.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// Most attempts of one liveness probe (the bound in time ends it sooner).
@@ -60,19 +71,77 @@ const CLIENTS: usize = 3;
 enum Frame {
     Rpc(RequestEnvelope),
     Config(Vec<String>),
-    Increment { name: String, amount: u64 },
-    Value { name: String },
-    Consistent { name: String, timeout_ms: u64 },
+    Increment {
+        name: String,
+        amount: u64,
+    },
+    Value {
+        name: String,
+    },
+    Consistent {
+        name: String,
+        timeout_ms: u64,
+    },
+    Status,
+    /// The node's counter of a name, component by component.
+    Components {
+        name: String,
+    },
+}
+
+/// Why a node refused a request, as the HTTP layer would tell by status.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// 409: this node left the cluster.
+    NotMember,
+    /// 503: applied here, but too few other actors stored it in time.
+    Replicas,
+    /// 503: the config has fewer other actors than required.
+    TooFewActors,
+    /// 503: storage failed or did not answer in time.
+    Storage,
+    Other,
+}
+
+impl Refusal {
+    fn of_increment(e: &IncrementError) -> Refusal {
+        match e {
+            IncrementError::NotMember { .. } => Refusal::NotMember,
+            IncrementError::Replicas { .. } => Refusal::Replicas,
+            IncrementError::TooFewActors { .. } => Refusal::TooFewActors,
+            IncrementError::Store(e) if e.is_transient() => Refusal::Storage,
+            IncrementError::Store(_) => Refusal::Other,
+        }
+    }
+}
+
+/// What a node says of itself: its config's stamp and actors, its role,
+/// and whether its storage is healthy.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct NodeStatus {
+    pub stamp: (u64, u64),
+    pub actors: Vec<String>,
+    pub role: String,
+    pub healthy: bool,
 }
 
 #[derive(Serialize, Deserialize, Debug)]
 enum Reply {
     Rpc(Result<ResponseEnvelope, String>),
     Value(Result<u128, String>),
+    Refused {
+        kind: Refusal,
+        message: String,
+    },
     Unavailable {
         unreachable: Vec<String>,
         best: u128,
     },
+    Posted {
+        stamp: (u64, u64),
+    },
+    Status(NodeStatus),
+    Components(Vec<tally::crdt::Component>),
 }
 
 async fn write_frame<T: Serialize>(
@@ -122,6 +191,8 @@ pub struct SimTransport {
     planted: Planted,
     noise: Noise,
     rng: Mutex<fastrand::Rng>,
+    /// Print every node-to-node call and its answer (`TALLY_SIM_TRACE`).
+    trace: bool,
 }
 
 /// One request and its answer over a fresh connection.
@@ -171,12 +242,26 @@ impl Transport for SimTransport {
             });
         }
         let planted = self.planted;
+        let trace = self.trace;
         Box::pin(async move {
             let call = async {
                 if let Some(d) = delay {
                     tokio::time::sleep(d).await;
                 }
-                let mut env = exchange(&to, req).await?;
+                let traced = trace.then(|| (now(), req.from.node, format!("{:?}", req.req)));
+                let answer = exchange(&to, req).await;
+                if let Some((start, from, what)) = traced {
+                    // Past the harness's capture, like the seeds.
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "call {start:?}..{:?} n{from} -> {to} {what} => {:?}",
+                        now(),
+                        answer
+                            .as_ref()
+                            .map(|env| (&env.resp, env.membership.as_ref().map(|m| m.stamp())))
+                    );
+                }
+                let mut env = answer?;
                 planted.tamper_response(&mut env);
                 Ok(env)
             };
@@ -189,25 +274,82 @@ impl Transport for SimTransport {
 
 // ---------------------------------------------------------------- a host
 
+/// A host's disk: the memory engine that faults are injected into, and the
+/// engine the node runs on (the same one, or a planted wrapper of it).
+#[derive(Clone)]
+pub struct HostDisk {
+    pub memory: Arc<MemoryEngine>,
+    pub engine: Arc<dyn Engine>,
+    /// The fault injected last, for planted engines that act on it.
+    pub fault: Arc<Mutex<DiskFault>>,
+}
+
+impl HostDisk {
+    fn inject(&self, fault: DiskFault) {
+        *self.fault.lock().unwrap() = fault;
+        self.memory.inject(fault);
+    }
+
+    pub fn current_fault(&self) -> DiskFault {
+        *self.fault.lock().unwrap()
+    }
+}
+
+/// Makes node `x`'s disk do what the plan says now. A stall's end is a
+/// tokio instant of this host's clock (each boot of a host has a clock of
+/// its own), so faults are injected from inside the host.
+fn apply_disk(plan: &Plan, x: usize, disk: &HostDisk) {
+    let t = now();
+    let fault = match plan.disk(x, t) {
+        None => DiskFault::None,
+        Some(DiskKind::Full) => DiskFault::Full,
+        Some(DiskKind::FailSync) => DiskFault::FailSync,
+        Some(DiskKind::Stall) => {
+            DiskFault::Stall(tokio::time::Instant::now() + plan.stall_end(x, t).saturating_sub(t))
+        }
+    };
+    disk.inject(fault);
+}
+
+/// Follows the plan's faults of node `x`'s disk while the host runs.
+async fn disk_faults(plan: Arc<Plan>, x: usize, disk: HostDisk) {
+    for c in plan.changes() {
+        let t = now();
+        if c <= t {
+            continue;
+        }
+        tokio::time::sleep(c - t).await;
+        apply_disk(&plan, x, &disk);
+    }
+}
+
 /// The software of one simulated host: a node and its accept loop.
 async fn run_node(
-    id: u64,
-    engine: Arc<dyn Engine>,
+    x: usize,
+    plan: Arc<Plan>,
+    disk: HostDisk,
     transport: Arc<SimTransport>,
     planted: Planted,
 ) -> turmoil::Result {
+    apply_disk(&plan, x, &disk);
+    // A process that starts opens its database afresh: an I/O error of its
+    // previous run does not carry over (a disk that still fails fails again).
+    let _ = disk.engine.reopen();
+    tokio::spawn(disk_faults(plan.clone(), x, disk.clone()));
     let mut settings = Settings::new(
-        id,
+        x as u64 + 1,
         format!("0.0.0.0:{PORT}").parse().unwrap(),
         "unused".into(),
     );
     settings.sync_interval = Duration::from_millis(500);
-    let node = Node::start_with(settings, engine, transport.clone())?;
+    settings.min_replicas = plan.min_replicas;
+    settings.replica_timeout = REPLICA_TIMEOUT;
+    planted.adjust(&mut settings, plan.nodes);
+    let node = Node::start_with(settings, disk.engine.clone(), transport.clone())?;
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
     loop {
         let (mut s, _) = listener.accept().await?;
         let node = node.clone();
-        let transport = transport.clone();
         tokio::spawn(async move {
             let Ok(frame) = read_frame::<Frame>(&mut s).await else {
                 return;
@@ -216,27 +358,43 @@ async fn run_node(
                 Frame::Rpc(env) => {
                     Reply::Rpc(node.handle_rpc(env).await.map_err(|e| e.to_string()))
                 }
+                Frame::Config(_) if planted.refuses_post(&node) => Reply::Refused {
+                    kind: Refusal::Other,
+                    message: "planted: posts refused".into(),
+                },
                 Frame::Config(actors) => {
                     let actors = tally::cluster::parse_actors(&actors).expect("valid actors");
-                    Reply::Value(
-                        node.post_config(actors, Vec::new())
-                            .await
-                            .map(|s| u128::from(s.membership.stamp().version))
-                            .map_err(|e| e.to_string()),
-                    )
-                }
-                Frame::Increment { name, amount } => {
-                    match planted.before_increment(&node, &transport).await {
-                        Err(e) => Reply::Value(Err(e)),
-                        Ok(()) => Reply::Value(
-                            node.increment(vec![(name, amount)], None, None)
-                                .await
-                                .map(|done| done.values[0])
-                                .map_err(|e| e.to_string()),
-                        ),
+                    match node.post_config(actors, Vec::new()).await {
+                        Ok(s) => {
+                            let stamp = s.membership.stamp();
+                            Reply::Posted {
+                                stamp: (stamp.version, stamp.origin),
+                            }
+                        }
+                        Err(e) => Reply::Refused {
+                            kind: match e {
+                                tally::node::PostConfigError::NotMember { .. } => {
+                                    Refusal::NotMember
+                                }
+                                tally::node::PostConfigError::Store(ref e) if e.is_transient() => {
+                                    Refusal::Storage
+                                }
+                                tally::node::PostConfigError::Store(_) => Refusal::Other,
+                            },
+                            message: e.to_string(),
+                        },
                     }
                 }
-                Frame::Value { name } => Reply::Value(Ok(node.store().value(&name))),
+                Frame::Increment { name, amount } => {
+                    match planted.increment(&node, name, amount).await {
+                        Ok(v) => Reply::Value(Ok(v)),
+                        Err(e) => Reply::Refused {
+                            kind: Refusal::of_increment(&e),
+                            message: e.to_string(),
+                        },
+                    }
+                }
+                Frame::Value { name } => Reply::Value(Ok(planted.value(&node, &name).await)),
                 Frame::Consistent { name, timeout_ms } => {
                     let deadline = planted.read_deadline(Duration::from_millis(timeout_ms));
                     match node.consistent_value(&name, deadline).await {
@@ -246,6 +404,18 @@ async fn run_node(
                             best: u.best_known_value,
                         },
                     }
+                }
+                Frame::Components { name } => {
+                    Reply::Components((&node.store().counter(&name).unwrap_or_default()).into())
+                }
+                Frame::Status => {
+                    let m = node.membership();
+                    Reply::Status(NodeStatus {
+                        stamp: (m.stamp().version, m.stamp().origin),
+                        actors: m.config.actors.iter().map(|a| a.to_string()).collect(),
+                        role: format!("{:?}", node.role()),
+                        healthy: node.store().health().healthy,
+                    })
                 }
             };
             let _ = write_frame(&mut s, &reply).await;
@@ -265,8 +435,12 @@ pub enum Outcome {
         unreachable: Vec<String>,
         best: u128,
     },
-    /// Any other error answer.
-    Refused(String),
+    /// An error answer.
+    Refused(Refusal, String),
+    /// A config post's 200, with the stamp of the node's config after it.
+    Posted((u64, u64)),
+    /// What a node said of itself.
+    Status(NodeStatus),
     /// The client dropped the connection on purpose before the answer.
     Broken,
     /// The connection failed (refused or reset): the host is down or restarting.
@@ -342,11 +516,14 @@ async fn ask(host: &str, frame: Frame, timeout: Duration, brk: Break) -> Outcome
         Err(_) => Outcome::TimedOut,
         Ok(Err(outcome)) => outcome,
         Ok(Ok(Reply::Value(Ok(v)))) => Outcome::Ok(v),
-        Ok(Ok(Reply::Value(Err(e)))) => Outcome::Refused(e),
+        Ok(Ok(Reply::Value(Err(e)))) => Outcome::Refused(Refusal::Other, e),
+        Ok(Ok(Reply::Refused { kind, message })) => Outcome::Refused(kind, message),
         Ok(Ok(Reply::Unavailable { unreachable, best })) => {
             Outcome::Unavailable { unreachable, best }
         }
-        Ok(Ok(other)) => Outcome::Refused(format!("unexpected reply {other:?}")),
+        Ok(Ok(Reply::Posted { stamp })) => Outcome::Posted(stamp),
+        Ok(Ok(Reply::Status(status))) => Outcome::Status(status),
+        Ok(Ok(other)) => Outcome::Refused(Refusal::Other, format!("unexpected reply {other:?}")),
     }
 }
 
@@ -394,12 +571,79 @@ impl Read {
 #[derive(Clone, Debug)]
 pub struct Liveness {
     pub node: usize,
+    /// Not an actor of the final config: it must refuse increments.
+    pub departed: bool,
     /// When an increment was first acknowledged after the heal.
     pub acked_at: Option<Duration>,
     /// When a consistent read first answered 200 after the heal.
     pub read_at: Option<Duration>,
+    /// When an increment was first refused because the node left.
+    pub refused_at: Option<Duration>,
     pub last_increment: Option<Outcome>,
     pub last_read: Option<Outcome>,
+}
+
+/// One config post: the initial one (generation 0) and each planned one.
+#[derive(Clone, Debug)]
+pub struct Posted {
+    /// Posts of one generation are concurrent; each generation starts from
+    /// the newest config of the ones before.
+    pub generation: usize,
+    pub start: Duration,
+    pub end: Duration,
+    /// The node that took it; `None` when no node holding the newest
+    /// config could be found in time (the post was not made).
+    pub target: Option<usize>,
+    pub actors: Vec<usize>,
+    pub outcome: Outcome,
+}
+
+impl Posted {
+    /// The stamp of the config made, if the post answered 200.
+    pub fn stamp(&self) -> Option<(u64, u64)> {
+        match self.outcome {
+            Outcome::Posted(stamp) => Some(stamp),
+            _ => None,
+        }
+    }
+
+    /// Whether the post was sent (it may have been applied).
+    pub fn made(&self) -> bool {
+        self.target.is_some()
+    }
+}
+
+/// The newest config among posts of generations below `before`: the
+/// highest stamp of the latest generation with a post that answered 200.
+pub fn newest(posts: &[Posted], before: usize) -> Option<&Posted> {
+    let ok = || {
+        posts
+            .iter()
+            .filter(|p| p.generation < before && p.stamp().is_some())
+    };
+    let generation = ok().map(|p| p.generation).max()?;
+    ok().filter(|p| p.generation == generation)
+        .max_by_key(|p| p.stamp())
+}
+
+/// The config the run ends with.
+pub fn final_config(posts: &[Posted]) -> Option<&Posted> {
+    newest(posts, usize::MAX)
+}
+
+/// What the probe after a disk fault found.
+#[derive(Clone, Debug)]
+pub struct Recovery {
+    pub node: usize,
+    /// When the disk worked again.
+    pub from: Duration,
+    /// When an increment was first taken by storage (acknowledged, or
+    /// applied but short of replicas).
+    pub took_at: Option<Duration>,
+    /// Whether some answer refused before storage was asked (the node left
+    /// the cluster, or has too few actors for its `--min-replicas`).
+    pub not_asked: bool,
+    pub last: Option<Outcome>,
 }
 
 #[derive(Default, Debug)]
@@ -409,10 +653,19 @@ pub struct History {
     /// (node, time) of every wipe.
     pub wipes: Vec<(usize, Duration)>,
     pub liveness: Vec<Liveness>,
-    /// When every node first reported equal values for every name.
+    pub posts: Vec<Posted>,
+    pub recoveries: Vec<Recovery>,
+    /// When every node of the last generation's configs first reported the
+    /// same config, and what each reported last.
+    pub configs_agreed_at: Option<Duration>,
+    pub configs: Vec<(usize, Option<(u64, u64)>)>,
+    /// When every actor of the final config first reported equal values for every name.
     pub converged_at: Option<Duration>,
     /// Per name, the value every node reported then.
     pub final_values: BTreeMap<String, Vec<u128>>,
+    /// Per name, each node's total over its components (all its
+    /// incarnations) as one actor of the final config held them then.
+    pub final_components: BTreeMap<String, BTreeMap<usize, u128>>,
     pub setup_failed: Option<String>,
 }
 
@@ -485,7 +738,7 @@ fn apply(
     plan: &Plan,
     now: Duration,
     applied: &mut Applied,
-    engines: &[Rc<RefCell<Arc<dyn Engine>>>],
+    disks: &[Rc<RefCell<HostDisk>>],
     planted: Planted,
     history: &Mutex<History>,
 ) {
@@ -501,7 +754,7 @@ fn apply(
             && w.start <= now
         {
             applied.wiped[k] = true;
-            *engines[x].borrow_mut() = planted.fresh_engine();
+            *disks[x].borrow_mut() = planted.fresh_disk();
             history.lock().unwrap().wipes.push((x, now));
         }
     }
@@ -546,30 +799,33 @@ pub fn run(plan: &Plan, planted: Planted) -> History {
         // turmoil panics past this backlog, where a kernel would drop.
         .tcp_capacity(4096)
         .build();
-    let engines: Vec<Rc<RefCell<Arc<dyn Engine>>>> = (0..plan.nodes)
-        .map(|_| Rc::new(RefCell::new(planted.fresh_engine())))
+    let disks: Vec<Rc<RefCell<HostDisk>>> = (0..plan.nodes)
+        .map(|_| Rc::new(RefCell::new(planted.fresh_disk())))
         .collect();
+    let shared_plan = Arc::new(plan.clone());
     let noise = Noise {
         duplicate_rate: plan.duplicate_rate,
         delay_rate: plan.delay_rate,
         max_extra_delay: plan.max_extra_delay,
     };
-    for (i, engine) in engines.iter().enumerate() {
-        let engine = engine.clone();
+    for (i, disk) in disks.iter().enumerate() {
+        let disk = disk.clone();
         let boots = Rc::new(Cell::new(0u64));
         let seed = plan.seed;
+        let plan = shared_plan.clone();
         sim.host(host(i).as_str(), move || {
-            let engine = engine.borrow().clone();
+            let disk = disk.borrow().clone();
             boots.set(boots.get() + 1);
             let transport = Arc::new(SimTransport {
                 planted,
                 noise,
+                trace: std::env::var_os("TALLY_SIM_TRACE").is_some(),
                 rng: Mutex::new(fastrand::Rng::with_seed(
                     seed ^ (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15)
                         ^ boots.get().wrapping_mul(0xbf58_476d_1ce4_e5b9),
                 )),
             });
-            run_node(i as u64 + 1, engine, transport, planted)
+            run_node(i, plan.clone(), disk, transport, planted)
         });
     }
     let history = Arc::new(Mutex::new(History::default()));
@@ -611,15 +867,7 @@ pub fn run(plan: &Plan, planted: Planted) -> History {
                 applied.fail_rate = 0.0;
                 healed = true;
             }
-            apply(
-                &mut sim,
-                plan,
-                now,
-                &mut applied,
-                &engines,
-                planted,
-                &history,
-            );
+            apply(&mut sim, plan, now, &mut applied, &disks, planted, &history);
         }
         match sim.step() {
             Ok(true) => break,
@@ -736,25 +984,51 @@ async fn consistent_read(
     outcome
 }
 
+/// What the workload shares between its tasks.
+#[derive(Clone)]
+struct Shared {
+    plan: Plan,
+    history: Arc<Mutex<History>>,
+    /// Nodes named as actors by some config that has been posted (200):
+    /// only they get client requests. A node no config named yet would
+    /// acknowledge as a cluster of one, which nothing promises to cover.
+    named: Arc<Mutex<Vec<usize>>>,
+    /// Set once the last planned post has been made or given up.
+    posts_done: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Shared {
+    fn named(&self) -> Vec<usize> {
+        self.named.lock().unwrap().clone()
+    }
+
+    fn is_named(&self, x: usize) -> bool {
+        self.named.lock().unwrap().contains(&x)
+    }
+}
+
 /// One random client until shortly after the heal.
-async fn client(c: usize, plan: Plan, history: Arc<Mutex<History>>) {
+async fn client(c: usize, w: Shared) {
+    let plan = &w.plan;
+    let history = &w.history;
     let mut rng = fastrand::Rng::with_seed(plan.seed ^ (0x9e37_79b9 * (c as u64 + 1)));
     while now() < plan.heal_at + Duration::from_secs(2) {
-        let node = rng.usize(0..plan.nodes);
+        let named = w.named();
+        let node = named[rng.usize(0..named.len())];
         let name = NAMES[rng.usize(0..NAMES.len())];
         let after_heal = now() >= plan.heal_at;
         let brk = Break::draw(&mut rng, plan.client_break_rate);
         match rng.u8(0..10) {
             0..=5 => {
                 let amount = rng.u64(1..=10);
-                increment(&history, node, name, amount, brk).await;
+                increment(history, node, name, amount, brk).await;
             }
             6..=7 => {
-                local_read(&history, node, name, brk, after_heal).await;
+                local_read(history, node, name, brk, after_heal).await;
             }
             _ => {
                 consistent_read(
-                    &history,
+                    history,
                     node,
                     name,
                     CONSISTENT_TIMEOUT,
@@ -770,40 +1044,56 @@ async fn client(c: usize, plan: Plan, history: Arc<Mutex<History>>) {
 }
 
 /// From the heal on, retries an increment and a consistent read on `node`
-/// until each succeeds or `heal_at + LIVENESS_BOUND` passes.
-async fn probe_liveness(node: usize, plan: Plan, history: Arc<Mutex<History>>) -> Liveness {
+/// until each succeeds or `heal_at + LIVENESS_BOUND` passes; on a node that
+/// left the cluster, retries an increment until one is refused for that.
+async fn probe_liveness(node: usize, w: Shared) -> Liveness {
+    let plan = &w.plan;
+    let history = &w.history;
     let bound = plan.heal_at + LIVENESS_BOUND;
     // The heal is planned: the runner applies it in the step where sim time
     // reaches `heal_at`, before any host runs that step. (Nothing from
     // outside the simulation may wake its tasks: that breaks replay.)
     tokio::time::sleep(plan.heal_at.saturating_sub(now())).await;
+    let mut done = w.posts_done.clone();
+    let _ = done.wait_for(|d| *d).await;
+    let departed = {
+        let h = history.lock().unwrap();
+        final_config(&h.posts).is_some_and(|f| !f.actors.contains(&node))
+    };
     let writes = async {
         let mut last = None;
+        let mut acked_at = None;
         for attempt in 0..MAX_ATTEMPTS {
             if now() >= bound {
                 break;
             }
             let name = NAMES[(node + attempt) % NAMES.len()];
-            let outcome = increment(&history, node, name, 1, Break::No).await;
+            let outcome = increment(history, node, name, 1, Break::No).await;
             if outcome.value().is_some() {
-                return (Some(now()), Some(outcome));
+                acked_at = acked_at.or(Some(now()));
+                if !departed {
+                    return (acked_at, None, Some(outcome));
+                }
+            }
+            if departed && matches!(outcome, Outcome::Refused(Refusal::NotMember, _)) {
+                return (acked_at, Some(now()), Some(outcome));
             }
             last = Some(outcome);
             tokio::time::sleep(RETRY_PAUSE).await;
         }
-        (None, last)
+        (acked_at, None, last)
     };
     let reads = async {
         let mut last = None;
         for attempt in 0..MAX_ATTEMPTS {
             let left = bound.saturating_sub(now());
-            if left.is_zero() {
+            if left.is_zero() || departed {
                 break;
             }
             let name = NAMES[(node + attempt) % NAMES.len()];
             let timeout = CONSISTENT_TIMEOUT.min(left);
             let outcome = consistent_read(
-                &history,
+                history,
                 node,
                 name,
                 timeout,
@@ -820,57 +1110,319 @@ async fn probe_liveness(node: usize, plan: Plan, history: Arc<Mutex<History>>) -
         }
         (None, last)
     };
-    let ((acked_at, last_increment), (read_at, last_read)) = tokio::join!(writes, reads);
+    let ((acked_at, refused_at, last_increment), (read_at, last_read)) =
+        tokio::join!(writes, reads);
     Liveness {
         node,
+        departed,
         acked_at,
         read_at,
+        refused_at,
         last_increment,
         last_read,
     }
 }
 
-async fn workload(plan: Plan, history: Arc<Mutex<History>>) {
-    let actors: Vec<String> = (0..plan.nodes)
-        .map(|i| format!("{}:{PORT}", host(i)))
-        .collect();
-    // Post the config to one node; retry (bounded) until it is accepted.
-    let mut posted = false;
-    for attempt in 0..50 {
-        let target = host(attempt % plan.nodes);
-        if let Outcome::Ok(_) = ask(
-            &target,
-            Frame::Config(actors.clone()),
-            Duration::from_secs(2),
-            Break::No,
-        )
-        .await
-        {
-            posted = true;
+/// From `from`, when node `x`'s disk works again, retries an increment on
+/// it until storage takes one or `RECOVERY_BOUND` passes.
+async fn probe_recovery(x: usize, from: Duration, w: Shared) {
+    tokio::time::sleep(from.saturating_sub(now())).await;
+    if !w.is_named(x) {
+        return;
+    }
+    let bound = from + RECOVERY_BOUND;
+    let mut probe = Recovery {
+        node: x,
+        from,
+        took_at: None,
+        not_asked: false,
+        last: None,
+    };
+    for attempt in 0..MAX_ATTEMPTS {
+        if now() >= bound {
+            break;
+        }
+        let name = NAMES[(x + attempt) % NAMES.len()];
+        let outcome = increment(&w.history, x, name, 1, Break::No).await;
+        probe.not_asked |= matches!(
+            outcome,
+            Outcome::Refused(Refusal::TooFewActors | Refusal::NotMember, _)
+        );
+        let took = matches!(
+            outcome,
+            Outcome::Ok(_) | Outcome::Refused(Refusal::Replicas, _)
+        );
+        probe.last = Some(outcome);
+        if took {
+            probe.took_at = Some(now());
             break;
         }
         tokio::time::sleep(RETRY_PAUSE).await;
     }
-    if !posted {
+    w.history.lock().unwrap().recoveries.push(probe);
+}
+
+fn actor_names(actors: &[usize]) -> Vec<String> {
+    actors
+        .iter()
+        .map(|&i| format!("{}:{PORT}", host(i)))
+        .collect()
+}
+
+/// One request and its raw answer, if any (within a second).
+async fn ask_raw(host: &str, frame: Frame) -> Option<Reply> {
+    let exchange = async {
+        let mut s = turmoil::net::TcpStream::connect((host, PORT)).await.ok()?;
+        write_frame(&mut s, &frame).await.ok()?;
+        read_frame::<Reply>(&mut s).await.ok()
+    };
+    tokio::time::timeout(Duration::from_secs(1), exchange)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Asks node `x` for its status.
+async fn status(x: usize) -> Option<NodeStatus> {
+    match ask(&host(x), Frame::Status, Duration::from_secs(1), Break::No).await {
+        Outcome::Status(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// Makes one planned post: to the first node (in a seeded order) that may
+/// take it, holds the newest config and is an actor of it.
+async fn post_one(
+    w: &Shared,
+    post: &Post,
+    generation: usize,
+    newest: &Posted,
+    mut rng: fastrand::Rng,
+) -> Posted {
+    let plan = &w.plan;
+    let stamp = newest.stamp().expect("the newest config answered 200");
+    let mut candidates: Vec<usize> = newest
+        .actors
+        .iter()
+        .copied()
+        .filter(|x| post.side.as_ref().is_none_or(|side| side.contains(x)))
+        .collect();
+    rng.shuffle(&mut candidates);
+    for _ in 0..MAX_ATTEMPTS {
+        if now() > post.at + POST_WINDOW {
+            break;
+        }
+        for &x in &candidates {
+            // Only a node that runs, and whose disk works, for as long as
+            // the post may take: a post left uncertain would make the next
+            // one a conflicting one.
+            let (from, until) = (now(), now() + POST_TIMEOUT);
+            if !plan.serving_throughout(x, from, until)
+                || !plan.disk_settled_throughout(x, from, until)
+            {
+                continue;
+            }
+            if status(x).await.is_some_and(|s| s.stamp == stamp) {
+                let start = now();
+                let outcome = ask(
+                    &host(x),
+                    Frame::Config(actor_names(&post.actors)),
+                    POST_TIMEOUT,
+                    Break::No,
+                )
+                .await;
+                return Posted {
+                    generation,
+                    start,
+                    end: now(),
+                    target: Some(x),
+                    actors: post.actors.clone(),
+                    outcome,
+                };
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Posted {
+        generation,
+        start: now(),
+        end: now(),
+        target: None,
+        actors: post.actors.clone(),
+        outcome: Outcome::Refused(Refusal::Other, "no node held the newest config".into()),
+    }
+}
+
+/// Makes the planned posts, generation by generation; stops at a post that
+/// did not answer 200 (its config may or may not exist).
+async fn poster(w: Shared, done: tokio::sync::watch::Sender<bool>) {
+    let plan = &w.plan;
+    let mut generations: Vec<Vec<Post>> = Vec::new();
+    for post in &plan.posts {
+        match generations.last_mut() {
+            Some(g) if g[0].at == post.at => g.push(post.clone()),
+            _ => generations.push(vec![post.clone()]),
+        }
+    }
+    let mut rng = fastrand::Rng::with_seed(plan.seed ^ 0x0c0f_f1e5);
+    for (k, group) in generations.into_iter().enumerate() {
+        let generation = k + 1;
+        tokio::time::sleep(group[0].at.saturating_sub(now())).await;
+        let Some(base) = newest(&w.history.lock().unwrap().posts, generation).cloned() else {
+            break;
+        };
+        let tasks: Vec<_> = group
+            .into_iter()
+            .map(|post| {
+                let w = w.clone();
+                let base = base.clone();
+                let rng = fastrand::Rng::with_seed(rng.u64(..));
+                tokio::spawn(async move { post_one(&w, &post, generation, &base, rng).await })
+            })
+            .collect();
+        let mut made = Vec::new();
+        for t in tasks {
+            if let Ok(p) = t.await {
+                made.push(p);
+            }
+        }
+        let failed = made.iter().any(|p| p.made() && p.stamp().is_none());
+        {
+            let mut named = w.named.lock().unwrap();
+            for p in made.iter().filter(|p| p.stamp().is_some()) {
+                named.extend(&p.actors);
+            }
+            named.sort();
+            named.dedup();
+        }
+        w.history.lock().unwrap().posts.extend(made);
+        if failed {
+            break;
+        }
+    }
+    let _ = done.send(true);
+}
+
+/// After the heal, asks every actor of the last generation's configs for
+/// its config until they all report the same one, or the liveness bound.
+async fn await_one_config(w: &Shared) {
+    let nodes: Vec<usize> = {
+        let h = w.history.lock().unwrap();
+        let last = h
+            .posts
+            .iter()
+            .filter(|p| p.stamp().is_some())
+            .map(|p| p.generation)
+            .max();
+        let mut nodes: Vec<usize> = h
+            .posts
+            .iter()
+            .filter(|p| Some(p.generation) == last && p.stamp().is_some())
+            .flat_map(|p| p.actors.iter().copied())
+            .collect();
+        nodes.sort();
+        nodes.dedup();
+        nodes
+    };
+    let bound = w.plan.heal_at + LIVENESS_BOUND;
+    let mut seen = Vec::new();
+    for _ in 0..MAX_ATTEMPTS {
+        seen.clear();
+        for &x in &nodes {
+            seen.push((x, status(x).await.map(|s| s.stamp)));
+        }
+        let first = seen.first().and_then(|(_, s)| *s);
+        if first.is_some() && seen.iter().all(|(_, s)| *s == first) {
+            let mut h = w.history.lock().unwrap();
+            h.configs_agreed_at = Some(now());
+            h.configs = seen;
+            return;
+        }
+        if now() >= bound {
+            break;
+        }
+        tokio::time::sleep(RETRY_PAUSE).await;
+    }
+    w.history.lock().unwrap().configs = seen;
+}
+
+async fn workload(plan: Plan, history: Arc<Mutex<History>>) {
+    // Post the first config to one of its actors; retry (bounded) until it is accepted.
+    let actors = actor_names(&plan.initial);
+    let mut initial = None;
+    for attempt in 0..50 {
+        let target = plan.initial[attempt % plan.initial.len()];
+        let start = now();
+        let outcome = ask(
+            &host(target),
+            Frame::Config(actors.clone()),
+            Duration::from_secs(2),
+            Break::No,
+        )
+        .await;
+        if let Outcome::Posted(_) = outcome {
+            initial = Some(Posted {
+                generation: 0,
+                start,
+                end: now(),
+                target: Some(target),
+                actors: plan.initial.clone(),
+                outcome,
+            });
+            break;
+        }
+        tokio::time::sleep(RETRY_PAUSE).await;
+    }
+    let Some(initial) = initial else {
         history.lock().unwrap().setup_failed = Some("config could not be posted".into());
         return;
-    }
+    };
+    history.lock().unwrap().posts.push(initial);
+    let (done_tx, done_rx) = tokio::sync::watch::channel(false);
+    let w = Shared {
+        plan: plan.clone(),
+        history: history.clone(),
+        named: Arc::new(Mutex::new(plan.initial.clone())),
+        posts_done: done_rx,
+    };
+    let poster = tokio::spawn(poster(w.clone(), done_tx));
     let clients: Vec<_> = (0..CLIENTS)
-        .map(|c| tokio::spawn(client(c, plan.clone(), history.clone())))
+        .map(|c| tokio::spawn(client(c, w.clone())))
         .collect();
+    let recoveries: Vec<_> = (0..plan.nodes)
+        .flat_map(|x| plan.disk_recoveries(x).into_iter().map(move |at| (x, at)))
+        .map(|(x, at)| tokio::spawn(probe_recovery(x, at, w.clone())))
+        .collect();
+    // Every node some config named gets a probe: they are known by the heal.
     let probes: Vec<_> = (0..plan.nodes)
-        .map(|i| tokio::spawn(probe_liveness(i, plan.clone(), history.clone())))
+        .map(|i| {
+            let w = w.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(w.plan.heal_at.saturating_sub(now())).await;
+                let mut done = w.posts_done.clone();
+                let _ = done.wait_for(|d| *d).await;
+                if w.is_named(i) {
+                    Some(probe_liveness(i, w).await)
+                } else {
+                    None
+                }
+            })
+        })
         .collect();
-    for t in clients {
+    let _ = poster.await;
+    for t in clients.into_iter().chain(recoveries) {
         let _ = t.await;
     }
-    // After the heal every node's values must become equal.
+    let finals_of: Vec<usize> = final_config(&history.lock().unwrap().posts)
+        .map(|f| f.actors.clone())
+        .unwrap_or_default();
+    // After the heal the actors of the final config must agree on every value.
     let deadline = plan.end_at;
     while now() < deadline {
         let mut finals: BTreeMap<String, Vec<u128>> = BTreeMap::new();
         let mut complete = true;
         for name in NAMES {
-            for i in 0..plan.nodes {
+            for &i in &finals_of {
                 match ask(
                     &host(i),
                     Frame::Value {
@@ -889,23 +1441,40 @@ async fn workload(plan: Plan, history: Arc<Mutex<History>>) {
         let agreed = complete
             && finals
                 .values()
-                .all(|vs| vs.len() == plan.nodes && vs.windows(2).all(|w| w[0] == w[1]));
+                .all(|vs| vs.len() == finals_of.len() && vs.windows(2).all(|w| w[0] == w[1]));
         if agreed {
+            let converged_at = now();
+            let mut components = BTreeMap::new();
+            for name in NAMES {
+                let frame = Frame::Components {
+                    name: name.to_string(),
+                };
+                if let Some(Reply::Components(cs)) = ask_raw(&host(finals_of[0]), frame).await {
+                    let mut per_node: BTreeMap<usize, u128> = BTreeMap::new();
+                    for c in cs {
+                        *per_node.entry(c.node as usize - 1).or_default() += u128::from(c.count);
+                    }
+                    components.insert(name.to_string(), per_node);
+                }
+            }
             let mut h = history.lock().unwrap();
-            h.converged_at = Some(now());
+            h.converged_at = Some(converged_at);
             h.final_values = finals;
+            h.final_components = components;
             break;
         }
         tokio::time::sleep(RETRY_PAUSE).await;
     }
+    await_one_config(&w).await;
     for p in probes {
-        if let Ok(l) = p.await {
+        if let Ok(Some(l)) = p.await {
             history.lock().unwrap().liveness.push(l);
         }
     }
-    // One consistent read per node and name after convergence, the nodes in parallel.
-    let finals: Vec<_> = (0..plan.nodes)
-        .map(|i| {
+    // One consistent read per final actor and name after convergence, the nodes in parallel.
+    let finals: Vec<_> = finals_of
+        .iter()
+        .map(|&i| {
             let history = history.clone();
             tokio::spawn(async move {
                 for name in NAMES {
@@ -942,7 +1511,16 @@ pub fn fingerprint(h: &History) -> String {
     for r in &h.reads {
         s.push_str(&format!("r{}{}{:?}{:?};", r.name, r.node, r.end, r.outcome));
     }
-    s.push_str(&format!("{:?}{:?}", h.converged_at, h.liveness));
+    for p in &h.posts {
+        s.push_str(&format!("p{:?}{:?}{:?};", p.target, p.end, p.outcome));
+    }
+    for r in &h.recoveries {
+        s.push_str(&format!("d{}{:?}{:?};", r.node, r.took_at, r.last));
+    }
+    s.push_str(&format!(
+        "{:?}{:?}{:?}{:?}",
+        h.converged_at, h.liveness, h.configs_agreed_at, h.configs
+    ));
     format!("{}:{:x}", s.len(), fxhash(&s))
 }
 
@@ -972,10 +1550,37 @@ pub fn summary(h: &History) -> String {
         .chain(h.reads.iter().map(|r| &r.outcome))
         .filter(|o| **o == Outcome::Broken)
         .count();
+    let refused = |kind: Refusal| {
+        h.incs
+            .iter()
+            .filter(|i| matches!(i.outcome, Outcome::Refused(k, _) if k == kind))
+            .count()
+    };
+    let posts: Vec<String> = h
+        .posts
+        .iter()
+        .filter(|p| p.generation > 0)
+        .map(|p| match (p.target, p.stamp()) {
+            (Some(t), Some(s)) => format!("{:?} to n{} at {:?}: {s:?}", p.actors, t + 1, p.start),
+            (Some(t), None) => format!(
+                "{:?} to n{} at {:?}: {:?}",
+                p.actors,
+                t + 1,
+                p.start,
+                p.outcome
+            ),
+            (None, _) => format!("{:?} not made", p.actors),
+        })
+        .collect();
     format!(
-        "{} increments ({acked} acked), {consistent} consistent reads ({ok} ok, {unavailable} 503), {broken} connections broken by clients, {} wipes, converged at {:?}",
+        "{} increments ({acked} acked; refused: {} storage, {} not a member, {} short of replicas), {consistent} consistent reads ({ok} ok, {unavailable} 503), {broken} connections broken by clients, {} wipes, {} disk recoveries probed, posts [{}], converged at {:?}",
         h.incs.len(),
+        refused(Refusal::Storage),
+        refused(Refusal::NotMember),
+        refused(Refusal::Replicas),
         h.wipes.len(),
+        h.recoveries.len(),
+        posts.join("; "),
         h.converged_at
     )
 }

@@ -23,6 +23,24 @@ pub const SLOP: Duration = Duration::from_millis(20);
 /// timeout for a lost message.
 pub const REPLICATION_WINDOW: Duration = Duration::from_secs(3);
 
+/// How long after a disk fault ends its node may still refuse writes: the
+/// storage writer retries its reopen with a backoff of at most 1 s, then
+/// proves the disk with a probe commit.
+pub const DISK_RECOVERY: Duration = Duration::from_millis(1500);
+
+/// What a simulated disk does while a disk fault holds (see
+/// `tally::storage::memory::DiskFault`). When faults of one disk overlap, the
+/// greatest holds: a stall over a full disk over a failing fsync.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DiskKind {
+    /// Commits write everything, then report an fsync error.
+    FailSync,
+    /// Commits fail with ENOSPC and write nothing.
+    Full,
+    /// Every storage call waits until the stall ends.
+    Stall,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Fault {
     /// One node cut from every other node (clients still reach it).
@@ -38,6 +56,40 @@ pub enum Fault {
     /// Process killed and its data folder lost when the window starts;
     /// restarted (empty) once no crash of it holds.
     Wipe(usize),
+    /// The node's disk fails (its process keeps running).
+    Disk(usize, DiskKind),
+}
+
+/// A config posted during the run: `actors` (node indices) to a node that
+/// holds the newest config. Posts with the same `at` are concurrent (a
+/// conflicting pair, one on each side of a partition).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Post {
+    pub at: Duration,
+    pub actors: Vec<usize>,
+    /// Only these nodes may take the post; otherwise any actor of the newest config.
+    pub side: Option<Vec<usize>>,
+}
+
+/// Whether and how a seed changes membership.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Changes {
+    #[default]
+    None,
+    /// Configs posted one after the other, each to a node holding the newest.
+    Sequential,
+    /// Like `Sequential`, then two posts on opposite sides of a partition.
+    Conflicting,
+}
+
+/// What kind of seed a plan is drawn for.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Flavor {
+    pub wipes: bool,
+    pub disks: bool,
+    pub changes: Changes,
+    /// Nodes run with `--min-replicas` this high; wipes then strike one node only.
+    pub min_replicas: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -73,6 +125,13 @@ pub struct Plan {
     /// Chance that a workload client drops its connection mid-request.
     pub client_break_rate: f64,
     pub wipes: bool,
+    /// The nodes the config posted at the start names.
+    pub initial: Vec<usize>,
+    /// Membership changes, by time.
+    pub posts: Vec<Post>,
+    pub changes: Changes,
+    /// `Settings::min_replicas` of every node: with it no wipe excuses anything.
+    pub min_replicas: usize,
 }
 
 /// One end of a link: a node (by index) or the workload's client host.
@@ -96,35 +155,179 @@ fn ms(v: u64) -> Duration {
     Duration::from_millis(v)
 }
 
-fn random_fault(rng: &mut fastrand::Rng, nodes: usize, wipes: bool) -> Fault {
+fn random_fault(
+    rng: &mut fastrand::Rng,
+    nodes: usize,
+    flavor: &Flavor,
+    wipe_victim: Option<usize>,
+) -> Fault {
     let a = rng.usize(0..nodes);
-    match rng.u8(0..if wipes { 7 } else { 6 }) {
+    let kinds = 6 + if flavor.wipes { 1 } else { 0 } + if flavor.disks { 2 } else { 0 };
+    match rng.u8(0..kinds) {
         0 | 1 => Fault::Isolate(a),
-        2 => {
-            let mut group: Vec<usize> = (0..nodes).filter(|_| rng.bool()).collect();
-            if group.is_empty() || group.len() == nodes {
-                group = vec![a];
-            }
-            Fault::Halves(group)
-        }
+        2 => Fault::Halves(random_group(rng, nodes, a)),
         3 => {
             let b = (a + 1 + rng.usize(0..nodes - 1)) % nodes;
             Fault::Bridge(a, b)
         }
         4 => Fault::Pause(a),
         5 => Fault::Crash(a),
-        _ => Fault::Wipe(a),
+        6 if flavor.wipes => Fault::Wipe(wipe_victim.unwrap_or(a)),
+        _ => Fault::Disk(
+            a,
+            match rng.u8(0..3) {
+                0 => DiskKind::Full,
+                1 => DiskKind::FailSync,
+                _ => DiskKind::Stall,
+            },
+        ),
     }
+}
+
+/// A random proper subset of the nodes (`a` alone when the draw is not).
+fn random_group(rng: &mut fastrand::Rng, nodes: usize, a: usize) -> Vec<usize> {
+    let mut group: Vec<usize> = (0..nodes).filter(|_| rng.bool()).collect();
+    if group.is_empty() || group.len() == nodes {
+        group = vec![a];
+    }
+    group
+}
+
+/// The next actor set from `current`: from 3 actors grow to all 5 or
+/// replace one; from more, shrink to 3.
+fn next_actors(rng: &mut fastrand::Rng, current: &[usize], nodes: usize) -> Vec<usize> {
+    let outside: Vec<usize> = (0..nodes).filter(|x| !current.contains(x)).collect();
+    let mut next: Vec<usize> = current.to_vec();
+    if current.len() > 3 || outside.is_empty() {
+        rng.shuffle(&mut next);
+        next.truncate(3);
+    } else if rng.bool() && outside.len() >= 2 {
+        next.extend(&outside);
+    } else {
+        next.remove(rng.usize(0..next.len()));
+        next.push(outside[rng.usize(0..outside.len())]);
+    }
+    next.sort();
+    next
+}
+
+/// A partition in force at `at`: one node isolated or random halves, from
+/// up to 1 s before to 1–4 s after.
+fn partition_around(
+    rng: &mut fastrand::Rng,
+    nodes: usize,
+    at: Duration,
+    heal_at: Duration,
+) -> Window {
+    let a = rng.usize(0..nodes);
+    let fault = if rng.bool() {
+        Fault::Isolate(a)
+    } else {
+        Fault::Halves(random_group(rng, nodes, a))
+    };
+    Window {
+        start: at.saturating_sub(ms(rng.u64(0..1000))),
+        end: (at + ms(rng.u64(1000..4000))).min(heal_at),
+        fault,
+    }
+}
+
+/// The membership changes of a seed: the first config, the posts, and the
+/// partitions they are made under.
+fn draw_changes(
+    rng: &mut fastrand::Rng,
+    nodes: usize,
+    changes: Changes,
+    heal_at: Duration,
+) -> (Vec<usize>, Vec<Post>, Vec<Window>) {
+    let all: Vec<usize> = (0..nodes).collect();
+    if changes == Changes::None {
+        return (all, Vec::new(), Vec::new());
+    }
+    let mut current = all.clone();
+    if rng.u8(0..4) != 0 {
+        rng.shuffle(&mut current);
+        current.truncate(3);
+        current.sort();
+    }
+    let initial = current.clone();
+    let mut posts = Vec::new();
+    let mut windows = Vec::new();
+    let sequential = match changes {
+        Changes::Sequential => 1 + rng.usize(0..3),
+        _ => rng.usize(0..2),
+    };
+    let mut at = ms(2000 + rng.u64(0..3000));
+    for _ in 0..sequential {
+        if at + Duration::from_secs(3) > heal_at {
+            break;
+        }
+        let actors = next_actors(rng, &current, nodes);
+        windows.push(partition_around(rng, nodes, at, heal_at));
+        posts.push(Post {
+            at,
+            actors: actors.clone(),
+            side: None,
+        });
+        current = actors;
+        at += ms(rng.u64(2500..5000));
+    }
+    if changes == Changes::Conflicting && at + Duration::from_secs(4) <= heal_at {
+        // Two sides, each with an actor of the current config.
+        let mut order = current.clone();
+        rng.shuffle(&mut order);
+        let side_a: Vec<usize> = all
+            .iter()
+            .copied()
+            .filter(|&x| x == order[0] || (x != order[1] && rng.bool()))
+            .collect();
+        let side_b: Vec<usize> = all
+            .iter()
+            .copied()
+            .filter(|x| !side_a.contains(x))
+            .collect();
+        windows.push(Window {
+            start: at.saturating_sub(ms(rng.u64(200..1000))),
+            end: (at + ms(rng.u64(2500..5000))).min(heal_at),
+            fault: Fault::Halves(side_a.clone()),
+        });
+        let first = next_actors(rng, &current, nodes);
+        let mut second = next_actors(rng, &current, nodes);
+        for _ in 0..10 {
+            if second != first {
+                break;
+            }
+            second = next_actors(rng, &current, nodes);
+        }
+        posts.push(Post {
+            at,
+            actors: first,
+            side: Some(side_a),
+        });
+        posts.push(Post {
+            at,
+            actors: second,
+            side: Some(side_b),
+        });
+    }
+    (initial, posts, windows)
 }
 
 impl Plan {
     /// A random plan: a chain of faults with calm gaps between them, a third
     /// of which get a second fault (any kind, any node) starting inside them
     /// and possibly outlasting them, so faults overlap: a crash during a
-    /// partition, a pause during a crash, two partitions at once.
-    pub fn random(seed: u64, wipes: bool) -> Plan {
+    /// partition, a pause during a crash, two partitions at once, a disk
+    /// that fails during a partition. Seeds that change membership run five
+    /// nodes and add a partition around each post.
+    pub fn random(seed: u64, flavor: Flavor) -> Plan {
         let mut rng = fastrand::Rng::with_seed(seed);
-        let nodes = 3 + rng.usize(0..=2);
+        let nodes = if flavor.changes == Changes::None {
+            3 + rng.usize(0..=2)
+        } else {
+            5
+        };
+        let wipe_victim = (flavor.min_replicas > 0).then(|| rng.usize(0..nodes));
         let heal_at = Duration::from_secs(20);
         let mut faults = Vec::new();
         let mut t = ms(rng.u64(500..2000));
@@ -133,7 +336,7 @@ impl Plan {
             faults.push(Window {
                 start: t,
                 end,
-                fault: random_fault(&mut rng, nodes, wipes),
+                fault: random_fault(&mut rng, nodes, &flavor, wipe_victim),
             });
             if rng.u8(0..3) == 0 {
                 let start = t + ms(rng.u64(0..(end - t).as_millis() as u64));
@@ -141,26 +344,38 @@ impl Plan {
                 faults.push(Window {
                     start,
                     end: inner_end,
-                    fault: random_fault(&mut rng, nodes, wipes),
+                    fault: random_fault(&mut rng, nodes, &flavor, wipe_victim),
                 });
             }
             t = end + ms(rng.u64(0..1500));
         }
-        faults.sort_by_key(|w| w.start);
         let noisy = |rng: &mut fastrand::Rng, rate: f64| if rng.bool() { rate } else { 0.0 };
+        let max_latency = ms(rng.u64(1..50));
+        let fail_rate = noisy(&mut rng, 0.002);
+        let duplicate_rate = noisy(&mut rng, 0.03);
+        let delay_rate = noisy(&mut rng, 0.05);
+        let client_break_rate = noisy(&mut rng, 0.01);
+        let (initial, posts, partitions) = draw_changes(&mut rng, nodes, flavor.changes, heal_at);
+        faults.extend(partitions);
+        faults.retain(|w| w.start < w.end);
+        faults.sort_by_key(|w| w.start);
         Plan {
             seed,
             nodes,
             faults,
             heal_at,
             end_at: heal_at + Duration::from_secs(15),
-            max_latency: ms(rng.u64(1..50)),
-            fail_rate: noisy(&mut rng, 0.002),
-            duplicate_rate: noisy(&mut rng, 0.03),
-            delay_rate: noisy(&mut rng, 0.05),
+            max_latency,
+            fail_rate,
+            duplicate_rate,
+            delay_rate,
             max_extra_delay: ms(200),
-            client_break_rate: noisy(&mut rng, 0.01),
-            wipes,
+            client_break_rate,
+            wipes: flavor.wipes,
+            initial,
+            posts,
+            changes: flavor.changes,
+            min_replicas: flavor.min_replicas,
         }
     }
 
@@ -178,7 +393,7 @@ impl Plan {
                 Fault::Isolate(x) => *x == a || *x == b,
                 Fault::Halves(g) => g.contains(&a) != g.contains(&b),
                 Fault::Bridge(x, y) => (*x == a && *y == b) || (*x == b && *y == a),
-                Fault::Pause(_) | Fault::Crash(_) | Fault::Wipe(_) => false,
+                Fault::Pause(_) | Fault::Crash(_) | Fault::Wipe(_) | Fault::Disk(..) => false,
             })
     }
 
@@ -225,9 +440,60 @@ impl Plan {
                 || !self.running(b, t))
     }
 
-    /// Whether node `x` can exchange messages with at least one other node at `t`.
+    /// Whether node `x` can hand what it holds to at least one other node
+    /// at `t`: they exchange messages and that node's disk takes writes.
     pub fn connected(&self, x: usize, t: Duration) -> bool {
-        (0..self.nodes).any(|y| y != x && !self.cut(x, y, t))
+        (0..self.nodes).any(|y| y != x && !self.cut(x, y, t) && self.disk_settled(y, t))
+    }
+
+    /// The fault of node `x`'s disk at `t`, if any.
+    pub fn disk(&self, x: usize, t: Duration) -> Option<DiskKind> {
+        self.active(t)
+            .filter_map(|f| match f {
+                Fault::Disk(y, kind) if *y == x => Some(*kind),
+                _ => None,
+            })
+            .max()
+    }
+
+    /// Whether node `x`'s disk has worked since [`DISK_RECOVERY`] before `t`.
+    pub fn disk_settled(&self, x: usize, t: Duration) -> bool {
+        !self.faults.iter().any(|w| {
+            matches!(w.fault, Fault::Disk(y, _) if y == x)
+                && w.start <= t
+                && t < w.end + DISK_RECOVERY
+        })
+    }
+
+    /// When the stall of node `x`'s disk that holds at `t` ends.
+    pub fn stall_end(&self, x: usize, t: Duration) -> Duration {
+        self.changes()
+            .into_iter()
+            .find(|&c| c > t && self.disk(x, c) != Some(DiskKind::Stall))
+            .unwrap_or(self.heal_at)
+    }
+
+    /// Every time at which a fault of node `x`'s disk ends with no other
+    /// holding: the disk works again from then.
+    pub fn disk_recoveries(&self, x: usize) -> Vec<Duration> {
+        let mut out = Vec::new();
+        let mut before = None;
+        for c in self.changes() {
+            let now = self.disk(x, c);
+            if before.is_some() && now.is_none() {
+                out.push(c);
+            }
+            before = now;
+        }
+        out
+    }
+
+    /// Whether node `x`'s disk worked (and had recovered) throughout
+    /// `[from, to]`, widened by [`SLOP`].
+    pub fn disk_settled_throughout(&self, x: usize, from: Duration, to: Duration) -> bool {
+        self.holds_throughout(from.saturating_sub(SLOP), to + SLOP, |t| {
+            self.disk_settled(x, t)
+        })
     }
 
     /// Every sim time at which the plan's state may change, sorted: the
@@ -237,6 +503,9 @@ impl Plan {
             .faults
             .iter()
             .flat_map(|w| [w.start, w.end])
+            .chain(self.faults.iter().filter_map(|w| {
+                matches!(w.fault, Fault::Disk(..)).then_some(w.end + DISK_RECOVERY)
+            }))
             .chain([self.heal_at])
             .collect();
         out.sort();
@@ -275,6 +544,30 @@ impl Plan {
     /// node (both running and unpaused, no partition between them) for an
     /// unbroken stretch of at least `sustained`.
     pub fn had_contact(&self, x: usize, from: Duration, to: Duration, sustained: Duration) -> bool {
+        self.had_contact_if(from, to, sustained, |t| self.connected(x, t))
+    }
+
+    /// Like [`Plan::had_contact`], with node `y` in particular.
+    pub fn had_contact_with(
+        &self,
+        x: usize,
+        y: usize,
+        from: Duration,
+        to: Duration,
+        sustained: Duration,
+    ) -> bool {
+        self.had_contact_if(from, to, sustained, |t| {
+            x != y && !self.cut(x, y, t) && self.disk_settled(y, t)
+        })
+    }
+
+    fn had_contact_if(
+        &self,
+        from: Duration,
+        to: Duration,
+        sustained: Duration,
+        connected: impl Fn(Duration) -> bool,
+    ) -> bool {
         let mut bounds: Vec<Duration> = self
             .changes()
             .into_iter()
@@ -284,7 +577,7 @@ impl Plan {
         let mut segment = from;
         let mut run: Option<Duration> = None;
         for next in bounds {
-            if self.connected(x, segment) {
+            if connected(segment) {
                 let began = *run.get_or_insert(segment);
                 if next - began >= sustained {
                     return true;
@@ -327,7 +620,7 @@ mod tests {
                     fault,
                 })
                 .collect(),
-            ..Plan::random(1, false)
+            ..Plan::random(1, Flavor::default())
         }
     }
 
@@ -419,5 +712,44 @@ mod tests {
             p.changes(),
             [1.0, 4.0, 5.0, 6.0, 8.0, 9.0, 10.0, 12.0, 20.0].map(s)
         );
+    }
+
+    #[test]
+    fn disk_faults_compose_and_recover() {
+        let p = plan(vec![
+            (1.0, 4.0, Fault::Disk(0, DiskKind::FailSync)),
+            (2.0, 3.0, Fault::Disk(0, DiskKind::Stall)),
+            (2.5, 6.0, Fault::Disk(0, DiskKind::Full)),
+            (8.0, 9.0, Fault::Disk(0, DiskKind::Stall)),
+            (1.0, 2.0, Fault::Isolate(2)),
+        ]);
+        assert_eq!(p.disk(0, s(0.5)), None);
+        assert_eq!(p.disk(0, s(1.5)), Some(DiskKind::FailSync));
+        // A stall beats a full disk, which beats a failing fsync.
+        assert_eq!(p.disk(0, s(2.7)), Some(DiskKind::Stall));
+        assert_eq!(p.disk(0, s(3.5)), Some(DiskKind::Full));
+        assert_eq!(p.stall_end(0, s(2.1)), s(3.0));
+        assert_eq!(p.stall_end(0, s(8.0)), s(9.0));
+        assert_eq!(p.disk(1, s(2.7)), None);
+        // The disk works again at 6 s and 9 s; the node may refuse writes
+        // for DISK_RECOVERY after each.
+        assert_eq!(p.disk_recoveries(0), [s(6.0), s(9.0)]);
+        assert!(p.disk_recoveries(1).is_empty());
+        assert!(!p.disk_settled(0, s(7.0)));
+        assert!(p.disk_settled(0, s(7.6)));
+        assert!(p.disk_settled_throughout(0, s(7.6), s(7.9)));
+        assert!(!p.disk_settled_throughout(0, s(7.6), s(8.5)));
+        // A peer whose disk fails takes nothing: no contact for the wipe
+        // exemption. Node 1 is isolated from 1 s to 2 s, and node 0's disk
+        // does not settle before 7.5 s, so node 1 has only node 2.
+        assert!(p.connected(1, s(5.0)));
+        assert!(!p.connected(1, s(1.5)));
+        let q = plan(vec![
+            (1.0, 5.0, Fault::Disk(0, DiskKind::Full)),
+            (1.0, 5.0, Fault::Disk(2, DiskKind::Full)),
+        ]);
+        assert!(!q.connected(1, s(3.0)));
+        assert!(!q.connected(1, s(6.0)), "not before the disks recovered");
+        assert!(q.connected(1, s(6.6)));
     }
 }

@@ -4,20 +4,21 @@
 //! host), never in the node's code.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tally::cluster::Actor;
+use tally::cluster::{Actor, Membership};
 use tally::crdt::Component;
-use tally::node::Node;
+use tally::node::{IncrementError, Node, Role, Settings};
 use tally::proto::{
     PROTOCOL_VERSION, ReplicaId, Request, RequestEnvelope, Response, ResponseEnvelope,
 };
-use tally::storage::memory::MemoryEngine;
+use tally::storage::memory::{DiskFault, MemoryEngine};
 use tally::storage::{Batch, Changes, Engine, Loaded, StoreError};
-use tally::transport::{CallError, CallFuture, Transport};
+use tally::transport::{CallError, CallFuture};
 
-use super::{PORT, SimTransport, host, now};
+use super::{HostDisk, PORT, REPLICA_TIMEOUT, host, now};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Planted {
@@ -44,19 +45,68 @@ pub enum Planted {
     LongReads,
     /// `Read` calls fail at once, so consistent reads never hear from a peer.
     ReadsFail,
-    /// An increment is acknowledged only once every peer answered a call:
-    /// increments cannot be acknowledged while partitioned.
+    /// Every node runs with `--min-replicas` set to all its peers (the
+    /// plan says 0): increments cannot be acknowledged while partitioned.
     AckAfterPeers,
     /// Increments are always refused.
     NeverAck,
+    /// Nodes run without the plan's `--min-replicas`: they acknowledge what
+    /// no other node stored yet.
+    NoReplicas,
+    /// After a failed commit the engine never reopens: storage never heals
+    /// once the disk works again (nor when the node restarts).
+    NeverReopens,
+    /// While fsync fails the engine reports commits of counters as
+    /// successful and keeps nothing of them.
+    AckFailedSync,
+    /// `Read` calls to a node the sender's config does not name as an actor
+    /// (a leaver) are answered with an empty counter: reads that ask only
+    /// the config's actors.
+    SkipLeavers,
+    /// Configs newer than the first are stripped from every message: a
+    /// post reaches only the node it was posted to.
+    ConfigStuck,
+    /// A node that left acknowledges increments anyway.
+    LeaversAck,
+    /// Local reads wait for storage to be healthy again.
+    ReadsWaitForDisk,
+    /// Every config post after the first is refused.
+    RefusePosts,
 }
 
 impl Planted {
     /// An empty data folder.
-    pub fn fresh_engine(self) -> Arc<dyn Engine> {
+    pub fn fresh_disk(self) -> HostDisk {
+        let memory = Arc::new(MemoryEngine::new());
+        let fault = Arc::new(Mutex::new(DiskFault::None));
+        let engine: Arc<dyn Engine> = match self {
+            Planted::AckBeforeCommit => Arc::new(ForgetfulEngine(memory.clone())),
+            Planted::NeverReopens => Arc::new(NeverReopens {
+                inner: memory.clone(),
+                failed: AtomicBool::new(false),
+            }),
+            Planted::AckFailedSync => Arc::new(LyingSync {
+                inner: memory.clone(),
+                fault: fault.clone(),
+            }),
+            _ => memory.clone(),
+        };
+        HostDisk {
+            memory,
+            engine,
+            fault,
+        }
+    }
+
+    /// Changes a node's settings.
+    pub fn adjust(self, settings: &mut Settings, nodes: usize) {
         match self {
-            Planted::AckBeforeCommit => Arc::new(ForgetfulEngine(MemoryEngine::new())),
-            _ => Arc::new(MemoryEngine::new()),
+            Planted::AckAfterPeers => {
+                settings.min_replicas = nodes - 1;
+                settings.replica_timeout = REPLICA_TIMEOUT;
+            }
+            Planted::NoReplicas => settings.min_replicas = 0,
+            _ => {}
         }
     }
 
@@ -117,6 +167,32 @@ impl Planted {
                 }
                 None
             }
+            (Planted::SkipLeavers, Request::Read { .. })
+                if !req.membership.config.actors.contains(to) =>
+            {
+                let node = to
+                    .as_str()
+                    .strip_prefix('n')
+                    .and_then(|r| r.split(':').next())
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+                let env = ResponseEnvelope {
+                    v: PROTOCOL_VERSION,
+                    from: ReplicaId {
+                        node,
+                        incarnation: 1,
+                    },
+                    membership: None,
+                    resp: Response::Counter {
+                        components: Vec::new(),
+                    },
+                };
+                Some(Box::pin(async move { Ok(env) }))
+            }
+            (Planted::ConfigStuck, _) => {
+                strip_later_configs(&mut req.membership);
+                None
+            }
             _ => None,
         }
     }
@@ -125,6 +201,11 @@ impl Planted {
     pub fn tamper_response(self, env: &mut ResponseEnvelope) {
         match self {
             Planted::TotalsByMaximum => totals_by_maximum(env),
+            Planted::ConfigStuck => {
+                if let Some(m) = &mut env.membership {
+                    strip_later_configs(m);
+                }
+            }
             Planted::Inflate => {
                 if let Response::Changes { counters, .. } = &mut env.resp {
                     for c in counters {
@@ -136,42 +217,52 @@ impl Planted {
         }
     }
 
-    /// Runs in the host's handler before an increment is applied; an error
-    /// refuses the increment.
-    pub async fn before_increment(
+    /// Runs an increment in the host's handler.
+    pub async fn increment(
         self,
         node: &Node,
-        transport: &SimTransport,
-    ) -> Result<(), String> {
+        name: String,
+        amount: u64,
+    ) -> Result<u128, IncrementError> {
         match self {
-            Planted::NeverAck => Err("planted: increments refused".into()),
-            Planted::AckAfterPeers => {
-                let membership = node.membership();
-                let config = membership.config.clone();
-                let me = node.me();
-                let env = RequestEnvelope {
-                    v: PROTOCOL_VERSION,
-                    from: node.identity(),
-                    membership,
-                    req: Request::Hello,
-                };
-                let give_up = now() + Duration::from_secs(30);
-                for actor in config.actors.iter().filter(|a| Some(*a) != me.as_ref()) {
-                    while transport
-                        .call(actor, &env, Duration::from_secs(1))
-                        .await
-                        .is_err()
-                    {
-                        if now() >= give_up {
-                            return Err(format!("planted: {actor} did not answer"));
-                        }
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-                Ok(())
+            Planted::NeverAck => Err(IncrementError::Store(StoreError::Corrupt(
+                "planted: increments refused".into(),
+            ))),
+            Planted::LeaversAck if matches!(node.role(), Role::Leaving | Role::HandedOff) => {
+                Ok(node.store().increment(vec![(name, amount)]).await?[0])
             }
-            _ => Ok(()),
+            _ => node
+                .increment(vec![(name, amount)], None, None)
+                .await
+                .map(|done| done.values[0]),
         }
+    }
+}
+
+impl Planted {
+    /// Runs a local read in the host's handler.
+    pub async fn value(self, node: &Node, name: &str) -> u128 {
+        if self == Planted::ReadsWaitForDisk {
+            for _ in 0..100 {
+                if node.store().health().healthy {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        node.store().value(name)
+    }
+
+    /// Whether the host refuses a config post.
+    pub fn refuses_post(self, node: &Node) -> bool {
+        self == Planted::RefusePosts && node.membership().is_set()
+    }
+}
+
+/// Replaces any config after the first by an empty one, which no node adopts.
+fn strip_later_configs(m: &mut Membership) {
+    if m.stamp().version > 1 {
+        *m = Membership::default();
     }
 }
 
@@ -203,7 +294,7 @@ fn totals_by_maximum(env: &mut ResponseEnvelope) {
 }
 
 /// A memory engine that acknowledges commits without keeping their counters.
-pub struct ForgetfulEngine(pub MemoryEngine);
+pub struct ForgetfulEngine(pub Arc<MemoryEngine>);
 
 impl Engine for ForgetfulEngine {
     fn load(&self, node: u64) -> Result<Loaded, StoreError> {
@@ -226,10 +317,95 @@ impl Engine for ForgetfulEngine {
     fn mark(&self, peer_incarnation: u64) -> Result<u64, StoreError> {
         self.0.mark(peer_incarnation)
     }
+    fn reopen(&self) -> Result<(), StoreError> {
+        self.0.reopen()
+    }
     fn location(&self) -> Option<&std::path::Path> {
         None
     }
     fn blocking(&self) -> bool {
         false
+    }
+    fn ready_at(&self) -> Option<tokio::time::Instant> {
+        self.0.ready_at()
+    }
+}
+
+/// A memory engine that never reopens once a commit failed.
+pub struct NeverReopens {
+    inner: Arc<MemoryEngine>,
+    failed: AtomicBool,
+}
+
+impl Engine for NeverReopens {
+    fn load(&self, node: u64) -> Result<Loaded, StoreError> {
+        self.inner.load(node)
+    }
+    fn commit(&self, batch: &Batch) -> Result<u64, StoreError> {
+        let result = self.inner.commit(batch);
+        if result.is_err() {
+            self.failed.store(true, Ordering::Relaxed);
+        }
+        result
+    }
+    fn reopen(&self) -> Result<(), StoreError> {
+        if self.failed.load(Ordering::Relaxed) {
+            return Err(StoreError::engine(std::io::Error::other(
+                "planted: the database never reopens",
+            )));
+        }
+        self.inner.reopen()
+    }
+    fn changes_since(&self, since: u64, limit: usize) -> Result<Changes, StoreError> {
+        self.inner.changes_since(since, limit)
+    }
+    fn mark(&self, peer_incarnation: u64) -> Result<u64, StoreError> {
+        self.inner.mark(peer_incarnation)
+    }
+    fn location(&self) -> Option<&std::path::Path> {
+        None
+    }
+    fn blocking(&self) -> bool {
+        false
+    }
+    fn ready_at(&self) -> Option<tokio::time::Instant> {
+        self.inner.ready_at()
+    }
+}
+
+/// A memory engine that, while fsync fails, reports commits of counters as
+/// done and keeps nothing of them.
+pub struct LyingSync {
+    inner: Arc<MemoryEngine>,
+    fault: Arc<Mutex<DiskFault>>,
+}
+
+impl Engine for LyingSync {
+    fn load(&self, node: u64) -> Result<Loaded, StoreError> {
+        self.inner.load(node)
+    }
+    fn commit(&self, batch: &Batch) -> Result<u64, StoreError> {
+        if *self.fault.lock().unwrap() == DiskFault::FailSync && !batch.counters.is_empty() {
+            return Ok(self.inner.changes_since(u64::MAX, 0)?.head);
+        }
+        self.inner.commit(batch)
+    }
+    fn reopen(&self) -> Result<(), StoreError> {
+        self.inner.reopen()
+    }
+    fn changes_since(&self, since: u64, limit: usize) -> Result<Changes, StoreError> {
+        self.inner.changes_since(since, limit)
+    }
+    fn mark(&self, peer_incarnation: u64) -> Result<u64, StoreError> {
+        self.inner.mark(peer_incarnation)
+    }
+    fn location(&self) -> Option<&std::path::Path> {
+        None
+    }
+    fn blocking(&self) -> bool {
+        false
+    }
+    fn ready_at(&self) -> Option<tokio::time::Instant> {
+        self.inner.ready_at()
     }
 }
