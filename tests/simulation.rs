@@ -306,6 +306,19 @@ fn conflicting_posts_lose_a_retired_node_the_loser_re_added_seed_21709() {
     assert_seed_passes(21709);
 }
 
+/// The checker's own regressions, found in sweeps after the node bugs above
+/// were fixed. Seed 10653: a node being added refused increments (409)
+/// before it had heard of the config that adds it, cut off from the node
+/// that took the post; that is allowed (README), and was flagged. Seed
+/// 21805: of two conflicting posts, the one that lost answered with the
+/// stamp of the winner it adopted meanwhile, and the history took it for
+/// the winner; a post now records the stamp of the config it made.
+#[test]
+fn checker_regressions_seeds_10653_21805() {
+    assert_seed_passes(10653);
+    assert_seed_passes(21805);
+}
+
 #[test]
 fn a_seed_replays_exactly() {
     assert!(

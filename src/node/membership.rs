@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use super::Node;
-use crate::cluster::{Actor, Membership, Standing};
+use crate::cluster::{Actor, Membership, Stamp, Standing};
 use crate::proto::{Request, Response};
 use crate::storage::StoreError;
 
@@ -93,6 +93,10 @@ pub enum PostConfigError {
 #[derive(Debug)]
 pub struct ConfigOutcome {
     pub changed: bool,
+    /// The stamp of the config this post made, if it made one (a concurrent
+    /// config may have superseded it by the time the post answers).
+    pub created: Option<Stamp>,
+    /// The membership once the post has been announced.
     pub membership: Membership,
     pub me: Option<Actor>,
     /// Nodes that answered holding this config (this node included).
@@ -161,6 +165,7 @@ impl Node {
         pending.sort();
         Ok(ConfigOutcome {
             changed: changed.is_some(),
+            created: changed.as_ref().map(Membership::stamp),
             membership: self.membership(),
             me,
             stored,

@@ -366,7 +366,9 @@ async fn run_node(
                     let actors = tally::cluster::parse_actors(&actors).expect("valid actors");
                     match node.post_config(actors, Vec::new()).await {
                         Ok(s) => {
-                            let stamp = s.membership.stamp();
+                            // The config this post made, not a concurrent
+                            // one that won meanwhile.
+                            let stamp = s.created.unwrap_or_else(|| s.membership.stamp());
                             Reply::Posted {
                                 stamp: (stamp.version, stamp.origin),
                             }
