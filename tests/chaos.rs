@@ -20,6 +20,8 @@ mod harness;
 mod net;
 #[path = "chaos/rng.rs"]
 mod rng;
+#[path = "common/root.rs"]
+mod root;
 #[path = "chaos/run.rs"]
 mod run;
 #[path = "chaos/scenario.rs"]

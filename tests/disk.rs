@@ -17,14 +17,8 @@ use common::{Cluster, TempDir, eventually, wait_until};
 
 /// Why these tests cannot run here, if they cannot.
 fn missing_prerequisite(tools: &[(&str, &str)]) -> Option<String> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let euid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap_or("?");
-    if euid != "0" {
-        return Some(format!("needs root (mounts); effective uid is {euid}"));
+    if let Some(why) = common::root::not_root("mounting test filesystems") {
+        return Some(why);
     }
     for (tool, package) in tools {
         let found = Command::new("sh")

@@ -386,7 +386,6 @@ mod tests {
     use super::*;
     use crate::proto::RequestEnvelope;
     use crate::storage::memory::MemoryEngine;
-    use crate::storage::{Batch, Changes, Loaded};
     use crate::transport::CallFuture;
 
     struct Nowhere;
@@ -397,39 +396,13 @@ mod tests {
         }
     }
 
-    /// Commits panic: the storage writer dies on its first write.
-    struct Broken(MemoryEngine);
-
-    impl Engine for Broken {
-        fn load(&self, node: u64) -> Result<Loaded, StoreError> {
-            self.0.load(node)
-        }
-        fn commit(&self, _: &Batch) -> Result<u64, StoreError> {
-            panic!("planted writer bug");
-        }
-        fn changes_since(&self, since: u64, limit: usize) -> Result<Changes, StoreError> {
-            self.0.changes_since(since, limit)
-        }
-        fn mark(&self, peer: u64) -> Result<u64, StoreError> {
-            self.0.mark(peer)
-        }
-        fn location(&self) -> Option<&std::path::Path> {
-            None
-        }
-        fn blocking(&self) -> bool {
-            false
-        }
-    }
-
     #[tokio::test]
     async fn a_node_whose_writer_dies_stops_itself_and_says_why() {
         let settings = Settings::new(1, "127.0.0.1:7777".parse().unwrap(), "unused".into());
-        let node = Node::start_with(
-            settings,
-            Arc::new(Broken(MemoryEngine::new())),
-            Arc::new(Nowhere),
-        )
-        .unwrap();
+        // Commits panic: the storage writer dies on its first write.
+        let engine = Arc::new(MemoryEngine::new());
+        engine.inject(crate::storage::memory::DiskFault::Panic);
+        let node = Node::start_with(settings, engine, Arc::new(Nowhere)).unwrap();
         assert!(
             node.increment(vec![("a".into(), 1)], None, None)
                 .await
@@ -439,7 +412,7 @@ mod tests {
             .await
             .expect("the node stops itself instead of refusing writes forever");
         let why = node.fatal().expect("and records why");
-        assert!(why.contains("planted writer bug"), "{why}");
+        assert!(why.contains("panicked"), "{why}");
     }
 
     #[tokio::test]

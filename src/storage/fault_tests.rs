@@ -2,7 +2,6 @@
 //! fsync error whose write landed, a stall, a writer that dies; and the
 //! disk engine reopened.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -113,39 +112,13 @@ async fn a_stalled_disk_costs_callers_one_deadline_and_shows_in_health() {
     assert_eq!(s.increment(vec![("a".into(), 1)]).await.unwrap(), vec![2]);
 }
 
-/// An engine whose commits panic: a bug in the writer's path.
-struct Panicking(memory::MemoryEngine);
-
-impl Engine for Panicking {
-    fn load(&self, node: u64) -> Result<Loaded, StoreError> {
-        self.0.load(node)
-    }
-    fn commit(&self, _: &Batch) -> Result<u64, StoreError> {
-        panic!("planted");
-    }
-    fn changes_since(&self, since: u64, limit: usize) -> Result<Changes, StoreError> {
-        self.0.changes_since(since, limit)
-    }
-    fn mark(&self, peer: u64) -> Result<u64, StoreError> {
-        self.0.mark(peer)
-    }
-    fn location(&self) -> Option<&Path> {
-        None
-    }
-    fn blocking(&self) -> bool {
-        false
-    }
-}
-
 #[tokio::test]
 async fn a_dead_writer_is_reported_not_hidden() {
-    let s = Store::with_engine(
-        Arc::new(Panicking(memory::MemoryEngine::new())),
-        1,
-        StoreOptions::default(),
-    )
-    .unwrap()
-    .store;
+    let engine = Arc::new(memory::MemoryEngine::new());
+    engine.inject(memory::DiskFault::Panic);
+    let s = Store::with_engine(engine, 1, StoreOptions::default())
+        .unwrap()
+        .store;
     assert!(matches!(
         s.increment(vec![("a".into(), 1)]).await,
         Err(StoreError::Closed)
@@ -153,7 +126,7 @@ async fn a_dead_writer_is_reported_not_hidden() {
     let reason = tokio::time::timeout(Duration::from_secs(5), s.stopped())
         .await
         .expect("the store reports its writer's end");
-    assert!(reason.contains("planted"), "{reason}");
+    assert!(reason.contains("panicked"), "{reason}");
 }
 
 #[tokio::test]

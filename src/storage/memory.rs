@@ -30,6 +30,8 @@ pub enum DiskFault {
     FailSync,
     /// Every call waits until then, as on a disk that stopped answering.
     Stall(Instant),
+    /// Commits panic: a bug in the writer's path, not a disk fault.
+    Panic,
 }
 
 #[derive(Default)]
@@ -128,6 +130,10 @@ impl Engine for MemoryEngine {
                 ));
             }
             DiskFault::FailSync => s.poisoned = true,
+            DiskFault::Panic => {
+                drop(s);
+                panic!("injected: the engine's commit panicked");
+            }
             DiskFault::None | DiskFault::Stall(_) => {}
         }
         for (name, counter) in &batch.counters {
@@ -167,7 +173,7 @@ impl Engine for MemoryEngine {
                 std::io::ErrorKind::Other,
                 "the disk is still failing (simulated)",
             )),
-            DiskFault::None | DiskFault::Stall(_) => {
+            DiskFault::None | DiskFault::Stall(_) | DiskFault::Panic => {
                 s.poisoned = false;
                 Ok(())
             }

@@ -27,16 +27,10 @@ pub fn env_flag(key: &str) -> bool {
 
 /// Why the test cannot run here, if it cannot.
 pub fn missing_prerequisite(tmpfs: bool) -> Option<String> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let euid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap_or("?");
-    if euid != "0" {
-        return Some(format!(
-            "the chaos test needs root (network namespaces, nftables, tc, mounts); effective uid is {euid}"
-        ));
+    if let Some(why) =
+        crate::root::not_root("the chaos test (network namespaces, nftables, tc, mounts)")
+    {
+        return Some(why);
     }
     let mut tools = vec![
         ("ip", &["-V"][..], "iproute2"),

@@ -10,6 +10,7 @@
 #![allow(dead_code)]
 
 pub mod eintr;
+pub mod root;
 
 use std::collections::BTreeSet;
 use std::fs::File;
