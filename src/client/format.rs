@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::api::types::{ConfigSummary, Listing, Status};
+use crate::api::types::{ConfigSummary, Leaver, Listing, Status};
 use crate::replication::peer::PeerReport;
 
 pub fn format_page(page: &Listing) -> String {
@@ -53,7 +53,13 @@ pub fn format_config(c: &ConfigSummary) -> String {
     if !c.pending.is_empty() {
         let _ = writeln!(out, "pending: {}", list(&c.pending));
     }
-    for leaver in &c.leaving {
+    leavers(&mut out, &c.leaving);
+    out
+}
+
+/// One line per node handing off what it acknowledged.
+fn leavers(out: &mut String, leaving: &[Leaver]) {
+    for leaver in leaving {
         let state = if leaver.handed_off {
             "handed off"
         } else {
@@ -61,7 +67,6 @@ pub fn format_config(c: &ConfigSummary) -> String {
         };
         let _ = writeln!(out, "leaving: {} ({state})", printable(&leaver.actor));
     }
-    out
 }
 
 /// `GET /status`'s answer, for people.
@@ -118,14 +123,7 @@ pub fn format_status(s: &Status) -> String {
             list(&c.actors)
         );
     }
-    for leaver in &c.leaving {
-        let state = if leaver.handed_off {
-            "handed off"
-        } else {
-            "handing off"
-        };
-        let _ = writeln!(out, "leaving: {} ({state})", printable(&leaver.actor));
-    }
+    leavers(&mut out, &c.leaving);
     peers_table(&mut out, &s.peers);
     let _ = writeln!(out, "names:   {}", s.names);
     let _ = writeln!(out, "idempotency keys remembered: {}", s.idempotency_keys);
