@@ -192,8 +192,8 @@ fn a_full_disk_refuses_writes_then_resumes_without_a_restart() {
     );
     let message = body["error"].as_str().unwrap();
     assert!(
-        message.contains("No space left on device") && message.contains("tally.redb"),
-        "the error names the cause and the file: {message}"
+        message.contains("No space left on device") && message.contains("node-1/"),
+        "the error names the cause and the file in the data folder: {message}"
     );
     assert_eq!(
         message.matches("storage").count(),

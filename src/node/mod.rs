@@ -36,7 +36,7 @@ use crate::messenger::Messenger;
 use crate::metrics::{Metrics, Outcome};
 use crate::proto::{Request, ResponseEnvelope};
 use crate::replication::{self, Replicator};
-use crate::storage::redb::RedbEngine;
+use crate::storage::logged::LogEngine;
 use crate::storage::{Engine, Incremented, ReplicaId, Store, StoreError, StoreOptions};
 use crate::transport::{CallError, Transport};
 
@@ -163,7 +163,7 @@ impl Node {
         settings: Settings,
         transport: Arc<dyn Transport>,
     ) -> Result<Arc<Node>, StartError> {
-        let engine = Arc::new(RedbEngine::open(&settings.data_dir)?);
+        let engine = Arc::new(LogEngine::open(&settings.data_dir)?);
         Self::start_with(settings, engine, transport)
     }
 

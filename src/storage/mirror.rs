@@ -8,8 +8,8 @@ use super::memory::MemoryEngine;
 use super::redb::RedbEngine;
 use super::{Batch, Changes, Engine, Loaded, StoreError};
 
-pub struct Mirror {
-    pub disk: RedbEngine,
+pub struct Mirror<D: Engine = RedbEngine> {
+    pub disk: D,
     pub mem: MemoryEngine,
 }
 
@@ -28,7 +28,7 @@ fn same_outcome<T: PartialEq + std::fmt::Debug>(
     }
 }
 
-impl Engine for Mirror {
+impl<D: Engine> Engine for Mirror<D> {
     fn load(&self, node: u64) -> Result<Loaded, StoreError> {
         let d = self.disk.load(node)?;
         let m = self.mem.load(node)?;
@@ -77,11 +77,13 @@ impl Engine for Mirror {
 mod tests {
     use proptest::prelude::*;
 
+    use std::path::PathBuf;
     use std::sync::Arc;
 
     use super::*;
     use crate::cluster::parse_actors;
     use crate::crdt::{GCounter, ReplicaId};
+    use crate::storage::logged::{LogEngine, LogLimits};
     use crate::storage::{Merge, PeerMark, Store, StoreOptions, memory, redb};
 
     #[derive(Clone, Debug)]
@@ -92,6 +94,10 @@ mod tests {
         Mark(u64),
         Post(u8),
         Reopen,
+        /// Stops the node and starts it again on the same folder, after
+        /// leaving these bytes at the end of the newest log segment (a
+        /// record torn by a crash).
+        Restart(Vec<u8>),
     }
 
     fn step() -> impl Strategy<Value = Step> {
@@ -103,7 +109,116 @@ mod tests {
             1 => (1u64..4).prop_map(Step::Mark),
             1 => (1u8..8).prop_map(Step::Post),
             1 => Just(Step::Reopen),
+            1 => prop::collection::vec(any::<u8>(), 0..24).prop_map(Step::Restart),
         ]
+    }
+
+    fn temp_dir(what: &str) -> PathBuf {
+        std::env::temp_dir().join(format!(
+            "tally-{what}-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ))
+    }
+
+    /// Runs `steps` through a store over both engines; `open` opens the
+    /// disk engine on the folder (again, after a restart).
+    async fn run<D: Engine>(dir: &Path, open: impl Fn(&Path) -> D, steps: Vec<Step>) {
+        let mut engine = Arc::new(Mirror {
+            disk: open(dir),
+            mem: memory::MemoryEngine::new(),
+        });
+        let mut s = Store::with_engine(engine.clone(), 1, StoreOptions::default())
+            .unwrap()
+            .store;
+        for step in steps {
+            match step {
+                Step::Inc(n, amount, key) => {
+                    let _ = s
+                        .increment_once(
+                            vec![(format!("n{n}"), amount)],
+                            key.map(|k| format!("k{k}")),
+                        )
+                        .await;
+                }
+                Step::Merge(n, peer, count) => {
+                    let mut c = GCounter::new();
+                    let _ = c.increment(
+                        ReplicaId {
+                            node: peer + 1,
+                            incarnation: peer,
+                        },
+                        count,
+                    );
+                    s.merge(Merge {
+                        counters: vec![(format!("n{n}"), c)],
+                        mark: Some(PeerMark {
+                            incarnation: peer,
+                            seq: count,
+                        }),
+                    })
+                    .await
+                    .unwrap();
+                }
+                Step::Changes(since, limit) => {
+                    s.changes_since(since, limit).await.unwrap();
+                }
+                Step::Mark(peer) => {
+                    s.mark(peer).await.unwrap();
+                }
+                Step::Post(bits) => {
+                    let actors: Vec<String> = (0..3)
+                        .filter(|i| bits & (1 << i) != 0)
+                        .map(|i| format!("10.0.0.{}", i + 1))
+                        .collect();
+                    let actors = parse_actors(&actors).unwrap();
+                    s.update_membership(move |m| m.post(actors, 1))
+                        .await
+                        .unwrap();
+                }
+                Step::Reopen => engine.reopen().unwrap(),
+                Step::Restart(torn) => {
+                    s.close().await;
+                    drop(s);
+                    let Mirror { disk, mem } =
+                        Arc::into_inner(engine).expect("the store is closed");
+                    drop(disk);
+                    tear_newest_segment(dir, &torn);
+                    engine = Arc::new(Mirror {
+                        disk: open(dir),
+                        mem,
+                    });
+                    // Opening loads both engines and compares what they hold.
+                    s = Store::with_engine(engine.clone(), 1, StoreOptions::default())
+                        .unwrap()
+                        .store;
+                }
+            }
+        }
+        s.close().await;
+        // What each engine kept, read back whole, must agree too.
+        engine.load(1).unwrap();
+    }
+
+    /// Appends `bytes` to the newest log segment, if there is a log.
+    fn tear_newest_segment(dir: &Path, bytes: &[u8]) {
+        use std::io::Write;
+        let Ok(entries) = std::fs::read_dir(dir.join("log")) else {
+            return;
+        };
+        let newest = entries.map(|e| e.unwrap().path()).max();
+        if let Some(path) = newest {
+            let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+            f.write_all(bytes).unwrap();
+        }
+    }
+
+    fn on_runtime(f: impl std::future::Future<Output = ()>) {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f);
     }
 
     proptest! {
@@ -112,62 +227,25 @@ mod tests {
         /// Every operation runs on redb and on memory at once, and they must
         /// answer alike, down to sequence numbers and change pages.
         #[test]
-        fn both_engines_keep_one_contract(steps in prop::collection::vec(step(), 1..40)) {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async {
-                let dir = std::env::temp_dir().join(format!(
-                    "tally-mirror-{}-{}",
-                    std::process::id(),
-                    fastrand::u64(..)
-                ));
-                let engine = Arc::new(Mirror {
-                    disk: redb::RedbEngine::open(&dir).unwrap(),
-                    mem: memory::MemoryEngine::new(),
-                });
-                let s = Store::with_engine(engine.clone(), 1, StoreOptions::default())
-                    .unwrap()
-                    .store;
-                for step in steps {
-                    match step {
-                        Step::Inc(n, amount, key) => {
-                            let _ = s
-                                .increment_once(vec![(format!("n{n}"), amount)], key.map(|k| format!("k{k}")))
-                                .await;
-                        }
-                        Step::Merge(n, peer, count) => {
-                            let mut c = GCounter::new();
-                            let _ = c.increment(ReplicaId { node: peer + 1, incarnation: peer }, count);
-                            s.merge(Merge {
-                                counters: vec![(format!("n{n}"), c)],
-                                mark: Some(PeerMark { incarnation: peer, seq: count }),
-                            })
-                            .await
-                            .unwrap();
-                        }
-                        Step::Changes(since, limit) => {
-                            s.changes_since(since, limit).await.unwrap();
-                        }
-                        Step::Mark(peer) => {
-                            s.mark(peer).await.unwrap();
-                        }
-                        Step::Post(bits) => {
-                            let actors: Vec<String> = (0..3)
-                                .filter(|i| bits & (1 << i) != 0)
-                                .map(|i| format!("10.0.0.{}", i + 1))
-                                .collect();
-                            let actors = parse_actors(&actors).unwrap();
-                            s.update_membership(move |m| m.post(actors, 1)).await.unwrap();
-                        }
-                        Step::Reopen => engine.reopen().unwrap(),
-                    }
-                }
-                s.close().await;
-                // What each engine kept, read back whole, must agree too.
-                engine.load(1).unwrap();
-                drop(s);
-                drop(engine);
-                std::fs::remove_dir_all(&dir).unwrap();
-            });
+        fn redb_and_memory_keep_one_contract(steps in prop::collection::vec(step(), 1..40)) {
+            let dir = temp_dir("mirror-redb");
+            on_runtime(run(&dir, |d| redb::RedbEngine::open(d).unwrap(), steps));
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+
+        /// The same for the logged engine, with limits so small that most
+        /// commits fold the log into the B-tree, and restarts that replay a
+        /// log ending in a torn record.
+        #[test]
+        fn logged_and_memory_keep_one_contract(
+            steps in prop::collection::vec(step(), 1..60),
+            names in 1usize..6,
+            bytes in 64u64..2048,
+        ) {
+            let dir = temp_dir("mirror-log");
+            let limits = LogLimits { names, bytes };
+            on_runtime(run(&dir, |d| LogEngine::with_limits(d, limits).unwrap(), steps));
+            std::fs::remove_dir_all(&dir).unwrap();
         }
     }
 }

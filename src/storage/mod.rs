@@ -30,6 +30,8 @@
 mod engine;
 pub mod health;
 pub mod idempotency;
+mod journal;
+pub mod logged;
 pub mod memory;
 #[cfg(test)]
 mod mirror;
@@ -201,7 +203,7 @@ pub struct Opened {
 impl Store {
     /// Opens (creating if needed) the data folder of node `node` on disk.
     pub fn open(dir: &Path, node: u64, options: StoreOptions) -> Result<Opened, StoreError> {
-        Self::with_engine(Arc::new(redb::RedbEngine::open(dir)?), node, options)
+        Self::with_engine(Arc::new(logged::LogEngine::open(dir)?), node, options)
     }
 
     /// Opens a store over any engine and starts its writer task (so it must

@@ -12,7 +12,7 @@
 //! database is closed and opened again; [`RedbEngine::reopen`] does that
 //! (the writer calls it, with backoff, until the disk takes writes again).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{RwLock, RwLockReadGuard};
@@ -232,7 +232,11 @@ impl Engine for RedbEngine {
     }
 
     fn changes_since(&self, since: u64, limit: usize) -> Result<Changes, StoreError> {
-        self.located(self.changes_inner(since, limit))
+        let mut out = self.located(self.changes_inner(since, limit, &|_| false))?;
+        if !out.more {
+            out.next = out.head;
+        }
+        Ok(out)
     }
 
     fn mark(&self, peer_incarnation: u64) -> Result<u64, StoreError> {
@@ -257,66 +261,205 @@ impl Engine for RedbEngine {
     }
 }
 
-impl RedbEngine {
-    fn commit_inner(&self, batch: &Batch) -> Result<u64, StoreError> {
-        let db = self.db()?;
-        let txn = db.begin_write().map_err(engine)?;
-        let head = {
-            let mut meta = txn.open_table(META).map_err(engine)?;
-            let mut counters = txn.open_table(COUNTERS).map_err(engine)?;
-            let mut by_seq = txn.open_table(BY_SEQ).map_err(engine)?;
-            let mut peer_marks = txn.open_table(MARKS).map_err(engine)?;
-            let mut seq = read_u64(&meta, "seq")?;
-            for (name, counter) in &batch.counters {
-                let old = counters
-                    .get(name.as_str())
-                    .map_err(engine)?
-                    .map(|row| decode_row(row.value()).map(|(lseq, _)| lseq))
-                    .transpose()?;
-                if let Some(old) = old {
-                    by_seq.remove(old).map_err(engine)?;
-                }
-                seq += 1;
-                by_seq.insert(seq, name.as_str()).map_err(engine)?;
-                counters
-                    .insert(name.as_str(), encode_row(seq, counter).as_slice())
-                    .map_err(engine)?;
-            }
-            meta.insert("seq", seq.to_le_bytes().as_slice())
-                .map_err(engine)?;
-            for mark in &batch.marks {
-                let prev = peer_marks
-                    .get(mark.incarnation)
-                    .map_err(engine)?
-                    .map_or(0, |g| g.value());
-                if mark.seq > prev {
-                    peer_marks
-                        .insert(mark.incarnation, mark.seq)
-                        .map_err(engine)?;
-                }
-            }
-            if let Some(me) = &batch.me {
-                meta.insert("me", me.as_str().as_bytes()).map_err(engine)?;
-            }
-            if let Some(membership) = &batch.membership {
-                let json = serde_json::to_vec(membership).expect("membership serializes");
-                meta.insert("config", json.as_slice()).map_err(engine)?;
-            }
-            let mut keys = txn.open_table(KEYS).map_err(engine)?;
-            for k in &batch.keys_del {
-                keys.remove(k.as_str()).map_err(engine)?;
-            }
-            for (k, r) in &batch.keys_put {
-                let json = serde_json::to_vec(r).expect("records serialize");
-                keys.insert(k.as_str(), json.as_slice()).map_err(engine)?;
-            }
-            seq
-        };
-        txn.commit().map_err(engine)?;
-        Ok(head)
+/// Changes folded in from the write-ahead log: each name with the sequence
+/// the log gave it, and the log position they reach.
+#[derive(Default)]
+pub struct Checkpoint {
+    pub counters: BTreeMap<String, (u64, GCounter)>,
+    pub head: u64,
+    pub marks: HashMap<u64, u64>,
+    pub membership: Option<Membership>,
+    pub me: Option<Actor>,
+    /// Keys to remember (`Some`) or to forget (`None`).
+    pub keys: BTreeMap<String, Option<KeyRecord>>,
+    /// The last log record included.
+    pub lsn: u64,
+}
+
+/// The tables of one write transaction.
+struct Tables<'t> {
+    meta: redb::Table<'t, &'static str, &'static [u8]>,
+    counters: redb::Table<'t, &'static str, &'static [u8]>,
+    by_seq: redb::Table<'t, u64, &'static str>,
+    marks: redb::Table<'t, u64, u64>,
+    keys: redb::Table<'t, &'static str, &'static [u8]>,
+}
+
+impl<'t> Tables<'t> {
+    fn open(txn: &'t redb::WriteTransaction) -> Result<Self, StoreError> {
+        Ok(Tables {
+            meta: txn.open_table(META).map_err(engine)?,
+            counters: txn.open_table(COUNTERS).map_err(engine)?,
+            by_seq: txn.open_table(BY_SEQ).map_err(engine)?,
+            marks: txn.open_table(MARKS).map_err(engine)?,
+            keys: txn.open_table(KEYS).map_err(engine)?,
+        })
     }
 
-    fn changes_inner(&self, since: u64, limit: usize) -> Result<Changes, StoreError> {
+    /// Stores `counter` at sequence `seq`, dropping the name's older index entry.
+    fn put_counter(&mut self, name: &str, seq: u64, counter: &GCounter) -> Result<(), StoreError> {
+        let old = self
+            .counters
+            .get(name)
+            .map_err(engine)?
+            .map(|row| decode_row(row.value()).map(|(lseq, _)| lseq))
+            .transpose()?;
+        if let Some(old) = old {
+            self.by_seq.remove(old).map_err(engine)?;
+        }
+        self.by_seq.insert(seq, name).map_err(engine)?;
+        self.counters
+            .insert(name, encode_row(seq, counter).as_slice())
+            .map_err(engine)?;
+        Ok(())
+    }
+
+    fn put_u64(&mut self, key: &str, value: u64) -> Result<(), StoreError> {
+        self.meta
+            .insert(key, value.to_le_bytes().as_slice())
+            .map_err(engine)?;
+        Ok(())
+    }
+
+    /// Raises a peer mark; never lowers it.
+    fn raise_mark(&mut self, incarnation: u64, seq: u64) -> Result<(), StoreError> {
+        let prev = self
+            .marks
+            .get(incarnation)
+            .map_err(engine)?
+            .map_or(0, |g| g.value());
+        if seq > prev {
+            self.marks.insert(incarnation, seq).map_err(engine)?;
+        }
+        Ok(())
+    }
+
+    fn put_me(&mut self, me: &Actor) -> Result<(), StoreError> {
+        self.meta
+            .insert("me", me.as_str().as_bytes())
+            .map_err(engine)?;
+        Ok(())
+    }
+
+    fn put_membership(&mut self, membership: &Membership) -> Result<(), StoreError> {
+        let json = serde_json::to_vec(membership).expect("membership serializes");
+        self.meta
+            .insert("config", json.as_slice())
+            .map_err(engine)?;
+        Ok(())
+    }
+
+    fn put_key(&mut self, key: &str, record: Option<&KeyRecord>) -> Result<(), StoreError> {
+        match record {
+            None => {
+                self.keys.remove(key).map_err(engine)?;
+            }
+            Some(r) => {
+                let json = serde_json::to_vec(r).expect("records serialize");
+                self.keys.insert(key, json.as_slice()).map_err(engine)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl RedbEngine {
+    /// Runs `f` over the tables of one write transaction and commits it.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&mut Tables<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(engine)?;
+        let out = {
+            let mut tables = Tables::open(&txn)?;
+            f(&mut tables)?
+        };
+        txn.commit().map_err(engine)?;
+        Ok(out)
+    }
+
+    fn commit_inner(&self, batch: &Batch) -> Result<u64, StoreError> {
+        self.write(|t| {
+            let mut seq = read_u64(&t.meta, "seq")?;
+            for (name, counter) in &batch.counters {
+                seq += 1;
+                t.put_counter(name, seq, counter)?;
+            }
+            t.put_u64("seq", seq)?;
+            for mark in &batch.marks {
+                t.raise_mark(mark.incarnation, mark.seq)?;
+            }
+            if let Some(me) = &batch.me {
+                t.put_me(me)?;
+            }
+            if let Some(membership) = &batch.membership {
+                t.put_membership(membership)?;
+            }
+            for k in &batch.keys_del {
+                t.put_key(k, None)?;
+            }
+            for (k, r) in &batch.keys_put {
+                t.put_key(k, Some(r))?;
+            }
+            Ok(seq)
+        })
+    }
+
+    /// Folds changes from the log in, in one durable transaction.
+    pub fn checkpoint(&self, c: &Checkpoint) -> Result<(), StoreError> {
+        let write = self.write(|t| {
+            for (name, (seq, counter)) in &c.counters {
+                t.put_counter(name, *seq, counter)?;
+            }
+            t.put_u64("seq", c.head)?;
+            t.put_u64("log_lsn", c.lsn)?;
+            for (&incarnation, &seq) in &c.marks {
+                t.raise_mark(incarnation, seq)?;
+            }
+            if let Some(me) = &c.me {
+                t.put_me(me)?;
+            }
+            if let Some(membership) = &c.membership {
+                t.put_membership(membership)?;
+            }
+            for (k, r) in &c.keys {
+                t.put_key(k, r.as_ref())?;
+            }
+            Ok(())
+        });
+        self.located(write)
+    }
+
+    /// The last log record folded in by a checkpoint (0: none).
+    pub fn log_lsn(&self) -> Result<u64, StoreError> {
+        let db = self.db()?;
+        let read = || -> Result<u64, StoreError> {
+            let txn = db.begin_read().map_err(engine)?;
+            read_u64(&txn.open_table(META).map_err(engine)?, "log_lsn")
+        };
+        self.located(read())
+    }
+
+    /// Names changed after `since`, at most `limit`, skipping the names
+    /// `newer` says are held elsewhere at a later sequence. Unlike
+    /// `changes_since`, `next` is the sequence of the last name returned
+    /// (or `since`) even when nothing more follows here.
+    pub fn changes_except(
+        &self,
+        since: u64,
+        limit: usize,
+        newer: &dyn Fn(&str) -> bool,
+    ) -> Result<Changes, StoreError> {
+        self.located(self.changes_inner(since, limit, newer))
+    }
+
+    fn changes_inner(
+        &self,
+        since: u64,
+        limit: usize,
+        newer: &dyn Fn(&str) -> bool,
+    ) -> Result<Changes, StoreError> {
         let db = self.db()?;
         let txn = db.begin_read().map_err(engine)?;
         let head = read_u64(&txn.open_table(META).map_err(engine)?, "seq")?;
@@ -324,11 +467,14 @@ impl RedbEngine {
         let counters = txn.open_table(COUNTERS).map_err(engine)?;
         let mut out = Changes {
             head,
-            next: head,
+            next: since,
             ..Changes::default()
         };
         for entry in by_seq.range(since.saturating_add(1)..).map_err(engine)? {
             let (seq, name) = entry.map_err(engine)?;
+            if newer(name.value()) {
+                continue;
+            }
             if out.counters.len() == limit {
                 out.more = true;
                 break;
@@ -341,9 +487,6 @@ impl RedbEngine {
             let (_, counter) = decode_row(row.value())?;
             out.next = seq.value();
             out.counters.push((name, counter));
-        }
-        if !out.more {
-            out.next = head;
         }
         Ok(out)
     }
