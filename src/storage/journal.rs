@@ -9,11 +9,19 @@
 //! keys, which are rare, as one JSON tail). Segments are named by the LSN of
 //! their first record and hold consecutive LSNs.
 //!
-//! After a crash the last segment may end in a record that was being
-//! written (never acknowledged: its fsync had not returned): reading stops
-//! at the first record that is short or fails its checksum, and the segment
-//! is cut there. Any such damage in an earlier segment (which were complete
-//! and synced before the next one began) is reported as corruption instead.
+//! Segments grow in zero-filled steps of [`STEP`] bytes written ahead of
+//! the records, so that most appends overwrite blocks the file already has:
+//! the `fdatasync` then writes the record alone, not also the file's size
+//! and block map (on ext4 that halves the writes per commit).
+//!
+//! Reading a segment stops at the first place that holds no whole record:
+//! zeros (the space written ahead), or a record that is short or fails its
+//! checksum. In the newest segment that is the end of the log — after a
+//! crash, a record that was being written when it happened (never
+//! acknowledged: its fsync had not returned), and anything after it is
+//! cleared. In an earlier segment the records must reach exactly the first
+//! LSN of the next segment (each was complete and synced before the next
+//! one began); if they stop short, the log is damaged and opening fails.
 
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read};
@@ -28,6 +36,8 @@ use crate::cluster::{Actor, Membership};
 use crate::crdt::GCounter;
 
 const SUFFIX: &str = ".log";
+/// How far a segment is extended with zeros at a time.
+pub const STEP: u64 = 1 << 20;
 const HEADER: usize = 8;
 /// A record larger than this is damage, not data (a batch is at most a few MiB).
 const MAX_RECORD: usize = 1 << 30;
@@ -182,6 +192,8 @@ pub struct Journal {
     file: File,
     /// Bytes of whole, synced records in the current segment.
     len: u64,
+    /// Bytes the current segment holds (records, then zeros).
+    size: u64,
     next_lsn: u64,
     /// Set by a failed append: nothing more is written until `reset`.
     poisoned: bool,
@@ -208,30 +220,22 @@ impl Journal {
         let found = segments(dir)?;
         let mut expected: Option<u64> = None;
         let mut bytes = 0;
-        let mut last: Option<(PathBuf, u64, u64)> = None;
+        let mut last: Option<(PathBuf, u64, u64, u64)> = None;
         for (i, (first, path)) in found.iter().enumerate() {
-            let is_last = i + 1 == found.len();
             let data = read_all(path)?;
             if let Some(want) = expected
                 && *first != want
             {
                 return Err(StoreError::Corrupt(format!(
-                    "log segment {} starts at {first}, expected {want}",
-                    path.display()
+                    "log segment {} starts at LSN {first}, but the segment before it ends \
+                     at LSN {}: the log is damaged",
+                    path.display(),
+                    want - 1
                 )));
             }
             let mut lsn = *first;
             let mut at = 0usize;
-            while at < data.len() {
-                let Some(payload) = record_at(&data, at) else {
-                    if !is_last {
-                        return Err(StoreError::Corrupt(format!(
-                            "log segment {} is damaged at byte {at}",
-                            path.display()
-                        )));
-                    }
-                    break;
-                };
+            while let Some(payload) = record_at(&data, at) {
                 let (found_lsn, batch) = decode(payload).ok_or_else(|| {
                     StoreError::Corrupt(format!(
                         "log record at byte {at} of {} does not parse",
@@ -252,18 +256,21 @@ impl Journal {
             }
             bytes += at as u64;
             expected = Some(lsn);
-            if is_last {
-                last = Some((path.clone(), at as u64, lsn));
+            if i + 1 == found.len() {
+                // Whatever follows the last whole record must be zeros.
+                let clean = data[at..].iter().all(|&b| b == 0);
+                let size = if clean { data.len() } else { at };
+                last = Some((path.clone(), at as u64, size as u64, lsn));
             }
         }
-        let (path, len, next_lsn) = match last {
+        let (path, len, size, next_lsn) = match last {
             Some(last) => last,
             None => {
                 let next = after + 1;
                 let path = segment_path(dir, next);
                 File::create(&path).map_err(|e| io(&path, e))?;
                 sync_dir(dir)?;
-                (path, 0, next)
+                (path, 0, 0, next)
             }
         };
         let next_lsn = next_lsn.max(after + 1);
@@ -276,6 +283,7 @@ impl Journal {
             path,
             file,
             len,
+            size,
             next_lsn,
             poisoned: false,
             buf: Vec::new(),
@@ -297,21 +305,36 @@ impl Journal {
         let lsn = self.next_lsn;
         self.buf.clear();
         encode(lsn, batch, &mut self.buf);
+        let size = self.buf.len() as u64;
+        let end = self.len + size;
+        // Zeros ahead of the record, written first: a crash between the two
+        // writes leaves a log that ends in zeros, which reads as its end.
+        let grown = end.next_multiple_of(STEP) + STEP;
         let written = self
-            .file
-            .write_all_at(&self.buf, self.len)
+            .grow_to(end, grown)
+            .and_then(|()| self.file.write_all_at(&self.buf, self.len))
             .and_then(|()| self.file.sync_data());
         if let Err(e) = written {
             self.poisoned = true;
             return Err(io(&self.path, e));
         }
-        let size = self.buf.len() as u64;
-        self.len += size;
+        self.len = end;
         self.next_lsn += 1;
         if self.buf.capacity() > 1 << 20 {
             self.buf = Vec::new();
         }
         Ok((lsn, size))
+    }
+
+    /// Extends the segment with zeros to `to` bytes if it is shorter than `need`.
+    fn grow_to(&mut self, need: u64, to: u64) -> std::io::Result<()> {
+        if need <= self.size {
+            return Ok(());
+        }
+        let zeros = vec![0u8; (to - self.size) as usize];
+        self.file.write_all_at(&zeros, self.size)?;
+        self.size = to;
+        Ok(())
     }
 
     /// Drops whatever a failed append left after the last whole record.
@@ -320,19 +343,23 @@ impl Journal {
             .write(true)
             .open(&self.path)
             .map_err(|e| io(&self.path, e))?;
+        // What the failed write left is unknown: keep the records alone.
+        self.size = u64::MAX;
         self.cut()?;
         self.poisoned = false;
         Ok(())
     }
 
-    /// Truncates the current segment to its whole records.
+    /// Truncates the current segment to its whole records, unless only
+    /// zeros follow them.
     fn cut(&mut self) -> Result<(), StoreError> {
         let size = self.file.metadata().map_err(|e| io(&self.path, e))?.len();
-        if size != self.len {
+        if size != self.size {
             self.file
                 .set_len(self.len)
                 .and_then(|()| self.file.sync_all())
                 .map_err(|e| io(&self.path, e))?;
+            self.size = self.len;
         }
         Ok(())
     }
@@ -350,6 +377,7 @@ impl Journal {
         self.file = file;
         self.path = path;
         self.len = 0;
+        self.size = 0;
         Ok(())
     }
 
@@ -365,12 +393,13 @@ impl Journal {
     }
 }
 
-/// The payload of the whole record at `at`, if one is there.
+/// The payload of the whole record at `at`, if one is there (every
+/// payload holds at least its LSN, so zeros are never a record).
 fn record_at(data: &[u8], at: usize) -> Option<&[u8]> {
     let header = data.get(at..at + HEADER)?;
     let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
     let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
-    if len > MAX_RECORD {
+    if !(8..=MAX_RECORD).contains(&len) {
         return None;
     }
     let payload = data.get(at + HEADER..at + HEADER + len)?;

@@ -389,12 +389,12 @@ mod tests {
         copy_dir(&before, &dir.join(LOG_DIR));
         let old = before.join(format!("{:020}.log", 1));
         let mut bytes = std::fs::read(&old).unwrap();
-        let last = bytes.len() - 1;
-        bytes[last] ^= 0xff;
+        // A byte inside the first record's payload.
+        bytes[12] ^= 0xff;
         std::fs::write(dir.join(LOG_DIR).join(old.file_name().unwrap()), bytes).unwrap();
         let engine = LogEngine::open(&dir).unwrap();
         match engine.load(1) {
-            Err(StoreError::Corrupt(why)) => assert!(why.contains("damaged"), "{why}"),
+            Err(StoreError::Corrupt(why)) => assert!(why.contains("is damaged"), "{why}"),
             Err(e) => panic!("expected corruption, got {e}"),
             Ok(_) => panic!("a damaged older segment was accepted"),
         }
