@@ -255,7 +255,8 @@ impl Node {
     }
 
     pub fn role(&self) -> Role {
-        Role::of(&self.membership(), &self.whoami.borrow())
+        self.store
+            .with_membership(|m| Role::of(m, &self.whoami.borrow()))
     }
 
     pub fn peers(&self) -> &Replicator {

@@ -324,6 +324,11 @@ impl Store {
         self.inner.shared.membership.borrow().clone()
     }
 
+    /// Reads the membership in place, without copying it (the hot path).
+    pub fn with_membership<T>(&self, f: impl FnOnce(&Membership) -> T) -> T {
+        f(&self.inner.shared.membership.borrow())
+    }
+
     /// Notified after each durable membership change.
     pub fn watch_membership(&self) -> watch::Receiver<Membership> {
         self.inner.shared.membership.subscribe()
