@@ -5,11 +5,18 @@
 #   make package-test  package, then run it in an empty chroot (scripts/check-package.sh)
 #   make lint          cargo fmt --check, clippy and rustdoc with warnings denied
 #   make demo          a three-node cluster on loopback
+#   make bench         measure tally beside Redis and a bare HTTP server (scripts/bench.py);
+#                      a few minutes; results in target/bench/results.json
 #   make clean         remove build output and dist/
 #
 # Variables: CARGO_TEST_ARGS (passed to cargo test, e.g. CARGO_TEST_ARGS='-- --nocapture'),
 #            CARGO_LOCKED (default --locked; set empty to let cargo update Cargo.lock),
-#            DEMO_ARGS (passed to `tally demo`, e.g. DEMO_ARGS='--nodes 5').
+#            DEMO_ARGS (passed to `tally demo`, e.g. DEMO_ARGS='--nodes 5'),
+#            BENCH_ARGS (passed to scripts/bench.py; BENCH_ARGS=--smoke runs 1 round x 1 s
+#            with small sizes, to check the harness),
+#            BENCH_ROUNDS (3), BENCH_SECONDS (10), BENCH_B4_NAMES (100000), BENCH_FULL (1 adds
+#            the 1M-name runs), BENCH_DIR (data folder parent, default target/bench),
+#            BENCH_KEEP (1 keeps data and logs): read by scripts/bench.py from the environment.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -20,6 +27,8 @@ CARGO        ?= cargo
 CARGO_LOCKED ?= --locked
 CARGO_TEST_ARGS ?=
 DEMO_ARGS    ?=
+BENCH_ARGS   ?=
+PYTHON       ?= python3
 
 TARGET  := x86_64-unknown-linux-gnu
 BIN     := target/$(TARGET)/release/tally
@@ -32,7 +41,7 @@ EXE     := challenge/bin/challenge-executable
 # of the same commit are byte-identical.
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 
-.PHONY: all package static-check package-test lint test cargo-test demo clean
+.PHONY: all package static-check package-test lint test cargo-test demo bench clean
 
 all: package
 
@@ -94,6 +103,11 @@ test:
 
 demo:
 	$(CARGO) run $(CARGO_LOCKED) --release --bin tally -- demo $(DEMO_ARGS)
+
+# Needs wrk, redis-server and redis-tools (installed with apt-get when run as root).
+bench:
+	$(CARGO) build $(CARGO_LOCKED) --release --bin tally --example http_ceiling
+	$(PYTHON) scripts/bench.py $(BENCH_ARGS)
 
 clean:
 	$(CARGO) clean
