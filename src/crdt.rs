@@ -13,8 +13,6 @@
 //! This module does no I/O. Encoding to bytes lives here too so the storage
 //! layer and the wire share one compact, versionable format.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
 /// Who owns a component: a node id plus the incarnation of its data folder.
@@ -35,9 +33,13 @@ impl std::fmt::Display for ReplicaId {
 }
 
 /// One grow-only counter.
+///
+/// Its components are a vector sorted by replica, with no zero counts: a
+/// counter has one to a few components, and a node holds every counter in
+/// memory, so a map's node per counter would cost several times the data.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GCounter {
-    components: BTreeMap<ReplicaId, u64>,
+    components: Vec<(ReplicaId, u64)>,
 }
 
 /// Returned when an increment would overflow the replica's own `u64` component.
@@ -62,11 +64,23 @@ impl GCounter {
 
     /// The exact sum of all components.
     pub fn value(&self) -> u128 {
-        self.components.values().map(|&c| u128::from(c)).sum()
+        self.components.iter().map(|&(_, c)| u128::from(c)).sum()
     }
 
     pub fn get(&self, replica: ReplicaId) -> u64 {
-        self.components.get(&replica).copied().unwrap_or(0)
+        self.find(replica).map_or(0, |i| self.components[i].1)
+    }
+
+    fn find(&self, replica: ReplicaId) -> Result<usize, usize> {
+        self.components.binary_search_by_key(&replica, |&(r, _)| r)
+    }
+
+    /// Sets `replica`'s component to `count`, keeping the order.
+    fn set(&mut self, replica: ReplicaId, count: u64) {
+        match self.find(replica) {
+            Ok(i) => self.components[i].1 = count,
+            Err(i) => self.components.insert(i, (replica, count)),
+        }
     }
 
     pub fn components(&self) -> impl Iterator<Item = (ReplicaId, u64)> + '_ {
@@ -89,7 +103,7 @@ impl GCounter {
     pub fn increment(&mut self, replica: ReplicaId, amount: u64) -> Result<(), Overflow> {
         let next = self.check_increment(replica, amount)?;
         if amount > 0 {
-            self.components.insert(replica, next);
+            self.set(replica, next);
         }
         Ok(())
     }
@@ -97,11 +111,11 @@ impl GCounter {
     /// Pointwise maximum. Returns whether `self` changed.
     pub fn merge(&mut self, other: &GCounter) -> bool {
         let mut changed = false;
-        for (replica, &count) in &other.components {
+        for &(replica, count) in &other.components {
             // Only a larger count is taken: a zero never becomes an entry,
             // so equal states stay equal (and `would_change` agrees).
-            if count > self.get(*replica) {
-                self.components.insert(*replica, count);
+            if count > self.get(replica) {
+                self.set(replica, count);
                 changed = true;
             }
         }
@@ -110,7 +124,7 @@ impl GCounter {
 
     /// Whether merging `other` into `self` would change `self`.
     pub fn would_change(&self, other: &GCounter) -> bool {
-        other.components.iter().any(|(r, &c)| c > self.get(*r))
+        other.components.iter().any(|&(r, c)| c > self.get(r))
     }
 
     /// Compact encoding: a sequence of (node, incarnation, count), each a
@@ -132,16 +146,22 @@ impl GCounter {
         let word = |chunk: &[u8], i: usize| {
             u64::from_le_bytes(chunk[i * 8..i * 8 + 8].try_into().expect("8 bytes"))
         };
-        let mut components = BTreeMap::new();
-        for chunk in bytes.chunks_exact(ENTRY_LEN) {
-            let replica = ReplicaId {
-                node: word(chunk, 0),
-                incarnation: word(chunk, 1),
-            };
-            if components.insert(replica, word(chunk, 2)).is_some() {
-                return Err(DecodeError("duplicate replica"));
-            }
+        let mut components: Vec<(ReplicaId, u64)> = bytes
+            .chunks_exact(ENTRY_LEN)
+            .map(|chunk| {
+                let replica = ReplicaId {
+                    node: word(chunk, 0),
+                    incarnation: word(chunk, 1),
+                };
+                (replica, word(chunk, 2))
+            })
+            .collect();
+        components.sort_unstable_by_key(|&(r, _)| r);
+        if components.windows(2).any(|w| w[0].0 == w[1].0) {
+            return Err(DecodeError("duplicate replica"));
         }
+        // A zero count is the default, never an entry.
+        components.retain(|&(_, c)| c > 0);
         Ok(Self { components })
     }
 }
@@ -170,16 +190,17 @@ impl FromIterator<Component> for GCounter {
     /// Builds a counter from wire components; a replica listed twice keeps
     /// its maximum, and zero counts are dropped (they are the default).
     fn from_iter<I: IntoIterator<Item = Component>>(iter: I) -> Self {
-        let mut components = BTreeMap::new();
+        let mut counter = GCounter::new();
         for c in iter.into_iter().filter(|c| c.count > 0) {
             let replica = ReplicaId {
                 node: c.node,
                 incarnation: c.incarnation,
             };
-            let slot = components.entry(replica).or_insert(0);
-            *slot = (*slot).max(c.count);
+            if c.count > counter.get(replica) {
+                counter.set(replica, c.count);
+            }
         }
-        Self { components }
+        counter
     }
 }
 

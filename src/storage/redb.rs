@@ -32,6 +32,17 @@ const MARKS: TableDefinition<u64, u64> = TableDefinition::new("peer_marks");
 const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency_keys");
 
 const DB_FILE: &str = "tally.redb";
+/// redb's page cache. Every counter is also held in the store's memory, so
+/// the cache serves only checkpoints and peers' pulls; redb's default (1 GiB)
+/// would keep a copy of the whole file after the load at startup.
+const CACHE_BYTES: usize = 32 << 20;
+
+fn open_db(file: &Path) -> Result<Database, StoreError> {
+    Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .create(file)
+        .map_err(|e| engine(e).in_file(file))
+}
 const LOCK_FILE: &str = "LOCK";
 
 fn engine(e: impl Into<redb::Error>) -> StoreError {
@@ -73,7 +84,7 @@ impl RedbEngine {
         }
         let file = dir.join(DB_FILE);
         let created = !file.exists();
-        let db = Database::create(&file).map_err(|e| engine(e).in_file(&file))?;
+        let db = open_db(&file)?;
         Ok(RedbEngine {
             db: RwLock::new(Some(db)),
             dir: dir.to_path_buf(),
@@ -222,7 +233,7 @@ impl Engine for RedbEngine {
         let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
         // Dropping the old handle releases redb's own lock on the file.
         drop(slot.take());
-        let db = Database::create(&self.file).map_err(|e| engine(e).in_file(&self.file))?;
+        let db = open_db(&self.file)?;
         *slot = Some(db);
         Ok(())
     }
