@@ -22,9 +22,11 @@
 //! the engine; only the writer changes it, and only after a commit succeeds.
 //! The membership (config) is owned the same way: changed only by the
 //! writer, after it is durable, and published on a watch channel.
-//! Two engines implement [`Engine`]: [`redb::RedbEngine`] on disk, whose
-//! calls run on blocking threads, and [`memory::MemoryEngine`], called inline
-//! so simulations stay deterministic, with injectable disk faults.
+//! Nodes store on disk through [`logged::LogEngine`]: a write-ahead log in
+//! front of the [`redb::RedbEngine`] B-tree (itself an [`Engine`] too, for
+//! tests), whose calls run on blocking threads. [`memory::MemoryEngine`] is
+//! called inline so simulations stay deterministic, with injectable disk
+//! faults.
 //! Left out: compaction of the redb file and online backup.
 
 mod engine;
