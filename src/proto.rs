@@ -60,6 +60,9 @@ pub enum Request {
     },
     /// The responder's current state of one counter (consistent reads).
     Read { name: String },
+    /// The same for many counters at once (reads gathered per peer), at
+    /// most [`MAX_NAMES_PER_MESSAGE`]; answered with `Counters` in order.
+    ReadMany { names: Vec<String> },
     /// Adopt this membership if it is newer (it travels in the envelope).
     Config,
     /// How far the responder has durably merged the asker's changes (the
@@ -80,6 +83,9 @@ pub enum Response {
     },
     Counter {
         components: Vec<Component>,
+    },
+    Counters {
+        counters: Vec<Vec<Component>>,
     },
     Mark {
         seq: u64,

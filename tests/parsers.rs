@@ -112,7 +112,15 @@ fn arb_envelope_json() -> impl Strategy<Value = String> {
         (any::<u64>(), any::<u64>(), 0usize..100_000).prop_map(|(i, s, l)| format!(
             r#"{{"op":"pull","incarnation":{i},"since":{s},"limit":{l}}}"#
         )),
-        name.prop_map(|n| format!(r#"{{"op":"read","name":"{n}"}}"#)),
+        name.clone()
+            .prop_map(|n| format!(r#"{{"op":"read","name":"{n}"}}"#)),
+        prop::collection::vec(name, 0..4).prop_map(|ns| format!(
+            r#"{{"op":"read_many","names":[{}]}}"#,
+            ns.iter()
+                .map(|n| format!("\"{n}\""))
+                .collect::<Vec<_>>()
+                .join(",")
+        )),
         any::<u64>().prop_map(|i| format!(r#"{{"op":"mark","incarnation":{i}}}"#)),
     ];
     // What else a membership may say about departed actors, well formed or not.

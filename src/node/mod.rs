@@ -14,6 +14,7 @@
 
 mod membership;
 mod read;
+mod read_batch;
 mod rpc;
 
 use std::net::SocketAddr;
@@ -155,6 +156,8 @@ pub struct Node {
     started: Instant,
     /// Why the node must stop, when something it cannot live without died.
     fatal: Mutex<Option<String>>,
+    /// Consistent reads waiting on each peer (`read_batch.rs`).
+    reads: read_batch::ReadBatcher,
 }
 
 impl Node {
@@ -222,6 +225,7 @@ impl Node {
             tracker,
             started: Instant::now(),
             fatal: Mutex::new(None),
+            reads: Default::default(),
             settings,
         });
         node.spawn(membership::membership_loop(node.clone()));

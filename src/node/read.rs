@@ -23,7 +23,6 @@ use super::Node;
 use crate::cluster::{Actor, Membership};
 use crate::crdt::GCounter;
 use crate::metrics::Outcome;
-use crate::proto::{Request, Response};
 
 /// A consistent read that could not hear from every node it needed.
 #[derive(Debug)]
@@ -162,11 +161,11 @@ impl Node {
             if left.is_zero() {
                 return None;
             }
-            let req = Request::Read { name: name.clone() };
-            if let Ok(resp) = self.call(actor, req, per_call.min(left)).await
-                && let Response::Counter { components } = resp.resp
+            if let Ok(answer) = self
+                .read_from(actor, name.clone(), per_call.min(left))
+                .await
             {
-                return Some((components.into_iter().collect(), resp.membership));
+                return Some(answer);
             }
             let left = deadline.saturating_duration_since(Instant::now());
             tokio::time::sleep(pause.min(left)).await;

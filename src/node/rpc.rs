@@ -34,7 +34,11 @@ impl Node {
         let theirs = env.membership;
         // Most messages carry the membership this node already has: only one
         // that changes ours is validated and stored.
-        if self.membership().merged_with(&theirs).is_some() {
+        if self
+            .store
+            .with_membership(|ours| ours.merged_with(&theirs))
+            .is_some()
+        {
             theirs
                 .validate()
                 .map_err(|e| RpcError::BadRequest(e.to_string()))?;
@@ -62,15 +66,34 @@ impl Node {
                     components: (&self.store.counter(&name).unwrap_or_default()).into(),
                 }
             }
+            Request::ReadMany { names } => {
+                if names.len() > MAX_NAMES_PER_MESSAGE {
+                    return Err(RpcError::BadRequest(format!(
+                        "at most {MAX_NAMES_PER_MESSAGE} names per message"
+                    )));
+                }
+                for name in &names {
+                    validate_name(name).map_err(|e| RpcError::BadRequest(e.to_string()))?;
+                }
+                Response::Counters {
+                    counters: names
+                        .iter()
+                        .map(|name| (&self.store.counter(name).unwrap_or_default()).into())
+                        .collect(),
+                }
+            }
             Request::Mark { incarnation } => Response::Mark {
                 seq: self.store.mark(incarnation).await?,
             },
         };
-        let ours = self.membership();
+        // Ours travels back only when it would change the caller's.
+        let membership = self
+            .store
+            .with_membership(|ours| theirs.merged_with(ours).is_some().then(|| ours.clone()));
         Ok(ResponseEnvelope {
             v: PROTOCOL_VERSION,
             from: self.identity,
-            membership: theirs.merged_with(&ours).is_some().then_some(ours),
+            membership,
             resp,
         })
     }

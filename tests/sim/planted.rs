@@ -134,10 +134,12 @@ impl Planted {
         timeout: Duration,
     ) -> Option<CallFuture> {
         match (self, &mut req.req) {
-            (Planted::ReadsFail, Request::Read { .. }) => Some(Box::pin(async {
-                Err(CallError::Unreachable("planted: reads fail".into()))
-            })),
-            (Planted::ReadSkips(k), Request::Read { .. })
+            (Planted::ReadsFail, Request::Read { .. } | Request::ReadMany { .. }) => {
+                Some(Box::pin(async {
+                    Err(CallError::Unreachable("planted: reads fail".into()))
+                }))
+            }
+            (Planted::ReadSkips(k), read @ (Request::Read { .. } | Request::ReadMany { .. }))
                 if to.as_str() == format!("{}:{PORT}", host(k)) =>
             {
                 let env = ResponseEnvelope {
@@ -147,9 +149,7 @@ impl Planted {
                         incarnation: 1,
                     },
                     membership: None,
-                    resp: Response::Counter {
-                        components: Vec::new(),
-                    },
+                    resp: nothing_read(read),
                 };
                 Some(Box::pin(async move { Ok(env) }))
             }
@@ -167,9 +167,10 @@ impl Planted {
                 }
                 None
             }
-            (Planted::SkipLeavers, Request::Read { .. })
+            (Planted::SkipLeavers, Request::Read { .. } | Request::ReadMany { .. })
                 if !req.membership.config.actors.contains(to) =>
             {
+                let resp = nothing_read(&req.req);
                 let node = to
                     .as_str()
                     .strip_prefix('n')
@@ -183,9 +184,7 @@ impl Planted {
                         incarnation: 1,
                     },
                     membership: None,
-                    resp: Response::Counter {
-                        components: Vec::new(),
-                    },
+                    resp,
                 };
                 Some(Box::pin(async move { Ok(env) }))
             }
@@ -284,6 +283,11 @@ fn totals_by_maximum(env: &mut ResponseEnvelope) {
     };
     match &mut env.resp {
         Response::Counter { components } => collapse(components),
+        Response::Counters { counters } => {
+            for components in counters {
+                collapse(components);
+            }
+        }
         Response::Changes { counters, .. } => {
             for c in counters {
                 collapse(&mut c.components);
@@ -407,5 +411,17 @@ impl Engine for LyingSync {
     }
     fn ready_at(&self) -> Option<tokio::time::Instant> {
         self.inner.ready_at()
+    }
+}
+
+/// An answer to a read that holds nothing: an empty counter for each name.
+fn nothing_read(req: &Request) -> Response {
+    match req {
+        Request::ReadMany { names } => Response::Counters {
+            counters: vec![Vec::new(); names.len()],
+        },
+        _ => Response::Counter {
+            components: Vec::new(),
+        },
     }
 }
