@@ -100,10 +100,15 @@ impl Node {
                 (peer.waiting.drain(..n).collect::<Vec<_>>(), peer.single)
             };
             if single || batch.len() == 1 {
+                let mut calls = tokio::task::JoinSet::new();
                 for (name, reply) in batch {
-                    let answer = self.read_one(&actor, name).await;
-                    let _ = reply.send(answer);
+                    let node = self.clone();
+                    let actor = actor.clone();
+                    calls.spawn(async move {
+                        let _ = reply.send(node.read_one(&actor, name).await);
+                    });
                 }
+                calls.join_all().await;
             } else {
                 self.read_many(&actor, batch).await;
             }
@@ -165,5 +170,137 @@ impl Node {
 fn answer_all(batch: Vec<(String, Reply)>, e: &CallError) {
     for (_, reply) in batch {
         let _ = reply.send(Err(e.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::crdt::{Component, ReplicaId};
+    use crate::node::Settings;
+    use crate::proto::{PROTOCOL_VERSION, RequestEnvelope, ResponseEnvelope};
+    use crate::storage::memory::MemoryEngine;
+    use crate::transport::{CallFuture, Transport};
+
+    /// Two peers that answer reads after `DELAY`, each holding 5 of its own
+    /// in every counter; `legacy` peers refuse `ReadMany` as an older
+    /// version does. Counts the calls and the names they carried.
+    struct SlowPeers {
+        legacy: bool,
+        calls: AtomicUsize,
+        names: AtomicUsize,
+        most: AtomicUsize,
+    }
+
+    const DELAY: Duration = Duration::from_millis(100);
+
+    impl Transport for SlowPeers {
+        fn call(&self, to: &Actor, env: &RequestEnvelope, _: Duration) -> CallFuture {
+            let node = if to.as_str().starts_with("10.9.9.2") {
+                2
+            } else {
+                3
+            };
+            let answer = |n: usize| {
+                self.calls.fetch_add(1, Ordering::SeqCst);
+                self.names.fetch_add(n, Ordering::SeqCst);
+                self.most.fetch_max(n, Ordering::SeqCst);
+            };
+            let mine = vec![Component {
+                node,
+                incarnation: 1,
+                count: 5,
+            }];
+            let resp = match &env.req {
+                Request::Read { .. } => {
+                    answer(1);
+                    Ok(Response::Counter { components: mine })
+                }
+                Request::ReadMany { .. } if self.legacy => Err(CallError::Refused {
+                    status: 400,
+                    body: "malformed internal message: unknown variant `read_many`".into(),
+                }),
+                Request::ReadMany { names } => {
+                    answer(names.len());
+                    Ok(Response::Counters {
+                        counters: vec![mine; names.len()],
+                    })
+                }
+                _ => Err(CallError::Unreachable("not part of this test".into())),
+            };
+            Box::pin(async move {
+                tokio::time::sleep(DELAY).await;
+                resp.map(|resp| ResponseEnvelope {
+                    v: PROTOCOL_VERSION,
+                    from: ReplicaId {
+                        node,
+                        incarnation: 1,
+                    },
+                    membership: None,
+                    resp,
+                })
+            })
+        }
+    }
+
+    /// Twenty reads at once on a node of three; returns what each answered.
+    async fn twenty_reads(peers: Arc<SlowPeers>) -> Vec<Result<u128, String>> {
+        let settings = Settings::new(1, "127.0.0.1:7777".parse().unwrap(), "unused".into());
+        let node = Node::start_with(settings, Arc::new(MemoryEngine::new()), peers).unwrap();
+        let actors: Vec<Actor> = ["127.0.0.1:7777", "10.9.9.2:7777", "10.9.9.3:7777"]
+            .iter()
+            .map(|a| Actor::parse(a).unwrap())
+            .collect();
+        node.store
+            .update_membership(move |m| m.post(actors, 1))
+            .await
+            .unwrap();
+        let mut reads = tokio::task::JoinSet::new();
+        for _ in 0..20 {
+            let node = node.clone();
+            reads.spawn(async move {
+                node.consistent_value("a", Duration::from_secs(10))
+                    .await
+                    .map_err(|e| format!("{e:?}"))
+            });
+        }
+        let answers = reads.join_all().await;
+        node.shutdown().await;
+        answers
+    }
+
+    #[tokio::test]
+    async fn reads_waiting_on_a_peer_share_its_calls() {
+        let peers = Arc::new(SlowPeers {
+            legacy: false,
+            calls: AtomicUsize::new(0),
+            names: AtomicUsize::new(0),
+            most: AtomicUsize::new(0),
+        });
+        for answer in twenty_reads(peers.clone()).await {
+            assert_eq!(answer, Ok(10), "every read hears both peers");
+        }
+        // Each read was carried to each peer once; the first two calls to
+        // a peer carry one read each, the rest wait and go together.
+        assert_eq!(peers.names.load(Ordering::SeqCst), 40);
+        let calls = peers.calls.load(Ordering::SeqCst);
+        assert!(calls <= 8, "{calls} calls for 40 reads of a peer");
+        assert!(peers.most.load(Ordering::SeqCst) >= 10);
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_refuses_read_many_is_read_one_name_at_a_time() {
+        let peers = Arc::new(SlowPeers {
+            legacy: true,
+            calls: AtomicUsize::new(0),
+            names: AtomicUsize::new(0),
+            most: AtomicUsize::new(0),
+        });
+        for answer in twenty_reads(peers.clone()).await {
+            assert_eq!(answer, Ok(10), "every read still hears both peers");
+        }
+        assert_eq!(peers.most.load(Ordering::SeqCst), 1, "only Read answered");
     }
 }
