@@ -190,22 +190,30 @@ fn plan_increment(
             return (outcome, in_batch);
         }
     }
-    let mut staged: BTreeMap<String, GCounter> = BTreeMap::new();
+    // Each name's staged counter, and whether any of its amounts is
+    // positive (a zero increment writes nothing).
+    let mut staged: BTreeMap<String, (GCounter, bool)> = BTreeMap::new();
     for (name, amount) in &items {
-        let mut c = staged
-            .get(name)
-            .or_else(|| plan.batch.counters.get(name))
-            .cloned()
-            .unwrap_or_else(|| (state.counter)(name));
+        let (mut c, positive) = match staged.get(name) {
+            Some(staged) => staged.clone(),
+            None => (
+                plan.batch
+                    .counters
+                    .get(name)
+                    .cloned()
+                    .unwrap_or_else(|| (state.counter)(name)),
+                false,
+            ),
+        };
         if let Err(e) = c.increment(state.own, *amount) {
             return (Err(StoreError::Overflow(e)), false);
         }
-        staged.insert(name.clone(), c);
+        staged.insert(name.clone(), (c, positive || *amount > 0));
     }
-    let values: Vec<u128> = items.iter().map(|(n, _)| staged[n].value()).collect();
+    let values: Vec<u128> = items.iter().map(|(n, _)| staged[n].0.value()).collect();
     let mut wrote = false;
-    for (name, c) in staged {
-        if items.iter().any(|(n, a)| n == &name && *a > 0) {
+    for (name, (c, positive)) in staged {
+        if positive {
             plan.own_changed.push(name.clone());
             plan.batch.counters.insert(name, c);
             wrote = true;
