@@ -48,8 +48,11 @@ use crate::proto::{MAX_NAMES_PER_MESSAGE, ReplicaId, Request, Response, WireCoun
 use crate::storage::{Committed, Merge, PeerMark, Store};
 use peer::{PeerReport, PeerState, PullAnswer, PullStep, Push, Reachability};
 
-/// Most pull pages fetched in one round before yielding to the next interval.
+/// Most pull pages fetched in one round; a round that stops there with
+/// more to fetch is followed by the next one after [`CATCH_UP_PAUSE`], not
+/// a whole sync interval (a node catching up on a million names).
 const MAX_PAGES_PER_ROUND: usize = 64;
+const CATCH_UP_PAUSE: Duration = Duration::from_millis(10);
 
 /// What replication needs of the node.
 pub struct Context {
@@ -351,6 +354,7 @@ async fn pull_loop(r: Arc<Replicator>, peer: Arc<Peer>) {
     let interval = r.ctx.sync_interval;
     loop {
         let result = pull_round(&r, &peer).await;
+        let behind = matches!(result, Ok(true));
         let outcome = if result.is_ok() { "ok" } else { "error" };
         r.ctx
             .metrics
@@ -367,12 +371,17 @@ async fn pull_loop(r: Arc<Replicator>, peer: Arc<Peer>) {
             r.log(&peer, change);
         }
         // Jitter keeps the nodes' rounds from lining up.
-        let pause = interval.mul_f64(0.8 + fastrand::f64() * 0.4);
+        let pause = if behind {
+            CATCH_UP_PAUSE
+        } else {
+            interval.mul_f64(0.8 + fastrand::f64() * 0.4)
+        };
         tokio::time::sleep(pause).await;
     }
 }
 
-async fn pull_round(r: &Replicator, peer: &Peer) -> Result<(), String> {
+/// One anti-entropy round; `Ok(true)` when it stopped with pages left.
+async fn pull_round(r: &Replicator, peer: &Peer) -> Result<bool, String> {
     let actor = &peer.actor;
     for _ in 0..MAX_PAGES_PER_ROUND {
         let PeerMark { incarnation, seq } = peer.state().pull_request();
@@ -442,10 +451,10 @@ async fn pull_round(r: &Replicator, peer: &Peer) -> Result<(), String> {
                     debug!(peer = %peer.label.peer, names = n, "pulled");
                 }
                 if !more {
-                    return Ok(());
+                    return Ok(false);
                 }
             }
         }
     }
-    Ok(())
+    Ok(true)
 }
