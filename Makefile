@@ -7,6 +7,7 @@
 #   make demo          a three-node cluster on loopback
 #   make bench         measure tally beside Redis and a bare HTTP server (scripts/bench.py);
 #                      a few minutes; results in target/bench/results.json
+#   make bench-micro   criterion micro-benchmarks: CRDT merge, body parser, message codec
 #   make clean         remove build output and dist/
 #
 # Variables: CARGO_TEST_ARGS (passed to cargo test, e.g. CARGO_TEST_ARGS='-- --nocapture'),
@@ -41,7 +42,7 @@ EXE     := challenge/bin/challenge-executable
 # of the same commit are byte-identical.
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 
-.PHONY: all package static-check package-test lint test cargo-test demo bench clean
+.PHONY: all package static-check package-test lint test cargo-test demo bench bench-micro clean
 
 all: package
 
@@ -108,6 +109,10 @@ demo:
 bench:
 	$(CARGO) build $(CARGO_LOCKED) --release --bin tally --example http_ceiling
 	$(PYTHON) scripts/bench.py $(BENCH_ARGS)
+
+# Criterion micro-benchmarks (a package of their own: `cargo test` never builds criterion).
+bench-micro:
+	$(CARGO) bench $(CARGO_LOCKED) --manifest-path benches/micro/Cargo.toml --target-dir target
 
 clean:
 	$(CARGO) clean
