@@ -135,7 +135,7 @@ impl Transport for HttpTransport {
                         body: String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned(),
                     });
                 }
-                serde_json::from_slice::<ResponseEnvelope>(&bytes)
+                crate::proto::decode_response(&bytes)
                     .map_err(|e| CallError::Protocol(e.to_string()))
             };
             tokio::time::timeout(timeout, exchange)

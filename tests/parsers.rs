@@ -12,7 +12,7 @@ use tally::crdt::GCounter;
 use tally::input::decode_name;
 use tally::input::{parse_amount, parse_duration as parse_timeout};
 use tally::node::{Node, Settings};
-use tally::proto::RequestEnvelope;
+use tally::proto::{RequestEnvelope, ResponseEnvelope, decode_request, decode_response};
 use tally::storage::memory::MemoryEngine;
 use tally::transport::{CallError, CallFuture, Transport};
 
@@ -77,7 +77,102 @@ proptest! {
 
     #[test]
     fn internal_messages_from_arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
-        let _ = serde_json::from_slice::<RequestEnvelope>(&bytes);
+        let derived = serde_json::from_slice::<RequestEnvelope>(&bytes);
+        let fast = decode_request(&bytes);
+        prop_assert_eq!(derived.is_ok(), fast.is_ok());
+        let _ = decode_response(&bytes);
+    }
+}
+
+/// The fast decoders give exactly the derived decoders' answers.
+fn same<T: std::fmt::Debug>(
+    derived: serde_json::Result<T>,
+    fast: serde_json::Result<T>,
+) -> Result<(), TestCaseError> {
+    match (derived, fast) {
+        (Ok(d), Ok(f)) => prop_assert_eq!(format!("{d:?}"), format!("{f:?}")),
+        (Err(_), Err(_)) => {}
+        (d, f) => prop_assert!(false, "derived {:?}, fast {:?}", d, f),
+    }
+    Ok(())
+}
+
+fn arb_response_json() -> impl Strategy<Value = String> {
+    let name = prop_oneof![
+        "[a-z]{1,5}",
+        Just(String::new()),
+        Just("a\\u0062".to_string())
+    ];
+    let component = (
+        0u64..3,
+        0u64..3,
+        prop_oneof![
+            Just("1".to_string()),
+            Just("-1".to_string()),
+            Just("\"x\"".to_string())
+        ],
+    )
+        .prop_map(|(n, i, c)| format!(r#"{{"node":{n},"incarnation":{i},"count":{c}}}"#));
+    let components =
+        prop::collection::vec(component, 0..3).prop_map(|cs| format!("[{}]", cs.join(",")));
+    let counter = (name, components.clone())
+        .prop_map(|(n, cs)| format!(r#"{{"name":"{n}","components":{cs}}}"#));
+    let extra = prop_oneof![
+        Just(String::new()),
+        Just(r#","extra":[1,{"a":2}]"#.to_string()),
+        Just(r#","op":"ack""#.to_string()),
+        Just(r#","more":true"#.to_string()),
+    ];
+    let resp = prop_oneof![
+        Just(r#"{"op":"ack""#.to_string()),
+        Just(r#"{"op":"nonsense""#.to_string()),
+        Just(r#"{"nop":"ack""#.to_string()),
+        any::<u64>().prop_map(|s| format!(r#"{{"op":"mark","seq":{s}"#)),
+        components
+            .clone()
+            .prop_map(|cs| format!(r#"{{"op":"counter","components":{cs}"#)),
+        prop::collection::vec(components, 0..4)
+            .prop_map(|cs| format!(r#"{{"op":"counters","counters":[{}]"#, cs.join(","))),
+        (
+            prop::collection::vec(counter, 0..4),
+            any::<u64>(),
+            any::<bool>(),
+            prop_oneof![Just(""), Just(r#","head":3"#)]
+        )
+            .prop_map(|(cs, n, more, head)| format!(
+                r#"{{"op":"changes","counters":[{}],"next":{n},"more":{more}{head}"#,
+                cs.join(",")
+            )),
+    ];
+    let membership = prop_oneof![
+        Just("null".to_string()),
+        Just(
+            r#"{"config":{"stamp":{"version":1,"origin":9},"actors":["10.0.0.1:7777"]}}"#
+                .to_string()
+        ),
+    ];
+    (resp, extra, membership).prop_map(|(resp, extra, m)| {
+        format!(r#"{{"v":2,"from":{{"node":9,"incarnation":9}},"membership":{m},"resp":{resp}{extra}}}}}"#)
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn fast_request_decoding_agrees_with_serde(json in arb_envelope_json()) {
+        same(
+            serde_json::from_str::<RequestEnvelope>(&json),
+            decode_request(json.as_bytes()),
+        )?;
+    }
+
+    #[test]
+    fn fast_response_decoding_agrees_with_serde(json in arb_response_json()) {
+        same(
+            serde_json::from_str::<ResponseEnvelope>(&json),
+            decode_response(json.as_bytes()),
+        )?;
     }
 }
 

@@ -81,7 +81,7 @@ pub(super) async fn rpc(
 ) -> Result<Response, ApiError> {
     authorize(&node, &headers)?;
     let bytes = read_body(body, MAX_RPC_BODY).await?;
-    let env: RequestEnvelope = serde_json::from_slice(&bytes)
+    let env: RequestEnvelope = crate::proto::decode_request(&bytes)
         .map_err(|e| ApiError::bad_request(format!("malformed internal message: {e}")))?;
     let resp = node.handle_rpc(env).await?;
     Ok(axum::Json(resp).into_response())

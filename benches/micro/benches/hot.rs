@@ -9,6 +9,7 @@ use tally::crdt::{GCounter, ReplicaId};
 use tally::input::parse_amount;
 use tally::proto::{
     PROTOCOL_VERSION, Request, RequestEnvelope, Response, ResponseEnvelope, WireCounter,
+    decode_request, decode_response,
 };
 
 /// A counter with one component per node of a three-node cluster.
@@ -75,8 +76,11 @@ fn codec(c: &mut Criterion) {
     c.bench_function("proto/encode push of 100 names", |b| {
         b.iter(|| serde_json::to_vec(black_box(&push)).unwrap())
     });
-    c.bench_function("proto/decode push of 100 names", |b| {
+    c.bench_function("proto/decode push of 100 names, derived", |b| {
         b.iter(|| serde_json::from_slice::<RequestEnvelope>(black_box(&json)).unwrap())
+    });
+    c.bench_function("proto/decode push of 100 names", |b| {
+        b.iter(|| decode_request(black_box(&json)).unwrap())
     });
     let read = RequestEnvelope {
         req: Request::Read {
@@ -86,7 +90,7 @@ fn codec(c: &mut Criterion) {
     };
     let json = serde_json::to_vec(&read).unwrap();
     c.bench_function("proto/decode read", |b| {
-        b.iter(|| serde_json::from_slice::<RequestEnvelope>(black_box(&json)).unwrap())
+        b.iter(|| decode_request(black_box(&json)).unwrap())
     });
     let page = ResponseEnvelope {
         v: PROTOCOL_VERSION,
@@ -105,8 +109,11 @@ fn codec(c: &mut Criterion) {
         },
     };
     let json = serde_json::to_vec(&page).unwrap();
-    c.bench_function("proto/decode pull page of 1000 names", |b| {
+    c.bench_function("proto/decode pull page of 1000 names, derived", |b| {
         b.iter(|| serde_json::from_slice::<ResponseEnvelope>(black_box(&json)).unwrap())
+    });
+    c.bench_function("proto/decode pull page of 1000 names", |b| {
+        b.iter(|| decode_response(black_box(&json)).unwrap())
     });
 }
 
