@@ -196,6 +196,17 @@ mod tests {
 
     const DELAY: Duration = Duration::from_millis(100);
 
+    impl SlowPeers {
+        fn new(legacy: bool) -> Arc<Self> {
+            Arc::new(SlowPeers {
+                legacy,
+                calls: AtomicUsize::new(0),
+                names: AtomicUsize::new(0),
+                most: AtomicUsize::new(0),
+            })
+        }
+    }
+
     impl Transport for SlowPeers {
         fn call(&self, to: &Actor, env: &RequestEnvelope, _: Duration) -> CallFuture {
             let node = if to.as_str().starts_with("10.9.9.2") {
@@ -273,12 +284,7 @@ mod tests {
 
     #[tokio::test]
     async fn reads_waiting_on_a_peer_share_its_calls() {
-        let peers = Arc::new(SlowPeers {
-            legacy: false,
-            calls: AtomicUsize::new(0),
-            names: AtomicUsize::new(0),
-            most: AtomicUsize::new(0),
-        });
+        let peers = SlowPeers::new(false);
         for answer in twenty_reads(peers.clone()).await {
             assert_eq!(answer, Ok(10), "every read hears both peers");
         }
@@ -292,12 +298,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_peer_that_refuses_read_many_is_read_one_name_at_a_time() {
-        let peers = Arc::new(SlowPeers {
-            legacy: true,
-            calls: AtomicUsize::new(0),
-            names: AtomicUsize::new(0),
-            most: AtomicUsize::new(0),
-        });
+        let peers = SlowPeers::new(true);
         for answer in twenty_reads(peers.clone()).await {
             assert_eq!(answer, Ok(10), "every read still hears both peers");
         }
