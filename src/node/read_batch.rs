@@ -268,6 +268,16 @@ mod tests {
             .update_membership(move |m| m.post(actors, 1))
             .await
             .unwrap();
+        // The node finds itself by its listening address, in a task: wait
+        // for it, or a read would also ask the node itself.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while node.me().is_none() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the node never found itself"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let mut reads = tokio::task::JoinSet::new();
         for _ in 0..20 {
             let node = node.clone();

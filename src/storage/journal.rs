@@ -264,16 +264,22 @@ impl Journal {
             }
         }
         let (path, len, size, next_lsn) = match last {
-            Some(last) => last,
-            None => {
+            // The newest segment goes on from the B-tree's position.
+            Some(last) if last.3 > after => last,
+            // No log, or one that ends before what the B-tree already holds
+            // (its newer, empty segment was lost): every record is folded
+            // in, so the log starts again after the B-tree's position.
+            _ => {
                 let next = after + 1;
+                for (_, old) in &found {
+                    std::fs::remove_file(old).map_err(|e| io(old, e))?;
+                }
                 let path = segment_path(dir, next);
                 File::create(&path).map_err(|e| io(&path, e))?;
                 sync_dir(dir)?;
                 (path, 0, 0, next)
             }
         };
-        let next_lsn = next_lsn.max(after + 1);
         let file = OpenOptions::new()
             .write(true)
             .open(&path)

@@ -379,6 +379,46 @@ mod tests {
         std::fs::remove_dir_all(&before).unwrap();
     }
 
+    /// A log that ends before the B-tree's position (files lost or
+    /// restored from an older copy): every record in it is folded in, so
+    /// the log starts again after that position, and the next open does
+    /// not take the gap for damage.
+    #[test]
+    fn a_log_behind_the_b_tree_starts_again_after_it() {
+        let dir = temp_dir();
+        let two = temp_dir();
+        let limits = LogLimits {
+            names: 3,
+            bytes: u64::MAX,
+        };
+        let engine = LogEngine::with_limits(&dir, limits).unwrap();
+        engine.load(1).unwrap();
+        engine.commit(&one("a", 1)).unwrap();
+        engine.commit(&one("b", 1)).unwrap();
+        copy_dir(&dir.join(LOG_DIR), &two);
+        engine.commit(&one("c", 1)).unwrap();
+        engine.commit(&one("d", 1)).unwrap();
+        assert_eq!(
+            engine.tree.log_lsn().unwrap(),
+            3,
+            "a, b and c are folded in"
+        );
+        drop(engine);
+        // The log holds records 1 and 2 only; the B-tree is at 3.
+        std::fs::remove_dir_all(dir.join(LOG_DIR)).unwrap();
+        copy_dir(&two, &dir.join(LOG_DIR));
+        for round in 0..2 {
+            let engine = LogEngine::open(&dir).unwrap();
+            let loaded = engine.load(1).unwrap();
+            for name in ["a", "b", "c"] {
+                assert!(loaded.counters.contains_key(name), "round {round}: {name}");
+            }
+            assert_eq!(engine.commit(&one("e", 1)).unwrap(), loaded.head + 1);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::remove_dir_all(&two).unwrap();
+    }
+
     /// Only the newest segment may end in a torn record; damage anywhere
     /// else is corruption, reported rather than skipped.
     #[test]

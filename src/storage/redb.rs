@@ -1,11 +1,13 @@
-//! The disk engine: one redb file per data folder.
+//! The B-tree: one redb file per data folder (nodes reach it through the
+//! write-ahead log in `logged.rs`).
 //!
 //! redb is a pure-Rust, single-file, copy-on-write B-tree with ACID
 //! transactions: a commit is durable when `commit` returns, and a crash
 //! leaves the last committed state. Tables:
 //! - `counters`: name -> local sequence (u64 LE) + encoded counter;
 //! - `by_seq`: local sequence -> name, one entry per name at its latest sequence;
-//! - `meta`: node id, incarnation, head sequence, membership (JSON);
+//! - `meta`: node id, incarnation, head sequence, membership (JSON), and
+//!   the last write-ahead log record folded in (`log_lsn`, see `logged.rs`);
 //! - `peer_marks`: peer incarnation -> the peer sequence merged so far.
 //!
 //! After an I/O error redb refuses every later transaction until the
