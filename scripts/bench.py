@@ -58,6 +58,7 @@ NAMES = 1000  # names the increment workloads cycle over
 BATCH = 1000  # increments per POST /counters (tally's limit)
 FULL_NAMES = 1_000_000
 HOST = "127.0.0.1"
+APT_TIMEOUT = 600  # seconds for one apt-get step
 LOADAVG_AT_START = 0.0
 
 
@@ -138,9 +139,11 @@ def ensure_tools() -> None:
         packages = ["wrk", "redis-server", "redis-tools"]
         install = ["apt-get", "install", "-y", *packages]
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        if subprocess.run(install, env=env).returncode != 0:
-            subprocess.run(["apt-get", "update"], env=env, check=False)
-            subprocess.run(install, env=env, check=False)
+        # Bounded like every other wait here: a stuck package manager fails the run.
+        apt = dict(env=env, check=False, timeout=APT_TIMEOUT)
+        if subprocess.run(install, **apt).returncode != 0:
+            subprocess.run(["apt-get", "update"], **apt)
+            subprocess.run(install, **apt)
         missing = [t for t in needed if shutil.which(t) is None]
     if missing:
         raise BenchError(
