@@ -10,9 +10,11 @@
 //! headers, limits, bodies) is in [`types`], shared with the client.
 //!
 //! One file per kind of route: `counters` (the counter routes, batches and
-//! listing) and `admin` (config, status, metrics and the internal route).
+//! listing), `admin` (config, status, metrics and the internal route) and
+//! `console` (the web console at `/`).
 
 mod admin;
+mod console;
 mod counters;
 pub mod error;
 pub mod types;
@@ -35,6 +37,7 @@ use types::{BODY_TIMEOUT, MAX_BODY, Route, SECRET_HEADER, paths};
 
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
+        .route(paths::CONSOLE, get(console::page))
         .route(paths::CONFIG, post(admin::post_config))
         .route(RPC_PATH, post(admin::rpc))
         .route(paths::STATUS, get(admin::status))

@@ -31,6 +31,8 @@ pub const DEFAULT_PAGE: usize = 100;
 
 /// Every public path.
 pub mod paths {
+    /// The web console.
+    pub const CONSOLE: &str = "/";
     pub const CONFIG: &str = "/config";
     pub const STATUS: &str = "/status";
     pub const METRICS: &str = "/metrics";
@@ -76,6 +78,7 @@ pub fn encode_query(value: &str) -> String {
 /// What a request path is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route<'a> {
+    Console,
     Config,
     Status,
     Metrics,
@@ -93,6 +96,7 @@ pub enum Route<'a> {
 impl<'a> Route<'a> {
     pub fn of(path: &'a str) -> Route<'a> {
         match path {
+            paths::CONSOLE => Route::Console,
             paths::CONFIG => Route::Config,
             paths::STATUS => Route::Status,
             paths::METRICS => Route::Metrics,
@@ -116,6 +120,7 @@ impl<'a> Route<'a> {
     /// The template of the route, so metric labels stay few.
     pub fn template(&self) -> &'static str {
         match self {
+            Route::Console => paths::CONSOLE,
             Route::Config => paths::CONFIG,
             Route::Status => paths::STATUS,
             Route::Metrics => paths::METRICS,
@@ -253,6 +258,8 @@ mod tests {
 
     #[test]
     fn routes_parse_and_name_their_templates() {
+        assert_eq!(Route::of("/"), Route::Console);
+        assert_eq!(Route::of("/").template(), "/");
         assert_eq!(Route::of("/config"), Route::Config);
         assert_eq!(Route::of(RPC_PATH), Route::Rpc);
         assert_eq!(Route::of("/counter/a%2Fb"), Route::Counter("a%2Fb"));
