@@ -313,7 +313,7 @@ fn unknown_routes_are_404_and_wrong_methods_405() {
     let before = snapshot(&c, 0, &watched);
     let valid_config = format!(r#"{{"actors": ["{}"]}}"#, c.addrs()[0]);
     let cases: Vec<(&str, &str, Option<&str>, u16)> = vec![
-        ("GET", "/", None, 404),
+        ("POST", "/", Some("1"), 405),
         ("GET", "/nope", None, 404),
         ("POST", "/nope", Some("1"), 404),
         ("GET", "/counter", None, 404),
