@@ -129,6 +129,7 @@ fn print_help(addrs: &[String], dir: &Path) {
     println!("  tally inc visits 5 --node {a}");
     println!("  tally get visits --consistent --node {b}");
     println!("  tally status --node {a}");
+    println!("or open the web console: http://{a}/");
     println!("Ctrl-C stops the cluster.");
 }
 
