@@ -453,7 +453,7 @@ fn the_console_shows_the_cluster_in_a_browser() {
     assert!(!csp.contains("unsafe"), "{csp}");
     let metrics = c.http.get(&c.url(0, "/metrics")).body;
     assert!(
-        metrics.contains(r#"tally_http_requests_total{route="/",status="200"} 1"#),
+        metrics.contains(r#"tally_http_requests_total{method="GET",route="/",status="200"} 1"#),
         "GET / is not counted under route \"/\""
     );
 
@@ -475,6 +475,7 @@ fn the_console_shows_the_cluster_in_a_browser() {
             let want = [
                 ("data-reachable", "true"),
                 ("data-me", if i == 0 { "true" } else { "false" }),
+                ("data-leaving", "false"),
                 ("data-id", &(i + 1).to_string()),
             ];
             for (k, v) in want {
