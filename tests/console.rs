@@ -58,8 +58,9 @@ impl Browser {
     /// running the tests opted out with `TALLY_CONSOLE_SKIP=1` (never under
     /// CI, where a missing browser fails the test).
     fn find(test: &str) -> Option<Browser> {
-        let candidates: Vec<PathBuf> = match std::env::var_os("TALLY_CHROMIUM") {
-            Some(p) if !p.is_empty() => vec![PathBuf::from(p)],
+        let chosen = std::env::var_os("TALLY_CHROMIUM").filter(|p| !p.is_empty());
+        let candidates: Vec<PathBuf> = match &chosen {
+            Some(p) => vec![PathBuf::from(p)],
             _ => ["chromium", "chromium-browser", "google-chrome"]
                 .iter()
                 .flat_map(|name| {
@@ -72,8 +73,12 @@ impl Browser {
         if let Some(exe) = candidates.into_iter().find(|p| p.is_file()) {
             return Some(Browser { exe });
         }
-        let why = "no chromium on PATH (install the Debian package `chromium`, \
-                   or point TALLY_CHROMIUM at a Chrome or Chromium executable)";
+        let why = match &chosen {
+            Some(p) => format!("TALLY_CHROMIUM={} is not a file", p.to_string_lossy()),
+            None => "no chromium on PATH (install the Debian package `chromium`, \
+                     or point TALLY_CHROMIUM at a Chrome or Chromium executable)"
+                .to_string(),
+        };
         if env_flag("CI") || !env_flag("TALLY_CONSOLE_SKIP") {
             panic!(
                 "{test} cannot run: {why}; set TALLY_CONSOLE_SKIP=1 to skip it knowingly \
