@@ -182,10 +182,8 @@ async fn run(demo: &Arc<Demo>, opts: &Options, data: &DataDir) -> Result<(), Str
     for i in 0..demo.actors.len() {
         demo.start(i)?;
     }
-    for listen in &demo.listens {
-        wait_status(*listen, START_BOUND, |_| true)
-            .await
-            .map_err(|e| format!("node at {listen} did not start: {e}"))?;
+    for i in 0..demo.listens.len() {
+        demo.started(i).await?;
     }
     let config = serde_json::json!({ "actors": demo.actors }).to_string();
     match http(
@@ -267,6 +265,31 @@ impl Demo {
         let pid = self.procs().start(i)?;
         self.net.set_pid(i, Some(pid));
         Ok(())
+    }
+
+    /// Waits until node `i` answers, failing at once (with the end of its
+    /// log) if its process ends meanwhile, e.g. because its port is taken.
+    async fn started(&self, i: usize) -> Result<(), String> {
+        let listen = self.listens[i];
+        let ended = async {
+            loop {
+                let ended = self.procs().reap();
+                if !ended.is_empty() {
+                    let log = &self.procs().all[i].log;
+                    let text = std::fs::read_to_string(log).unwrap_or_default();
+                    let tail: Vec<&str> = text.lines().rev().take(5).collect();
+                    let tail: Vec<&str> = tail.into_iter().rev().collect();
+                    return format!("{}\n{}", ended.join("\n"), tail.join("\n"));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        tokio::select! {
+            up = wait_status(listen, START_BOUND, |_| true) => up
+                .map(|_| ())
+                .map_err(|e| format!("node {} at {listen} did not start: {e}", i + 1)),
+            why = ended => Err(why),
+        }
     }
 
     /// "node 2" for an actor of the config, else the actor itself.
@@ -450,6 +473,10 @@ impl Demo {
             Reply::Error { status, message } => format!(
                 "{head}: failed ({status}): {message}; it may still be applied (counted as in doubt)"
             ),
+            Reply::NotSent(why) => {
+                self.ledger.settle(name, amount, None);
+                format!("{head}: not sent ({why}); nothing was applied")
+            }
             Reply::NoAnswer(why) => {
                 format!("{head}: no answer ({why}); it may still be applied (counted as in doubt)")
             }

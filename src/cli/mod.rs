@@ -37,7 +37,7 @@ use demo::demo;
         `tally <ID>` runs node <ID> (a positive integer, unique and stable per node).\n\
         Post the cluster's addresses to any node with\n  \
         tally config 10.0.0.1 10.0.0.2 10.0.0.3 --node 10.0.0.1\n\
-        `tally demo` starts a three-node cluster on loopback.\n\n\
+        `tally demo` starts a three-node cluster on loopback to pause, kill and cut off.\n\n\
         The client commands (inc, get, status, config, ls) talk to the node given by\n\
         --node or TALLY_NODE (default http://127.0.0.1:7777) and send --secret or\n\
         TALLY_SECRET as the x-tally-secret header; `tally <COMMAND> --help` lists\n\

@@ -118,7 +118,7 @@ pub async fn drive(
                     break;
                 }
                 // 5xx or no answer: it may be applied; retry with the key.
-                Reply::Error { .. } | Reply::NoAnswer(_) => {}
+                Reply::Error { .. } | Reply::NotSent(_) | Reply::NoAnswer(_) => {}
             }
             tokio::select! {
                 () = tokio::time::sleep(RETRY) => {}

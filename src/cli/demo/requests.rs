@@ -13,7 +13,13 @@ const READ_TIMEOUT: Duration = Duration::from_secs(1);
 /// A node's answer to an increment.
 pub enum Reply {
     Value(u128),
-    Error { status: u16, message: String },
+    Error {
+        status: u16,
+        message: String,
+    },
+    /// The node could not be reached before anything was sent: not applied.
+    NotSent(String),
+    /// The request may have reached the node: it may be applied.
     NoAnswer(String),
 }
 
@@ -24,7 +30,7 @@ pub async fn post_increment(
     key: Option<&str>,
     timeout: Duration,
 ) -> Reply {
-    match http(
+    match exchange(
         hyper::Method::POST,
         listen,
         &paths::counter(name),
@@ -45,7 +51,12 @@ pub async fn post_increment(
             status,
             message: error_message(&body),
         },
-        Err(e) => Reply::NoAnswer(e),
+        Err(client::SendError::Unreachable {
+            reason,
+            maybe_sent: false,
+        }) => Reply::NotSent(reason),
+        Err(client::SendError::Unreachable { reason, .. }) => Reply::NoAnswer(reason),
+        Err(client::SendError::Invalid(e)) => Reply::NoAnswer(e),
     }
 }
 
@@ -117,6 +128,21 @@ pub async fn http(
     idempotency_key: Option<&str>,
     timeout: Duration,
 ) -> Result<(u16, String), String> {
+    match exchange(method, listen, path, body, idempotency_key, timeout).await {
+        Ok(a) => Ok(a),
+        Err(client::SendError::Invalid(e)) => Err(e),
+        Err(client::SendError::Unreachable { reason, .. }) => Err(reason),
+    }
+}
+
+async fn exchange(
+    method: hyper::Method,
+    listen: SocketAddr,
+    path: &str,
+    body: Vec<u8>,
+    idempotency_key: Option<&str>,
+    timeout: Duration,
+) -> Result<(u16, String), client::SendError> {
     let req = client::Req {
         method,
         path: String::new(),
@@ -128,9 +154,6 @@ pub async fn http(
         content_type: "text/plain",
     };
     let url = format!("http://{listen}{path}");
-    match client::send(&req, &url, timeout).await {
-        Ok(a) => Ok((a.status, a.body)),
-        Err(client::SendError::Invalid(e)) => Err(e),
-        Err(client::SendError::Unreachable { reason, .. }) => Err(reason),
-    }
+    let a = client::send(&req, &url, timeout).await?;
+    Ok((a.status, a.body))
 }
