@@ -183,12 +183,20 @@ impl Drop for Demo {
 /// A base port such that the demo's actor ports (BASE..BASE+2) and node
 /// ports (BASE+10..BASE+12) were all free a moment ago.
 fn free_base() -> u16 {
+    // Blocks handed out in this process, so that two tests running at once
+    // cannot get overlapping blocks.
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
     for _ in 0..200 {
         let base = free_port();
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if given.iter().any(|b| b.abs_diff(base) <= 13) {
+            continue;
+        }
         let all_free = (0..3)
             .flat_map(|i| [base + i, base + 10 + i])
             .all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok());
         if all_free {
+            given.push(base);
             return base;
         }
     }

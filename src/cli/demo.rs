@@ -129,7 +129,15 @@ pub(super) async fn demo(opts: Options) -> Result<(), String> {
             network.clone(),
         ));
     }
-    let result = run(&demo, &opts, &data).await;
+    // Ctrl-C or SIGTERM at any point, starting included, ends the demo
+    // the same way as `quit`.
+    let result = tokio::select! {
+        r = run(&demo, &opts, &data) => r,
+        () = stop_signal() => {
+            demo.screen.say("stop requested");
+            Ok(())
+        }
+    };
     // The same ending for success and failure: nodes first (their last
     // pushes still cross the proxies), then the proxies.
     demo.work.cancel();
@@ -225,17 +233,9 @@ async fn run(demo: &Arc<Demo>, opts: &Options, data: &DataDir) -> Result<(), Str
     let watcher = demo.clone();
     demo.tasks.spawn(async move { watcher.view_loop().await });
     let mut lines = stdin_lines();
-    let stop = stop_signal();
-    tokio::pin!(stop);
     loop {
         demo.screen.prompt();
-        let line = tokio::select! {
-            line = lines.recv() => line,
-            () = &mut stop => {
-                demo.screen.say("stop requested");
-                return Ok(());
-            }
-        };
+        let line = lines.recv().await;
         let line = match line {
             Some(Ok(line)) => line,
             None => {
