@@ -75,9 +75,9 @@ pub enum Commands {
         /// and the node itself listens 10 ports higher.
         #[arg(long, default_value_t = 7701)]
         base_port: u16,
-        /// Keep the nodes' data (and logs) in DIR across runs, and resume from
-        /// it [default: a fresh folder under the system's temporary folder,
-        /// removed when the demo ends].
+        /// Keep the nodes' data (and logs) in DIR across runs; a run with the
+        /// same --nodes and --base-port resumes from it [default: a fresh
+        /// folder under the system's temporary folder, removed when the demo ends].
         #[arg(long, value_name = "DIR", alias = "dir")]
         data_dir: Option<PathBuf>,
         /// Send a steady trickle of increments (about 5 a second per node, on
