@@ -336,7 +336,7 @@ impl Demo {
         let own = self.listens[0];
         out.push_str(&format!(
             "from another terminal: curl -X POST http://{a}/counter/visits -d 5 (through node 1's proxy), \
-             curl http://{own}/counter/visits/consistent_value (node 1's own port), tally status --node {own}\n"
+             curl http://{own}/counter/visits/consistent_value (node 1's own port), tally status --cluster --node {own}\n"
         ));
         out.push_str("type `help` for the commands");
         out

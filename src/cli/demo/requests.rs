@@ -1,11 +1,11 @@
 //! The demo's requests to its nodes, each to a node's own port and each
-//! with a deadline, through the client's HTTP exchange.
+//! with a deadline, through the one HTTP exchange (`crate::exchange`).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::api::types::{ErrorBody, IDEMPOTENCY_HEADER, Status, paths};
-use crate::client;
+use crate::exchange;
 
 /// Deadline of a local read.
 const READ_TIMEOUT: Duration = Duration::from_secs(1);
@@ -51,12 +51,12 @@ pub async fn post_increment(
             status,
             message: error_message(&body),
         },
-        Err(client::SendError::Unreachable {
+        Err(exchange::SendError::Unreachable {
             reason,
             maybe_sent: false,
         }) => Reply::NotSent(reason),
-        Err(client::SendError::Unreachable { reason, .. }) => Reply::NoAnswer(reason),
-        Err(client::SendError::Invalid(e)) => Reply::NoAnswer(e),
+        Err(exchange::SendError::Unreachable { reason, .. }) => Reply::NoAnswer(reason),
+        Err(exchange::SendError::Invalid(e)) => Reply::NoAnswer(e),
     }
 }
 
@@ -119,7 +119,7 @@ pub fn error_message(body: &str) -> String {
     serde_json::from_str::<ErrorBody>(body).map_or_else(|_| body.trim().to_string(), |e| e.error)
 }
 
-/// One request to a node's own port, through the client's HTTP exchange.
+/// One request to a node's own port, through the one HTTP exchange (`crate::exchange`).
 pub async fn http(
     method: hyper::Method,
     listen: SocketAddr,
@@ -130,8 +130,8 @@ pub async fn http(
 ) -> Result<(u16, String), String> {
     match exchange(method, listen, path, body, idempotency_key, timeout).await {
         Ok(a) => Ok(a),
-        Err(client::SendError::Invalid(e)) => Err(e),
-        Err(client::SendError::Unreachable { reason, .. }) => Err(reason),
+        Err(exchange::SendError::Invalid(e)) => Err(e),
+        Err(exchange::SendError::Unreachable { reason, .. }) => Err(reason),
     }
 }
 
@@ -142,8 +142,8 @@ async fn exchange(
     body: Vec<u8>,
     idempotency_key: Option<&str>,
     timeout: Duration,
-) -> Result<(u16, String), client::SendError> {
-    let req = client::Req {
+) -> Result<(u16, String), exchange::SendError> {
+    let req = exchange::Req {
         method,
         path: String::new(),
         headers: idempotency_key
@@ -154,6 +154,6 @@ async fn exchange(
         content_type: "text/plain",
     };
     let url = format!("http://{listen}{path}");
-    let a = client::send(&req, &url, timeout).await?;
+    let a = exchange::send(&req, &url, timeout).await?;
     Ok((a.status, a.body))
 }
