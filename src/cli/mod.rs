@@ -37,13 +37,16 @@ use demo::demo;
         `tally <ID>` runs node <ID> (a positive integer, unique and stable per node).\n\
         Post the cluster's addresses to any node with\n  \
         tally config 10.0.0.1 10.0.0.2 10.0.0.3 --node 10.0.0.1\n\
-        `tally demo` starts a three-node cluster on loopback to pause, kill and cut off.\n\n\
-        The client commands (inc, get, status, config, ls) talk to the node given by\n\
-        --node or TALLY_NODE (default http://127.0.0.1:7777) and send --secret or\n\
-        TALLY_SECRET as the x-tally-secret header; `tally <COMMAND> --help` lists\n\
-        their flags. Client exit codes: 0 success, 1 the node answered an error,\n\
-        2 the node could not be reached (or bad usage), 3 a consistent read could\n\
-        not hear from every node.",
+        `tally demo` starts a three-node cluster on loopback.\n\n\
+        The client commands (inc, get, ls, status, health, config) talk to the node\n\
+        given by --node, TALLY_NODES or TALLY_NODE (default http://127.0.0.1:7777;\n\
+        with several, a command asks the next when one cannot be reached, except\n\
+        inc) and send --secret or TALLY_SECRET as the x-tally-secret header;\n\
+        `tally <COMMAND> --help` lists their flags. Client exit codes: 0 success,\n\
+        1 the node answered an error, 2 the node could not be reached (or bad\n\
+        usage), 3 a consistent read could not hear from every node (or, for\n\
+        status --cluster, some node could not be asked); health exits 0 or 1 only.\n\n\
+        Durations are written 500ms, 2s, 1m30s, 24h or as decimal seconds.",
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true
 )]
