@@ -13,7 +13,7 @@
 #
 # Variables: CARGO_TEST_ARGS (passed to cargo test, e.g. CARGO_TEST_ARGS='-- --nocapture'),
 #            CARGO_LOCKED (default --locked; set empty to let cargo update Cargo.lock),
-#            DEMO_ARGS (passed to `tally demo`, e.g. DEMO_ARGS='--nodes 5'),
+#            DEMO_ARGS (passed to `tally demo`, e.g. DEMO_ARGS='--nodes 5 --with-load'),
 #            BENCH_ARGS (passed to scripts/bench.py; BENCH_ARGS=--smoke runs 1 round x 1 s
 #            with small sizes, to check the harness),
 #            BENCH_ROUNDS (3), BENCH_SECONDS (10), BENCH_B4_NAMES (100000), BENCH_FULL (1 adds

@@ -61,18 +61,32 @@ pub struct Cli {
 #[allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 #[derive(Subcommand, Debug)]
 pub enum Commands {
-    /// Start a local cluster of nodes on 127.0.0.1, post its config, and
-    /// keep it running until Ctrl-C.
+    /// Start a local cluster on 127.0.0.1, post its config, and drive it
+    /// from stdin: pause, resume, kill, restart, isolate and heal nodes, inc
+    /// and get counters, while a line per node shows values and lag.
+    ///
+    /// Each node's actor address is a TCP proxy inside the demo (ports
+    /// BASE_PORT..), in front of the node's own port (BASE_PORT+10..), so
+    /// `isolate N` can cut node N off both ways without root. Type `help` in
+    /// the demo for its commands; `quit`, Ctrl-C or the end of stdin stops
+    /// every node (SIGTERM, then SIGKILL after a deadline).
     Demo {
         /// How many nodes.
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=9))]
         nodes: u64,
-        /// Port of node 1; node N listens on BASE_PORT + N - 1.
+        /// Actor (proxy) port of node 1: node N's actor is BASE_PORT + N - 1,
+        /// and the node itself listens 10 ports higher.
         #[arg(long, default_value_t = 7701)]
         base_port: u16,
-        /// Folder holding each node's data folder.
-        #[arg(long, default_value = "tally-demo")]
-        dir: PathBuf,
+        /// Keep the nodes' data (and logs) in DIR across runs; a run with the
+        /// same --nodes and --base-port resumes from it [default: a fresh
+        /// folder under the system's temporary folder, removed when the demo ends].
+        #[arg(long, value_name = "DIR", alias = "dir")]
+        data_dir: Option<PathBuf>,
+        /// Send a steady trickle of increments (about 5 a second per node, on
+        /// load-a, load-b, load-c), counting what each node acknowledged.
+        #[arg(long)]
+        with_load: bool,
     },
     /// Add N to a counter (POST /counter/NAME); prints the node's new local value.
     Inc {
@@ -444,8 +458,14 @@ fn serve(cli: Cli) -> ExitCode {
         Some(Commands::Demo {
             nodes,
             base_port,
-            dir,
-        }) => runtime.block_on(demo(nodes, base_port, &dir)),
+            data_dir,
+            with_load,
+        }) => runtime.block_on(demo(demo::Options {
+            nodes,
+            base_port,
+            data_dir,
+            with_load,
+        })),
         Some(_) => Err("not a node command".into()),
         None => runtime.block_on(run_node(cli.node)),
     };
