@@ -1,9 +1,11 @@
 # tally — build, lint, test and package.
 #
-#   make test          every test: lint, cargo test, then the packaged-binary check
+#   make test          every test: lint, cargo test, the packaged-binary check, the container test
 #   make package       dist/challenge.tar.gz (static executable, see SPEC §1)
 #   make package-test  package, then run it in an empty chroot (scripts/check-package.sh)
 #   make image         the container image tally:<version> and tally:latest (docker/Dockerfile)
+#   make image-test    image, then the container test: a compose cluster paused, cut off and
+#                      restarted (tests/container.rs; needs Docker and a compose tool)
 #   make cluster       image, then a three-node compose cluster on 127.0.0.1:7781-7783
 #   make cluster-down  stop it and remove its containers, network and volume
 #   make lint          cargo fmt --check, clippy and rustdoc with warnings denied
@@ -49,7 +51,7 @@ EXE     := challenge/bin/challenge-executable
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 
 .PHONY: all package static-check package-test lint test cargo-test demo bench bench-micro clean \
-	image cluster cluster-down
+	image image-test cluster cluster-down
 
 all: package
 
@@ -118,6 +120,12 @@ image: package
 	    -t "$(IMAGE):$(VERSION)" -t "$(IMAGE):latest" "$(IMAGE_CONTEXT)"
 	@echo "image: $(IMAGE):$(VERSION) and $(IMAGE):latest ($$($(DOCKER) image inspect -f '{{.Size}}' "$(IMAGE):$(VERSION)") bytes)"
 
+# The container test is #[ignore]d in plain `cargo test` (it needs the image):
+# here it runs with the image just built.
+image-test: image
+	TALLY_IMAGE="$(IMAGE):$(VERSION)" TALLY_COMPOSE="$(COMPOSE)" \
+	  $(CARGO) test $(CARGO_LOCKED) --test container -- --ignored --nocapture
+
 cluster: image
 	TALLY_IMAGE="$(IMAGE):$(VERSION)" COMPOSE="$(COMPOSE)" CLUSTER_PROJECT="$(CLUSTER_PROJECT)" \
 	  bash docker/cluster.sh up
@@ -140,6 +148,7 @@ test:
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory cargo-test
 	$(MAKE) --no-print-directory package-test
+	$(MAKE) --no-print-directory image-test
 
 demo:
 	$(CARGO) run $(CARGO_LOCKED) --release --bin tally -- demo $(DEMO_ARGS)
