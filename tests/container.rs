@@ -102,9 +102,7 @@ fn run_bounded(mut cmd: Command, bound: Duration) -> Result<Ran, String> {
 /// `docker ARGS`, which must exit 0 within [`DOCKER_BOUND`]; its stdout.
 #[track_caller]
 fn docker(args: &[&str]) -> String {
-    let mut cmd = Command::new("docker");
-    cmd.args(args);
-    match run_bounded(cmd, DOCKER_BOUND) {
+    match run_bounded(docker_cmd(args), DOCKER_BOUND) {
         Ok(ran) if ran.ok => ran.stdout.trim().to_string(),
         Ok(ran) => panic!(
             "docker {args:?} exited {:?}: {}",
@@ -150,14 +148,9 @@ fn setup() -> Option<Setup> {
         return None;
     }
     let compose = compose_command();
-    match run_bounded(
-        {
-            let mut c = Command::new(&compose[0]);
-            c.args(&compose[1..]).arg("version");
-            c
-        },
-        DOCKER_BOUND,
-    ) {
+    let mut version = Command::new(&compose[0]);
+    version.args(&compose[1..]).arg("version");
+    match run_bounded(version, DOCKER_BOUND) {
         Ok(ran) if ran.ok => {}
         Ok(ran) => panic!(
             "the compose command {compose:?} does not work ({}); install docker-compose \
@@ -174,6 +167,7 @@ fn setup() -> Option<Setup> {
     Some(Setup { image, compose })
 }
 
+/// `docker ARGS`, to run with [`run_bounded`].
 fn docker_cmd(args: &[&str]) -> Command {
     let mut cmd = Command::new("docker");
     cmd.args(args);
@@ -307,29 +301,45 @@ impl ComposeCluster {
         format!("{}:7777", self.ip(node))
     }
 
-    /// The host port Docker published node's 7777 on (it may change when
-    /// the container restarts, so it is asked every time).
-    fn url(&self, node: usize, path: &str) -> String {
-        let mapped = docker(&["port", self.id(node), "7777/tcp"]);
-        let hostport = mapped
+    /// `path` on node, through the host port Docker published its 7777 on
+    /// (asked every time: it may change when the container restarts).
+    fn try_url(&self, node: usize, path: &str) -> Result<String, String> {
+        let ran = run_bounded(
+            docker_cmd(&["port", self.id(node), "7777/tcp"]),
+            DOCKER_BOUND,
+        )?;
+        ran.stdout
             .lines()
-            .find(|l| l.starts_with("127.0.0.1:"))
-            .unwrap_or_else(|| panic!("node{node}: no port on 127.0.0.1 in {mapped:?}"));
-        format!("http://{hostport}{path}")
+            .find_map(|l| l.trim().strip_prefix("127.0.0.1:"))
+            .map(|port| format!("http://127.0.0.1:{port}{path}"))
+            .ok_or_else(|| {
+                format!(
+                    "node{node}: no port published on 127.0.0.1: {:?} {:?}",
+                    ran.stdout, ran.stderr
+                )
+            })
     }
 
-    /// `challenge-executable ARGS` inside node's container (as its user),
-    /// talking to the node on its own loopback: reaches a node that is cut
-    /// off from the network, and the host, too.
+    #[track_caller]
+    fn url(&self, node: usize, path: &str) -> String {
+        self.try_url(node, path).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// `challenge-executable ARGS` run inside node's container (as its
+    /// user), talking to the node over the container's own loopback: this
+    /// reaches a node even while it is cut off from the network, and so
+    /// from its published port.
     fn exec(&self, node: usize, args: &[&str]) -> Ran {
         let mut cmd = docker_cmd(&["exec", self.id(node), EXE]);
         cmd.args(args);
         run_bounded(cmd, DOCKER_BOUND).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// `GET path` on node; `Err` when no answer came.
     fn get(&self, node: usize, path: &str) -> Result<common::Resp, String> {
+        let url = self.try_url(node, path)?;
         self.http
-            .try_request("GET", &self.url(node, path), None, Duration::from_secs(12))
+            .try_request("GET", &url, None, Duration::from_secs(12))
     }
 
     /// Adds `amount` on node over HTTP; it must be acknowledged (G3: a
