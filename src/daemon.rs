@@ -2,10 +2,15 @@
 //! the node, serves the API on the listener until asked to stop, then shuts
 //! down in order (the server drains first, then the node). The only module
 //! that knows every layer; the binary's `cli` calls it.
+//!
+//! Run by systemd with `Type=notify` (see `docs/tally.service`), it reports
+//! `READY=1` once it listens and `STOPPING=1` when asked to stop; without
+//! `NOTIFY_SOCKET` in its environment it sends nothing.
 
 use std::future::Future;
 use std::sync::Arc;
 
+use sd_notify::NotifyState;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -43,6 +48,8 @@ pub async fn run(
     ));
     let node = Node::start(settings, transport)?;
     info!(listen = %node.settings().listen, "listening");
+    let serving = format!("serving on {}", node.settings().listen);
+    notify_systemd(&[NotifyState::Ready, NotifyState::Status(&serving)]);
     let app = crate::api::router(node.clone());
     let token = node.shutdown_token();
     let stop_serving = CancellationToken::new();
@@ -52,6 +59,7 @@ pub async fn run(
             _ = stop => {}
             _ = token.cancelled() => {}
         }
+        notify_systemd(&[NotifyState::Stopping]);
         trigger.cancel();
     });
     crate::server::serve(
@@ -69,4 +77,11 @@ pub async fn run(
     }
     info!("stopped");
     Ok(())
+}
+
+/// Tells systemd about the service's state, when it runs under systemd.
+fn notify_systemd(state: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(false, state) {
+        warn!(error = %e, "cannot notify systemd");
+    }
 }

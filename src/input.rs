@@ -107,13 +107,17 @@ pub fn validate_key(key: &str) -> Result<(), KeyError> {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0:?} is not a duration like 500ms, 2s or 2.5")]
+#[error("{0:?} is not a positive duration like 500ms, 2s, 1m30s, 24h or 2.5 (seconds)")]
 pub struct DurationError(pub String);
 
-/// Parses a duration as `500ms`, `2s`, `1.5s` or plain seconds (`?timeout=`
-/// and every duration flag).
+/// Parses a positive duration (`?timeout=` and every duration flag): what
+/// `humantime` reads (`500ms`, `2s`, `1m30s`, `24h`, `1h 15m`), or a decimal
+/// number of seconds with an optional `s` or `ms` (`1.5`, `2.5s`, `0.5ms`).
 pub fn parse_duration(raw: &str) -> Result<Duration, DurationError> {
     let bad = || DurationError(raw.to_string());
+    if let Ok(d) = humantime::parse_duration(raw.trim()) {
+        return if d.is_zero() { Err(bad()) } else { Ok(d) };
+    }
     let (number, scale) = if let Some(ms) = raw.strip_suffix("ms") {
         (ms, 0.001)
     } else if let Some(s) = raw.strip_suffix('s') {
@@ -146,9 +150,14 @@ impl std::str::FromStr for Dur {
     }
 }
 
-/// A duration as [`parse_duration`] reads it back: `1s`, `500ms`.
+/// A duration as [`parse_duration`] reads it back: `24h`, `5m`, `1s`, `500ms`.
 pub fn format_duration(d: Duration) -> String {
-    if d.subsec_nanos() == 0 {
+    let secs = d.as_secs();
+    if d.subsec_nanos() == 0 && secs > 0 && secs.is_multiple_of(3600) {
+        format!("{}h", secs / 3600)
+    } else if d.subsec_nanos() == 0 && secs > 0 && secs.is_multiple_of(60) {
+        format!("{}m", secs / 60)
+    } else if d.subsec_nanos() == 0 {
         format!("{}s", d.as_secs())
     } else if d.subsec_nanos().is_multiple_of(1_000_000) {
         format!("{}ms", d.as_millis())
@@ -219,13 +228,20 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
-        for bad in ["", "0", "-1", "abc", "1h", "NaN", "inf"] {
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h 15m"), Ok(Duration::from_secs(4500)));
+        assert_eq!(parse_duration("2.5s"), Ok(Duration::from_millis(2500)));
+        for bad in ["", "0", "0s", "-1", "abc", "1x", "NaN", "inf", "1h -5m"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should be refused");
         }
         for d in [
             Duration::from_secs(10),
             Duration::from_millis(500),
             Duration::from_micros(1500),
+            Duration::from_secs(86_400),
+            Duration::from_secs(90),
+            Duration::from_secs(300),
         ] {
             assert_eq!(parse_duration(&format_duration(d)), Ok(d), "{d:?}");
         }

@@ -9,7 +9,8 @@
 //! - [`storage`]: durable redb store with group commit, a change index, and
 //!   recovery from disk faults.
 //! - [`proto`] and [`transport`]: the node-to-node messages and the seam
-//!   that carries them; [`messenger`]: a call with this node's envelope.
+//!   that carries them; [`messenger`]: a call with this node's envelope;
+//!   [`exchange`]: one HTTP request to a node's public routes.
 //! - [`replication`]: a pure per-peer core and the push/pull tasks around it.
 //! - [`node`]: increments, consistent reads, membership, peers' calls, shutdown.
 //! - [`api`]: HTTP routes, the public vocabulary and error mapping;
@@ -22,6 +23,7 @@ pub mod client;
 pub mod cluster;
 pub mod crdt;
 pub mod daemon;
+pub mod exchange;
 pub mod input;
 pub mod messenger;
 pub mod metrics;

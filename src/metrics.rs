@@ -6,27 +6,51 @@
 //! replication (pushes and pulls by outcome, reachability and lag per peer),
 //! consistent reads (outcome and duration) and the server (open and refused
 //! connections by class). Gauges that are cheaper to read than to track
-//! (names, remembered keys) are set when scraped.
-//! Labels are bounded: routes are templates, peers are config actors.
+//! (names, remembered keys) are set when scraped; so are the standard
+//! `process_*` metrics (CPU, resident memory, open and allowed file
+//! descriptors, start time), read from the kernel at each scrape.
+//! `tally_build_info{version}` is always 1.
+//! Labels are bounded: routes are templates, methods a fixed few, peers
+//! are config actors.
 
 use std::sync::Arc;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteStatus {
+    pub method: &'static str,
     pub route: &'static str,
     pub status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Route {
+    pub method: &'static str,
     pub route: &'static str,
+}
+
+/// A request method as a label: the common ones by name, the rest `other`.
+pub fn method_label(method: &str) -> &'static str {
+    match method {
+        "GET" => "GET",
+        "POST" => "POST",
+        "HEAD" => "HEAD",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "PATCH" => "PATCH",
+        "OPTIONS" => "OPTIONS",
+        _ => "other",
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -133,7 +157,16 @@ impl Metrics {
             connections: Family::default(),
             connections_refused: Family::default(),
         };
-        let mut r = Registry::with_prefix("tally");
+        let mut root = Registry::default();
+        root.register_collector(Box::new(Process {
+            started: std::time::SystemTime::now(),
+        }));
+        let r = root.sub_registry_with_prefix("tally");
+        r.register(
+            "build",
+            "Version of this build (always 1)",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
         register!(r,
             "http_requests", "HTTP requests by route and status" => m.requests;
             "http_request_seconds", "HTTP request latency by route" => m.request_seconds;
@@ -161,7 +194,7 @@ impl Metrics {
                 => m.connections_refused;
         );
         Metrics {
-            registry: Arc::new(r),
+            registry: Arc::new(root),
             ..m
         }
     }
@@ -175,6 +208,98 @@ impl Metrics {
     }
 }
 
+/// The standard `process_*` metrics of this process, read at each scrape.
+#[derive(Debug)]
+struct Process {
+    started: std::time::SystemTime,
+}
+
+impl Process {
+    /// User plus system CPU time of the whole process, in seconds.
+    fn cpu_seconds() -> Option<f64> {
+        // SAFETY: getrusage only writes the struct it is given.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+            return None;
+        }
+        let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        Some(secs(usage.ru_utime) + secs(usage.ru_stime))
+    }
+
+    /// Resident set size in bytes (second field of /proc/self/statm, in pages).
+    fn resident_bytes() -> Option<i64> {
+        let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+        let pages: i64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        Some(pages.saturating_mul(if page > 0 { page } else { 4096 }))
+    }
+
+    fn open_fds() -> Option<i64> {
+        let n = std::fs::read_dir("/proc/self/fd").ok()?.count();
+        i64::try_from(n).ok()
+    }
+
+    /// The soft limit on open file descriptors.
+    fn max_fds() -> Option<i64> {
+        // SAFETY: getrlimit only writes the struct it is given.
+        let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+            return None;
+        }
+        Some(i64::try_from(lim.rlim_cur).unwrap_or(i64::MAX))
+    }
+}
+
+impl Collector for Process {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        if let Some(cpu) = Self::cpu_seconds() {
+            let m = ConstCounter::new(cpu);
+            m.encode(encoder.encode_descriptor(
+                "process_cpu_seconds",
+                "Total user and system CPU time spent in seconds",
+                None,
+                m.metric_type(),
+            )?)?;
+        }
+        let gauges = [
+            (
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes",
+                Self::resident_bytes(),
+            ),
+            (
+                "process_open_fds",
+                "Number of open file descriptors",
+                Self::open_fds(),
+            ),
+            (
+                "process_max_fds",
+                "Maximum number of open file descriptors",
+                Self::max_fds(),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            if let Some(v) = value {
+                let m = ConstGauge::new(v);
+                m.encode(encoder.encode_descriptor(name, help, None, m.metric_type())?)?;
+            }
+        }
+        let start = self
+            .started
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let m = ConstGauge::new(start);
+        m.encode(encoder.encode_descriptor(
+            "process_start_time_seconds",
+            "Start time of the process since the Unix epoch in seconds",
+            None,
+            m.metric_type(),
+        )?)?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,6 +309,7 @@ mod tests {
         let m = Metrics::new();
         m.requests
             .get_or_create(&RouteStatus {
+                method: "POST",
                 route: "/counter/{name}",
                 status: 200,
             })
@@ -196,9 +322,27 @@ mod tests {
             .set(1);
         let text = m.encode();
         assert!(
-            text.contains(r#"tally_http_requests_total{route="/counter/{name}",status="200"} 1"#),
+            text.contains(
+                r#"tally_http_requests_total{method="POST",route="/counter/{name}",status="200"} 1"#
+            ),
             "{text}"
         );
+        assert!(
+            text.contains(&format!(
+                r#"tally_build_info{{version="{}"}} 1"#,
+                env!("CARGO_PKG_VERSION")
+            )),
+            "{text}"
+        );
+        for process in [
+            "process_cpu_seconds_total ",
+            "process_resident_memory_bytes ",
+            "process_open_fds ",
+            "process_max_fds ",
+            "process_start_time_seconds ",
+        ] {
+            assert!(text.contains(process), "{process} missing in\n{text}");
+        }
         assert!(text.contains("tally_increments_applied_total 3"), "{text}");
         assert!(
             text.contains(r#"tally_peer_up{peer="10.0.0.2:7777"} 1"#),

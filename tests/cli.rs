@@ -538,3 +538,291 @@ fn client_and_node_agree_on_idempotency_keys() {
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("1 to 128"), "{body}");
 }
+
+/// Polls `check` every [`STEP`] until it returns `Some`, or panics after `bound`.
+fn await_some<T>(bound: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + bound;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {bound:?}");
+        std::thread::sleep(STEP);
+    }
+}
+
+/// `tally health` follows `/readyz` (and `/livez` with --live) and exits 0
+/// or 1 only: 1 for a node without config and for one that cannot be reached.
+#[test]
+fn health_exits_0_when_ready_and_1_otherwise() {
+    let node = start_node(1, &[]);
+    assert_eq!(raw_get(&node.addr, "/livez").unwrap().0, 200);
+    let (code, body) = raw_get(&node.addr, "/readyz").unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(
+        json(&body)["reasons"],
+        serde_json::json!(["no config posted yet"])
+    );
+
+    let unready = client(&node, &["health"]);
+    assert_eq!(unready.code, Some(1), "{unready:?}");
+    assert!(
+        unready.stderr.contains("not ready: no config posted yet"),
+        "{unready:?}"
+    );
+    let live = client(&node, &["health", "--live"]);
+    assert_eq!(
+        (live.code, live.stdout.as_str()),
+        (Some(0), "live\n"),
+        "{live:?}"
+    );
+    let closed = format!("127.0.0.1:{}", free_port());
+    let down = tally(&["health", "--node", &closed, "--timeout", "2s"]);
+    assert_eq!(down.code, Some(1), "{down:?}");
+    assert!(down.stderr.contains("cannot reach"), "{down:?}");
+
+    ok(&node, &["config", &node.addr]);
+    let ready = await_some(Duration::from_secs(10), "ready after config", || {
+        let run = client(&node, &["health"]);
+        (run.code == Some(0)).then_some(run)
+    });
+    assert_eq!(ready.stdout, "ready\n");
+    let (code, body) = raw_get(&node.addr, "/readyz").unwrap();
+    assert_eq!((code, json(&body)["status"].as_str()), (200, Some("ready")));
+}
+
+/// `tally status --cluster` asks every actor of the node's config and shows
+/// the one it cannot reach; `GET /status/cluster` gathers the same server-side.
+#[test]
+fn cluster_status_names_every_actor_and_the_unreachable_one() {
+    let a = start_node(1, &[]);
+    let b = start_node(2, &[]);
+    let gone = format!("127.0.0.1:{}", free_port());
+    // The third actor never answers: the config is applied and keeps spreading (exit 3).
+    let posted = client(&a, &["config", &a.addr, &b.addr, &gone, "--timeout", "2s"]);
+    assert_eq!(posted.code, Some(3), "{posted:?}");
+    await_some(Duration::from_secs(10), "b holds the config", || {
+        let status = json(&raw_get(&b.addr, "/status").ok()?.1);
+        (status["config"]["actors"].as_array()?.len() == 3).then_some(())
+    });
+
+    let table = client(&a, &["status", "--cluster"]);
+    assert_eq!(table.code, Some(3), "{table:?}");
+    assert!(
+        table.stderr.contains("1 of 3 nodes could not be asked"),
+        "{table:?}"
+    );
+    let row = |addr: &str| -> String {
+        table
+            .stdout
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(addr))
+            .unwrap_or_else(|| panic!("no row for {addr} in\n{}", table.stdout))
+            .to_string()
+    };
+    assert!(row(&a.addr).contains(" yes"), "{}", table.stdout);
+    assert!(row(&b.addr).contains(" yes"), "{}", table.stdout);
+    assert!(row(&gone).contains(" no"), "{}", table.stdout);
+    assert!(
+        table.stdout.contains(&format!("  {gone}: ")),
+        "the reason is shown: {}",
+        table.stdout
+    );
+
+    let run = client(&a, &["status", "--cluster", "-o", "json"]);
+    let report = json(&run.stdout);
+    let nodes = report["nodes"].as_array().expect("nodes");
+    let seen: Vec<(&str, bool)> = nodes
+        .iter()
+        .map(|n| (n["actor"].as_str().unwrap(), n["reachable"] == true))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (a.addr.as_str(), true),
+            (b.addr.as_str(), true),
+            (gone.as_str(), false)
+        ]
+    );
+    assert_eq!(nodes[1]["status"]["id"], 2);
+
+    let (code, body) = raw_get(&b.addr, "/status/cluster?timeout=1s").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let server = json(&body);
+    assert_eq!(server["from"], 2);
+    let rows = server["nodes"].as_array().expect("nodes");
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[1]["me"], true);
+    assert_eq!(rows[0]["status"]["id"], 1);
+    assert_eq!(rows[2]["reachable"], false);
+    assert!(rows[2]["error"].is_string(), "{body}");
+    let (code, body) = raw_get(&b.addr, "/status/cluster?timeout=soon").unwrap();
+    assert_eq!(code, 400, "{body}");
+}
+
+/// Reads ask the next node when one cannot be reached; increments never do.
+#[test]
+fn reads_fail_over_to_the_next_node_but_increments_do_not() {
+    let node = start_node(1, &[]);
+    let closed = format!("127.0.0.1:{}", free_port());
+    ok(&node, &["inc", "x", "4"]);
+    let nodes = format!("{closed},{}", node.addr);
+    let read = tally_env(&["get", "x", "--timeout", "5s"], &[("TALLY_NODES", &nodes)]);
+    assert_eq!(
+        (read.code, read.stdout.as_str()),
+        (Some(0), "4\n"),
+        "{read:?}"
+    );
+    assert!(
+        read.stderr.contains("asked the next node instead"),
+        "{read:?}"
+    );
+
+    let inc = tally(&[
+        "inc",
+        "x",
+        "1",
+        "--node",
+        &closed,
+        "--node",
+        &node.addr,
+        "--timeout",
+        "3s",
+    ]);
+    assert_eq!(inc.code, Some(2), "{inc:?}");
+    assert!(inc.stderr.contains(&closed), "{inc:?}");
+    assert_eq!(
+        ok(&node, &["get", "x"]),
+        "4\n",
+        "the increment went nowhere else"
+    );
+}
+
+/// Completions and the manual page come from the same definitions as --help.
+#[test]
+fn completions_and_the_manual_page_print() {
+    for (shell, marker) in [
+        ("bash", "complete -F _tally"),
+        ("zsh", "#compdef tally"),
+        ("fish", "complete -c tally"),
+    ] {
+        let run = tally(&["completion", shell]);
+        assert_eq!(run.code, Some(0), "{shell}: {run:?}");
+        assert!(run.stdout.contains(marker), "{shell}: {}", run.stdout);
+        assert!(run.stdout.contains("consistent"), "{shell}");
+    }
+    assert_eq!(tally(&["completion", "tcsh"]).code, Some(2));
+    let man = tally(&["man"]);
+    assert_eq!(man.code, Some(0), "{man:?}");
+    assert!(
+        man.stdout.starts_with(".ie") || man.stdout.contains(".TH tally"),
+        "{}",
+        man.stdout
+    );
+    for word in ["TALLY_LISTEN", "consistent", "completion"] {
+        assert!(
+            man.stdout.contains(word),
+            "{word} missing in the manual page"
+        );
+    }
+}
+
+/// An invalid --log filter stops the node with a message instead of logging
+/// at some other level; --log-format json writes one JSON object per line.
+#[test]
+fn log_filter_and_format() {
+    let dir = TempDir::new("log");
+    let bad = tally(&[
+        "1",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir.0.join("d").to_str().unwrap(),
+        "--log",
+        "tally=loud",
+    ]);
+    assert_eq!(bad.code, Some(2), "{bad:?}");
+    assert!(bad.stderr.contains("invalid --log"), "{bad:?}");
+
+    let mut child = command()
+        .args([
+            "1",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--data-dir",
+        ])
+        .arg(dir.0.join("d"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn node");
+    let mut err = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(&mut err).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let first = rx.recv_timeout(Duration::from_secs(10));
+    let _ = child.kill();
+    let _ = eintr::wait(&mut child);
+    let line = first.expect("a log line");
+    let v = json(&line);
+    assert!(
+        v["level"].is_string() && v["fields"]["message"].is_string(),
+        "{line}"
+    );
+}
+
+/// Under systemd (NOTIFY_SOCKET set), the node reports READY=1 once it
+/// listens and STOPPING=1 when asked to stop.
+#[test]
+fn systemd_hears_ready_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = TempDir::new("notify");
+    let sock_path = dir.0.join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).expect("bind notify socket");
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    let mut child = command()
+        .args(["1", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.0.join("d"))
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("TALLY_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn node");
+    let mut heard = String::new();
+    let mut buf = [0u8; 512];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !heard.contains("READY=1") && Instant::now() < deadline {
+        if let Ok(n) = eintr::retry(|| sock.recv(&mut buf)) {
+            heard.push_str(&String::from_utf8_lossy(&buf[..n]));
+            heard.push('\n');
+        }
+    }
+    assert!(heard.contains("READY=1"), "{heard:?}");
+    assert!(heard.contains("STATUS=serving on 127.0.0.1:"), "{heard:?}");
+    // SAFETY: kill has no memory preconditions; the pid is our own child's.
+    let pid = i32::try_from(child.id()).expect("pid");
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let mut stopping = false;
+    while !stopping && Instant::now() < deadline + Duration::from_secs(10) {
+        match eintr::retry(|| sock.recv(&mut buf)) {
+            Ok(n) => stopping = String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"),
+            Err(_) => break,
+        }
+    }
+    let status = eintr::wait(&mut child).expect("wait");
+    assert!(stopping, "no STOPPING=1 after SIGTERM");
+    assert!(status.success(), "{status:?}");
+}

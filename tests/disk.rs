@@ -220,6 +220,15 @@ fn a_full_disk_refuses_writes_then_resumes_without_a_restart() {
     );
     let metrics = c.http.get(&c.url(0, "/metrics")).body;
     assert!(metrics.contains("tally_storage_healthy 0"), "{metrics}");
+    let ready = c.http.get(&c.url(0, "/readyz"));
+    assert_eq!(
+        ready.status, 503,
+        "not ready while storage fails: {ready:?}"
+    );
+    assert!(
+        ready.body.contains("storage unavailable") && ready.body.contains("No space left"),
+        "{ready:?}"
+    );
     let log = c.nodes[0].log();
     let errors = log
         .lines()
@@ -252,6 +261,8 @@ fn a_full_disk_refuses_writes_then_resumes_without_a_restart() {
     assert_eq!(status["storage"]["healthy"], true, "{status}");
     assert_eq!(status["storage"]["recoveries"], 1, "{status}");
     assert!(c.nodes[0].log().contains("storage recovered"));
+    let ready = c.http.get(&c.url(0, "/readyz"));
+    assert_eq!(ready.status, 200, "ready again: {ready:?}");
 
     // Nothing acknowledged was lost, nothing unsent invented, across a restart too.
     let total = |c: &Cluster| -> u128 {

@@ -222,7 +222,7 @@ fn bad_counter_requests_are_refused_and_change_nothing() {
     }
 
     // Bad deadlines on a consistent read.
-    for t in ["abc", "0", "-1", "", "1h", "NaN", "inf"] {
+    for t in ["abc", "0", "-1", "", "1x", "0s", "NaN", "inf"] {
         let url = c.url(0, &format!("/counter/c/consistent_value?timeout={t}"));
         check(c.http.get(&url), 400, &format!("timeout={t:?}"));
     }

@@ -18,6 +18,7 @@ const LAYERS: &[&str] = &[
     "proto",
     "transport",
     "messenger",
+    "exchange",
     "replication",
     "node",
     "api",

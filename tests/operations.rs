@@ -864,7 +864,11 @@ fn metrics_count_what_happened() {
         sample(
             s,
             "tally_http_requests_total",
-            &[("route", "/counter/{name}"), ("status", status)],
+            &[
+                ("method", "POST"),
+                ("route", "/counter/{name}"),
+                ("status", status),
+            ],
         )
         .unwrap_or(0.0)
     };
@@ -906,6 +910,33 @@ fn metrics_count_what_happened() {
         "http requests 400 on /counter/{{name}}"
     );
     assert_eq!(reads(&after) - reads(&before), 1.0, "consistent reads ok");
+    // Reads of the same route template count under their own method.
+    assert_eq!(
+        sample(
+            &after,
+            "tally_http_requests_total",
+            &[
+                ("method", "GET"),
+                ("route", "/counter/{name}/consistent_value"),
+                ("status", "200"),
+            ],
+        ),
+        Some(1.0),
+        "GET requests are apart from POST ones"
+    );
+    assert_eq!(
+        sample(
+            &after,
+            "tally_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        Some(1.0)
+    );
+    assert!(
+        sample(&after, "process_resident_memory_bytes", &[]).is_some_and(|b| b > 1e6),
+        "a node holds more than a megabyte resident"
+    );
+    assert!(sample(&after, "process_open_fds", &[]).is_some_and(|n| n >= 3.0));
     assert_eq!(
         sample(&after, "tally_names", &[]),
         Some(names_count(&c, 0) as f64),

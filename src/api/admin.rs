@@ -88,10 +88,15 @@ pub(super) async fn rpc(
 }
 
 pub(super) async fn status(State(node): State<Arc<Node>>) -> Response {
+    axum::Json(status_of(&node).await).into_response()
+}
+
+/// What `GET /status` answers.
+pub(super) async fn status_of(node: &Node) -> Status {
     let m = node.membership();
     let id = node.identity();
     let store = node.store();
-    axum::Json(Status {
+    Status {
         id: id.node,
         incarnation: format!("{:016x}", id.incarnation),
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -114,8 +119,7 @@ pub(super) async fn status(State(node): State<Arc<Node>>) -> Response {
         min_replicas: node.settings().min_replicas as u64,
         data_dir: store.dir().map(|d| d.display().to_string()),
         data_bytes: store.disk_bytes().await,
-    })
-    .into_response()
+    }
 }
 
 pub(super) async fn metrics(State(node): State<Arc<Node>>) -> Response {

@@ -11,8 +11,8 @@ use super::types::{
     BatchAnswer, BatchRequest, CounterView, DEFAULT_PAGE, IDEMPOTENCY_HEADER, Listing,
     MAX_BATCH_ITEMS, MAX_BODY, MAX_PAGE, NamedValue, REPLAYED_HEADER, Route, Unavailable,
 };
-use super::{ApiError, query_param, query_value, read_body, text};
-use crate::input::{self, parse_amount, parse_duration, validate_key, validate_name};
+use super::{ApiError, query_param, query_value, read_body, text, timeout_param};
+use crate::input::{self, parse_amount, validate_key, validate_name};
 use crate::node::{Incomplete, Node};
 use crate::storage::Incremented;
 
@@ -78,12 +78,11 @@ async fn increment(node: &Arc<Node>, name: String, req: Request) -> Result<Respo
 /// The deadline a consistent read asks for with `?timeout=`, capped.
 fn read_deadline(node: &Node, query: Option<&str>) -> Result<std::time::Duration, ApiError> {
     let settings = node.settings();
-    Ok(match query_param(query, "timeout") {
-        None => settings.consistent_timeout,
-        Some(raw) => parse_duration(raw)
-            .map_err(ApiError::bad_request)?
-            .min(settings.max_consistent_timeout),
-    })
+    timeout_param(
+        query,
+        settings.consistent_timeout,
+        settings.max_consistent_timeout,
+    )
 }
 
 /// `GET /counter/<name>/consistent_value`.

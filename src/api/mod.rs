@@ -10,11 +10,13 @@
 //! headers, limits, bodies) is in [`types`], shared with the client.
 //!
 //! One file per kind of route: `counters` (the counter routes, batches and
-//! listing) and `admin` (config, status, metrics and the internal route).
+//! listing), `admin` (config, status, metrics and the internal route) and
+//! `probes` (health probes and the cluster-wide status).
 
 mod admin;
 mod counters;
 pub mod error;
+pub mod probes;
 pub mod types;
 
 use std::sync::Arc;
@@ -38,6 +40,9 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(paths::CONFIG, post(admin::post_config))
         .route(RPC_PATH, post(admin::rpc))
         .route(paths::STATUS, get(admin::status))
+        .route(paths::CLUSTER_STATUS, get(probes::cluster_status))
+        .route(paths::LIVEZ, get(probes::livez))
+        .route(paths::READYZ, get(probes::readyz))
         .route(
             paths::COUNTERS,
             get(counters::list).post(counters::batch_increment),
@@ -49,20 +54,22 @@ pub fn router(node: Arc<Node>) -> Router {
         .with_state(node)
 }
 
-/// Counts every request by route and status, and times it.
+/// Counts every request by method, route and status, and times it.
 async fn observe(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
     let route = Route::of(req.uri().path()).template();
+    let method = crate::metrics::method_label(req.method().as_str());
     let started = tokio::time::Instant::now();
     let resp = next.run(req).await;
     let m = &node.settings().metrics;
     m.requests
         .get_or_create(&RouteStatus {
+            method,
             route,
             status: resp.status().as_u16(),
         })
         .inc();
     m.request_seconds
-        .get_or_create(&MetricRoute { route })
+        .get_or_create(&MetricRoute { method, route })
         .observe(started.elapsed().as_secs_f64());
     resp
 }
@@ -152,6 +159,20 @@ fn query_param<'a>(query: Option<&'a str>, key: &str) -> Option<&'a str> {
         .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
         .find(|(k, _)| *k == key)
         .map(|(_, v)| v)
+}
+
+/// `?timeout=` of a request: `default` when absent, at most `max`.
+fn timeout_param(
+    query: Option<&str>,
+    default: std::time::Duration,
+    max: std::time::Duration,
+) -> Result<std::time::Duration, ApiError> {
+    Ok(match query_param(query, "timeout") {
+        None => default,
+        Some(raw) => crate::input::parse_duration(raw)
+            .map_err(ApiError::bad_request)?
+            .min(max),
+    })
 }
 
 /// Decodes a query value: `%XX` escapes and `+` for a space.

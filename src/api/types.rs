@@ -33,6 +33,9 @@ pub const DEFAULT_PAGE: usize = 100;
 pub mod paths {
     pub const CONFIG: &str = "/config";
     pub const STATUS: &str = "/status";
+    pub const CLUSTER_STATUS: &str = "/status/cluster";
+    pub const LIVEZ: &str = "/livez";
+    pub const READYZ: &str = "/readyz";
     pub const METRICS: &str = "/metrics";
     pub const COUNTERS: &str = "/counters";
     pub const COUNTER_PREFIX: &str = "/counter/";
@@ -78,6 +81,9 @@ pub fn encode_query(value: &str) -> String {
 pub enum Route<'a> {
     Config,
     Status,
+    ClusterStatus,
+    Livez,
+    Readyz,
     Metrics,
     Counters,
     Rpc,
@@ -95,6 +101,9 @@ impl<'a> Route<'a> {
         match path {
             paths::CONFIG => Route::Config,
             paths::STATUS => Route::Status,
+            paths::CLUSTER_STATUS => Route::ClusterStatus,
+            paths::LIVEZ => Route::Livez,
+            paths::READYZ => Route::Readyz,
             paths::METRICS => Route::Metrics,
             paths::COUNTERS => Route::Counters,
             RPC_PATH => Route::Rpc,
@@ -118,6 +127,9 @@ impl<'a> Route<'a> {
         match self {
             Route::Config => paths::CONFIG,
             Route::Status => paths::STATUS,
+            Route::ClusterStatus => paths::CLUSTER_STATUS,
+            Route::Livez => paths::LIVEZ,
+            Route::Readyz => paths::READYZ,
             Route::Metrics => paths::METRICS,
             Route::Counters => paths::COUNTERS,
             Route::Rpc => RPC_PATH,
@@ -237,6 +249,51 @@ pub struct Status {
     pub data_bytes: u64,
 }
 
+/// `GET /livez` and `GET /readyz` when they answer 200.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Probe {
+    /// `live` or `ready`.
+    pub status: String,
+}
+
+/// `GET /readyz` when the node is not ready (503).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NotReady {
+    /// The reasons joined into one message.
+    pub error: String,
+    pub reasons: Vec<String>,
+}
+
+/// `GET /status/cluster`, and what `tally status --cluster` prints as JSON:
+/// every actor of a node's config (leaving ones too), each asked for its
+/// own `/status`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClusterStatus {
+    /// The id of the node whose config was used.
+    pub from: u64,
+    pub config_version: u64,
+    pub nodes: Vec<ClusterNode>,
+}
+
+/// One actor of [`ClusterStatus`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClusterNode {
+    pub actor: String,
+    /// The node whose config was used.
+    pub me: bool,
+    /// Whether it is leaving the config.
+    pub leaving: bool,
+    pub reachable: bool,
+    /// Why it could not be asked, when it could not.
+    pub error: Option<String>,
+    /// How long its `/status` took to answer, in milliseconds.
+    pub rtt_ms: Option<f64>,
+    /// Its own `/status`.
+    pub status: Option<Status>,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct StatusConfig {
@@ -264,6 +321,9 @@ mod tests {
         assert_eq!(Route::of("/counter/x/y"), Route::BadCounterPath);
         assert_eq!(Route::of("/counter/x/value/z"), Route::BadCounterPath);
         assert_eq!(Route::of("/nope"), Route::Unknown);
+        assert_eq!(Route::of("/livez"), Route::Livez);
+        assert_eq!(Route::of("/readyz").template(), "/readyz");
+        assert_eq!(Route::of("/status/cluster"), Route::ClusterStatus);
         assert_eq!(Route::of("/counter/x").template(), "/counter/{name}");
     }
 

@@ -100,15 +100,44 @@ pub enum Commands {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Show a node's status (GET /status).
+    /// Show a node's status (GET /status), or with --cluster every node's.
     ///
     /// Prints its id, incarnation, listen address, config version and actors, each
     /// peer's reachability, last contact, lag and pending pushes, the number of
     /// names, and its data folder and size.
+    ///
+    /// With --cluster, reads the config from the node, asks every actor of it
+    /// (leaving ones too) for its own status, and prints one row per node: id,
+    /// address, reachable, config version, lag to each peer, names, data size,
+    /// storage health and uptime. Exits 3 when some node could not be asked.
     Status {
+        /// One row per node of the config, each asked directly.
+        #[arg(long)]
+        cluster: bool,
+        /// Output format: table (for people) or json (same as --json).
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
+        output: Output,
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Check a node's health for scripts and container HEALTHCHECKs: exits 0
+    /// when it is ready (GET /readyz: it has a config, knows which actor it
+    /// is, its storage works and it is not shutting down), 1 otherwise
+    /// (unreachable included), and says why.
+    Health {
+        /// Only check that the node serves (GET /livez).
+        #[arg(long)]
+        live: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print a shell completion script: `tally completion bash > /etc/bash_completion.d/tally`.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `tally man > tally.1; man ./tally.1`.
+    Man,
     /// Post the cluster's actors to a node (POST /config).
     ///
     /// The node passes them on to the others. Waits (up to --timeout) until every
@@ -144,16 +173,28 @@ pub enum Commands {
     },
 }
 
+/// How `tally status` prints.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    Table,
+    Json,
+}
+
 /// Flags shared by every client command.
 // Doc comments here are --help text, not rustdoc: brackets and <ID> are literal.
 #[allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 #[derive(Args, Debug, Clone)]
 #[command(next_help_heading = "Client options")]
 pub struct ClientArgs {
-    /// Node to talk to: http://HOST:PORT, HOST:PORT, [V6]:PORT or HOST (port 7777 implied).
-    #[arg(long, value_name = "URL", env = "TALLY_NODE", default_value = client::DEFAULT_NODE,
+    /// Node to talk to: http://HOST:PORT, HOST:PORT, [V6]:PORT or HOST (port 7777
+    /// implied). Repeat it (or separate with commas) to name several: a command
+    /// that cannot reach one asks the next, except `inc`, which only goes to the
+    /// first (Idempotency-Keys are remembered per node, so an increment is never
+    /// silently retried elsewhere). TALLY_NODE (one node) is read too
+    /// [default: http://127.0.0.1:7777].
+    #[arg(long = "node", value_name = "URL", env = "TALLY_NODES", value_delimiter = ',',
           value_parser = client::parse_node)]
-    pub node: String,
+    pub nodes: Vec<String>,
 
     /// Print JSON for scripts: the node's JSON answer (also for errors), or
     /// {"name": ..., "value": ...} for counter values.
@@ -170,13 +211,21 @@ pub struct ClientArgs {
 }
 
 impl ClientArgs {
-    fn conn(self) -> Conn {
-        Conn {
-            node: self.node,
+    fn conn(self) -> Result<Conn, String> {
+        let mut nodes = self.nodes;
+        if nodes.is_empty() {
+            let one = std::env::var("TALLY_NODE")
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+                .unwrap_or_else(|| client::DEFAULT_NODE.to_string());
+            nodes.push(client::parse_node(&one).map_err(|e| format!("TALLY_NODE: {e}"))?);
+        }
+        Ok(Conn {
+            nodes,
             json: self.json,
             secret: self.secret,
             timeout: self.timeout,
-        }
+        })
     }
 }
 
@@ -266,7 +315,7 @@ pub struct NodeArgs {
     #[arg(long, env = "TALLY_HEADER_TIMEOUT", default_value_t = Dur(DEFAULT_HEADER_TIMEOUT))]
     pub header_timeout: Dur,
 
-    /// How long an Idempotency-Key is remembered (e.g. 24h is 86400s).
+    /// How long an Idempotency-Key is remembered (e.g. 24h, 90m).
     #[arg(long, env = "TALLY_IDEMPOTENCY_WINDOW", default_value_t = Dur(DEFAULT_IDEMPOTENCY_WINDOW))]
     pub idempotency_window: Dur,
 
@@ -274,9 +323,20 @@ pub struct NodeArgs {
     #[arg(long, env = "TALLY_IDEMPOTENCY_KEYS", default_value_t = DEFAULT_IDEMPOTENCY_KEYS)]
     pub idempotency_keys: usize,
 
-    /// Log filter, e.g. info, debug, tally=debug,warn.
+    /// Log filter, e.g. info, debug, tally=debug,warn (an invalid filter is an error).
     #[arg(long, env = "TALLY_LOG", default_value = "info")]
     pub log: String,
+
+    /// Log line format: text (for people) or json (one object per line, for log shippers).
+    #[arg(long, env = "TALLY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written (to stderr).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 fn duration(raw: &str) -> Result<Duration, String> {
@@ -304,7 +364,21 @@ pub fn main(cli: Cli) -> ExitCode {
             consistent,
             client,
         }) => (Action::Get { name, consistent }, client),
-        Some(Commands::Status { client }) => (Action::Status, client),
+        Some(Commands::Status {
+            cluster,
+            output,
+            mut client,
+        }) => {
+            client.json |= output == Output::Json;
+            (Action::Status { cluster }, client)
+        }
+        Some(Commands::Health { live, client }) => (Action::Health { live }, client),
+        Some(Commands::Completion { shell }) => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "tally", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Some(Commands::Man) => return man(),
         Some(Commands::Config {
             actors,
             forget,
@@ -325,13 +399,34 @@ pub fn main(cli: Cli) -> ExitCode {
         ),
     };
     // Client commands keep stdout for their answer; logs go to stderr, warnings only.
-    init_logging("warn");
-    client::run(action, args.conn())
+    let _ = init_logging("warn", LogFormat::Text);
+    match args.conn() {
+        Ok(conn) => client::run(action, conn),
+        Err(e) => {
+            eprintln!("tally: {e}");
+            ExitCode::from(client::EXIT_UNREACHABLE)
+        }
+    }
+}
+
+/// `tally man`: the manual page, from the same definitions as `--help`.
+fn man() -> ExitCode {
+    let page = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
+    let mut out = Vec::new();
+    if let Err(e) = page.render(&mut out) {
+        eprintln!("tally: cannot render the manual page: {e}");
+        return ExitCode::FAILURE;
+    }
+    let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), &out);
+    ExitCode::SUCCESS
 }
 
 /// Runs a node or the demo cluster.
 fn serve(cli: Cli) -> ExitCode {
-    init_logging(&cli.node.log);
+    if let Err(e) = init_logging(&cli.node.log, cli.node.log_format) {
+        eprintln!("tally: {e}");
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -363,14 +458,22 @@ fn serve(cli: Cli) -> ExitCode {
     }
 }
 
-fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+/// Installs the log subscriber; an invalid filter is refused, not replaced.
+fn init_logging(filter: &str, format: LogFormat) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::builder()
+        .with_regex(false)
+        .parse(filter)
+        .map_err(|e| format!("invalid --log (TALLY_LOG) filter {filter:?}: {e}"))?;
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder.json().with_ansi(false).init(),
+    }
+    Ok(())
 }
 
 async fn run_node(args: NodeArgs) -> Result<(), String> {
@@ -436,21 +539,26 @@ impl NodeArgs {
     }
 }
 
-/// Resolves when SIGTERM or SIGINT arrives.
-async fn stop_signal() {
+/// Resolves when SIGTERM or SIGINT arrives. The handlers are installed at
+/// once, not when the future is first polled: a node that told systemd it
+/// is ready must already shut down cleanly on SIGTERM.
+fn stop_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        error!("cannot install signal handlers; stop the node with SIGKILL");
-        return std::future::pending().await;
-    };
-    let which = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    };
-    info!(signal = which, "stop requested");
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            error!("cannot install signal handlers; stop the node with SIGKILL");
+            return std::future::pending().await;
+        };
+        let which = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        info!(signal = which, "stop requested");
+    }
 }
 
 /// The default data folder: `tally-data/node-<ID>` under the working folder,

@@ -79,7 +79,7 @@ fn inc_is_the_client() {
             assert_eq!(name, "a/b");
             assert_eq!(n, 5);
             assert_eq!(idempotency_key.as_deref(), Some("k1"));
-            assert_eq!(client.node, "http://127.0.0.1:7701");
+            assert_eq!(client.nodes, ["http://127.0.0.1:7701"]);
             assert!(client.json);
             assert_eq!(client.timeout, Some(Duration::from_secs(2)));
             assert_eq!(client.secret.as_deref(), Some("s"));
@@ -112,8 +112,20 @@ fn every_client_command_parses() {
     ));
     assert!(matches!(
         parse(&["status", "--json"]).unwrap().command,
-        Some(Commands::Status { client }) if client.json
+        Some(Commands::Status { client, cluster: false, .. }) if client.json
     ));
+    assert!(matches!(
+        parse(&["status", "--cluster", "-o", "json", "--node", "a:1,b:2", "--node", "c"])
+            .unwrap()
+            .command,
+        Some(Commands::Status { client, cluster: true, output: Output::Json })
+            if client.nodes == ["http://a:1", "http://b:2", "http://c:7777"]
+    ));
+    assert!(matches!(
+        parse(&["health", "--live"]).unwrap().command,
+        Some(Commands::Health { live: true, client }) if client.nodes.is_empty()
+    ));
+    assert!(parse(&["status", "-o", "yaml"]).is_err());
     assert!(matches!(
         parse(&["config", "10.0.0.1", "10.0.0.2:7777"]).unwrap().command,
         Some(Commands::Config { actors, .. }) if actors == ["10.0.0.1", "10.0.0.2:7777"]

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::api::types::{ConfigSummary, Leaver, Listing, Status};
+use crate::api::types::{ClusterNode, ClusterStatus, ConfigSummary, Leaver, Listing, Status};
 use crate::replication::peer::PeerReport;
 
 pub fn format_page(page: &Listing) -> String {
@@ -179,29 +179,146 @@ fn peers_table(out: &mut String, peers: &[PeerReport]) {
             ]
         })
         .collect();
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let render = |cells: &[&str]| {
-        let mut line = String::from(" ");
-        for (cell, w) in cells.iter().zip(widths) {
-            let _ = write!(line, " {cell:<w$}");
-        }
-        line.trim_end().to_string()
-    };
-    let _ = writeln!(out, "{}", render(&header));
-    for (row, p) in rows.iter().zip(peers) {
-        let cells: Vec<&str> = row.iter().map(String::as_str).collect();
-        let _ = writeln!(out, "{}", render(&cells));
+    let lines = table(&header, &rows);
+    let _ = writeln!(out, "{}", lines[0]);
+    for (line, p) in lines[1..].iter().zip(peers) {
+        let _ = writeln!(out, "{line}");
         if let Some(err) = p.last_error.as_deref()
             && p.reachable != Some(true)
         {
             let _ = writeln!(out, "    last error: {}", printable(err));
         }
     }
+}
+
+/// Left-aligned columns, two spaces in front: the header line, then one line per row.
+fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> Vec<String> {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let render = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut line = String::from(" ");
+        for (cell, w) in cells.zip(widths) {
+            let _ = write!(line, " {cell:<w$}");
+        }
+        line.trim_end().to_string()
+    };
+    let mut lines = vec![render(&mut header.iter().copied())];
+    lines.extend(
+        rows.iter()
+            .map(|r| render(&mut r.iter().map(String::as_str))),
+    );
+    lines
+}
+
+/// `tally status --cluster`: one row per actor, then why each unreachable
+/// one could not be asked.
+pub fn format_cluster(c: &ClusterStatus) -> String {
+    let mut out = String::new();
+    if c.nodes.is_empty() {
+        let _ = writeln!(
+            out,
+            "node {} has no config yet: post one with `tally config`",
+            c.from
+        );
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "cluster as configured on node {} (config version {}):",
+        c.from, c.config_version
+    );
+    let header = [
+        "ID",
+        "ADDRESS",
+        "REACHABLE",
+        "CONFIG",
+        "LAG",
+        "NAMES",
+        "DATA",
+        "STORAGE",
+        "UPTIME",
+    ];
+    let rows: Vec<[String; 9]> = c.nodes.iter().map(cluster_row).collect();
+    for line in table(&header, &rows) {
+        let _ = writeln!(out, "{line}");
+    }
+    for n in c.nodes.iter().filter(|n| !n.reachable) {
+        let why = n.error.as_deref().unwrap_or("no answer");
+        let _ = writeln!(out, "  {}: {}", printable(&n.actor), printable(why));
+    }
+    let _ = writeln!(
+        out,
+        "LAG: changes each peer had that the node had not merged yet, by peer id (or address)"
+    );
+    out
+}
+
+fn cluster_row(n: &ClusterNode) -> [String; 9] {
+    let mut address = printable(&n.actor);
+    if n.me {
+        address.push_str(" *");
+    }
+    if n.leaving {
+        address.push_str(" (leaving)");
+    }
+    let Some(s) = n.status.as_ref().filter(|_| n.reachable) else {
+        let dash = || "-".to_string();
+        return [
+            dash(),
+            address,
+            "no".into(),
+            dash(),
+            dash(),
+            dash(),
+            dash(),
+            dash(),
+            dash(),
+        ];
+    };
+    let lag: Vec<String> = s
+        .peers
+        .iter()
+        .map(|p| {
+            let who = p
+                .node
+                .map_or_else(|| printable(&p.actor), |id| id.to_string());
+            match p.reachable {
+                Some(false) => format!("{who}:down"),
+                _ => format!("{who}:{}", p.lag_changes),
+            }
+        })
+        .collect();
+    let storage = match &s.storage {
+        Some(h) if h.healthy => "healthy".to_string(),
+        Some(h) => format!(
+            "UNHEALTHY: {}",
+            printable(h.problem.as_deref().unwrap_or("?"))
+        ),
+        None => "-".into(),
+    };
+    let reachable = match n.rtt_ms {
+        Some(ms) => format!("yes ({ms:.1}ms)"),
+        None => "yes".into(),
+    };
+    [
+        s.id.to_string(),
+        address,
+        reachable,
+        s.config.version.to_string(),
+        if lag.is_empty() {
+            "-".into()
+        } else {
+            lag.join(" ")
+        },
+        s.names.to_string(),
+        human_bytes(s.data_bytes),
+        storage,
+        human_duration(Duration::from_secs(s.uptime_secs)),
+    ]
 }
 
 /// Escapes control characters so a name cannot rearrange the terminal.

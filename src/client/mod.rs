@@ -1,7 +1,15 @@
-//! The command-line client: `tally inc | get | status | config | ls` send one
-//! HTTP request to a node (`tally config` repeats it until the cluster holds
-//! the config) and print its answer for people or, with `--json`, for
+//! The command-line client: `tally inc | get | status | config | ls | health`
+//! send one HTTP request to a node (`tally config` repeats it until the
+//! cluster holds the config; `tally status --cluster` then asks every actor
+//! of its config) and print its answer for people or, with `--json`, for
 //! scripts. Paths, headers and bodies are the server's own (`api::types`).
+//!
+//! Several nodes may be given: a command that cannot reach the first asks
+//! the next, and so on, except `inc`, which only ever goes to the first: an
+//! Idempotency-Key is remembered by the node that applied it, so an
+//! increment silently retried on another node could be applied twice.
+//!
+//! `tally health` exits 0 or 1 only (Docker's HEALTHCHECK reserves 2).
 //!
 //! Exit codes: 0 success; 1 the node answered an error (or an answer that
 //! could not be understood); 2 the node could not be reached within the
@@ -12,7 +20,6 @@
 //! Nothing here panics on any input or answer; every request has a deadline.
 
 mod format;
-mod http;
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -23,15 +30,17 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::api::probes::gather;
 use crate::api::types::{
-    ConfigSummary, IDEMPOTENCY_HEADER, Listing, SECRET_HEADER, Status, Unavailable, encode_query,
-    paths,
+    ClusterStatus, ConfigSummary, IDEMPOTENCY_HEADER, Listing, Probe, SECRET_HEADER, Status,
+    Unavailable, encode_query, paths,
 };
+pub use crate::exchange::{Answer, Req, SendError, parse_node, send};
 use format::{
-    excerpt, format_config, format_page, format_status, printable, shell_quote, status_line,
+    excerpt, format_cluster, format_config, format_page, format_status, printable, shell_quote,
+    status_line,
 };
 pub use format::{human_bytes, human_duration};
-pub use http::{Answer, Req, SendError, parse_node, send};
 
 /// Exit code when the node answered an error.
 pub const EXIT_FAILED: u8 = 1;
@@ -48,8 +57,9 @@ pub const DEFAULT_NODE: &str = "http://127.0.0.1:7777";
 /// How to reach the node, shared by every client command.
 #[derive(Clone, Debug)]
 pub struct Conn {
-    /// Base URL without a trailing slash, e.g. `http://127.0.0.1:7777`.
-    pub node: String,
+    /// Base URLs without a trailing slash, e.g. `http://127.0.0.1:7777`, in
+    /// the order they are tried; never empty.
+    pub nodes: Vec<String>,
     pub json: bool,
     pub secret: Option<String>,
     /// Deadline of the whole request; `None` means [`DEFAULT_TIMEOUT`].
@@ -68,7 +78,14 @@ pub enum Action {
         name: String,
         consistent: bool,
     },
-    Status,
+    Status {
+        /// Every actor of the node's config, one row each.
+        cluster: bool,
+    },
+    /// `/readyz`, or `/livez` when `live`.
+    Health {
+        live: bool,
+    },
     Config {
         actors: Vec<String>,
         /// Leavers whose hand-off is given up.
@@ -163,7 +180,9 @@ fn request(action: &Action, conn: &Conn) -> Req {
                 paths::value(name)
             };
         }
-        Action::Status => req.path = paths::STATUS.into(),
+        Action::Status { .. } => req.path = paths::STATUS.into(),
+        Action::Health { live: false } => req.path = paths::READYZ.into(),
+        Action::Health { live: true } => req.path = paths::LIVEZ.into(),
         Action::Config { actors, forget } => {
             req.method = hyper::Method::POST;
             req.path = paths::CONFIG.into();
@@ -199,25 +218,109 @@ fn request(action: &Action, conn: &Conn) -> Req {
 }
 
 /// Sends the request of `action` and turns the answer into an [`Outcome`].
+/// A node that cannot be reached is passed over for the next one, but for
+/// increments (see the module's doc); each node gets what is left of the
+/// deadline.
 pub async fn execute(action: &Action, conn: &Conn) -> Outcome {
     let timeout = conn.timeout.unwrap_or(DEFAULT_TIMEOUT);
+    let deadline = tokio::time::Instant::now() + timeout;
     let req = request(action, conn);
-    let url = format!("{}{}", conn.node, req.path);
-    if matches!(action, Action::Config { .. }) {
-        return post_config_until_stored(action, conn, &req, &url, timeout).await;
-    }
-    let answer = match send(&req, &url, timeout).await {
-        Ok(a) => a,
-        Err(e) => return unreachable(action, conn, e),
+    let nodes: &[String] = match action {
+        Action::Inc { .. } | Action::Health { .. } => &conn.nodes[..conn.nodes.len().min(1)],
+        _ => &conn.nodes,
     };
+    let mut passed_over = Vec::new();
+    let mut outcome = Outcome::fail(EXIT_UNREACHABLE, "no node to ask");
+    for node in nodes {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        outcome = ask(action, conn, &req, node, left).await;
+        if outcome.code != EXIT_UNREACHABLE {
+            break;
+        }
+        passed_over.push(outcome.stderr.trim_end().to_string());
+    }
+    if outcome.code != EXIT_UNREACHABLE && !passed_over.is_empty() {
+        let skipped = passed_over.join("\n");
+        outcome.stderr = format!(
+            "{skipped}\ntally: asked the next node instead\n{}",
+            outcome.stderr
+        );
+    } else if passed_over.len() > 1 {
+        outcome.stderr = passed_over.join("\n") + "\n";
+    }
+    if matches!(action, Action::Health { .. }) && outcome.code != 0 {
+        outcome.code = EXIT_FAILED;
+    }
+    outcome
+}
+
+/// `action` against one node.
+async fn ask(action: &Action, conn: &Conn, req: &Req, node: &str, timeout: Duration) -> Outcome {
+    let url = format!("{node}{}", req.path);
+    if matches!(action, Action::Config { .. }) {
+        return post_config_until_stored(action, conn, req, node, &url, timeout).await;
+    }
+    let started = tokio::time::Instant::now();
+    let answer = match send(req, &url, timeout).await {
+        Ok(a) => a,
+        Err(e) => return unreachable(action, node, e),
+    };
+    if let (Action::Status { cluster: true }, 200) = (action, answer.status) {
+        let left = timeout.saturating_sub(started.elapsed());
+        return cluster_status(conn.json, &answer, left).await;
+    }
     interpret(action, conn.json, &answer)
 }
 
-fn unreachable(action: &Action, conn: &Conn, e: SendError) -> Outcome {
+/// `tally status --cluster`: the config in the node's `/status`, then every
+/// actor of it asked for its own.
+async fn cluster_status(json: bool, answer: &Answer, timeout: Duration) -> Outcome {
+    let own: Status = match serde_json::from_str(&answer.body) {
+        Ok(s) => s,
+        Err(e) => return unexpected(&e.to_string(), answer),
+    };
+    let mut actors: Vec<(String, bool)> = own
+        .config
+        .actors
+        .iter()
+        .map(|a| (a.clone(), false))
+        .collect();
+    actors.extend(own.config.leaving.iter().map(|l| (l.actor.clone(), true)));
+    let per_actor = timeout.min(crate::api::probes::DEFAULT_CLUSTER_TIMEOUT);
+    let report = ClusterStatus {
+        from: own.id,
+        config_version: own.config.version,
+        nodes: Vec::new(),
+    };
+    let me = own.me.clone();
+    let nodes = gather(&actors, me.as_deref(), Some(own), per_actor).await;
+    let report = ClusterStatus { nodes, ..report };
+    if json {
+        return match serde_json::to_string_pretty(&report) {
+            Ok(s) => Outcome::ok(s + "\n"),
+            Err(e) => Outcome::fail(EXIT_FAILED, format!("cannot encode JSON: {e}")),
+        };
+    }
+    let mut out = Outcome::ok(format_cluster(&report));
+    let down = report.nodes.iter().filter(|n| !n.reachable).count();
+    if down > 0 {
+        out.code = EXIT_INCOMPLETE;
+        out.stderr = format!(
+            "tally: {down} of {} nodes could not be asked\n",
+            report.nodes.len()
+        );
+    }
+    out
+}
+
+fn unreachable(action: &Action, node: &str, e: SendError) -> Outcome {
     match e {
         SendError::Invalid(reason) => Outcome::fail(EXIT_FAILED, reason),
         SendError::Unreachable { reason, maybe_sent } => {
-            let mut message = format!("cannot reach {}: {reason}", conn.node);
+            let mut message = format!("cannot reach {node}: {reason}");
             if maybe_sent && matches!(action, Action::Inc { .. }) {
                 message.push_str(
                     "; the increment may or may not have been applied \
@@ -240,6 +343,7 @@ async fn post_config_until_stored(
     action: &Action,
     conn: &Conn,
     req: &Req,
+    node: &str,
     url: &str,
     timeout: Duration,
 ) -> Outcome {
@@ -250,7 +354,7 @@ async fn post_config_until_stored(
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let mut answer = match send(req, url, left.max(Duration::from_millis(1))).await {
             Ok(a) => a,
-            Err(e) => return unreachable(action, conn, e),
+            Err(e) => return unreachable(action, node, e),
         };
         let mut waiting = Vec::new();
         if let Ok(mut summary) = serde_json::from_str::<ConfigSummary>(&answer.body) {
@@ -319,7 +423,8 @@ pub fn interpret(action: &Action, json: bool, answer: &Answer) -> Outcome {
     }
     match action {
         Action::Inc { name, .. } | Action::Get { name, .. } => value(name, json, answer),
-        Action::Status => typed(answer, |s: Status| Outcome::ok(format_status(&s))),
+        Action::Status { .. } => typed(answer, |s: Status| Outcome::ok(format_status(&s))),
+        Action::Health { .. } => typed(answer, |p: Probe| Outcome::ok(format!("{}\n", p.status))),
         Action::Config { .. } => typed(answer, |c: ConfigSummary| Outcome::ok(format_config(&c))),
         Action::Ls { .. } => typed(answer, |page: Listing| {
             let mut out = Outcome::ok(format_page(&page));

@@ -62,7 +62,7 @@ fn errors_name_status_and_message() {
     assert_eq!(out.stderr, "tally: 400 Bad Request: bad name\n");
     let out = interpret(&get(false), false, &answer(502, "<html>oops</html>"));
     assert_eq!(out.stderr, "tally: 502 Bad Gateway: <html>oops</html>\n");
-    let out = interpret(&Action::Status, false, &answer(599, ""));
+    let out = interpret(&Action::Status { cluster: false }, false, &answer(599, ""));
     assert_eq!(out.stderr, "tally: 599: (no message)\n");
     let out = interpret(
         &Action::Config {

@@ -1,5 +1,7 @@
-//! The client's one HTTP exchange: a request to a node with a deadline over
-//! the whole exchange, and the node address it goes to.
+//! One HTTP exchange with a node's public routes: a request with a deadline
+//! over the whole exchange, and the node address it goes to. The
+//! command-line client sends every request through it, and a node uses it
+//! to gather its peers' `/status` for `GET /status/cluster`.
 
 use std::time::Duration;
 

@@ -1,0 +1,196 @@
+//! Health probes and the cluster-wide status: `GET /livez`, `GET /readyz`
+//! and `GET /status/cluster`.
+//!
+//! `/livez` answers whenever the process serves HTTP. `/readyz` answers 200
+//! only when the node should be sent traffic: it has a config, knows which
+//! actor it is, is one of the config's actors, its storage commits, and it
+//! is not shutting down; otherwise 503 with every reason.
+//!
+//! `/status/cluster` asks every actor of this node's config (leaving ones
+//! too) for its `/status`, all at once, each within one deadline, and
+//! answers them in config order; [`gather`] is shared with
+//! `tally status --cluster`, which asks from the client's side.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::types::{ClusterNode, ClusterStatus, NotReady, Probe, Status, paths};
+use super::{ApiError, admin, timeout_param};
+use crate::exchange::{Req, SendError, parse_node, send};
+use crate::node::{Node, Role};
+
+/// Deadline of each actor's `/status` unless `?timeout=` says otherwise.
+pub const DEFAULT_CLUSTER_TIMEOUT: Duration = Duration::from_secs(2);
+/// Largest `?timeout=` of `/status/cluster`.
+pub const MAX_CLUSTER_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub(super) async fn livez() -> Response {
+    axum::Json(Probe {
+        status: "live".into(),
+    })
+    .into_response()
+}
+
+pub(super) async fn readyz(State(node): State<Arc<Node>>) -> Response {
+    let reasons = not_ready(&node);
+    if reasons.is_empty() {
+        return axum::Json(Probe {
+            status: "ready".into(),
+        })
+        .into_response();
+    }
+    let body = NotReady {
+        error: format!("not ready: {}", reasons.join("; ")),
+        reasons,
+    };
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, "1")],
+        axum::Json(body),
+    )
+        .into_response()
+}
+
+/// Why the node should not be sent traffic; empty when it should.
+fn not_ready(node: &Node) -> Vec<String> {
+    let mut reasons = Vec::new();
+    if node.shutdown_token().is_cancelled() {
+        reasons.push("shutting down".to_string());
+    }
+    match node.role() {
+        Role::Member => {}
+        Role::Unconfigured => reasons.push("no config posted yet".into()),
+        Role::Unknown => {
+            reasons.push("does not know yet which actor of its config it is".into());
+        }
+        Role::Leaving | Role::HandedOff => {
+            reasons.push("left the config (it only hands off what it holds)".into());
+        }
+        Role::Outside => reasons.push("not an actor of its config".into()),
+    }
+    let health = node.store().health();
+    if !health.healthy {
+        let why = health.problem.unwrap_or_else(|| "failing".into());
+        reasons.push(format!("storage unavailable: {why}"));
+    }
+    reasons
+}
+
+pub(super) async fn cluster_status(
+    State(node): State<Arc<Node>>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let timeout = timeout_param(
+        req.uri().query(),
+        DEFAULT_CLUSTER_TIMEOUT,
+        MAX_CLUSTER_TIMEOUT,
+    )?;
+    let membership = node.membership();
+    let me = node.me().map(|a| a.to_string());
+    let own = admin::status_of(&node).await;
+    let mut actors: Vec<(String, bool)> = membership
+        .config
+        .actors
+        .iter()
+        .map(|a| (a.to_string(), false))
+        .collect();
+    actors.extend(
+        membership
+            .leavers()
+            .into_iter()
+            .map(|(a, _)| (a.to_string(), true)),
+    );
+    let nodes = gather(&actors, me.as_deref(), Some(own), timeout).await;
+    Ok(axum::Json(ClusterStatus {
+        from: node.identity().node,
+        config_version: membership.config.stamp.version,
+        nodes,
+    })
+    .into_response())
+}
+
+/// Asks each actor (with whether it is leaving) for its `/status`, all at
+/// once, each within `timeout`; `me` is the actor whose status is already
+/// known as `own` (it is not asked again). Rows keep the order of `actors`.
+pub async fn gather(
+    actors: &[(String, bool)],
+    me: Option<&str>,
+    own: Option<Status>,
+    timeout: Duration,
+) -> Vec<ClusterNode> {
+    let mut rows: Vec<ClusterNode> = actors
+        .iter()
+        .map(|(actor, leaving)| ClusterNode {
+            actor: actor.clone(),
+            me: me == Some(actor.as_str()),
+            leaving: *leaving,
+            ..ClusterNode::default()
+        })
+        .collect();
+    let mut asks = JoinSet::new();
+    for (i, row) in rows.iter_mut().enumerate() {
+        if let (true, Some(own)) = (row.me, &own) {
+            row.reachable = true;
+            row.status = Some(own.clone());
+            continue;
+        }
+        let actor = row.actor.clone();
+        asks.spawn(async move { (i, ask(&actor, timeout).await) });
+    }
+    // Each ask ends within its own deadline; this bound only guards it.
+    let all = tokio::time::timeout(timeout + Duration::from_secs(1), async {
+        while let Some(done) = asks.join_next().await {
+            if let Ok((i, answer)) = done {
+                let row = &mut rows[i];
+                match answer {
+                    Ok((status, rtt)) => {
+                        row.reachable = true;
+                        row.rtt_ms = Some(rtt.as_secs_f64() * 1000.0);
+                        row.status = Some(status);
+                    }
+                    Err(e) => row.error = Some(e),
+                }
+            }
+        }
+    });
+    if all.await.is_err() {
+        for row in rows
+            .iter_mut()
+            .filter(|r| !r.reachable && r.error.is_none())
+        {
+            row.error = Some(format!("no answer within {timeout:?}"));
+        }
+    }
+    rows
+}
+
+/// One actor's `/status` and how long it took.
+async fn ask(actor: &str, timeout: Duration) -> Result<(Status, Duration), String> {
+    let base = parse_node(actor)?;
+    let req = Req {
+        method: hyper::Method::GET,
+        path: paths::STATUS.into(),
+        headers: Vec::new(),
+        body: Vec::new(),
+        content_type: "text/plain; charset=utf-8",
+    };
+    let started = Instant::now();
+    let answer = send(&req, &format!("{base}{}", paths::STATUS), timeout)
+        .await
+        .map_err(|e| match e {
+            SendError::Invalid(reason) | SendError::Unreachable { reason, .. } => reason,
+        })?;
+    let rtt = started.elapsed();
+    if answer.status != 200 {
+        return Err(format!("/status answered {}", answer.status));
+    }
+    let status = serde_json::from_str(&answer.body)
+        .map_err(|e| format!("/status answered something else than a status: {e}"))?;
+    Ok((status, rtt))
+}
