@@ -132,7 +132,10 @@ fn setup() -> Option<Setup> {
         DOCKER_BOUND,
     ) {
         Ok(ran) if ran.ok => None,
-        Ok(ran) => Some(format!("`docker info` failed: {}", ran.stderr.trim())),
+        Ok(ran) => Some(format!(
+            "`docker info` failed: {}",
+            ran.stderr.trim().trim_end_matches('.')
+        )),
         Err(e) => Some(e),
     };
     if let Some(why) = missing {
