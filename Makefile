@@ -4,8 +4,8 @@
 #   make package       dist/challenge.tar.gz (static executable, see SPEC §1)
 #   make package-test  package, then run it in an empty chroot (scripts/check-package.sh)
 #   make image         the container image tally:<version> and tally:latest (docker/Dockerfile)
-#   make image-test    image, then the container test: a compose cluster paused, cut off and
-#                      restarted (tests/container.rs; needs Docker and a compose tool)
+#   make image-test    image, then the container test: a compose cluster paused, cut off,
+#                      restarted and killed (tests/container.rs; needs Docker and a compose tool)
 #   make cluster       image, then a three-node compose cluster on 127.0.0.1:7781-7783
 #   make cluster-down  stop it and remove its containers, network and volume
 #   make lint          cargo fmt --check, clippy and rustdoc with warnings denied
