@@ -548,6 +548,19 @@ fn a_compose_cluster_keeps_every_acknowledged_increment_through_pause_partition_
 {
     let Some(setup) = setup() else { return };
     let started = Instant::now();
+    let version = docker(&[
+        "image",
+        "inspect",
+        "-f",
+        "{{index .Config.Labels \"org.opencontainers.image.version\"}}",
+        &setup.image,
+    ]);
+    assert_eq!(
+        version,
+        env!("CARGO_PKG_VERSION"),
+        "{}'s version label",
+        setup.image
+    );
     let c = ComposeCluster::up(&setup);
     let mut acked: u128 = 0;
 
