@@ -13,11 +13,12 @@
 #   make bench         measure tally beside Redis and a bare HTTP server (scripts/bench.py);
 #                      a few minutes; results in target/bench/results.json
 #   make bench-micro   criterion micro-benchmarks: CRDT merge, body parser, message codec
+#   make man           the manual page, target/man/tally.1, and shell completions beside it
 #   make clean         remove build output and dist/
 #
 # Variables: CARGO_TEST_ARGS (passed to cargo test, e.g. CARGO_TEST_ARGS='-- --nocapture'),
 #            CARGO_LOCKED (default --locked; set empty to let cargo update Cargo.lock),
-#            DEMO_ARGS (passed to `tally demo`, e.g. DEMO_ARGS='--nodes 5'),
+#            DEMO_ARGS (passed to `tally demo`, e.g. DEMO_ARGS='--nodes 5 --with-load'),
 #            BENCH_ARGS (passed to scripts/bench.py; BENCH_ARGS=--smoke runs 1 round x 1 s
 #            with small sizes, to check the harness),
 #            BENCH_ROUNDS (3), BENCH_SECONDS (10), BENCH_B4_NAMES (100000), BENCH_FULL (1 adds
@@ -50,7 +51,7 @@ EXE     := challenge/bin/challenge-executable
 # of the same commit are byte-identical.
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 
-.PHONY: all package static-check package-test lint test cargo-test demo bench bench-micro clean \
+.PHONY: all package static-check package-test lint test cargo-test demo bench bench-micro man clean \
 	image image-test cluster cluster-down
 
 all: package
@@ -161,6 +162,13 @@ bench:
 # Criterion micro-benchmarks (a package of their own: `cargo test` never builds criterion).
 bench-micro:
 	$(CARGO) bench $(CARGO_LOCKED) --manifest-path benches/micro/Cargo.toml --target-dir target
+
+man:
+	$(CARGO) build $(CARGO_LOCKED) --release --bin tally
+	install -d target/man
+	target/release/tally man > target/man/tally.1
+	for shell in bash zsh fish; do target/release/tally completion $$shell > target/man/tally.$$shell; done
+	@echo "man: target/man/tally.1 (man -l target/man/tally.1), completions target/man/tally.{bash,zsh,fish}"
 
 clean:
 	$(CARGO) clean

@@ -227,27 +227,26 @@ impl Process {
     }
 
     /// Resident set size in bytes (second field of /proc/self/statm, in pages).
-    fn resident_bytes() -> Option<i64> {
+    fn resident_bytes() -> Option<f64> {
         let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-        let pages: i64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+        let pages: f64 = statm.split_whitespace().nth(1)?.parse().ok()?;
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-        Some(pages.saturating_mul(if page > 0 { page } else { 4096 }))
+        Some(pages * if page > 0 { page as f64 } else { 4096.0 })
     }
 
-    fn open_fds() -> Option<i64> {
-        let n = std::fs::read_dir("/proc/self/fd").ok()?.count();
-        i64::try_from(n).ok()
+    fn open_fds() -> Option<f64> {
+        Some(std::fs::read_dir("/proc/self/fd").ok()?.count() as f64)
     }
 
     /// The soft limit on open file descriptors.
-    fn max_fds() -> Option<i64> {
+    fn max_fds() -> Option<f64> {
         // SAFETY: getrlimit only writes the struct it is given.
         let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
         if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
             return None;
         }
-        Some(i64::try_from(lim.rlim_cur).unwrap_or(i64::MAX))
+        Some(lim.rlim_cur as f64)
     }
 }
 
@@ -262,6 +261,11 @@ impl Collector for Process {
                 m.metric_type(),
             )?)?;
         }
+        let start = self
+            .started
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .ok();
         let gauges = [
             (
                 "process_resident_memory_bytes",
@@ -278,6 +282,11 @@ impl Collector for Process {
                 "Maximum number of open file descriptors",
                 Self::max_fds(),
             ),
+            (
+                "process_start_time_seconds",
+                "Start time of the process since the Unix epoch in seconds",
+                start,
+            ),
         ];
         for (name, help, value) in gauges {
             if let Some(v) = value {
@@ -285,17 +294,6 @@ impl Collector for Process {
                 m.encode(encoder.encode_descriptor(name, help, None, m.metric_type())?)?;
             }
         }
-        let start = self
-            .started
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
-        let m = ConstGauge::new(start);
-        m.encode(encoder.encode_descriptor(
-            "process_start_time_seconds",
-            "Start time of the process since the Unix epoch in seconds",
-            None,
-            m.metric_type(),
-        )?)?;
         Ok(())
     }
 }

@@ -91,28 +91,26 @@ pub(super) async fn cluster_status(
         DEFAULT_CLUSTER_TIMEOUT,
         MAX_CLUSTER_TIMEOUT,
     )?;
-    let membership = node.membership();
-    let me = node.me().map(|a| a.to_string());
     let own = admin::status_of(&node).await;
-    let mut actors: Vec<(String, bool)> = membership
+    Ok(axum::Json(cluster_of(own, timeout).await).into_response())
+}
+
+/// The cluster as the node whose status is `own` is configured: every actor
+/// of its config, leaving ones too, asked for its status (see [`gather`]).
+pub async fn cluster_of(own: Status, timeout: Duration) -> ClusterStatus {
+    let mut actors: Vec<(String, bool)> = own
         .config
         .actors
         .iter()
-        .map(|a| (a.to_string(), false))
+        .map(|a| (a.clone(), false))
         .collect();
-    actors.extend(
-        membership
-            .leavers()
-            .into_iter()
-            .map(|(a, _)| (a.to_string(), true)),
-    );
-    let nodes = gather(&actors, me.as_deref(), Some(own), timeout).await;
-    Ok(axum::Json(ClusterStatus {
-        from: node.identity().node,
-        config_version: membership.config.stamp.version,
-        nodes,
-    })
-    .into_response())
+    actors.extend(own.config.leaving.iter().map(|l| (l.actor.clone(), true)));
+    let (from, config_version, me) = (own.id, own.config.version, own.me.clone());
+    ClusterStatus {
+        from,
+        config_version,
+        nodes: gather(&actors, me.as_deref(), Some(own), timeout).await,
+    }
 }
 
 /// Asks each actor (with whether it is leaving) for its `/status`, all at

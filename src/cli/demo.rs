@@ -1,152 +1,701 @@
-//! `tally demo`: a local cluster of nodes on 127.0.0.1, its config posted,
-//! kept running until Ctrl-C; then every node is stopped cleanly.
+//! `tally demo`: a local cluster on 127.0.0.1 to watch the guarantees hold
+//! while you pause, kill, restart and cut off its nodes.
+//!
+//! The demo starts N processes of this executable, each behind a TCP proxy
+//! of its own ([`proxy`]: the proxies' addresses are the config's actors,
+//! which is how `isolate` can cut a node off without root), posts the
+//! config, and then shows a line per node every second ([`view`]) while it
+//! reads commands from stdin ([`command`]; a pipe works too). With
+//! `--with-load` it sends a steady trickle of increments to every node and
+//! keeps count of what each acknowledged ([`load`]), so that `get` can hold
+//! `consistent_value` to the acknowledged total.
+//!
+//! Data goes to a fresh folder under the system's temporary folder, removed
+//! when the demo ends (also on error), unless `--data-dir` names a folder to
+//! keep. Stopping sends SIGCONT to paused nodes and SIGTERM to all, waits
+//! for them with a deadline, and SIGKILLs what is left.
+//!
+//! Left out: the demo changes no node behaviour (the nodes are ordinary
+//! processes with ordinary flags), so it cannot show a full disk or a
+//! one-way partition; the chaos suite does.
 
-use std::path::Path;
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+mod command;
+mod data;
+mod load;
+mod nodes;
+mod proxy;
+mod requests;
+mod view;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::stop_signal;
-use crate::client;
+use crate::api::types::{Status, Unavailable, paths};
+use command::Command;
+use data::DataDir;
+use load::Ledger;
+use nodes::{Life, Procs};
+use proxy::Net;
+use requests::{Reply, error_message, http, post_increment, read_value, wait_status};
+use view::{Row, Screen, Seen};
 
-/// A one-shot request of the demo, through the client's HTTP exchange.
-async fn http(
-    method: hyper::Method,
-    url: &str,
-    body: Vec<u8>,
-    timeout: Duration,
-) -> Result<(u16, String), String> {
-    let req = client::Req {
-        method,
-        path: String::new(),
-        headers: Vec::new(),
-        body,
-        content_type: "application/json",
-    };
-    match client::send(&req, url, timeout).await {
-        Ok(a) => Ok((a.status, a.body)),
-        Err(client::SendError::Invalid(e)) => Err(e),
-        Err(client::SendError::Unreachable { reason, .. }) => {
-            Err(format!("cannot reach {url}: {reason}"))
-        }
-    }
+/// A node's own port is its actor's (its proxy's) plus this.
+pub const OWN_PORT_OFFSET: u16 = 10;
+/// Deadline of a consistent read made by `get`.
+const GET_TIMEOUT: Duration = Duration::from_secs(2);
+/// Deadline of the demo's other requests to a node.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// Deadline of a view poll of one node.
+const POLL_TIMEOUT: Duration = Duration::from_millis(700);
+/// Bound on nodes starting, finding themselves, and coming back after `restart`.
+const START_BOUND: Duration = Duration::from_secs(20);
+/// Bound on the nodes' clean shutdown before they are killed.
+const STOP_BOUND: Duration = Duration::from_secs(12);
+/// How often the view is refreshed.
+const VIEW_EVERY: Duration = Duration::from_secs(1);
+
+/// `tally demo`'s flags.
+#[derive(Debug)]
+pub struct Options {
+    pub nodes: u64,
+    pub base_port: u16,
+    pub data_dir: Option<PathBuf>,
+    pub with_load: bool,
 }
 
-/// Children killed when dropped, so a failed demo leaves nothing running.
-struct Cluster(Vec<Child>);
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+pub(super) async fn demo(opts: Options) -> Result<(), String> {
+    let n = usize::try_from(opts.nodes).map_err(|_| "too many nodes")?;
+    let last = u32::from(opts.base_port) + u32::from(OWN_PORT_OFFSET) + opts.nodes as u32;
+    if opts.base_port == 0 || last > 65_536 {
+        return Err(format!(
+            "--base-port {} leaves no room for {} actor ports and {} node ports (BASE_PORT to BASE_PORT+{})",
+            opts.base_port,
+            opts.nodes,
+            opts.nodes,
+            u32::from(OWN_PORT_OFFSET) + opts.nodes as u32 - 1
+        ));
     }
-}
-
-pub(super) async fn demo(nodes: u64, base_port: u16, dir: &Path) -> Result<(), String> {
-    let addrs: Vec<String> = (0..nodes)
-        .map(|i| format!("127.0.0.1:{}", u64::from(base_port) + i))
-        .collect();
-    let mut cluster = start(&addrs, dir)?;
-    wait_ready(&addrs).await?;
-    let config = serde_json::json!({ "actors": addrs }).to_string();
-    let (status, body) = http(
-        hyper::Method::POST,
-        &format!("http://{}/config", addrs[0]),
-        config.into_bytes(),
-        Duration::from_secs(5),
-    )
-    .await?;
-    if status != 200 {
-        return Err(format!("posting the config failed ({status}): {body}"));
-    }
-    print_help(&addrs, dir);
-    stop_signal().await;
-    stop(&mut cluster).await;
-    Ok(())
-}
-
-fn start(addrs: &[String], dir: &Path) -> Result<Cluster, String> {
+    let data = DataDir::prepare(opts.data_dir.as_deref())?;
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
-    let mut cluster = Cluster(Vec::new());
-    for (i, addr) in addrs.iter().enumerate() {
+    let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let mut listeners = Vec::new();
+    let mut procs = Procs::new(exe);
+    for i in 0..n {
+        let actor = SocketAddr::new(loopback, opts.base_port + i as u16);
+        let listener = TcpListener::bind(actor)
+            .await
+            .map_err(|e| format!("cannot listen on {actor} for node {}: {e}", i + 1))?;
+        listeners.push(listener);
         let id = i as u64 + 1;
-        let child = Command::new(&exe)
-            .arg(id.to_string())
-            .arg("--listen")
-            .arg(addr)
-            .arg("--data-dir")
-            .arg(dir.join(format!("node-{id}")))
-            .env("TALLY_LOG", "warn")
-            .spawn()
-            .map_err(|e| format!("cannot start node {id}: {e}"))?;
-        cluster.0.push(child);
+        procs.add(
+            id,
+            SocketAddr::new(actor.ip(), actor.port() + OWN_PORT_OFFSET),
+            data.path.join(format!("node-{id}")),
+            data.path.join(format!("node-{id}.log")),
+        );
     }
-    Ok(cluster)
+    let demo = Arc::new(Demo {
+        actors: (0..n)
+            .map(|i| format!("127.0.0.1:{}", opts.base_port + i as u16))
+            .collect(),
+        listens: procs.all.iter().map(|p| p.listen).collect(),
+        procs: Mutex::new(procs),
+        net: Arc::new(Net::new(n)),
+        ledger: Arc::new(Ledger::default()),
+        names: Mutex::new(Vec::new()),
+        screen: Screen::new(n),
+        fresh: data.fresh,
+        run: fastrand::u64(..),
+        seq: AtomicU64::new(0),
+        work: CancellationToken::new(),
+        tasks: TaskTracker::new(),
+    });
+    let network = CancellationToken::new();
+    let proxies = TaskTracker::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        proxies.spawn(proxy::serve(
+            demo.net.clone(),
+            i,
+            listener,
+            demo.listens[i],
+            network.clone(),
+        ));
+    }
+    // Ctrl-C or SIGTERM at any point, starting included, ends the demo
+    // the same way as `quit`.
+    let result = tokio::select! {
+        r = run(&demo, &opts, &data) => r,
+        () = stop_signal() => {
+            demo.screen.say("stop requested");
+            Ok(())
+        }
+    };
+    // The same ending for success and failure: nodes first (their last
+    // pushes still cross the proxies), then the proxies.
+    demo.work.cancel();
+    demo.tasks.close();
+    let _ = tokio::time::timeout(Duration::from_secs(3), demo.tasks.wait()).await;
+    let children = demo.procs().begin_stop();
+    if !children.is_empty() {
+        demo.screen
+            .say(&format!("stopping {} nodes (SIGTERM)...", children.len()));
+    }
+    let killed = nodes::finish_stop(children, STOP_BOUND).await;
+    if !killed.is_empty() {
+        demo.screen.say(&format!(
+            "nodes {killed:?} did not stop within {STOP_BOUND:?}: killed"
+        ));
+    }
+    network.cancel();
+    proxies.close();
+    let _ = tokio::time::timeout(Duration::from_secs(3), proxies.wait()).await;
+    demo.screen.say(&demo.summary());
+    demo.screen.close();
+    demo.screen.say(&data.finish());
+    result
 }
 
-async fn wait_ready(addrs: &[String]) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    for addr in addrs {
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(format!("node at {addr} did not start within 15s"));
+/// Everything the demo's tasks share.
+struct Demo {
+    /// Each node's address in the config: its proxy's.
+    actors: Vec<String>,
+    /// Where each node itself listens.
+    listens: Vec<SocketAddr>,
+    /// Held for a signal or a spawn, never across an await.
+    procs: Mutex<Procs>,
+    net: Arc<Net>,
+    ledger: Arc<Ledger>,
+    /// The names the view shows, in order of first use.
+    names: Mutex<Vec<String>>,
+    screen: Screen,
+    /// Whether the data folder started empty, so the ledger holds every count.
+    fresh: bool,
+    /// Distinguishes this run's idempotency keys from an earlier run's.
+    run: u64,
+    seq: AtomicU64,
+    /// Stops the view, the load and the watchers.
+    work: CancellationToken,
+    tasks: TaskTracker,
+}
+
+async fn run(demo: &Arc<Demo>, opts: &Options, data: &DataDir) -> Result<(), String> {
+    for i in 0..demo.actors.len() {
+        demo.start(i)?;
+    }
+    for i in 0..demo.listens.len() {
+        demo.started(i).await?;
+    }
+    let config = serde_json::json!({ "actors": demo.actors }).to_string();
+    match http(
+        hyper::Method::POST,
+        demo.listens[0],
+        paths::CONFIG,
+        config.into_bytes(),
+        None,
+        Duration::from_secs(10),
+    )
+    .await
+    {
+        Ok((200, _)) => {}
+        Ok((status, body)) => return Err(format!("posting the config failed ({status}): {body}")),
+        Err(e) => return Err(format!("posting the config failed: {e}")),
+    }
+    // Each node finds its actor by asking the actors who they are: through
+    // the proxies, its own leads back to it.
+    for (i, listen) in demo.listens.iter().enumerate() {
+        let actor = demo.actors[i].clone();
+        wait_status(*listen, START_BOUND, |s| s.me.as_deref() == Some(&actor))
+            .await
+            .map_err(|e| format!("node {} did not find itself as {actor}: {e}", i + 1))?;
+    }
+    demo.screen.say(&demo.intro(data, opts.with_load));
+    if opts.with_load {
+        demo.names()
+            .extend(load::NAMES.iter().map(|s| s.to_string()));
+        for (i, listen) in demo.listens.iter().enumerate() {
+            demo.tasks.spawn(load::drive(
+                i,
+                *listen,
+                demo.run,
+                demo.ledger.clone(),
+                demo.work.clone(),
+            ));
+        }
+    }
+    let watcher = demo.clone();
+    demo.tasks.spawn(async move { watcher.view_loop().await });
+    let mut lines = stdin_lines();
+    loop {
+        demo.screen.prompt();
+        let line = lines.recv().await;
+        let line = match line {
+            Some(Ok(line)) => line,
+            None => {
+                demo.screen.say("end of input: stopping");
+                return Ok(());
             }
-            let url = format!("http://{addr}/status");
-            let probe = http(
+            Some(Err(e)) => return Err(format!("cannot read commands from stdin: {e}")),
+        };
+        match command::parse(&line) {
+            Ok(Command::Quit) => return Ok(()),
+            Ok(cmd) => demo.execute(cmd).await,
+            Err(e) => demo.screen.say(&e),
+        }
+    }
+}
+
+impl Demo {
+    fn procs(&self) -> std::sync::MutexGuard<'_, Procs> {
+        self.procs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn names(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+        self.names.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn start(&self, i: usize) -> Result<(), String> {
+        let pid = self.procs().start(i)?;
+        self.net.set_pid(i, Some(pid));
+        Ok(())
+    }
+
+    /// Waits until node `i` answers, failing at once (with the end of its
+    /// log) if its process ends meanwhile, e.g. because its port is taken.
+    async fn started(&self, i: usize) -> Result<(), String> {
+        let listen = self.listens[i];
+        let ended = async {
+            loop {
+                let ended = self.procs().reap();
+                if !ended.is_empty() {
+                    let log = &self.procs().all[i].log;
+                    let text = std::fs::read_to_string(log).unwrap_or_default();
+                    let tail: Vec<&str> = text.lines().rev().take(5).collect();
+                    let tail: Vec<&str> = tail.into_iter().rev().collect();
+                    return format!("{}\n{}", ended.join("\n"), tail.join("\n"));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        tokio::select! {
+            up = wait_status(listen, START_BOUND, |_| true) => up
+                .map(|_| ())
+                .map_err(|e| format!("node {} at {listen} did not start: {e}", i + 1)),
+            why = ended => Err(why),
+        }
+    }
+
+    /// "node 2" for an actor of the config, else the actor itself.
+    fn label(&self, actor: &str) -> String {
+        match self.actors.iter().position(|a| a == actor) {
+            Some(i) => format!("node {}", i + 1),
+            None => actor.to_string(),
+        }
+    }
+
+    /// The node index a command names, if the demo has it.
+    fn index(&self, n: u64) -> Result<usize, String> {
+        usize::try_from(n)
+            .ok()
+            .filter(|&n| (1..=self.actors.len()).contains(&n))
+            .map(|n| n - 1)
+            .ok_or_else(|| format!("there is no node {n}: nodes are 1 to {}", self.actors.len()))
+    }
+
+    fn intro(&self, data: &DataDir, with_load: bool) -> String {
+        let mut out = format!(
+            "tally demo: {} nodes on 127.0.0.1, config posted; every node found itself through its proxy\n",
+            self.actors.len()
+        );
+        let procs = self.procs();
+        for (i, p) in procs.all.iter().enumerate() {
+            out.push_str(&format!(
+                "  node {}: actor {} (its proxy), listens on {}, log {}\n",
+                p.id,
+                self.actors[i],
+                p.listen,
+                p.log.display()
+            ));
+        }
+        out.push_str(&data.describe());
+        out.push('\n');
+        if with_load {
+            out.push_str(&format!(
+                "load: about 5 increments a second on each node, over {}; `get load-a` compares consistent_value with what the nodes acknowledged\n",
+                load::NAMES.join(", ")
+            ));
+        }
+        let a = &self.actors[0];
+        let own = self.listens[0];
+        out.push_str(&format!(
+            "from another terminal: curl -X POST http://{a}/counter/visits -d 5 (through node 1's proxy), \
+             curl http://{own}/counter/visits/consistent_value (node 1's own port), tally status --cluster --node {own}\n"
+        ));
+        out.push_str("type `help` for the commands");
+        out
+    }
+
+    async fn execute(self: &Arc<Self>, cmd: Command) {
+        let said = match cmd {
+            Command::Nothing | Command::Quit => return,
+            Command::Help => command::HELP.to_string(),
+            Command::Status => {
+                let rows = self.rows().await;
+                self.screen.show(&rows, true);
+                return;
+            }
+            Command::Pause(n) => self.life(n, Life::Paused).await,
+            Command::Resume(n) => self.life(n, Life::Up).await,
+            Command::Kill(n) => self.life(n, Life::Killed).await,
+            Command::Restart(n) => self.restart(n),
+            Command::Isolate(n) => match self.index(n) {
+                Ok(i) => {
+                    let cut = self.net.isolate(i);
+                    format!(
+                        "isolate {n}: node {n} is cut off: no other node reaches it and it reaches no \
+                         other node ({cut} open connections cut); it still answers on its own port {}",
+                        self.listens[i]
+                    )
+                }
+                Err(e) => e,
+            },
+            Command::Heal(n) => match self.index(n) {
+                Ok(i) => {
+                    self.net.heal(i);
+                    format!("heal {n}: node {n} is back on the network")
+                }
+                Err(e) => e,
+            },
+            Command::Inc { name, amount, on } => self.inc(&name, amount, on.unwrap_or(1)).await,
+            Command::Get { name, on } => self.get(&name, on.unwrap_or(1)).await,
+        };
+        self.screen.say(&said);
+    }
+
+    /// `pause`, `resume` and `kill`.
+    async fn life(&self, n: u64, to: Life) -> String {
+        let i = match self.index(n) {
+            Ok(i) => i,
+            Err(e) => return e,
+        };
+        let mut procs = self.procs();
+        let now = procs.all[i].life;
+        let done = match (now, to) {
+            (Life::Up, Life::Paused) => procs.signal(i, libc::SIGSTOP).map(|()| {
+                format!("pause {n}: node {n} is paused (SIGSTOP): it keeps its connections but answers nothing")
+            }),
+            (Life::Paused, Life::Up) => procs
+                .signal(i, libc::SIGCONT)
+                .map(|()| format!("resume {n}: node {n} runs again (SIGCONT)")),
+            (Life::Up | Life::Paused, Life::Killed) => procs.kill(i).map(|()| {
+                self.net.set_pid(i, None);
+                format!("kill {n}: node {n} is killed (SIGKILL); `restart {n}` starts it again")
+            }),
+            (now, _) => Err(format!("node {n} is {}", life_word(now))),
+        };
+        match done {
+            Ok(said) => {
+                procs.all[i].life = to;
+                said
+            }
+            Err(e) => e,
+        }
+    }
+
+    fn restart(self: &Arc<Self>, n: u64) -> String {
+        let i = match self.index(n) {
+            Ok(i) => i,
+            Err(e) => return e,
+        };
+        let life = self.procs().all[i].life;
+        if matches!(life, Life::Up | Life::Paused) {
+            return format!("node {n} is {}; `kill {n}` first", life_word(life));
+        }
+        if let Err(e) = self.start(i) {
+            return e;
+        }
+        let demo = self.clone();
+        let stop = self.work.clone();
+        self.tasks.spawn(async move {
+            let listen = demo.listens[i];
+            let back = tokio::select! {
+                r = wait_status(listen, START_BOUND, |s| s.me.is_some()) => r,
+                () = stop.cancelled() => return,
+            };
+            demo.screen.say(&match back {
+                Ok(s) => format!(
+                    "node {n} is back: config version {} read from its data folder, it is {}",
+                    s.config.version,
+                    s.me.unwrap_or_default()
+                ),
+                Err(e) => format!("node {n} is not back: {e}"),
+            });
+        });
+        format!("restart {n}: node {n} started again on its data folder, no config posted")
+    }
+
+    fn remember(&self, name: &str) {
+        let mut names = self.names();
+        if !names.iter().any(|n| n == name) {
+            names.push(name.to_string());
+        }
+    }
+
+    async fn inc(&self, name: &str, amount: u64, n: u64) -> String {
+        let i = match self.index(n) {
+            Ok(i) => i,
+            Err(e) => return e,
+        };
+        self.remember(name);
+        let key = format!(
+            "demo-{:x}-cmd-{}",
+            self.run,
+            self.seq.fetch_add(1, Ordering::Relaxed)
+        );
+        self.ledger.sending(name, amount);
+        let head = format!("inc {name} {amount} on node {n}");
+        match post_increment(self.listens[i], name, amount, Some(&key), REQUEST_TIMEOUT).await {
+            Reply::Value(v) => {
+                self.ledger.settle(name, amount, Some(i));
+                format!("{head}: acknowledged; node {n}'s value is now {v}")
+            }
+            Reply::Error { status, message } if (400..500).contains(&status) => {
+                self.ledger.settle(name, amount, None);
+                format!("{head}: refused ({status}): {message}")
+            }
+            Reply::Error { status, message } => format!(
+                "{head}: failed ({status}): {message}; it may still be applied (counted as in doubt)"
+            ),
+            Reply::NotSent(why) => {
+                self.ledger.settle(name, amount, None);
+                format!("{head}: not sent ({why}); nothing was applied")
+            }
+            Reply::NoAnswer(why) => {
+                format!("{head}: no answer ({why}); it may still be applied (counted as in doubt)")
+            }
+        }
+    }
+
+    async fn get(&self, name: &str, n: u64) -> String {
+        let i = match self.index(n) {
+            Ok(i) => i,
+            Err(e) => return e,
+        };
+        self.remember(name);
+        let listen = self.listens[i];
+        let before = self.ledger.of(name);
+        let consistent_path = format!(
+            "{}?timeout={}",
+            paths::consistent_value(name),
+            crate::input::format_duration(GET_TIMEOUT)
+        );
+        let (local, consistent) = tokio::join!(
+            read_value(listen, name),
+            http(
                 hyper::Method::GET,
-                &url,
+                listen,
+                &consistent_path,
                 Vec::new(),
-                left.min(Duration::from_secs(1)),
+                None,
+                GET_TIMEOUT + Duration::from_secs(1),
+            )
+        );
+        let after = self.ledger.of(name);
+        let local = match local {
+            Ok(v) => v.to_string(),
+            Err(e) => format!("no answer ({e})"),
+        };
+        let mut out = format!("get {name} on node {n}: value {local}, ");
+        match consistent {
+            Ok((200, body)) => {
+                let v: Option<u128> = body.trim().parse().ok();
+                out.push_str(&format!("consistent_value {}", body.trim()));
+                if let Some(v) = v {
+                    out.push_str(&self.verdict(v, before, after));
+                }
+            }
+            Ok((503, body)) => match serde_json::from_str::<Unavailable>(&body) {
+                Ok(u) if !u.unreachable.is_empty() => {
+                    let who: Vec<String> = u
+                        .unreachable
+                        .iter()
+                        .map(|a| format!("{} ({a})", self.label(a)))
+                        .collect();
+                    out.push_str(&format!(
+                        "consistent_value unavailable (503): could not hear from {} within {}; best known value {}",
+                        who.join(", "),
+                        crate::input::format_duration(GET_TIMEOUT),
+                        u.best_known_value
+                    ));
+                }
+                _ => out.push_str(&format!(
+                    "consistent_value unavailable (503): {}",
+                    error_message(&body)
+                )),
+            },
+            Ok((status, body)) => out.push_str(&format!(
+                "consistent_value failed ({status}): {}",
+                error_message(&body)
+            )),
+            Err(e) => out.push_str(&format!("consistent_value: no answer ({e})")),
+        }
+        out
+    }
+
+    /// Holds a consistent value to what the demo saw acknowledged before the
+    /// read began (G1: at least that) and sent by its end (G2: at most that).
+    fn verdict(&self, v: u128, before: load::Sent, after: load::Sent) -> String {
+        if !self.fresh {
+            return format!(
+                "; acknowledged in this run {} (the data folder held counts of earlier runs)",
+                after.acked
             );
-            if let Ok((200, _)) = probe.await {
-                break;
+        }
+        let low = before.acked;
+        let high = after.acked + after.in_doubt;
+        let range = if low == high {
+            format!("{low}")
+        } else {
+            format!("{low} to {high} while it ran")
+        };
+        let ok = if (low..=high).contains(&v) {
+            "ok"
+        } else {
+            "MISMATCH"
+        };
+        format!("; acknowledged {range}: {ok}")
+    }
+
+    /// The lines of the view, now.
+    async fn rows(self: &Arc<Self>) -> Vec<Row> {
+        let names = self.names().clone();
+        let mut rows = Vec::new();
+        let mut asks = tokio::task::JoinSet::new();
+        {
+            let procs = self.procs();
+            for (i, p) in procs.all.iter().enumerate() {
+                let isolated = self.net.is_isolated(i);
+                let mut state = life_word(p.life).to_string();
+                if isolated {
+                    state.push_str(", isolated");
+                }
+                rows.push(Row {
+                    id: p.id,
+                    actor: self.actors[i].clone(),
+                    state,
+                    status: None,
+                    acked: (!self.names().is_empty() && self.ledger_used())
+                        .then(|| self.ledger.acked_by(i)),
+                });
+                if p.life == Life::Up {
+                    let demo = self.clone();
+                    let names = names.clone();
+                    asks.spawn(async move { (i, demo.seen(i, &names).await) });
+                }
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        while let Some(joined) = asks.join_next().await {
+            if let Ok((i, seen)) = joined {
+                rows[i].status = seen;
+            }
+        }
+        rows
+    }
+
+    fn ledger_used(&self) -> bool {
+        !self.ledger.all().is_empty()
+    }
+
+    /// One node's status and values, if it answers.
+    async fn seen(&self, i: usize, names: &[String]) -> Option<Seen> {
+        let listen = self.listens[i];
+        let (status, body) = http(
+            hyper::Method::GET,
+            listen,
+            paths::STATUS,
+            Vec::new(),
+            None,
+            POLL_TIMEOUT,
+        )
+        .await
+        .ok()?;
+        if status != 200 {
+            return None;
+        }
+        let s: Status = serde_json::from_str(&body).ok()?;
+        let mut values = Vec::new();
+        for name in names.iter().take(4) {
+            values.push((name.clone(), read_value(listen, name).await.ok()));
+        }
+        Some(Seen::from_status(&s, values, |actor| {
+            match self.actors.iter().position(|a| a == actor) {
+                Some(j) => format!("n{}", j + 1),
+                None => actor.to_string(),
+            }
+        }))
+    }
+
+    async fn view_loop(self: Arc<Self>) {
+        loop {
+            for line in self.procs().reap() {
+                self.screen.say(&line);
+            }
+            let rows = tokio::select! {
+                rows = self.rows() => rows,
+                () = self.work.cancelled() => return,
+            };
+            self.screen.show(&rows, false);
+            tokio::select! {
+                () = tokio::time::sleep(VIEW_EVERY) => {}
+                () = self.work.cancelled() => return,
+            }
         }
     }
-    Ok(())
-}
 
-fn print_help(addrs: &[String], dir: &Path) {
-    println!(
-        "tally demo: {} nodes running, data under {}",
-        addrs.len(),
-        dir.display()
-    );
-    for (i, addr) in addrs.iter().enumerate() {
-        println!("  node {} at http://{addr}", i + 1);
-    }
-    let a = &addrs[0];
-    let b = addrs.last().expect("at least one node");
-    println!("try:");
-    println!("  curl -X POST http://{a}/counter/visits -d 5");
-    println!("  curl http://{b}/counter/visits/value");
-    println!("  curl http://{b}/counter/visits/consistent_value");
-    println!("  curl http://{a}/status");
-    println!("or with the client in this binary:");
-    println!("  tally inc visits 5 --node {a}");
-    println!("  tally get visits --consistent --node {b}");
-    println!("  tally status --node {a}");
-    println!("Ctrl-C stops the cluster.");
-}
-
-/// Asks every node to stop cleanly (a terminal's Ctrl-C may have reached
-/// them already), then gives them time before the guard kills what is left.
-async fn stop(cluster: &mut Cluster) {
-    for child in &cluster.0 {
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-    }
-    let deadline = Instant::now() + Duration::from_secs(12);
-    for child in &mut cluster.0 {
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+    fn summary(&self) -> String {
+        let all = self.ledger.all();
+        if all.is_empty() {
+            return "nothing was incremented through the demo".into();
         }
+        let mut out = String::from("acknowledged through the demo:");
+        for (name, sent) in all {
+            out.push_str(&format!(" {name}={}", sent.acked));
+            if sent.in_doubt > 0 {
+                out.push_str(&format!(" (+{} in doubt)", sent.in_doubt));
+            }
+        }
+        out
     }
+}
+
+fn life_word(life: Life) -> &'static str {
+    match life {
+        Life::Up => "up",
+        Life::Paused => "paused",
+        Life::Killed => "killed",
+        Life::Exited => "exited",
+    }
+}
+
+/// Lines of stdin, read on a thread of their own: a blocking read that
+/// never ends (a terminal nobody types in) must hold neither the runtime
+/// nor the exit, and the thread ends with the process.
+fn stdin_lines() -> tokio::sync::mpsc::Receiver<std::io::Result<String>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let failed = line.is_err();
+            if tx.blocking_send(line).is_err() || failed {
+                return;
+            }
+        }
+    });
+    rx
 }

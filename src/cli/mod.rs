@@ -38,12 +38,15 @@ use demo::demo;
         Post the cluster's addresses to any node with\n  \
         tally config 10.0.0.1 10.0.0.2 10.0.0.3 --node 10.0.0.1\n\
         `tally demo` starts a three-node cluster on loopback.\n\n\
-        The client commands (inc, get, status, config, ls) talk to the node given by\n\
-        --node or TALLY_NODE (default http://127.0.0.1:7777) and send --secret or\n\
-        TALLY_SECRET as the x-tally-secret header; `tally <COMMAND> --help` lists\n\
-        their flags. Client exit codes: 0 success, 1 the node answered an error,\n\
-        2 the node could not be reached (or bad usage), 3 a consistent read could\n\
-        not hear from every node.",
+        The client commands (inc, get, ls, status, health, config) talk to the node\n\
+        given by --node, TALLY_NODES or TALLY_NODE (default http://127.0.0.1:7777;\n\
+        with several, a command asks the next when one cannot be reached, except\n\
+        inc) and send --secret or TALLY_SECRET as the x-tally-secret header;\n\
+        `tally <COMMAND> --help` lists their flags. Client exit codes: 0 success,\n\
+        1 the node answered an error, 2 the node could not be reached (or bad\n\
+        usage), 3 a consistent read could not hear from every node (or, for\n\
+        status --cluster, some node could not be asked); health exits 0 or 1 only.\n\n\
+        Durations are written 500ms, 2s, 1m30s, 24h or as decimal seconds.",
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true
 )]
@@ -58,18 +61,32 @@ pub struct Cli {
 #[allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 #[derive(Subcommand, Debug)]
 pub enum Commands {
-    /// Start a local cluster of nodes on 127.0.0.1, post its config, and
-    /// keep it running until Ctrl-C.
+    /// Start a local cluster on 127.0.0.1, post its config, and drive it
+    /// from stdin: pause, resume, kill, restart, isolate and heal nodes, inc
+    /// and get counters, while a line per node shows values and lag.
+    ///
+    /// Each node's actor address is a TCP proxy inside the demo (ports
+    /// BASE_PORT..), in front of the node's own port (BASE_PORT+10..), so
+    /// `isolate N` can cut node N off both ways without root. Type `help` in
+    /// the demo for its commands; `quit`, Ctrl-C or the end of stdin stops
+    /// every node (SIGTERM, then SIGKILL after a deadline).
     Demo {
         /// How many nodes.
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=9))]
         nodes: u64,
-        /// Port of node 1; node N listens on BASE_PORT + N - 1.
+        /// Actor (proxy) port of node 1: node N's actor is BASE_PORT + N - 1,
+        /// and the node itself listens 10 ports higher.
         #[arg(long, default_value_t = 7701)]
         base_port: u16,
-        /// Folder holding each node's data folder.
-        #[arg(long, default_value = "tally-demo")]
-        dir: PathBuf,
+        /// Keep the nodes' data (and logs) in DIR across runs; a run with the
+        /// same --nodes and --base-port resumes from it [default: a fresh
+        /// folder under the system's temporary folder, removed when the demo ends].
+        #[arg(long, value_name = "DIR", alias = "dir")]
+        data_dir: Option<PathBuf>,
+        /// Send a steady trickle of increments (about 5 a second per node, on
+        /// load-a, load-b, load-c), counting what each node acknowledged.
+        #[arg(long)]
+        with_load: bool,
     },
     /// Add N to a counter (POST /counter/NAME); prints the node's new local value.
     Inc {
@@ -441,8 +458,14 @@ fn serve(cli: Cli) -> ExitCode {
         Some(Commands::Demo {
             nodes,
             base_port,
-            dir,
-        }) => runtime.block_on(demo(nodes, base_port, &dir)),
+            data_dir,
+            with_load,
+        }) => runtime.block_on(demo(demo::Options {
+            nodes,
+            base_port,
+            data_dir,
+            with_load,
+        })),
         Some(_) => Err("not a node command".into()),
         None => runtime.block_on(run_node(cli.node)),
     };

@@ -30,10 +30,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::api::probes::gather;
+use crate::api::probes::cluster_of;
 use crate::api::types::{
-    ClusterStatus, ConfigSummary, IDEMPOTENCY_HEADER, Listing, Probe, SECRET_HEADER, Status,
-    Unavailable, encode_query, paths,
+    ConfigSummary, IDEMPOTENCY_HEADER, Listing, Probe, SECRET_HEADER, Status, Unavailable,
+    encode_query, paths,
 };
 pub use crate::exchange::{Answer, Req, SendError, parse_node, send};
 use format::{
@@ -282,22 +282,8 @@ async fn cluster_status(json: bool, answer: &Answer, timeout: Duration) -> Outco
         Ok(s) => s,
         Err(e) => return unexpected(&e.to_string(), answer),
     };
-    let mut actors: Vec<(String, bool)> = own
-        .config
-        .actors
-        .iter()
-        .map(|a| (a.clone(), false))
-        .collect();
-    actors.extend(own.config.leaving.iter().map(|l| (l.actor.clone(), true)));
     let per_actor = timeout.min(crate::api::probes::DEFAULT_CLUSTER_TIMEOUT);
-    let report = ClusterStatus {
-        from: own.id,
-        config_version: own.config.version,
-        nodes: Vec::new(),
-    };
-    let me = own.me.clone();
-    let nodes = gather(&actors, me.as_deref(), Some(own), per_actor).await;
-    let report = ClusterStatus { nodes, ..report };
+    let report = cluster_of(own, per_actor).await;
     if json {
         return match serde_json::to_string_pretty(&report) {
             Ok(s) => Outcome::ok(s + "\n"),
