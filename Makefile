@@ -1,8 +1,13 @@
 # tally — build, lint, test and package.
 #
-#   make test          every test: lint, cargo test, then the packaged-binary check
+#   make test          every test: lint, cargo test, the packaged-binary check, the container test
 #   make package       dist/challenge.tar.gz (static executable, see SPEC §1)
 #   make package-test  package, then run it in an empty chroot (scripts/check-package.sh)
+#   make image         the container image tally:<version> and tally:latest (docker/Dockerfile)
+#   make image-test    image, then the container test: a compose cluster paused, cut off,
+#                      restarted and killed (tests/container.rs; needs Docker and a compose tool)
+#   make cluster       image, then a three-node compose cluster on 127.0.0.1:7781-7783
+#   make cluster-down  stop it and remove its containers, network and volume
 #   make lint          cargo fmt --check, clippy and rustdoc with warnings denied
 #   make demo          a three-node cluster on loopback
 #   make bench         measure tally beside Redis and a bare HTTP server (scripts/bench.py);
@@ -19,6 +24,9 @@
 #            BENCH_ROUNDS (3), BENCH_SECONDS (10), BENCH_B4_NAMES (100000), BENCH_FULL (1 adds
 #            the 1M-name runs), BENCH_DIR (data folder parent, default target/bench),
 #            BENCH_KEEP (1 keeps data and logs): read by scripts/bench.py from the environment.
+#            IMAGE (image name, default tally), COMPOSE (default `docker compose` when it
+#            works, else docker-compose), CLUSTER_PROJECT (compose project, default tally);
+#            docker/compose.yaml lists the cluster's settings (TALLY_NET, TALLY_PORT_1, ...).
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -43,7 +51,8 @@ EXE     := challenge/bin/challenge-executable
 # of the same commit are byte-identical.
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 
-.PHONY: all package static-check package-test lint test cargo-test demo bench bench-micro man clean
+.PHONY: all package static-check package-test lint test cargo-test demo bench bench-micro man clean \
+	image image-test cluster cluster-down
 
 all: package
 
@@ -87,6 +96,44 @@ static-check:
 package-test: package
 	bash scripts/check-package.sh "$(TARBALL)"
 
+# ------------------------------------------------------------ container image
+# The package's executable, staged as a build context beside docker/'s files:
+# the image is FROM scratch, so nothing is pulled (see docker/Dockerfile).
+VERSION         := $(shell sed -n '/^\[package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' Cargo.toml)
+IMAGE           ?= tally
+IMAGE_CONTEXT   := target/image
+DOCKER          ?= docker
+COMPOSE         ?= $(shell if $(DOCKER) compose version >/dev/null 2>&1; then echo '$(DOCKER) compose'; else echo docker-compose; fi)
+CLUSTER_PROJECT ?= tally
+
+image: package
+	rm -rf "$(IMAGE_CONTEXT)"
+	install -d -m 0755 "$(IMAGE_CONTEXT)" "$(IMAGE_CONTEXT)/etc"
+	tar -xzf "$(TARBALL)" -C "$(IMAGE_CONTEXT)" --no-same-owner
+	install -m 0644 docker/passwd docker/group "$(IMAGE_CONTEXT)/etc/"
+	install -d -m 0755 "$(IMAGE_CONTEXT)/tally-data"
+	install -m 0644 docker/Dockerfile "$(IMAGE_CONTEXT)/Dockerfile"
+	$(DOCKER) build \
+	    --build-arg VERSION="$(VERSION)" \
+	    --build-arg REVISION="$$(git rev-parse HEAD 2>/dev/null || echo unknown)" \
+	    --build-arg CREATED="$$(date -u -d "@$(SOURCE_DATE_EPOCH)" +%Y-%m-%dT%H:%M:%SZ)" \
+	    $$(src="$$(git remote get-url origin 2>/dev/null)" && echo --label "org.opencontainers.image.source=$$src") \
+	    -t "$(IMAGE):$(VERSION)" -t "$(IMAGE):latest" "$(IMAGE_CONTEXT)"
+	@echo "image: $(IMAGE):$(VERSION) and $(IMAGE):latest ($$($(DOCKER) image inspect -f '{{.Size}}' "$(IMAGE):$(VERSION)") bytes)"
+
+# The container test is #[ignore]d in plain `cargo test` (it needs the image):
+# here it runs with the image just built.
+image-test: image
+	TALLY_IMAGE="$(IMAGE):$(VERSION)" TALLY_COMPOSE="$(COMPOSE)" \
+	  $(CARGO) test $(CARGO_LOCKED) --test container -- --ignored --nocapture
+
+cluster: image
+	TALLY_IMAGE="$(IMAGE):$(VERSION)" COMPOSE="$(COMPOSE)" CLUSTER_PROJECT="$(CLUSTER_PROJECT)" \
+	  bash docker/cluster.sh up
+
+cluster-down:
+	COMPOSE="$(COMPOSE)" CLUSTER_PROJECT="$(CLUSTER_PROJECT)" bash docker/cluster.sh down
+
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy $(CARGO_LOCKED) --all-targets -- -D warnings
@@ -102,6 +149,7 @@ test:
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory cargo-test
 	$(MAKE) --no-print-directory package-test
+	$(MAKE) --no-print-directory image-test
 
 demo:
 	$(CARGO) run $(CARGO_LOCKED) --release --bin tally -- demo $(DEMO_ARGS)
