@@ -2,8 +2,8 @@
 //! cluster on loopback, the page loaded in Chromium, and what the page shows
 //! read back from the DOM Chromium dumps after running the page's script
 //! (`--dump-dom` with a virtual-time budget). The script runs only if the
-//! Content-Security-Policy allows it, so these tests also hold the policy's
-//! hashes to the page.
+//! Content-Security-Policy allows it, so these tests also hold the policy
+//! to the page and its assets.
 //!
 //! Needs `chromium` (or `TALLY_CHROMIUM=/path/to/chrome`). Without it the
 //! tests fail, unless `TALLY_CONSOLE_SKIP=1` asks to skip them (loudly;
@@ -452,10 +452,21 @@ fn the_console_shows_the_cluster_in_a_browser() {
     assert_eq!(a.header("cache-control"), Some("no-store"));
     let csp = a.header("content-security-policy").unwrap_or_default();
     assert!(
-        csp.starts_with("default-src 'none';") && csp.contains("script-src 'sha256-"),
+        csp.starts_with("default-src 'none';") && csp.contains("script-src 'self';"),
         "{csp}"
     );
     assert!(!csp.contains("unsafe"), "{csp}");
+    for (asset, content_type) in [
+        ("console.js", "text/javascript; charset=utf-8"),
+        ("console.css", "text/css; charset=utf-8"),
+    ] {
+        let r = c.http.get(&c.url(0, &format!("/console/{asset}")));
+        assert_eq!(r.status, 200, "{asset}: {r:?}");
+        assert_eq!(r.content_type, content_type, "{asset}");
+    }
+    c.http
+        .get(&c.url(0, "/console/other.js"))
+        .assert_error(404, "an asset the console does not have");
     let metrics = c.http.get(&c.url(0, "/metrics")).body;
     assert!(
         metrics.contains(r#"tally_http_requests_total{method="GET",route="/",status="200"} 1"#),
@@ -659,9 +670,19 @@ fn the_console_shows_a_banner_when_its_node_is_unreachable() {
         .header("content-security-policy")
         .expect("a policy")
         .to_string();
+    let mut files = vec![("/".to_string(), page.resp)];
+    for asset in ["/console/console.js", "/console/console.css"] {
+        let r = c.http.get(&c.url(0, asset));
+        assert_eq!(r.status, 200, "{asset}: {r:?}");
+        files.push((asset.to_string(), r));
+    }
     drop(c);
 
-    let server = StandIn::start(page.resp.body, csp);
+    let files = files
+        .into_iter()
+        .map(|(path, r)| (path, r.content_type, r.body))
+        .collect();
+    let server = StandIn::start(files, csp);
     let url = format!("http://127.0.0.1:{}/", server.port);
     browser.eventually("the error banner", &url, |dom| {
         let banner = dom.by_id("banner")?;
@@ -678,8 +699,8 @@ fn the_console_shows_a_banner_when_its_node_is_unreachable() {
     });
 }
 
-/// Serves the console page at `/` and drops every other connection
-/// unanswered, until dropped.
+/// Serves the console page at `/` and its assets, and drops every other
+/// connection unanswered, until dropped.
 struct StandIn {
     port: u16,
     stop: Arc<AtomicBool>,
@@ -687,7 +708,8 @@ struct StandIn {
 }
 
 impl StandIn {
-    fn start(page: String, csp: String) -> StandIn {
+    /// `files`: path, content type and body of each file served.
+    fn start(files: Vec<(String, String, String)>, csp: String) -> StandIn {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         listener.set_nonblocking(true).expect("nonblocking");
         let port = listener.local_addr().expect("addr").port();
@@ -715,12 +737,15 @@ impl StandIn {
                         Ok(n) => head.extend_from_slice(&buf[..n]),
                     }
                 }
-                if head.starts_with(b"GET / ") {
+                let served = files
+                    .iter()
+                    .find(|(path, _, _)| head.starts_with(format!("GET {path} ").as_bytes()));
+                if let Some((_, content_type, body)) = served {
                     let answer = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: text/html; charset=utf-8\r\n\
+                        "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\n\
                          cache-control: no-store\r\ncontent-security-policy: {csp}\r\n\
-                         content-length: {}\r\nconnection: close\r\n\r\n{page}",
-                        page.len()
+                         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
                     );
                     let _ = eintr::write_all(&mut stream, answer.as_bytes());
                 }

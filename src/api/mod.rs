@@ -40,6 +40,7 @@ use types::{BODY_TIMEOUT, MAX_BODY, Route, SECRET_HEADER, paths};
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route(paths::CONSOLE, get(console::page))
+        .route(paths::CONSOLE_ASSET, get(console::asset))
         .route(paths::CONFIG, post(admin::post_config))
         .route(RPC_PATH, post(admin::rpc))
         .route(paths::STATUS, get(admin::status))

@@ -31,8 +31,10 @@ pub const DEFAULT_PAGE: usize = 100;
 
 /// Every public path.
 pub mod paths {
-    /// The web console.
+    /// The web console, and its script and style sheet under `/console/`.
     pub const CONSOLE: &str = "/";
+    pub const CONSOLE_ASSET: &str = "/console/{asset}";
+    pub const CONSOLE_ASSETS: &str = "/console/";
     pub const CONFIG: &str = "/config";
     pub const STATUS: &str = "/status";
     pub const CLUSTER_STATUS: &str = "/status/cluster";
@@ -82,6 +84,7 @@ pub fn encode_query(value: &str) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route<'a> {
     Console,
+    ConsoleAsset,
     Config,
     Status,
     ClusterStatus,
@@ -103,6 +106,7 @@ impl<'a> Route<'a> {
     pub fn of(path: &'a str) -> Route<'a> {
         match path {
             paths::CONSOLE => Route::Console,
+            p if p.starts_with(paths::CONSOLE_ASSETS) => Route::ConsoleAsset,
             paths::CONFIG => Route::Config,
             paths::STATUS => Route::Status,
             paths::CLUSTER_STATUS => Route::ClusterStatus,
@@ -130,6 +134,7 @@ impl<'a> Route<'a> {
     pub fn template(&self) -> &'static str {
         match self {
             Route::Console => paths::CONSOLE,
+            Route::ConsoleAsset => paths::CONSOLE_ASSET,
             Route::Config => paths::CONFIG,
             Route::Status => paths::STATUS,
             Route::ClusterStatus => paths::CLUSTER_STATUS,
@@ -316,6 +321,10 @@ mod tests {
     #[test]
     fn routes_parse_and_name_their_templates() {
         assert_eq!(Route::of("/"), Route::Console);
+        assert_eq!(
+            Route::of("/console/console.js").template(),
+            "/console/{asset}"
+        );
         assert_eq!(Route::of("/").template(), "/");
         assert_eq!(Route::of("/config"), Route::Config);
         assert_eq!(Route::of(RPC_PATH), Route::Rpc);
