@@ -826,3 +826,55 @@ fn systemd_hears_ready_and_stopping() {
     assert!(stopping, "no STOPPING=1 after SIGTERM");
     assert!(status.success(), "{status:?}");
 }
+
+/// A node whose stderr is a closed pipe (its log reader went away) keeps
+/// serving and still stops cleanly on SIGTERM: a log line it cannot write
+/// is dropped, it does not take the task that logged it down with it.
+#[test]
+fn a_node_outlives_its_log_reader() {
+    let dir = TempDir::new("epipe");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut child = command()
+        .args(["1", "--listen", &addr, "--data-dir"])
+        .arg(dir.0.join("d"))
+        .env("TALLY_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn node");
+    let err = child.stderr.take().expect("stderr");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(err));
+    // Wait until it listens, then close the pipe's only reader.
+    let listening = lines
+        .by_ref()
+        .take(20)
+        .any(|l| l.is_ok_and(|l| l.contains("listening")));
+    assert!(listening, "no `listening` line");
+    drop(lines);
+
+    // Posting a config logs at info, into the closed pipe.
+    let body = format!(r#"{{"actors":["{addr}"]}}"#);
+    let config = format!(
+        "POST /config HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let (code, body) = raw_exchange(&addr, &config).expect("config answered");
+    assert_eq!(code, 200, "{body}");
+    let (code, _) = await_some(Duration::from_secs(10), "ready", || {
+        raw_get(&addr, "/readyz").ok().filter(|(c, _)| *c == 200)
+    });
+    assert_eq!(code, 200);
+    let (code, body) = raw_post_with_key(&addr, "/counter/x", "k1");
+    assert_eq!((code, body.as_str()), (200, "1"));
+
+    // SIGTERM is logged too, and must still stop the node, cleanly.
+    let pid = i32::try_from(child.id()).expect("pid");
+    // SAFETY: kill has no memory preconditions; the pid is our own child's.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = await_some(Duration::from_secs(20), "exit after SIGTERM", || {
+        child.try_wait().expect("try_wait")
+    });
+    assert!(status.success(), "{status:?}");
+}

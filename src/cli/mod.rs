@@ -420,7 +420,7 @@ pub fn main(cli: Cli) -> ExitCode {
     match args.conn() {
         Ok(conn) => client::run(action, conn),
         Err(e) => {
-            eprintln!("tally: {e}");
+            say(&e);
             ExitCode::from(client::EXIT_UNREACHABLE)
         }
     }
@@ -431,7 +431,7 @@ fn man() -> ExitCode {
     let page = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
     let mut out = Vec::new();
     if let Err(e) = page.render(&mut out) {
-        eprintln!("tally: cannot render the manual page: {e}");
+        say(&format!("cannot render the manual page: {e}"));
         return ExitCode::FAILURE;
     }
     let _ = std::io::Write::write_all(&mut std::io::stdout().lock(), &out);
@@ -441,7 +441,7 @@ fn man() -> ExitCode {
 /// Runs a node or the demo cluster.
 fn serve(cli: Cli) -> ExitCode {
     if let Err(e) = init_logging(&cli.node.log, cli.node.log_format) {
-        eprintln!("tally: {e}");
+        say(&e);
         return ExitCode::from(2);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -475,10 +475,17 @@ fn serve(cli: Cli) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             error!("{message}");
-            eprintln!("tally: {message}");
+            say(&message);
             ExitCode::FAILURE
         }
     }
+}
+
+/// Prints `tally: MESSAGE` on stderr; a stderr that cannot be written
+/// (a closed pipe) is not worth a panic.
+fn say(message: &dyn std::fmt::Display) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "tally: {message}");
 }
 
 /// Installs the log subscriber; an invalid filter is refused, not replaced.
@@ -487,9 +494,14 @@ fn init_logging(filter: &str, format: LogFormat) -> Result<(), String> {
         .with_regex(false)
         .parse(filter)
         .map_err(|e| format!("invalid --log (TALLY_LOG) filter {filter:?}: {e}"))?;
+    // A line that cannot be written (stderr a pipe whose reader went away)
+    // is dropped. By default the subscriber would report it with
+    // `eprintln!`, which panics on that same stderr, killing whichever task
+    // logged: a handler, the writer, or the one that waits for SIGTERM.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     match format {
         LogFormat::Text => builder
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
