@@ -55,7 +55,8 @@ pub struct Overflow {
 #[error("malformed counter encoding: {0}")]
 pub struct DecodeError(&'static str);
 
-const ENTRY_LEN: usize = 24;
+/// Bytes of one encoded component.
+pub const ENTRY_LEN: usize = 24;
 
 impl GCounter {
     pub fn new() -> Self {

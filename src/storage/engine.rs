@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::idempotency::KeyRecord;
@@ -37,6 +38,10 @@ pub enum StoreError {
     },
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// Damage found when opening, with the node set to refuse rather than
+    /// salvage (`--on-damage refuse`); nothing was changed.
+    #[error("{0}")]
+    Damaged(String),
     #[error(transparent)]
     Overflow(#[from] Overflow),
     #[error("Idempotency-Key {0:?} was first used with a different request")]
@@ -94,6 +99,30 @@ pub struct Loaded {
     pub me: Option<Actor>,
     /// Whether the data folder was new.
     pub created: bool,
+    /// Damage this folder's engine found when opening it, now or before,
+    /// and how it went on (oldest first; the last is this open's when
+    /// [`Salvage::now`] is set).
+    pub salvage: Option<Vec<Salvage>>,
+}
+
+/// Damage found in a data folder's files when it was opened, and how the
+/// node went on: every record that read back whole was kept, and the node
+/// counts on under a new incarnation, so it never counts again below what
+/// its peers may have seen of the records it lost (SPEC G7, G11).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Salvage {
+    /// When, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// Each place found damaged: file, byte offset, what was wrong.
+    pub damage: Vec<String>,
+    /// What could not be read back.
+    pub lost: String,
+    /// The incarnation the folder had, and the one it counts on with.
+    pub from_incarnation: u64,
+    pub to_incarnation: u64,
+    /// Set on the event of this very open (not stored).
+    #[serde(skip)]
+    pub now: bool,
 }
 
 /// How far a node has merged a peer's changes: the peer's own local

@@ -110,6 +110,7 @@ impl Engine for MemoryEngine {
             head: s.seq,
             me: s.me.clone(),
             created,
+            salvage: None,
         })
     }
 

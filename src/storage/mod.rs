@@ -29,6 +29,7 @@
 //! faults.
 //! Left out: compaction of the redb file and online backup.
 
+pub mod disk;
 mod engine;
 pub mod health;
 pub mod idempotency;
@@ -39,6 +40,7 @@ pub mod memory;
 mod mirror;
 mod plan;
 pub mod redb;
+pub mod simdisk;
 mod writer;
 
 use std::collections::BTreeMap;
@@ -52,7 +54,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 /// Who owns a data folder: its node id and the incarnation drawn with it.
 pub use crate::crdt::ReplicaId;
 pub use engine::{
-    Batch, Changes, Engine, EngineSource, Incremented, Loaded, Merge, PeerMark, StoreError,
+    Batch, Changes, Engine, EngineSource, Incremented, Loaded, Merge, PeerMark, Salvage, StoreError,
 };
 pub use health::{Health, HealthReport};
 

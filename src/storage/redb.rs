@@ -13,16 +13,29 @@
 //! After an I/O error redb refuses every later transaction until the
 //! database is closed and opened again; [`RedbEngine::reopen`] does that
 //! (the writer calls it, with backoff, until the disk takes writes again).
+//!
+//! Nothing read is believed unchecked: every open verifies the checksum of
+//! every page of the committed trees (redb's integrity check, which also
+//! falls back to the previous commit when the newest one does not verify:
+//! `logged.rs` then finds the B-tree behind its log), a file that cannot
+//! be opened that way is reported as damage (as is a panic of redb on
+//! bytes it did not expect), and each counter row carries a CRC-32 of its
+//! own, since redb checks page checksums only at open and a row is read
+//! again whenever a peer pulls it.
+//!
+//! The file is reached through the [`Disk`] seam, so the same code runs on
+//! a simulated disk.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::{RwLock, RwLockReadGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
+use super::disk::{Backend, Disk, OsDisk};
 use super::idempotency::KeyRecord;
-use super::{Batch, Changes, Engine, Loaded, StoreError};
+use super::{Batch, Changes, Engine, Loaded, Salvage, StoreError};
 use crate::cluster::{Actor, ClusterConfig, Membership};
 use crate::crdt::GCounter;
 
@@ -33,19 +46,55 @@ const MARKS: TableDefinition<u64, u64> = TableDefinition::new("peer_marks");
 /// idempotency key -> JSON `KeyRecord`.
 const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency_keys");
 
-const DB_FILE: &str = "tally.redb";
+/// The B-tree's file in the data folder.
+pub const DB_FILE: &str = "tally.redb";
+/// The log format whose presence the B-tree records under `wal`.
+const WAL_FORMAT: u64 = 2;
+/// Salvage events kept in the folder (the oldest are forgotten).
+const MAX_SALVAGE_EVENTS: usize = 16;
 /// redb's page cache. Every counter is also held in the store's memory, so
 /// the cache serves only checkpoints and peers' pulls; redb's default (1 GiB)
 /// would keep a copy of the whole file after the load at startup.
 const CACHE_BYTES: usize = 32 << 20;
 
-fn open_db(file: &Path) -> Result<Database, StoreError> {
-    Database::builder()
-        .set_cache_size(CACHE_BYTES)
-        .create(file)
-        .map_err(|e| engine(e).in_file(file))
+/// Opens the B-tree file, verifying every page of its committed trees; a
+/// file that fails the check, or that makes redb panic, is damage.
+fn open_db(disk: &dyn Disk) -> Result<Database, StoreError> {
+    let name = disk.display(DB_FILE);
+    let file = disk
+        .open(DB_FILE, true)
+        .map_err(|e| StoreError::engine(e).in_file(&name))?;
+    let opened = catch_unwind(AssertUnwindSafe(|| {
+        Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .set_check_integrity_on_open(true)
+            .create_with_backend(Backend(file))
+    }));
+    match opened {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(why)))) => {
+            Err(StoreError::Corrupt(format!(
+                "{}: the B-tree fails its check: {why}",
+                name.display()
+            )))
+        }
+        Ok(Err(e)) => Err(engine(e).in_file(&name)),
+        Err(panic) => Err(StoreError::Corrupt(format!(
+            "{}: the B-tree could not be read ({})",
+            name.display(),
+            panic_message(&*panic)
+        ))),
+    }
 }
-const LOCK_FILE: &str = "LOCK";
+
+/// The message of a caught panic.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
 
 fn engine(e: impl Into<redb::Error>) -> StoreError {
     StoreError::engine(e.into())
@@ -55,45 +104,48 @@ pub struct RedbEngine {
     /// `None` only while being reopened. Readers hold the read lock for a
     /// whole transaction, so a reopen never overlaps one.
     db: RwLock<Option<Database>>,
-    dir: PathBuf,
+    disk: Arc<dyn Disk>,
     file: PathBuf,
     created: bool,
-    /// Held for the life of the engine: a second process on the folder fails to lock it.
-    _lock: File,
 }
 
 impl RedbEngine {
     /// Opens (creating if needed) the data folder `dir`, refusing one that
     /// another process holds.
     pub fn open(dir: &Path) -> Result<RedbEngine, StoreError> {
-        let folder = |source| StoreError::Folder {
-            path: dir.to_path_buf(),
-            source,
-        };
-        std::fs::create_dir_all(dir).map_err(folder)?;
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join(LOCK_FILE))
-            .map_err(folder)?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(StoreError::Locked(dir.to_path_buf()));
-            }
-            Err(std::fs::TryLockError::Error(e)) => return Err(folder(e)),
+        Self::on(Arc::new(OsDisk::lock(dir)?))
+    }
+
+    /// Opens (creating if needed) the B-tree of a data folder; a damaged
+    /// file is refused with [`StoreError::Corrupt`].
+    pub fn on(disk: Arc<dyn Disk>) -> Result<RedbEngine, StoreError> {
+        let file = disk.display(DB_FILE);
+        let exists = disk
+            .exists(DB_FILE)
+            .map_err(|e| StoreError::engine(e).in_file(&file))?;
+        let created = !exists
+            || disk
+                .open(DB_FILE, false)
+                .and_then(|f| f.len())
+                .map_err(|e| StoreError::engine(e).in_file(&file))?
+                == 0;
+        let db = open_db(&*disk)?;
+        if created {
+            // The new file's entry in the folder must be as durable as its pages.
+            disk.sync_dir("")
+                .map_err(|e| StoreError::engine(e).in_file(&file))?;
         }
-        let file = dir.join(DB_FILE);
-        let created = !file.exists();
-        let db = open_db(&file)?;
         Ok(RedbEngine {
             db: RwLock::new(Some(db)),
-            dir: dir.to_path_buf(),
+            disk,
             file,
             created,
-            _lock: lock,
         })
+    }
+
+    /// Whether the file was made by this open.
+    pub fn created(&self) -> bool {
+        self.created
     }
 
     fn db(&self) -> Result<DbGuard<'_>, StoreError> {
@@ -111,7 +163,7 @@ impl RedbEngine {
     fn load_inner(&self, node: u64) -> Result<Loaded, StoreError> {
         let db = self.db()?;
         let txn = db.begin_write().map_err(engine)?;
-        let (incarnation, membership, head, me) = {
+        let (incarnation, membership, head, me, salvage) = {
             let mut meta = txn.open_table(META).map_err(engine)?;
             txn.open_table(COUNTERS).map_err(engine)?;
             txn.open_table(BY_SEQ).map_err(engine)?;
@@ -120,7 +172,7 @@ impl RedbEngine {
             let found = read_u64(&meta, "node_id")?;
             if found != 0 && found != node {
                 return Err(StoreError::WrongNode {
-                    path: self.dir.clone(),
+                    path: self.disk.display(""),
                     found,
                     wanted: node,
                 });
@@ -146,15 +198,34 @@ impl RedbEngine {
                         .ok_or_else(|| StoreError::Corrupt("stored actor of this node".into()))?,
                 ),
             };
-            (incarnation, membership, read_u64(&meta, "seq")?, me)
+            let salvage = match meta.get("salvaged").map_err(engine)? {
+                None => None,
+                Some(v) => Some(
+                    serde_json::from_slice::<Vec<Salvage>>(v.value())
+                        .map_err(|e| StoreError::Corrupt(format!("stored salvage events: {e}")))?,
+                ),
+            };
+            (
+                incarnation,
+                membership,
+                read_u64(&meta, "seq")?,
+                me,
+                salvage,
+            )
         };
         txn.commit().map_err(engine)?;
         let txn = db.begin_read().map_err(engine)?;
         let table = txn.open_table(COUNTERS).map_err(engine)?;
         let mut counters = BTreeMap::new();
+        let mut unchecked = Vec::new();
         for entry in table.iter().map_err(engine)? {
             let (k, v) = entry.map_err(engine)?;
-            counters.insert(k.value().to_string(), decode_row(v.value())?.1);
+            let name = k.value();
+            let (lseq, counter, checked) = decode_row(name, v.value())?;
+            if !checked {
+                unchecked.push((name.to_string(), lseq, counter.clone()));
+            }
+            counters.insert(name.to_string(), counter);
         }
         let mut keys = Vec::new();
         for entry in txn
@@ -168,6 +239,21 @@ impl RedbEngine {
                 .map_err(|e| StoreError::Corrupt(format!("idempotency key: {e}")))?;
             keys.push((k.value().to_string(), record));
         }
+        drop(table);
+        drop(txn);
+        if !unchecked.is_empty() {
+            // Rows written before rows carried a checksum get one now.
+            let txn = db.begin_write().map_err(engine)?;
+            {
+                let mut table = txn.open_table(COUNTERS).map_err(engine)?;
+                for (name, lseq, counter) in &unchecked {
+                    table
+                        .insert(name.as_str(), encode_row(*lseq, counter).as_slice())
+                        .map_err(engine)?;
+                }
+            }
+            txn.commit().map_err(engine)?;
+        }
         Ok(Loaded {
             incarnation,
             membership,
@@ -176,6 +262,7 @@ impl RedbEngine {
             head,
             me,
             created: self.created,
+            salvage,
         })
     }
 }
@@ -211,18 +298,35 @@ fn decode_membership(bytes: &[u8]) -> Result<Membership, StoreError> {
         .map_err(|e| StoreError::Corrupt(format!("stored config: {e}")))
 }
 
-fn decode_row(bytes: &[u8]) -> Result<(u64, GCounter), StoreError> {
-    if bytes.len() < 8 {
-        return Err(StoreError::Corrupt("counter row too short".into()));
+/// A counter row: `[local sequence: u64][counter][CRC-32 of both]`.
+/// Rows written before rows carried a checksum have none; their length
+/// tells them apart (a counter is whole 24-byte entries), and `checked`
+/// says which one was read.
+fn decode_row(name: &str, bytes: &[u8]) -> Result<(u64, GCounter, bool), StoreError> {
+    let bad = |why: &str| StoreError::Corrupt(format!("the counter row of {name:?} {why}"));
+    let checked = bytes.len() % crate::crdt::ENTRY_LEN == 12;
+    let body = if checked {
+        let (body, crc) = bytes.split_at(bytes.len() - 4);
+        if crc32fast::hash(body).to_le_bytes() != crc {
+            return Err(bad("fails its checksum"));
+        }
+        body
+    } else {
+        bytes
+    };
+    if body.len() < 8 {
+        return Err(bad("is too short"));
     }
-    let lseq = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
-    let counter = GCounter::decode(&bytes[8..]).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    Ok((lseq, counter))
+    let lseq = u64::from_le_bytes(body[..8].try_into().expect("8 bytes"));
+    let counter = GCounter::decode(&body[8..]).map_err(|e| bad(&e.to_string()))?;
+    Ok((lseq, counter, checked))
 }
 
 fn encode_row(lseq: u64, counter: &GCounter) -> Vec<u8> {
     let mut out = lseq.to_le_bytes().to_vec();
     out.extend_from_slice(&counter.encode());
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
     out
 }
 
@@ -233,9 +337,8 @@ impl Engine for RedbEngine {
 
     fn reopen(&self) -> Result<(), StoreError> {
         let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
-        // Dropping the old handle releases redb's own lock on the file.
         drop(slot.take());
-        let db = open_db(&self.file)?;
+        let db = open_db(&*self.disk)?;
         *slot = Some(db);
         Ok(())
     }
@@ -266,11 +369,15 @@ impl Engine for RedbEngine {
     }
 
     fn location(&self) -> Option<&Path> {
-        Some(&self.dir)
+        self.disk.location()
     }
 
     fn blocking(&self) -> bool {
-        true
+        self.disk.blocking()
+    }
+
+    fn ready_at(&self) -> Option<tokio::time::Instant> {
+        self.disk.ready_at()
     }
 }
 
@@ -287,6 +394,10 @@ pub struct Checkpoint {
     pub keys: BTreeMap<String, Option<KeyRecord>>,
     /// The last log record included.
     pub lsn: u64,
+    /// A salvage: the folder counts on under a new incarnation, forgets
+    /// how far it had merged each peer (so it pulls everything again), and
+    /// records the event.
+    pub salvage: Option<Salvage>,
 }
 
 /// The tables of one write transaction.
@@ -315,7 +426,7 @@ impl<'t> Tables<'t> {
             .counters
             .get(name)
             .map_err(engine)?
-            .map(|row| decode_row(row.value()).map(|(lseq, _)| lseq))
+            .map(|row| decode_row(name, row.value()).map(|(lseq, _, _)| lseq))
             .transpose()?;
         if let Some(old) = old {
             self.by_seq.remove(old).map_err(engine)?;
@@ -439,19 +550,49 @@ impl RedbEngine {
             for (k, r) in &c.keys {
                 t.put_key(k, r.as_ref())?;
             }
+            if let Some(salvage) = &c.salvage {
+                t.put_u64("incarnation", salvage.to_incarnation)?;
+                t.marks.retain(|_, _| false).map_err(engine)?;
+                let mut events = match t.meta.get("salvaged").map_err(engine)? {
+                    Some(v) => serde_json::from_slice::<Vec<Salvage>>(v.value())
+                        .map_err(|e| StoreError::Corrupt(format!("stored salvage events: {e}")))?,
+                    None => Vec::new(),
+                };
+                events.push(salvage.clone());
+                let keep = events.len().saturating_sub(MAX_SALVAGE_EVENTS);
+                let json = serde_json::to_vec(&events[keep..]).expect("events serialize");
+                t.meta.insert("salvaged", json.as_slice()).map_err(engine)?;
+            }
+            t.put_u64("wal", WAL_FORMAT)?;
             Ok(())
         });
         self.located(write)
     }
 
-    /// The last log record folded in by a checkpoint (0: none).
-    pub fn log_lsn(&self) -> Result<u64, StoreError> {
+    /// Whether a log in the current format goes on after [`Self::log_lsn`]
+    /// (false for a new folder, or one from before that format).
+    pub fn log_expected(&self) -> Result<bool, StoreError> {
+        Ok(self.meta_u64("wal")? == WAL_FORMAT)
+    }
+
+    /// Records that the log in the current format exists (once it does).
+    pub fn expect_log(&self) -> Result<(), StoreError> {
+        let write = self.write(|t| t.put_u64("wal", WAL_FORMAT));
+        self.located(write)
+    }
+
+    fn meta_u64(&self, key: &str) -> Result<u64, StoreError> {
         let db = self.db()?;
         let read = || -> Result<u64, StoreError> {
             let txn = db.begin_read().map_err(engine)?;
-            read_u64(&txn.open_table(META).map_err(engine)?, "log_lsn")
+            read_u64(&txn.open_table(META).map_err(engine)?, key)
         };
         self.located(read())
+    }
+
+    /// The last log record folded in by a checkpoint (0: none).
+    pub fn log_lsn(&self) -> Result<u64, StoreError> {
+        self.meta_u64("log_lsn")
     }
 
     /// Names changed after `since`, at most `limit`, skipping the names
@@ -497,7 +638,7 @@ impl RedbEngine {
                 .get(name.as_str())
                 .map_err(engine)?
                 .ok_or_else(|| StoreError::Corrupt(format!("index names missing {name:?}")))?;
-            let (_, counter) = decode_row(row.value())?;
+            let (_, counter, _) = decode_row(&name, row.value())?;
             out.next = seq.value();
             out.counters.push((name, counter));
         }
