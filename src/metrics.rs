@@ -113,6 +113,10 @@ pub struct Metrics {
     pub storage_healthy: Gauge,
     pub storage_errors: Counter,
     pub storage_recoveries: Counter,
+    pub storage_damage: Counter,
+    pub storage_salvages: Gauge,
+    pub storage_scrub_passes: Counter,
+    pub storage_scrubbed_bytes: Counter,
     pub replica_waits: Family<Outcome, Counter>,
     pub connections: Family<ConnectionClass, Gauge>,
     pub connections_refused: Family<ConnectionClass, Counter>,
@@ -153,6 +157,10 @@ impl Metrics {
             storage_healthy: Gauge::default(),
             storage_errors: Counter::default(),
             storage_recoveries: Counter::default(),
+            storage_damage: Counter::default(),
+            storage_salvages: Gauge::default(),
+            storage_scrub_passes: Counter::default(),
+            storage_scrubbed_bytes: Counter::default(),
             replica_waits: Family::default(),
             connections: Family::default(),
             connections_refused: Family::default(),
@@ -187,6 +195,10 @@ impl Metrics {
             "storage_healthy", "1 while storage commits succeed, 0 during a failure or a stalled commit" => m.storage_healthy;
             "storage_errors", "Failed storage commits and recovery attempts" => m.storage_errors;
             "storage_recoveries", "Storage failure episodes ended by reopening the database" => m.storage_recoveries;
+            "storage_damage", "Places in the data folder's files found damaged since start (when opening them, or by the scrub)" => m.storage_damage;
+            "storage_salvages", "Salvages recorded in the data folder: damage found when opening it, and the node going on under a new incarnation" => m.storage_salvages;
+            "storage_scrub_passes", "Scrub passes finished over the data folder's files" => m.storage_scrub_passes;
+            "storage_scrubbed_bytes", "Bytes read and checked by the scrub" => m.storage_scrubbed_bytes;
             "replica_waits", "Increments that waited for other actors to store them, by outcome" => m.replica_waits;
             "connections", "Open connections by class: client, peer, pending (accepted, not admitted yet)" => m.connections;
             "connections_refused",

@@ -65,6 +65,37 @@ pub trait Disk: Send + Sync + 'static {
     }
 }
 
+/// Where damaged files are set aside, inside the data folder.
+pub const DAMAGED_DIR: &str = "damaged";
+
+/// Keeps a damaged file under `damaged/`: moved (`take`) or copied.
+/// Returns where it went.
+pub fn set_aside(disk: &dyn Disk, path: &str, take: bool) -> Result<String, StoreError> {
+    let err = |p: &str, e: std::io::Error| StoreError::engine(e).in_file(&disk.display(p));
+    disk.create_dir(DAMAGED_DIR)
+        .map_err(|e| err(DAMAGED_DIR, e))?;
+    let taken = disk
+        .list(DAMAGED_DIR)
+        .map_err(|e| err(DAMAGED_DIR, e))?
+        .len();
+    let name = path.rsplit('/').next().unwrap_or(path);
+    let to = format!("{DAMAGED_DIR}/{taken:04}-{name}");
+    if take {
+        disk.rename(path, &to).map_err(|e| err(path, e))?;
+        disk.sync_dir("").map_err(|e| err("", e))?;
+    } else {
+        let bytes = read_all(&*disk.open(path, false).map_err(|e| err(path, e))?)
+            .map_err(|e| err(path, e))?;
+        let copy = disk.open(&to, true).map_err(|e| err(&to, e))?;
+        copy.write_at(0, &bytes)
+            .and_then(|()| copy.sync_data())
+            .map_err(|e| err(&to, e))?;
+    }
+    disk.sync_dir(DAMAGED_DIR)
+        .map_err(|e| err(DAMAGED_DIR, e))?;
+    Ok(to)
+}
+
 /// Reads a whole file.
 pub fn read_all(file: &dyn DiskFile) -> io::Result<Vec<u8>> {
     let len = usize::try_from(file.len()?).map_err(io::Error::other)?;

@@ -180,6 +180,60 @@ pub trait Engine: Send + Sync + 'static {
     fn ready_at(&self) -> Option<Instant> {
         None
     }
+    /// One step of a scrub: reads one file (or part of one) of the
+    /// engine's from `at` on, checks them, repairs what it can alone (see
+    /// [`Scrubbed`]), and says where to go on. Engines without files have
+    /// nothing to scrub.
+    fn scrub(&self, at: ScrubAt) -> Result<Scrubbed, StoreError> {
+        let _ = at;
+        Ok(Scrubbed {
+            next: ScrubAt::Done,
+            ..Scrubbed::default()
+        })
+    }
+    /// Replaces damaged files with `image` (memory holds every counter
+    /// whole, so nothing is lost); returns the new head sequence, past the
+    /// old one so that peers pull every name again.
+    fn rebuild(&self, image: &Image) -> Result<u64, StoreError> {
+        Ok(image.head)
+    }
+}
+
+/// Where a scrub pass goes on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ScrubAt {
+    #[default]
+    Start,
+    /// The log segment starting at or after this record.
+    Log(u64),
+    /// The B-tree's counter rows after this name.
+    Tree(Option<String>),
+    Done,
+}
+
+/// What one step of a scrub read and found.
+#[derive(Debug, Default)]
+pub struct Scrubbed {
+    /// [`ScrubAt::Done`] when the pass is over.
+    pub next: ScrubAt,
+    pub bytes: u64,
+    /// Each place found damaged, in words (file, offset or name, what).
+    pub damage: Vec<String>,
+    /// The B-tree failed its check: the store rebuilds it from memory
+    /// ([`Engine::rebuild`]).
+    pub rebuild: bool,
+}
+
+/// Everything a node holds, from memory: what [`Engine::rebuild`] writes.
+pub struct Image {
+    pub node: u64,
+    pub incarnation: u64,
+    pub counters: Vec<(String, GCounter)>,
+    pub membership: Membership,
+    pub me: Option<Actor>,
+    pub keys: Vec<(String, KeyRecord)>,
+    /// The last sequence given out.
+    pub head: u64,
 }
 
 /// What a peer asked for when pulling: our changes after `since`.

@@ -13,7 +13,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use super::Salvage;
 use crate::metrics::Metrics;
+
+/// Places found damaged that `/status` lists (the oldest are dropped).
+const DAMAGE_SHOWN: usize = 16;
 
 /// Shared between the writer (which records) and the node (which reports).
 pub struct Health {
@@ -32,6 +36,24 @@ struct State {
     commit_started: Option<Instant>,
     errors: u64,
     recoveries: u64,
+    damage: Vec<String>,
+    damage_found: u64,
+    salvaged: Vec<Salvage>,
+    scrub: Option<(Instant, ScrubReport)>,
+}
+
+/// The last scrub pass over the data folder's files.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ScrubReport {
+    /// Passes finished since the node started.
+    pub passes: u64,
+    pub bytes: u64,
+    pub took_ms: u128,
+    /// Places the pass found damaged (each repaired from memory).
+    pub damage: u64,
+    /// How long ago the pass ended (filled in when reported).
+    #[serde(default)]
+    pub ended_ms_ago: u128,
 }
 
 /// What `/status` shows of storage.
@@ -48,6 +70,20 @@ pub struct HealthReport {
     pub errors: u64,
     /// Failure episodes that ended with the database reopened.
     pub recoveries: u64,
+    /// Places in the data folder's files found damaged since the node
+    /// started (when it opened them, or by the scrub), and the latest of
+    /// them.
+    #[serde(default)]
+    pub damage_found: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub damage: Vec<String>,
+    /// Damage found when the folder was opened, now or by an earlier run,
+    /// and how the node went on (stored in the folder).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub salvaged: Vec<Salvage>,
+    /// The last scrub pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scrub: Option<ScrubReport>,
 }
 
 impl Health {
@@ -97,6 +133,41 @@ impl Health {
         Some(since.elapsed())
     }
 
+    /// Records a place found damaged.
+    pub fn damage_found(&self, what: String) {
+        let mut s = self.state();
+        s.damage_found += 1;
+        s.damage.push(what);
+        let drop = s.damage.len().saturating_sub(DAMAGE_SHOWN);
+        s.damage.drain(..drop);
+        self.metrics.storage_damage.inc();
+    }
+
+    /// The salvages recorded in the folder.
+    pub fn set_salvaged(&self, salvaged: Vec<Salvage>) {
+        self.metrics
+            .storage_salvages
+            .set(i64::try_from(salvaged.len()).unwrap_or(i64::MAX));
+        self.state().salvaged = salvaged;
+    }
+
+    /// Records a finished scrub pass.
+    pub fn scrubbed(&self, bytes: u64, took: Duration, damage: u64) {
+        let mut s = self.state();
+        let passes = s.scrub.as_ref().map_or(0, |(_, r)| r.passes) + 1;
+        s.scrub = Some((
+            Instant::now(),
+            ScrubReport {
+                passes,
+                bytes,
+                took_ms: took.as_millis(),
+                damage,
+                ended_ms_ago: 0,
+            },
+        ));
+        self.metrics.storage_scrub_passes.inc();
+    }
+
     pub fn is_healthy(&self) -> bool {
         self.report().healthy
     }
@@ -133,6 +204,13 @@ impl Health {
                 .map(|(t, _)| now.duration_since(*t).as_millis()),
             errors: s.errors,
             recoveries: s.recoveries,
+            damage_found: s.damage_found,
+            damage: s.damage.clone(),
+            salvaged: s.salvaged.clone(),
+            scrub: s.scrub.as_ref().map(|(at, r)| ScrubReport {
+                ended_ms_ago: now.duration_since(*at).as_millis(),
+                ..r.clone()
+            }),
         }
     }
 }

@@ -82,6 +82,14 @@ impl Keys {
         self.map.is_empty()
     }
 
+    /// Every remembered key with its record.
+    pub fn records(&self) -> Vec<(String, KeyRecord)> {
+        self.map
+            .iter()
+            .map(|(k, r)| (k.clone(), r.clone()))
+            .collect()
+    }
+
     /// The keys to forget so that `adding` more fit, as of `now_ms`.
     pub fn expired(&self, now_ms: u64, adding: usize) -> Vec<String> {
         let window_ms = u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX);

@@ -439,9 +439,9 @@ fn scan_legacy(data: &[u8], first: u64) -> Scan {
 }
 
 #[derive(Clone, Debug)]
-struct Segment {
-    first: u64,
-    path: String,
+pub struct Segment {
+    pub first: u64,
+    pub path: String,
     legacy: bool,
 }
 
@@ -450,7 +450,7 @@ fn segment_path(first: u64) -> String {
 }
 
 /// The segments of the log, by first LSN.
-fn segments(disk: &dyn Disk) -> Result<Vec<Segment>, StoreError> {
+pub fn segments(disk: &dyn Disk) -> Result<Vec<Segment>, StoreError> {
     let mut out = Vec::new();
     for name in disk.list(DIR).map_err(|e| io(disk, DIR, e))? {
         let (stem, legacy) = if let Some(s) = name.strip_suffix(SUFFIX) {
@@ -682,6 +682,64 @@ pub fn replay(disk: &dyn Disk, after: u64, expected: bool) -> Result<Replayed, S
     Ok(out)
 }
 
+/// Checks one segment as a scrub does: its records from its first LSN
+/// on, up to `limit` bytes (the synced part of the segment being
+/// appended to), or all of it with nothing but zeros after the records.
+/// Returns the bytes read and the damage found; a segment deleted
+/// meanwhile (folded) has none.
+pub fn check_segment(
+    disk: &dyn Disk,
+    seg: &Segment,
+    limit: Option<u64>,
+) -> Result<(u64, Vec<Damage>), StoreError> {
+    let file = match disk.open(&seg.path, false) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, Vec::new())),
+        Err(e) => return Err(io(disk, &seg.path, e)),
+    };
+    let mut seen: Option<Vec<Damage>> = None;
+    let mut bytes = 0;
+    for _ in 0..READS {
+        let mut data = match read_all(&*file) {
+            Ok(data) => data,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, Vec::new())),
+            Err(e) => return Err(io(disk, &seg.path, e)),
+        };
+        if let Some(limit) = limit {
+            data.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        }
+        bytes += data.len() as u64;
+        let found = if seg.legacy {
+            scan_legacy(&data, seg.first)
+        } else {
+            scan(&data, seg.first)
+        };
+        let mut damage: Vec<Damage> = found
+            .damage
+            .iter()
+            .map(|(offset, lsn, what)| Damage {
+                file: disk.display(&seg.path),
+                offset: *offset,
+                lsn: *lsn,
+                what: what.clone(),
+            })
+            .collect();
+        if found.torn && damage.is_empty() && limit.is_none() {
+            damage.push(Damage {
+                file: disk.display(&seg.path),
+                offset: found.end,
+                lsn: found.next,
+                what: "a record after the last whole one is incomplete".into(),
+            });
+        }
+        if damage.is_empty() {
+            return Ok((bytes, damage));
+        }
+        seen = Some(damage);
+    }
+    Ok((bytes, seen.unwrap_or_default()))
+}
+
 /// The log of one data folder, open for appending.
 pub struct Journal {
     disk: Arc<dyn Disk>,
@@ -776,6 +834,16 @@ impl Journal {
 
     fn io(&self, e: std::io::Error) -> StoreError {
         io(&*self.disk, &self.path, e)
+    }
+
+    /// The LSN the next record gets.
+    pub fn next_lsn(&self) -> u64 {
+        self.next_lsn
+    }
+
+    /// The segment being appended to, and the bytes of synced records in it.
+    pub fn position(&self) -> (String, u64) {
+        (self.path.clone(), self.len)
     }
 
     /// Appends one record and waits until it is on the disk; returns the

@@ -47,17 +47,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use tracing::{error, warn};
 
-use super::disk::{Disk, OsDisk, read_all};
+use super::disk::{Disk, OsDisk, set_aside};
 use super::journal::{self, Journal, Replayed};
 use super::redb::{Checkpoint, DB_FILE, RedbEngine};
-use super::{Batch, Changes, Engine, Loaded, Salvage, StoreError};
-
-/// Where damaged files are set aside, inside the data folder.
-pub const DAMAGED_DIR: &str = "damaged";
+use super::{Batch, Changes, Engine, Image, Loaded, Salvage, ScrubAt, Scrubbed, StoreError};
 
 /// When the overlay is folded into the B-tree: whichever comes first.
 #[derive(Clone, Copy, Debug)]
@@ -220,6 +218,8 @@ pub struct LogEngine {
     options: LogOptions,
     /// Why the B-tree was set aside when the engine opened.
     tree_damage: Option<String>,
+    /// The last record the B-tree is known to hold.
+    folded: AtomicU64,
 }
 
 impl LogEngine {
@@ -265,6 +265,7 @@ impl LogEngine {
             overlay: RwLock::new(Overlay::default()),
             options,
             tree_damage,
+            folded: AtomicU64::new(0),
         })
     }
 
@@ -278,6 +279,23 @@ impl LogEngine {
 
     fn write(&self) -> RwLockWriteGuard<'_, Overlay> {
         self.overlay.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reopens the B-tree, which verifies it; one that comes back older
+    /// than the log it covered (redb fell back to an earlier commit after
+    /// finding the newest one damaged) is damage too.
+    fn verify_tree(&self) -> Result<(), StoreError> {
+        self.tree.verify()?;
+        let folded = self.folded.load(Ordering::Acquire);
+        let found = self.tree.log_lsn()?;
+        if found < folded {
+            return Err(StoreError::Corrupt(format!(
+                "{}: the B-tree came back holding the log up to record {found}, but it had \
+                 folded it in up to record {folded}",
+                self.disk.display(DB_FILE).display()
+            )));
+        }
+        Ok(())
     }
 
     fn open_journal(&self, tail: Option<(String, u64)>, next: u64) -> Result<Journal, StoreError> {
@@ -302,6 +320,7 @@ impl LogEngine {
             restore(&mut overlay, checkpoint, bytes);
             return Err(e);
         }
+        self.folded.store(checkpoint.lsn, Ordering::Release);
         drop(overlay);
         journal.drop_older()
     }
@@ -354,6 +373,7 @@ impl LogEngine {
         let mut checkpoint = overlay.take();
         checkpoint.salvage = Some(event.clone());
         self.tree.checkpoint(&checkpoint)?;
+        self.folded.store(checkpoint.lsn, Ordering::Release);
         overlay.head = checkpoint.head;
         journal.drop_older()?;
         error!(
@@ -408,34 +428,6 @@ fn refused(disk: &dyn Disk, damage: &[String]) -> StoreError {
     ))
 }
 
-/// Keeps a damaged file under `damaged/`: moved (`take`) or copied.
-/// Returns where it went.
-fn set_aside(disk: &dyn Disk, path: &str, take: bool) -> Result<String, StoreError> {
-    let err = |p: &str, e: std::io::Error| StoreError::engine(e).in_file(&disk.display(p));
-    disk.create_dir(DAMAGED_DIR)
-        .map_err(|e| err(DAMAGED_DIR, e))?;
-    let taken = disk
-        .list(DAMAGED_DIR)
-        .map_err(|e| err(DAMAGED_DIR, e))?
-        .len();
-    let name = path.rsplit('/').next().unwrap_or(path);
-    let to = format!("{DAMAGED_DIR}/{taken:04}-{name}");
-    if take {
-        disk.rename(path, &to).map_err(|e| err(path, e))?;
-        disk.sync_dir("").map_err(|e| err("", e))?;
-    } else {
-        let bytes = read_all(&*disk.open(path, false).map_err(|e| err(path, e))?)
-            .map_err(|e| err(path, e))?;
-        let copy = disk.open(&to, true).map_err(|e| err(&to, e))?;
-        copy.write_at(0, &bytes)
-            .and_then(|()| copy.sync_data())
-            .map_err(|e| err(&to, e))?;
-    }
-    disk.sync_dir(DAMAGED_DIR)
-        .map_err(|e| err(DAMAGED_DIR, e))?;
-    Ok(to)
-}
-
 /// Puts a checkpoint that failed back into the overlay.
 fn restore(overlay: &mut Overlay, c: Checkpoint, bytes: u64) {
     overlay.bytes = bytes;
@@ -453,6 +445,7 @@ impl Engine for LogEngine {
     fn load(&self, node: u64) -> Result<Loaded, StoreError> {
         let mut loaded = self.tree.load(node)?;
         let after = self.tree.log_lsn()?;
+        self.folded.store(after, Ordering::Release);
         let expected = self.tree.log_expected()?;
         let mut replayed = journal::replay(&*self.disk, after, expected)?;
         for d in &replayed.damage {
@@ -553,11 +546,35 @@ impl Engine for LogEngine {
     }
 
     fn reopen(&self) -> Result<(), StoreError> {
-        self.tree.reopen()?;
+        self.verify_tree()?;
         if let Some(journal) = self.journal().as_mut() {
             journal.reset()?;
         }
         Ok(())
+    }
+
+    /// Writes a new B-tree holding `image` (the old one set aside) and
+    /// starts a new log segment: every record is then in the B-tree.
+    fn rebuild(&self, image: &Image) -> Result<u64, StoreError> {
+        let mut slot = self.journal();
+        let journal = slot
+            .as_mut()
+            .ok_or_else(|| StoreError::engine("the log is not open (load it first)"))?;
+        journal.reset()?;
+        journal.rotate()?;
+        let mut overlay = self.write();
+        let lsn = journal.next_lsn() - 1;
+        let head = self.tree.rebuild(image, lsn)?;
+        *overlay = Overlay {
+            head,
+            lsn,
+            ..Overlay::default()
+        };
+        self.folded.store(lsn, Ordering::Release);
+        drop(overlay);
+        journal.drop_older()?;
+        warn!(head, "the B-tree was rebuilt from memory; nothing was lost");
+        Ok(head)
     }
 
     fn location(&self) -> Option<&Path> {
@@ -570,6 +587,69 @@ impl Engine for LogEngine {
 
     fn ready_at(&self) -> Option<tokio::time::Instant> {
         self.disk.ready_at()
+    }
+
+    /// Log segments first, then the B-tree. A damaged segment is repaired
+    /// by folding at once: every record after the B-tree's position is in
+    /// the overlay, so the fold writes it all and deletes the damaged file.
+    /// The B-tree is closed and opened again, which verifies every page of
+    /// it (pulls and folds wait meanwhile; increments and reads do not); if
+    /// it fails, the store rebuilds it from memory.
+    fn scrub(&self, at: ScrubAt) -> Result<Scrubbed, StoreError> {
+        match at {
+            ScrubAt::Start => Ok(Scrubbed {
+                next: ScrubAt::Log(0),
+                ..Scrubbed::default()
+            }),
+            ScrubAt::Log(from) => {
+                let Some(seg) = journal::segments(&*self.disk)?
+                    .into_iter()
+                    .find(|s| s.first >= from)
+                else {
+                    return Ok(Scrubbed {
+                        next: ScrubAt::Tree(None),
+                        ..Scrubbed::default()
+                    });
+                };
+                let active = self.journal().as_ref().map(Journal::position);
+                let limit = active.filter(|(p, _)| *p == seg.path).map(|(_, len)| len);
+                let (bytes, damage) = journal::check_segment(&*self.disk, &seg, limit)?;
+                if !damage.is_empty() {
+                    let mut slot = self.journal();
+                    if let Some(journal) = slot.as_mut() {
+                        self.checkpoint(journal)?;
+                    }
+                }
+                Ok(Scrubbed {
+                    next: ScrubAt::Log(seg.first + 1),
+                    bytes,
+                    damage: damage.iter().map(ToString::to_string).collect(),
+                    rebuild: false,
+                })
+            }
+            ScrubAt::Tree(_) => {
+                let bytes = self
+                    .disk
+                    .open(DB_FILE, false)
+                    .and_then(|f| f.len())
+                    .unwrap_or(0);
+                let damage = match self.verify_tree() {
+                    Ok(()) => Vec::new(),
+                    Err(StoreError::Corrupt(why)) => vec![why],
+                    Err(e) => return Err(e),
+                };
+                Ok(Scrubbed {
+                    next: ScrubAt::Done,
+                    bytes,
+                    rebuild: !damage.is_empty(),
+                    damage,
+                })
+            }
+            ScrubAt::Done => Ok(Scrubbed {
+                next: ScrubAt::Done,
+                ..Scrubbed::default()
+            }),
+        }
     }
 }
 

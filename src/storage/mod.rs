@@ -29,6 +29,7 @@
 //! faults.
 //! Left out: compaction of the redb file and online backup.
 
+pub mod check;
 pub mod disk;
 mod engine;
 pub mod health;
@@ -40,6 +41,7 @@ pub mod memory;
 mod mirror;
 mod plan;
 pub mod redb;
+mod scrub;
 pub mod simdisk;
 mod writer;
 
@@ -54,9 +56,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 /// Who owns a data folder: its node id and the incarnation drawn with it.
 pub use crate::crdt::ReplicaId;
 pub use engine::{
-    Batch, Changes, Engine, EngineSource, Incremented, Loaded, Merge, PeerMark, Salvage, StoreError,
+    Batch, Changes, Engine, EngineSource, Image, Incremented, Loaded, Merge, PeerMark, Salvage,
+    ScrubAt, Scrubbed, StoreError,
 };
-pub use health::{Health, HealthReport};
+pub use health::{Health, HealthReport, ScrubReport};
 
 use crate::cluster::{Actor, Membership};
 use crate::crdt::GCounter;
@@ -150,6 +153,10 @@ enum Op {
         me: Actor,
         reply: Reply<()>,
     },
+    /// Replaces the engine's damaged files with what memory holds.
+    Rebuild {
+        reply: Reply<()>,
+    },
     Close {
         reply: oneshot::Sender<()>,
     },
@@ -194,6 +201,7 @@ struct Inner {
     shared: Arc<Shared>,
     identity: ReplicaId,
     timeout: Duration,
+    metrics: Metrics,
 }
 
 /// What `Store::open` found.
@@ -218,6 +226,15 @@ impl Store {
         options: StoreOptions,
     ) -> Result<Opened, StoreError> {
         let loaded = engine.load(node)?;
+        let health = Health::new(options.timeout, options.metrics.clone());
+        if let Some(events) = &loaded.salvage {
+            if let Some(now) = events.last().filter(|e| e.now) {
+                for what in &now.damage {
+                    health.damage_found(what.clone());
+                }
+            }
+            health.set_salvaged(events.clone());
+        }
         let identity = ReplicaId {
             node,
             incarnation: loaded.incarnation,
@@ -228,7 +245,7 @@ impl Store {
             me: Mutex::new(loaded.me),
             keys: AtomicUsize::new(loaded.keys.len()),
             head: AtomicU64::new(loaded.head),
-            health: Health::new(options.timeout, options.metrics.clone()),
+            health,
             stopped: watch::Sender::new(None),
         });
         let (ops, rx) = mpsc::channel(MAX_BATCH);
@@ -254,6 +271,7 @@ impl Store {
                     shared,
                     identity,
                     timeout: options.timeout,
+                    metrics: options.metrics.clone(),
                 }),
             },
             created: loaded.created,
@@ -376,6 +394,12 @@ impl Store {
     /// How many idempotency keys are remembered.
     pub fn remembered_keys(&self) -> usize {
         self.inner.shared.keys.load(Ordering::Relaxed)
+    }
+
+    /// Replaces the engine's damaged files with what memory holds (every
+    /// counter whole, the membership, the idempotency keys).
+    pub async fn rebuild(&self) -> Result<(), StoreError> {
+        self.call(|reply| Op::Rebuild { reply }).await
     }
 
     /// Folds a peer's counters in; returns the names that changed.

@@ -148,7 +148,7 @@ pub(super) fn plan(ops: Vec<Op>, state: &State<'_>, now_ms: u64) -> Plan {
                     needs_commit: true,
                 });
             }
-            Op::Close { .. } => unreachable!("filtered by run"),
+            Op::Close { .. } | Op::Rebuild { .. } => unreachable!("filtered by run"),
         }
     }
     if !plan.batch.keys_put.is_empty() {

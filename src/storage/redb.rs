@@ -31,11 +31,11 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use super::disk::{Backend, Disk, OsDisk};
+use super::disk::{Backend, Disk, OsDisk, set_aside};
 use super::idempotency::KeyRecord;
-use super::{Batch, Changes, Engine, Loaded, Salvage, StoreError};
+use super::{Batch, Changes, Engine, Image, Loaded, Salvage, StoreError};
 use crate::cluster::{Actor, ClusterConfig, Membership};
 use crate::crdt::GCounter;
 
@@ -248,7 +248,7 @@ impl RedbEngine {
                 let mut table = txn.open_table(COUNTERS).map_err(engine)?;
                 for (name, lseq, counter) in &unchecked {
                     table
-                        .insert(name.as_str(), encode_row(*lseq, counter).as_slice())
+                        .insert(name.as_str(), encode_row(name, *lseq, counter).as_slice())
                         .map_err(engine)?;
                 }
             }
@@ -298,16 +298,25 @@ fn decode_membership(bytes: &[u8]) -> Result<Membership, StoreError> {
         .map_err(|e| StoreError::Corrupt(format!("stored config: {e}")))
 }
 
-/// A counter row: `[local sequence: u64][counter][CRC-32 of both]`.
-/// Rows written before rows carried a checksum have none; their length
-/// tells them apart (a counter is whole 24-byte entries), and `checked`
-/// says which one was read.
+/// The checksum of a counter row: its name and its body, so that a key
+/// changed on disk is caught as surely as a value.
+fn row_crc(name: &str, body: &[u8]) -> [u8; 4] {
+    let mut h = crc32fast::Hasher::new();
+    h.update(name.as_bytes());
+    h.update(body);
+    h.finalize().to_le_bytes()
+}
+
+/// A counter row: `[local sequence: u64][counter][CRC-32 of the name and
+/// both]`. Rows written before rows carried a checksum have none; their
+/// length tells them apart (a counter is whole 24-byte entries), and
+/// `checked` says which one was read.
 fn decode_row(name: &str, bytes: &[u8]) -> Result<(u64, GCounter, bool), StoreError> {
     let bad = |why: &str| StoreError::Corrupt(format!("the counter row of {name:?} {why}"));
     let checked = bytes.len() % crate::crdt::ENTRY_LEN == 12;
     let body = if checked {
         let (body, crc) = bytes.split_at(bytes.len() - 4);
-        if crc32fast::hash(body).to_le_bytes() != crc {
+        if row_crc(name, body) != crc {
             return Err(bad("fails its checksum"));
         }
         body
@@ -322,11 +331,11 @@ fn decode_row(name: &str, bytes: &[u8]) -> Result<(u64, GCounter, bool), StoreEr
     Ok((lseq, counter, checked))
 }
 
-fn encode_row(lseq: u64, counter: &GCounter) -> Vec<u8> {
+fn encode_row(name: &str, lseq: u64, counter: &GCounter) -> Vec<u8> {
     let mut out = lseq.to_le_bytes().to_vec();
     out.extend_from_slice(&counter.encode());
-    let crc = crc32fast::hash(&out);
-    out.extend_from_slice(&crc.to_le_bytes());
+    let crc = row_crc(name, &out);
+    out.extend_from_slice(&crc);
     out
 }
 
@@ -433,7 +442,7 @@ impl<'t> Tables<'t> {
         }
         self.by_seq.insert(seq, name).map_err(engine)?;
         self.counters
-            .insert(name, encode_row(seq, counter).as_slice())
+            .insert(name, encode_row(name, seq, counter).as_slice())
             .map_err(engine)?;
         Ok(())
     }
@@ -569,6 +578,40 @@ impl RedbEngine {
         self.located(write)
     }
 
+    /// Node id, incarnation, number of names, whether a log in the current
+    /// format is expected, and the salvages recorded: for `tally check`.
+    pub fn summary(&self) -> Result<(u64, u64, u64, bool, Vec<Salvage>), StoreError> {
+        let db = self.db()?;
+        let read = || -> Result<_, StoreError> {
+            let txn = db.begin_read().map_err(engine)?;
+            let (node, incarnation, wal, salvaged) = match txn.open_table(META) {
+                Ok(meta) => {
+                    let salvaged = match meta.get("salvaged").map_err(engine)? {
+                        Some(v) => serde_json::from_slice(v.value()).map_err(|e| {
+                            StoreError::Corrupt(format!("stored salvage events: {e}"))
+                        })?,
+                        None => Vec::new(),
+                    };
+                    (
+                        read_u64(&meta, "node_id")?,
+                        read_u64(&meta, "incarnation")?,
+                        read_u64(&meta, "wal")?,
+                        salvaged,
+                    )
+                }
+                Err(redb::TableError::TableDoesNotExist(_)) => (0, 0, 0, Vec::new()),
+                Err(e) => return Err(engine(e)),
+            };
+            let names = match txn.open_table(COUNTERS) {
+                Ok(t) => t.len().map_err(engine)?,
+                Err(redb::TableError::TableDoesNotExist(_)) => 0,
+                Err(e) => return Err(engine(e)),
+            };
+            Ok((node, incarnation, names, wal == WAL_FORMAT, salvaged))
+        };
+        self.located(read())
+    }
+
     /// Whether a log in the current format goes on after [`Self::log_lsn`]
     /// (false for a new folder, or one from before that format).
     pub fn log_expected(&self) -> Result<bool, StoreError> {
@@ -588,6 +631,51 @@ impl RedbEngine {
             read_u64(&txn.open_table(META).map_err(engine)?, key)
         };
         self.located(read())
+    }
+
+    /// Closes the B-tree and opens it again, which verifies every page
+    /// of it from the disk (redb checks checksums only when it opens, and
+    /// serves later reads from its cache).
+    pub fn verify(&self) -> Result<(), StoreError> {
+        self.reopen()
+    }
+
+    /// Sets the B-tree file aside (under `damaged/`) and writes a new one
+    /// holding `image`, the log folded in up to `log_lsn`. Every name gets
+    /// a new sequence after the image's head; returns the new head.
+    pub fn rebuild(&self, image: &Image, log_lsn: u64) -> Result<u64, StoreError> {
+        let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
+        drop(slot.take());
+        set_aside(&*self.disk, DB_FILE, true)?;
+        let db = open_db(&*self.disk)?;
+        self.disk
+            .sync_dir("")
+            .map_err(|e| StoreError::engine(e).in_file(&self.file))?;
+        let txn = db.begin_write().map_err(engine)?;
+        let head = {
+            let mut t = Tables::open(&txn)?;
+            t.put_u64("node_id", image.node)?;
+            t.put_u64("incarnation", image.incarnation)?;
+            let mut seq = image.head;
+            for (name, counter) in &image.counters {
+                seq += 1;
+                t.put_counter(name, seq, counter)?;
+            }
+            t.put_u64("seq", seq)?;
+            t.put_u64("log_lsn", log_lsn)?;
+            t.put_u64("wal", WAL_FORMAT)?;
+            t.put_membership(&image.membership)?;
+            if let Some(me) = &image.me {
+                t.put_me(me)?;
+            }
+            for (k, r) in &image.keys {
+                t.put_key(k, Some(r))?;
+            }
+            seq
+        };
+        txn.commit().map_err(engine)?;
+        *slot = Some(db);
+        Ok(head)
     }
 
     /// The last log record folded in by a checkpoint (0: none).

@@ -23,7 +23,7 @@ use tracing::{debug, error, warn};
 use super::idempotency::{KeyRecord, Keys};
 use super::plan::{Plan, State, plan};
 use super::{
-    Batch, Committed, Engine, MAX_BATCH, Op, ReplicaId, Shared, StoreError, StoreOptions,
+    Batch, Committed, Engine, Image, MAX_BATCH, Op, ReplicaId, Shared, StoreError, StoreOptions,
     WallClock, run_engine,
 };
 use crate::metrics::Metrics;
@@ -148,12 +148,20 @@ impl Writer {
             }
             let mut close = None;
             let mut batch = Vec::with_capacity(ops.len());
+            let mut rebuild = Vec::new();
             for op in ops {
                 match op {
                     Op::Close { reply } => close = close.or(Some(reply)),
                     // Arrived after Close: refused by dropping its reply.
                     _ if close.is_some() => {}
+                    Op::Rebuild { reply } => rebuild.push(reply),
                     op => batch.push(op),
+                }
+            }
+            if !rebuild.is_empty() {
+                let outcome = self.rebuild().await.map_err(Arc::new);
+                for reply in rebuild {
+                    let _ = reply.send(outcome.clone().map_err(StoreError::Unavailable));
                 }
             }
             self.apply(batch).await;
@@ -251,6 +259,34 @@ impl Writer {
             let _ = self.publish.send(Committed { names, head });
         }
         plan.answer(head, None);
+    }
+
+    /// Replaces the engine's damaged files with what memory holds.
+    async fn rebuild(&mut self) -> Result<(), StoreError> {
+        let image = Image {
+            node: self.identity.node,
+            incarnation: self.identity.incarnation,
+            counters: self
+                .shared
+                .memory
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            membership: self.shared.membership.borrow().clone(),
+            me: self
+                .shared
+                .me
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            keys: self.keys.records(),
+            head: self.shared.head.load(Ordering::Acquire),
+        };
+        let head = run_engine(&self.engine, move |e| e.rebuild(&image)).await?;
+        self.shared.head.store(head, Ordering::Release);
+        Ok(())
     }
 
     fn start_episode(&mut self, error: &Arc<StoreError>) {
