@@ -42,6 +42,7 @@ fn flavor_for(seed: u64) -> Flavor {
             _ => Changes::None,
         },
         min_replicas: usize::from(seed % 8 == 4),
+        log: seed % 3 == 2,
     }
 }
 
@@ -778,5 +779,50 @@ fn a_removed_node_refuses_and_a_read_waits_for_it() {
         inside.clone().all(|r| r.value().is_none()),
         "{:#?}",
         inside.collect::<Vec<_>>()
+    );
+}
+
+// ---------------------------------------------------------------- the log engine on a lying disk
+
+/// `with_faults(seed, faults)` on the log engine over simulated disks.
+fn logged(seed: u64, faults: Vec<Window>) -> Plan {
+    Plan {
+        log: true,
+        ..with_faults(seed, faults)
+    }
+}
+
+/// n1 is cut off and acknowledges increments alone; its disk dies partway
+/// through whatever it is doing (a fold, often: the simulation folds once
+/// three names changed) and it loses power, twice.
+fn lying_disk(seed: u64) -> Plan {
+    logged(
+        seed,
+        vec![
+            window(2.0, 12.0, Fault::Isolate(0)),
+            window(4.0, 6.0, Fault::Disk(0, DiskKind::Dying)),
+            window(5.5, 6.0, Fault::Crash(0)),
+            window(9.0, 9.5, Fault::Crash(0)),
+        ],
+    )
+}
+
+#[test]
+fn the_checker_catches_appends_that_are_never_synced() {
+    assert_caught(&lying_disk(1), Planted::SkipSync, Check::G1Final, false);
+}
+
+#[test]
+fn the_checker_catches_acknowledgements_before_the_sync() {
+    assert_caught(&lying_disk(5), Planted::LateSync, Check::G1Final, false);
+}
+
+#[test]
+fn the_checker_catches_a_fold_that_deletes_the_log_before_the_b_tree_commits() {
+    assert_caught(
+        &lying_disk(1),
+        Planted::DeleteBeforeFold,
+        Check::G1Final,
+        false,
     );
 }

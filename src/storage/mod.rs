@@ -34,7 +34,7 @@ pub mod disk;
 mod engine;
 pub mod health;
 pub mod idempotency;
-mod journal;
+pub mod journal;
 pub mod logged;
 pub mod memory;
 #[cfg(test)]

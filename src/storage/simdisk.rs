@@ -48,6 +48,11 @@ pub enum SimFault {
     FailSync,
     /// Every call waits until then, as on a disk that stopped answering.
     Stall(Instant),
+    /// The disk dies after this many more changes (writes, syncs, folder
+    /// changes): from then on every change fails with EIO and lands
+    /// nowhere, as when a device fails in the middle of a multi-step
+    /// operation.
+    Dying(u64),
 }
 
 /// What the disk did, for summaries.
@@ -152,6 +157,24 @@ fn torn(rng: &mut fastrand::Rng, offset: u64, data: &[u8]) -> Vec<Pending> {
         at = end;
     }
     out
+}
+
+/// Counts one change against a dying disk; true when the disk is dead.
+fn dead(s: &mut State) -> bool {
+    match &mut s.fault {
+        SimFault::Dying(0) => true,
+        SimFault::Dying(left) => {
+            *left -= 1;
+            false
+        }
+        _ => false,
+    }
+}
+
+fn eio(what: &str) -> io::Error {
+    io::Error::other(format!(
+        "input/output error: the device is gone ({what}, simulated)"
+    ))
 }
 
 impl SimDisk {
@@ -393,6 +416,10 @@ impl DiskFile for SimFile {
 
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         let mut s = self.live()?;
+        if dead(&mut s) {
+            s.stats.failed_writes += 1;
+            return Err(eio("write"));
+        }
         if s.fault == SimFault::Full && !data.is_empty() {
             s.stats.failed_writes += 1;
             return Err(io::Error::new(
@@ -412,6 +439,10 @@ impl DiskFile for SimFile {
 
     fn set_len(&self, len: u64) -> io::Result<()> {
         let mut s = self.live()?;
+        if dead(&mut s) {
+            s.stats.failed_writes += 1;
+            return Err(eio("truncate"));
+        }
         let grows = len > s.inodes[&self.inode].data.len() as u64;
         if s.fault == SimFault::Full && grows {
             s.stats.failed_writes += 1;
@@ -430,8 +461,9 @@ impl DiskFile for SimFile {
     fn sync_data(&self) -> io::Result<()> {
         let mut s = self.live()?;
         let s = &mut *s;
+        let failing = s.fault == SimFault::FailSync || dead(s);
         let inode = s.inodes.get_mut(&self.inode).expect("checked live");
-        if s.fault == SimFault::FailSync {
+        if failing {
             s.stats.failed_syncs += 1;
             // Each write reached the disk or not; either way the kernel
             // forgets it, so the next sync succeeds without it.
@@ -457,6 +489,10 @@ impl Disk for SimDisk {
         let ino = match s.names.get(path) {
             Some(&ino) => ino,
             None if create => {
+                if dead(&mut s) {
+                    s.stats.failed_writes += 1;
+                    return Err(eio("create"));
+                }
                 if s.fault == SimFault::Full {
                     s.stats.failed_writes += 1;
                     return Err(io::Error::new(
@@ -504,6 +540,9 @@ impl Disk for SimDisk {
 
     fn remove(&self, path: &str) -> io::Result<()> {
         let mut s = self.state();
+        if dead(&mut s) {
+            return Err(eio("unlink"));
+        }
         if s.names.remove(path).is_none() {
             return Err(io::Error::new(ErrorKind::NotFound, "no such file"));
         }
@@ -513,6 +552,9 @@ impl Disk for SimDisk {
 
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
         let mut s = self.state();
+        if dead(&mut s) {
+            return Err(eio("rename"));
+        }
         let ino = s
             .names
             .remove(from)
@@ -526,7 +568,7 @@ impl Disk for SimDisk {
     fn sync_dir(&self, dir: &str) -> io::Result<()> {
         let mut s = self.state();
         let s = &mut *s;
-        if s.fault == SimFault::FailSync {
+        if s.fault == SimFault::FailSync || dead(s) {
             s.stats.failed_syncs += 1;
             return Err(io::Error::other(
                 "input/output error during fsync (simulated)",
@@ -647,6 +689,18 @@ mod tests {
         disk.crash();
         let after = disk.contents("a").unwrap();
         assert!(after.is_empty() || after == b"one");
+    }
+
+    #[test]
+    fn a_dying_disk_takes_some_changes_then_none() {
+        let disk = SimDisk::new("t", 1);
+        let f = write(&disk, "a", 0, b"x");
+        disk.inject(SimFault::Dying(2));
+        f.write_at(1, b"y").unwrap();
+        f.sync_data().unwrap();
+        assert!(f.write_at(2, b"z").is_err());
+        assert!(disk.remove("a").is_err());
+        assert_eq!(disk.contents("a").unwrap(), b"xy");
     }
 
     #[test]

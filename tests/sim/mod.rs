@@ -30,8 +30,10 @@ use serde::{Deserialize, Serialize};
 use tally::cluster::Actor;
 use tally::node::{IncrementError, Node, Settings};
 use tally::proto::{RequestEnvelope, ResponseEnvelope};
-use tally::storage::Engine;
+use tally::storage::logged::{LogEngine, LogLimits, LogOptions, OnDamage};
 use tally::storage::memory::{DiskFault, MemoryEngine};
+use tally::storage::simdisk::{SimDisk, SimFault, SimStats};
+use tally::storage::{Engine, StoreError};
 use tally::transport::{CallError, CallFuture, Transport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -274,24 +276,102 @@ impl Transport for SimTransport {
 
 // ---------------------------------------------------------------- a host
 
-/// A host's disk: the memory engine that faults are injected into, and the
-/// engine the node runs on (the same one, or a planted wrapper of it).
+/// A host's disk, which outlives the host's crashes.
 #[derive(Clone)]
-pub struct HostDisk {
-    pub memory: Arc<MemoryEngine>,
-    pub engine: Arc<dyn Engine>,
-    /// The fault injected last, for planted engines that act on it.
-    pub fault: Arc<Mutex<DiskFault>>,
+pub enum HostDisk {
+    /// The memory engine that faults are injected into, and the engine the
+    /// node runs on (the same one, or a planted wrapper of it).
+    Memory {
+        memory: Arc<MemoryEngine>,
+        engine: Arc<dyn Engine>,
+        /// The fault injected last, for planted engines that act on it.
+        fault: Arc<Mutex<DiskFault>>,
+    },
+    /// A simulated disk under the shipped log engine, opened afresh at each
+    /// boot as a process opens its files.
+    Log { disk: SimDisk, options: LogOptions },
 }
+
+/// The log engine's limits in the simulation: a fold once three names
+/// changed (of the workload's four), so a 20 s run folds, rotates and
+/// deletes segments hundreds of times.
+pub const SIM_LOG: LogOptions = LogOptions {
+    limits: LogLimits {
+        names: 3,
+        bytes: 16 << 10,
+    },
+    on_damage: OnDamage::Salvage,
+    step: 16 << 10,
+    planted: tally::storage::logged::Planted {
+        log: tally::storage::journal::Planted {
+            skip_sync: false,
+            late_sync: false,
+        },
+        delete_before_fold: false,
+    },
+};
 
 impl HostDisk {
     fn inject(&self, fault: DiskFault) {
-        *self.fault.lock().unwrap() = fault;
-        self.memory.inject(fault);
+        match self {
+            HostDisk::Memory {
+                memory, fault: f, ..
+            } => {
+                *f.lock().unwrap() = fault;
+                memory.inject(fault);
+            }
+            HostDisk::Log { disk, .. } => disk.inject(match fault {
+                DiskFault::None | DiskFault::Panic => SimFault::None,
+                DiskFault::Full => SimFault::Full,
+                DiskFault::FailSync => SimFault::FailSync,
+                DiskFault::Stall(until) => SimFault::Stall(until),
+            }),
+        }
     }
 
-    pub fn current_fault(&self) -> DiskFault {
-        *self.fault.lock().unwrap()
+    /// A disk that takes `after` more changes, then fails (log seeds; the
+    /// memory engine fails its syncs instead). A disk dying already goes
+    /// on counting.
+    fn dying(&self, after: u64) {
+        match self {
+            HostDisk::Memory { .. } => self.inject(DiskFault::FailSync),
+            HostDisk::Log { disk, .. } => {
+                if !matches!(disk.fault(), SimFault::Dying(_)) {
+                    disk.inject(SimFault::Dying(after));
+                }
+            }
+        }
+    }
+
+    /// The engine a process that boots runs on.
+    fn boot(&self) -> Result<Arc<dyn Engine>, StoreError> {
+        match self {
+            HostDisk::Memory { engine, .. } => {
+                // A process that starts opens its database afresh: an I/O
+                // error of its previous run does not carry over (a disk
+                // that still fails fails again).
+                let _ = engine.reopen();
+                Ok(engine.clone())
+            }
+            HostDisk::Log { disk, options } => {
+                Ok(Arc::new(LogEngine::on(Arc::new(disk.clone()), *options)?))
+            }
+        }
+    }
+
+    /// The power is cut: a simulated disk loses what was not synced.
+    fn crash(&self) {
+        if let HostDisk::Log { disk, .. } = self {
+            disk.crash();
+        }
+    }
+
+    /// What the simulated disk did, if it is one.
+    pub fn stats(&self) -> Option<SimStats> {
+        match self {
+            HostDisk::Log { disk, .. } => Some(disk.stats()),
+            HostDisk::Memory { .. } => None,
+        }
     }
 }
 
@@ -302,6 +382,7 @@ fn apply_disk(plan: &Plan, x: usize, disk: &HostDisk) {
     let t = now();
     let fault = match plan.disk(x, t) {
         None => DiskFault::None,
+        Some(DiskKind::Dying) => return disk.dying(plan.dying_after(x, t)),
         Some(DiskKind::Full) => DiskFault::Full,
         Some(DiskKind::FailSync) => DiskFault::FailSync,
         Some(DiskKind::Stall) => {
@@ -331,11 +412,16 @@ async fn run_node(
     transport: Arc<SimTransport>,
     planted: Planted,
 ) -> turmoil::Result {
-    apply_disk(&plan, x, &disk);
-    // A process that starts opens its database afresh: an I/O error of its
-    // previous run does not carry over (a disk that still fails fails again).
-    let _ = disk.engine.reopen();
-    tokio::spawn(disk_faults(plan.clone(), x, disk.clone()));
+    // The memory engine starts on the disk as the plan has it; the log
+    // engine opens its files on a disk that works, and the plan's fault
+    // applies from then on (a node that cannot open its files does not
+    // start, which tests/disk.rs covers on real processes).
+    if matches!(disk, HostDisk::Log { .. }) {
+        disk.inject(DiskFault::None);
+    } else {
+        apply_disk(&plan, x, &disk);
+    }
+    let engine = disk.boot()?;
     let mut settings = Settings::new(
         x as u64 + 1,
         format!("0.0.0.0:{PORT}").parse().unwrap(),
@@ -345,7 +431,9 @@ async fn run_node(
     settings.min_replicas = plan.min_replicas;
     settings.replica_timeout = REPLICA_TIMEOUT;
     planted.adjust(&mut settings, plan.nodes);
-    let node = Node::start_with(settings, disk.engine.clone(), transport.clone())?;
+    let node = Node::start_with(settings, engine, transport.clone())?;
+    apply_disk(&plan, x, &disk);
+    tokio::spawn(disk_faults(plan.clone(), x, disk.clone()));
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
     loop {
         let (mut s, _) = listener.accept().await?;
@@ -669,6 +757,9 @@ pub struct History {
     /// incarnations) as one actor of the final config held them then.
     pub final_components: BTreeMap<String, BTreeMap<usize, u128>>,
     pub setup_failed: Option<String>,
+    /// What the simulated disks did (log seeds): every disk the run used,
+    /// wiped ones included, summed.
+    pub disks: Option<SimStats>,
 }
 
 // ---------------------------------------------------------------- the run
@@ -741,12 +832,14 @@ fn apply(
     now: Duration,
     applied: &mut Applied,
     disks: &[Rc<RefCell<HostDisk>>],
+    retired: &mut Vec<Rc<RefCell<HostDisk>>>,
     planted: Planted,
     history: &Mutex<History>,
 ) {
     for x in 0..plan.nodes {
         if applied.running[x] && !plan.running(x, now) {
             power_cut(sim, plan, x, applied);
+            disks[x].borrow().crash();
             applied.running[x] = false;
         }
     }
@@ -756,7 +849,12 @@ fn apply(
             && w.start <= now
         {
             applied.wiped[k] = true;
-            *disks[x].borrow_mut() = planted.fresh_disk();
+            let generation = applied.wiped.iter().filter(|w| **w).count() as u64;
+            let old = std::mem::replace(
+                &mut *disks[x].borrow_mut(),
+                planted.fresh_disk(plan, x, generation),
+            );
+            retired.push(Rc::new(RefCell::new(old)));
             history.lock().unwrap().wipes.push((x, now));
         }
     }
@@ -802,7 +900,7 @@ pub fn run(plan: &Plan, planted: Planted) -> History {
         .tcp_capacity(4096)
         .build();
     let disks: Vec<Rc<RefCell<HostDisk>>> = (0..plan.nodes)
-        .map(|_| Rc::new(RefCell::new(planted.fresh_disk())))
+        .map(|x| Rc::new(RefCell::new(planted.fresh_disk(plan, x, 0))))
         .collect();
     let shared_plan = Arc::new(plan.clone());
     let noise = Noise {
@@ -848,6 +946,7 @@ pub fn run(plan: &Plan, planted: Planted) -> History {
     let changes = plan.changes();
     let mut next = 0;
     let mut healed = false;
+    let mut retired = Vec::new();
     let mut applied = Applied {
         links: links(plan).into_iter().map(|l| (l, Link::Open)).collect(),
         running: vec![true; plan.nodes],
@@ -869,7 +968,16 @@ pub fn run(plan: &Plan, planted: Planted) -> History {
                 applied.fail_rate = 0.0;
                 healed = true;
             }
-            apply(&mut sim, plan, now, &mut applied, &disks, planted, &history);
+            apply(
+                &mut sim,
+                plan,
+                now,
+                &mut applied,
+                &disks,
+                &mut retired,
+                planted,
+                &history,
+            );
         }
         match sim.step() {
             Ok(true) => break,
@@ -881,9 +989,22 @@ pub fn run(plan: &Plan, planted: Planted) -> History {
         }
     }
     drop(sim);
-    Arc::try_unwrap(history)
+    let mut history = Arc::try_unwrap(history)
         .map(|m| m.into_inner().unwrap())
-        .unwrap_or_else(|h| std::mem::take(&mut *h.lock().unwrap()))
+        .unwrap_or_else(|h| std::mem::take(&mut *h.lock().unwrap()));
+    for disk in disks.iter().chain(&retired) {
+        if let Some(s) = disk.borrow().stats() {
+            let sum = history.disks.get_or_insert_with(SimStats::default);
+            sum.crashes += s.crashes;
+            sum.lost_writes += s.lost_writes;
+            sum.torn_writes += s.torn_writes;
+            sum.flipped_reads += s.flipped_reads;
+            sum.rotten_bits += s.rotten_bits;
+            sum.failed_writes += s.failed_writes;
+            sum.failed_syncs += s.failed_syncs;
+        }
+    }
+    history
 }
 
 // ---------------------------------------------------------------- the workload
@@ -1584,5 +1705,11 @@ pub fn summary(h: &History) -> String {
         h.recoveries.len(),
         posts.join("; "),
         h.converged_at
-    )
+    ) + &match &h.disks {
+        Some(d) => format!(
+            "; log engine on simulated disks: {} crashes, {} unsynced writes lost and {} torn, {} failed writes, {} failed syncs",
+            d.crashes, d.lost_writes, d.torn_writes, d.failed_writes, d.failed_syncs
+        ),
+        None => String::new(),
+    }
 }

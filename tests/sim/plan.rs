@@ -35,6 +35,11 @@ pub const DISK_RECOVERY: Duration = Duration::from_millis(1500);
 pub enum DiskKind {
     /// Commits write everything, then report an fsync error.
     FailSync,
+    /// The disk takes a few more changes, then fails every one with EIO
+    /// until the fault ends: a device failing in the middle of a
+    /// multi-step operation (a fold, a rotation). Log seeds only; the
+    /// memory engine takes it as `FailSync`.
+    Dying,
     /// Commits fail with ENOSPC and write nothing.
     Full,
     /// Every storage call waits until the stall ends.
@@ -90,6 +95,10 @@ pub struct Flavor {
     pub changes: Changes,
     /// Nodes run with `--min-replicas` this high; wipes then strike one node only.
     pub min_replicas: usize,
+    /// Nodes store through the shipped log engine over a simulated disk
+    /// that loses unsynced writes at crashes, tears them and flips read
+    /// bits (otherwise: the memory engine).
+    pub log: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -132,6 +141,8 @@ pub struct Plan {
     pub changes: Changes,
     /// `Settings::min_replicas` of every node: with it no wipe excuses anything.
     pub min_replicas: usize,
+    /// Nodes run the log engine over a simulated disk (see [`Flavor::log`]).
+    pub log: bool,
 }
 
 /// One end of a link: a node (by index) or the workload's client host.
@@ -177,6 +188,9 @@ fn random_fault(
             a,
             match rng.u8(0..3) {
                 0 => DiskKind::Full,
+                // On log seeds half the failing disks die partway instead
+                // (by node, so that no draw changes the rest of the plan).
+                1 if flavor.log && a % 2 == 0 => DiskKind::Dying,
                 1 => DiskKind::FailSync,
                 _ => DiskKind::Stall,
             },
@@ -376,6 +390,7 @@ impl Plan {
             posts,
             changes: flavor.changes,
             min_replicas: flavor.min_replicas,
+            log: flavor.log,
         }
     }
 
@@ -463,6 +478,21 @@ impl Plan {
                 && w.start <= t
                 && t < w.end + DISK_RECOVERY
         })
+    }
+
+    /// How many changes a dying disk of node `x` takes at `t` before it
+    /// fails: 0 to 23, fixed by the seed, the node and the fault's start.
+    pub fn dying_after(&self, x: usize, t: Duration) -> u64 {
+        let start = self
+            .faults
+            .iter()
+            .filter(|w| w.fault == Fault::Disk(x, DiskKind::Dying) && w.start <= t && t < w.end)
+            .map(|w| w.start.as_millis() as u64)
+            .min()
+            .unwrap_or(0);
+        let mut h = self.seed ^ (x as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ start;
+        h = (h ^ (h >> 31)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        (h ^ (h >> 29)) % 24
     }
 
     /// When the stall of node `x`'s disk that holds at `t` ends.

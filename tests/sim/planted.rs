@@ -18,7 +18,8 @@ use tally::storage::memory::{DiskFault, MemoryEngine};
 use tally::storage::{Batch, Changes, Engine, Loaded, StoreError};
 use tally::transport::{CallError, CallFuture};
 
-use super::{HostDisk, PORT, REPLICA_TIMEOUT, host, now};
+use super::{HostDisk, PORT, Plan, REPLICA_TIMEOUT, SIM_LOG, host, now};
+use tally::storage::simdisk::SimDisk;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Planted {
@@ -72,11 +73,36 @@ pub enum Planted {
     ReadsWaitForDisk,
     /// Every config post after the first is refused.
     RefusePosts,
+    /// The log engine never syncs its appends (log seeds only).
+    SkipSync,
+    /// The log engine acknowledges an append before its sync, which runs
+    /// at the next append (log seeds only).
+    LateSync,
+    /// A fold deletes the log it covers before the B-tree commits it (log
+    /// seeds only).
+    DeleteBeforeFold,
 }
 
 impl Planted {
-    /// An empty data folder.
-    pub fn fresh_disk(self) -> HostDisk {
+    /// An empty data folder for node `x` of `plan` (a new one for each
+    /// wipe, `generation`).
+    pub fn fresh_disk(self, plan: &Plan, x: usize, generation: u64) -> HostDisk {
+        if plan.log {
+            let mut options = SIM_LOG;
+            match self {
+                Planted::SkipSync => options.planted.log.skip_sync = true,
+                Planted::LateSync => options.planted.log.late_sync = true,
+                Planted::DeleteBeforeFold => options.planted.delete_before_fold = true,
+                _ => {}
+            }
+            let seed = plan.seed
+                ^ (x as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d)
+                ^ generation.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            return HostDisk::Log {
+                disk: SimDisk::new(&host(x), seed),
+                options,
+            };
+        }
         let memory = Arc::new(MemoryEngine::new());
         let fault = Arc::new(Mutex::new(DiskFault::None));
         let engine: Arc<dyn Engine> = match self {
@@ -91,7 +117,7 @@ impl Planted {
             }),
             _ => memory.clone(),
         };
-        HostDisk {
+        HostDisk::Memory {
             memory,
             engine,
             fault,
