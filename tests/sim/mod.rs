@@ -797,6 +797,12 @@ struct Applied {
     fail_rate: f64,
 }
 
+/// Every host's disk now, and the disks wipes replaced (kept for their figures).
+struct Disks {
+    current: Vec<Rc<RefCell<HostDisk>>>,
+    retired: Vec<HostDisk>,
+}
+
 /// Kills node `x` as a power cut would: whatever its dying tasks send is
 /// lost. Tokio drops a runtime's tasks in an order that depends on
 /// process-wide task ids, and every stream dropped sends a FIN whose latency
@@ -831,15 +837,14 @@ fn apply(
     plan: &Plan,
     now: Duration,
     applied: &mut Applied,
-    disks: &[Rc<RefCell<HostDisk>>],
-    retired: &mut Vec<Rc<RefCell<HostDisk>>>,
+    disks: &mut Disks,
     planted: Planted,
     history: &Mutex<History>,
 ) {
-    for x in 0..plan.nodes {
+    for (x, disk) in disks.current.iter().enumerate() {
         if applied.running[x] && !plan.running(x, now) {
             power_cut(sim, plan, x, applied);
-            disks[x].borrow().crash();
+            disk.borrow().crash();
             applied.running[x] = false;
         }
     }
@@ -851,10 +856,10 @@ fn apply(
             applied.wiped[k] = true;
             let generation = applied.wiped.iter().filter(|w| **w).count() as u64;
             let old = std::mem::replace(
-                &mut *disks[x].borrow_mut(),
+                &mut *disks.current[x].borrow_mut(),
                 planted.fresh_disk(plan, x, generation),
             );
-            retired.push(Rc::new(RefCell::new(old)));
+            disks.retired.push(old);
             history.lock().unwrap().wipes.push((x, now));
         }
     }
@@ -899,16 +904,19 @@ pub fn run(plan: &Plan, planted: Planted) -> History {
         // turmoil panics past this backlog, where a kernel would drop.
         .tcp_capacity(4096)
         .build();
-    let disks: Vec<Rc<RefCell<HostDisk>>> = (0..plan.nodes)
-        .map(|x| Rc::new(RefCell::new(planted.fresh_disk(plan, x, 0))))
-        .collect();
+    let mut disks = Disks {
+        current: (0..plan.nodes)
+            .map(|x| Rc::new(RefCell::new(planted.fresh_disk(plan, x, 0))))
+            .collect(),
+        retired: Vec::new(),
+    };
     let shared_plan = Arc::new(plan.clone());
     let noise = Noise {
         duplicate_rate: plan.duplicate_rate,
         delay_rate: plan.delay_rate,
         max_extra_delay: plan.max_extra_delay,
     };
-    for (i, disk) in disks.iter().enumerate() {
+    for (i, disk) in disks.current.iter().enumerate() {
         let disk = disk.clone();
         let boots = Rc::new(Cell::new(0u64));
         let seed = plan.seed;
@@ -946,7 +954,6 @@ pub fn run(plan: &Plan, planted: Planted) -> History {
     let changes = plan.changes();
     let mut next = 0;
     let mut healed = false;
-    let mut retired = Vec::new();
     let mut applied = Applied {
         links: links(plan).into_iter().map(|l| (l, Link::Open)).collect(),
         running: vec![true; plan.nodes],
@@ -973,8 +980,7 @@ pub fn run(plan: &Plan, planted: Planted) -> History {
                 plan,
                 now,
                 &mut applied,
-                &disks,
-                &mut retired,
+                &mut disks,
                 planted,
                 &history,
             );
@@ -992,8 +998,9 @@ pub fn run(plan: &Plan, planted: Planted) -> History {
     let mut history = Arc::try_unwrap(history)
         .map(|m| m.into_inner().unwrap())
         .unwrap_or_else(|h| std::mem::take(&mut *h.lock().unwrap()));
-    for disk in disks.iter().chain(&retired) {
-        if let Some(s) = disk.borrow().stats() {
+    let all = disks.current.iter().map(|d| d.borrow().clone());
+    for disk in all.chain(disks.retired) {
+        if let Some(s) = disk.stats() {
             let sum = history.disks.get_or_insert_with(SimStats::default);
             sum.crashes += s.crashes;
             sum.lost_writes += s.lost_writes;

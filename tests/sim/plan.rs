@@ -190,7 +190,7 @@ fn random_fault(
                 0 => DiskKind::Full,
                 // On log seeds half the failing disks die partway instead
                 // (by node, so that no draw changes the rest of the plan).
-                1 if flavor.log && a % 2 == 0 => DiskKind::Dying,
+                1 if flavor.log && a.is_multiple_of(2) => DiskKind::Dying,
                 1 => DiskKind::FailSync,
                 _ => DiskKind::Stall,
             },
