@@ -13,6 +13,9 @@
 #   make bench         measure tally beside Redis and a bare HTTP server (scripts/bench.py);
 #                      a few minutes; results in target/bench/results.json
 #   make bench-micro   criterion micro-benchmarks: CRDT merge, body parser, message codec
+#   make sweep         the deterministic simulation over many seeds (release build):
+#                      SEEDS=N seeds from FIRST=K (defaults 1000 from 1); a line per
+#                      failing seed with the command that replays it
 #   make man           the manual page, target/man/tally.1, and shell completions beside it
 #   make clean         remove build output and dist/
 #
@@ -51,7 +54,7 @@ EXE     := challenge/bin/challenge-executable
 # of the same commit are byte-identical.
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 
-.PHONY: all package static-check package-test lint test cargo-test demo bench bench-micro man clean \
+.PHONY: all package static-check package-test lint test cargo-test demo bench bench-micro man clean sweep \
 	image image-test cluster cluster-down
 
 all: package
@@ -158,6 +161,15 @@ demo:
 bench:
 	$(CARGO) build $(CARGO_LOCKED) --release --bin tally --example http_ceiling
 	$(PYTHON) scripts/bench.py $(BENCH_ARGS)
+
+SEEDS ?= 1000
+FIRST ?= 1
+
+# Two tests split the seeds (even, odd) so both cores work; each prints how
+# many seeds it ran, how many on the log engine, and how many failed.
+sweep:
+	TALLY_SIM_SEEDS=$(SEEDS) TALLY_SIM_FIRST=$(FIRST) TALLY_SIM_FRESH=0 \
+	  $(CARGO) test $(CARGO_LOCKED) --release --test simulation random_faults -- --nocapture
 
 # Criterion micro-benchmarks (a package of their own: `cargo test` never builds criterion).
 bench-micro:

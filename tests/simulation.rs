@@ -58,12 +58,15 @@ fn announce(line: &str) {
 
 /// Runs each seed; panics listing every failing seed with its replay command.
 fn run_seeds(seeds: impl IntoIterator<Item = u64>) {
+    let started = std::time::Instant::now();
     let mut failures = Vec::new();
     let mut ran = 0;
+    let mut logged = 0;
     let verbose = std::env::var_os("TALLY_SIM_VERBOSE").is_some();
     for seed in seeds {
         ran += 1;
         let plan = plan_for(seed);
+        logged += u64::from(plan.log);
         let history = run(&plan, Planted::None);
         let bad = check(&plan, &history);
         if verbose {
@@ -86,6 +89,11 @@ fn run_seeds(seeds: impl IntoIterator<Item = u64>) {
         }
     }
     assert!(ran > 0, "no seed ran");
+    announce(&format!(
+        "simulation: {ran} seeds ({logged} on the log engine over a simulated disk), {} failed, in {:.1} s",
+        failures.len(),
+        started.elapsed().as_secs_f64()
+    ));
     assert!(
         failures.is_empty(),
         "{} of {ran} seeds violated a guarantee:\n{}",
