@@ -925,8 +925,13 @@ impl Journal {
         Ok(())
     }
 
-    /// Starts a new segment; records from now on go there.
+    /// Starts a new segment; records from now on go there. What a failed
+    /// append left in the current one is cut first: a segment followed by
+    /// another must end in whole records.
     pub fn rotate(&mut self) -> Result<(), StoreError> {
+        if self.poisoned {
+            self.reset()?;
+        }
         if self.unsynced {
             self.file.sync_data().map_err(|e| self.io(e))?;
             self.unsynced = false;

@@ -216,8 +216,9 @@ pub struct LogEngine {
     /// overlay from the same moment.
     overlay: RwLock<Overlay>,
     options: LogOptions,
-    /// Why the B-tree was set aside when the engine opened.
-    tree_damage: Option<String>,
+    /// Why the B-tree was set aside when the engine opened (taken by the
+    /// first load, which salvages).
+    tree_damage: Mutex<Option<String>>,
     /// The last record the B-tree is known to hold.
     folded: AtomicU64,
 }
@@ -264,7 +265,7 @@ impl LogEngine {
             journal: Mutex::new(None),
             overlay: RwLock::new(Overlay::default()),
             options,
-            tree_damage,
+            tree_damage: Mutex::new(tree_damage),
             folded: AtomicU64::new(0),
         })
     }
@@ -332,8 +333,10 @@ impl LogEngine {
         loaded: &mut Loaded,
         replayed: &Replayed,
         overlay: &mut Overlay,
+        tree_damage: Option<String>,
     ) -> Result<Journal, StoreError> {
-        let mut damage: Vec<String> = self.tree_damage.iter().cloned().collect();
+        let lost = describe_lost(tree_damage.is_some(), &replayed.lost);
+        let mut damage: Vec<String> = tree_damage.into_iter().collect();
         damage.extend(replayed.damage.iter().map(|d| d.to_string()));
         // Evidence first: the damaged segments, copied aside.
         for path in &replayed.read {
@@ -359,7 +362,6 @@ impl LogEngine {
         while to == loaded.incarnation {
             to = fastrand::u64(1..);
         }
-        let lost = describe_lost(self.tree_damage.is_some(), &replayed.lost);
         let event = Salvage {
             at_ms: now_ms(),
             damage,
@@ -457,7 +459,18 @@ impl Engine for LogEngine {
                 "storage damage: the log does not read back as written"
             );
         }
-        let lost = self.tree_damage.is_some() || replayed.lost_records();
+        let tree_damage = self
+            .tree_damage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let lost = tree_damage.is_some() || replayed.lost_records();
+        if lost && self.journal().is_some() {
+            // Found while the node runs (reloading after an I/O error): the
+            // store's memory holds every counter, and rebuilds from it.
+            let what: Vec<String> = replayed.damage.iter().map(|d| d.to_string()).collect();
+            return Err(StoreError::Corrupt(what.join("; ")));
+        }
         if lost && self.options.on_damage == OnDamage::Refuse {
             let what: Vec<String> = replayed.damage.iter().map(|d| d.to_string()).collect();
             return Err(refused(&*self.disk, &what));
@@ -472,7 +485,7 @@ impl Engine for LogEngine {
             overlay.apply(record.lsn, record.batch, 0);
         }
         let journal = if lost {
-            self.salvage(&mut loaded, &replayed, &mut overlay)?
+            self.salvage(&mut loaded, &replayed, &mut overlay, tree_damage)?
         } else {
             if !replayed.damage.is_empty() {
                 warn!("the log was damaged where no record was lost; it goes on in a new segment");
@@ -560,7 +573,8 @@ impl Engine for LogEngine {
         let journal = slot
             .as_mut()
             .ok_or_else(|| StoreError::engine("the log is not open (load it first)"))?;
-        journal.reset()?;
+        // The new segment first: a crash before the B-tree commits leaves
+        // the old B-tree and a log that goes on into it.
         journal.rotate()?;
         let mut overlay = self.write();
         let lsn = journal.next_lsn() - 1;

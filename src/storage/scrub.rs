@@ -175,4 +175,43 @@ mod tests {
             assert_eq!(after.counters[name].value(), c.value() + extra, "{name}");
         }
     }
+
+    /// Damage found when storage reopens after an I/O error (the log, here)
+    /// is repaired from memory too: the node stays the same incarnation,
+    /// loses nothing, and writes again.
+    #[tokio::test(start_paused = true)]
+    async fn damage_found_when_reopening_is_repaired_from_memory() {
+        use crate::storage::simdisk::SimFault;
+        let disk = SimDisk::new("n1", 1);
+        let store = store_on(&disk, 1000).await;
+        fill(&store, 10).await;
+        let before = reopen(&disk.fork("copy"), 1000);
+        let segment = disk
+            .paths()
+            .into_iter()
+            .find(|p| p.starts_with("log/"))
+            .unwrap();
+        disk.flip(&segment, (2 * 512 + 40) * 8);
+        disk.inject(SimFault::FailSync);
+        assert!(store.increment(vec![("x".into(), 1)]).await.is_err());
+        disk.inject(SimFault::None);
+        let mut healed = false;
+        for _ in 0..50 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            if store.increment(vec![("x".into(), 1)]).await.is_ok() {
+                healed = true;
+                break;
+            }
+        }
+        assert!(healed, "{:?}", store.health());
+        assert!(store.health().damage_found >= 1);
+        store.close().await;
+        drop(store);
+        let after = reopen(&disk, 1000);
+        assert!(after.salvage.is_none(), "{:?}", after.salvage);
+        assert_eq!(after.incarnation, before.incarnation);
+        for (name, c) in &before.counters {
+            assert_eq!(after.counters.get(name), Some(c), "{name}");
+        }
+    }
 }

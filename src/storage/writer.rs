@@ -331,9 +331,23 @@ impl Writer {
 
     /// Reopens the engine, folds in what it holds, and proves it takes a write.
     async fn reload(&mut self) -> Result<(), Reload> {
-        run_engine(&self.engine, |e| e.reopen()).await?;
         let node = self.identity.node;
-        let loaded = run_engine(&self.engine, move |e| e.load(node)).await?;
+        let reopened = async {
+            run_engine(&self.engine, |e| e.reopen()).await?;
+            run_engine(&self.engine, move |e| e.load(node)).await
+        };
+        let loaded = match reopened.await {
+            Err(StoreError::Corrupt(why)) => {
+                // Damage found while the node runs: memory holds every
+                // counter whole, so the engine is rebuilt from it and
+                // nothing is lost.
+                error!(damage = %why, "storage damage found while reopening; rebuilding from memory");
+                self.shared.health.damage_found(why);
+                self.rebuild().await?;
+                run_engine(&self.engine, move |e| e.load(node)).await?
+            }
+            other => other?,
+        };
         if loaded.incarnation != self.identity.incarnation {
             return Err(Reload::Fatal(format!(
                 "the data folder was replaced while the node ran (incarnation {:016x}, expected {:016x})",
