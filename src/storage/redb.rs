@@ -59,7 +59,41 @@ const CACHE_BYTES: usize = 32 << 20;
 
 /// Opens the B-tree file, verifying every page of its committed trees; a
 /// file that fails the check, or that makes redb panic, is damage.
+///
+/// When the newest commit does not verify, redb falls back to the one
+/// before and writes that back: a bit that one read flipped would then
+/// undo a commit for good. So that fallback is refused, and the file read
+/// again (as after any open that found unexpected bytes), until it has
+/// failed [`OPENS`] times.
 fn open_db(disk: &dyn Disk) -> Result<Database, StoreError> {
+    let mut attempt = 1;
+    loop {
+        let last = attempt == OPENS;
+        match open_once(disk, last) {
+            Err(e) if !last && doubtful(&e) => attempt += 1,
+            other => return other,
+        }
+    }
+}
+
+/// An open that found bytes it did not expect, or refused the fallback:
+/// worth reading again before believing it.
+fn doubtful(e: &StoreError) -> bool {
+    match e {
+        StoreError::Corrupt(_) => true,
+        StoreError::Engine { source, .. } => matches!(
+            source.downcast_ref::<redb::Error>(),
+            Some(redb::Error::RepairAborted)
+        ),
+        _ => false,
+    }
+}
+
+/// Opens of a B-tree whose newest commit fails its check, before the
+/// fallback to the commit before it is allowed.
+const OPENS: usize = 3;
+
+fn open_once(disk: &dyn Disk, fallback: bool) -> Result<Database, StoreError> {
     let name = disk.display(DB_FILE);
     let file = disk
         .open(DB_FILE, true)
@@ -68,6 +102,12 @@ fn open_db(disk: &dyn Disk) -> Result<Database, StoreError> {
         Database::builder()
             .set_cache_size(CACHE_BYTES)
             .set_check_integrity_on_open(true)
+            .set_repair_callback(move |session| {
+                // Called at 0.3 only when the newest commit did not verify.
+                if !fallback && (session.progress() - 0.3).abs() < 1e-9 {
+                    session.abort();
+                }
+            })
             .create_with_backend(Backend(file))
     }));
     match opened {
@@ -78,7 +118,16 @@ fn open_db(disk: &dyn Disk) -> Result<Database, StoreError> {
                 name.display()
             )))
         }
-        Ok(Err(e)) => Err(engine(e).in_file(&name)),
+        Ok(Err(e)) => match redb::Error::from(e) {
+            // Not the bytes of a B-tree where they should be (its header).
+            redb::Error::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => {
+                Err(StoreError::Corrupt(format!(
+                    "{}: the B-tree fails its check: {io}",
+                    name.display()
+                )))
+            }
+            e => Err(engine(e).in_file(&name)),
+        },
         Err(panic) => Err(StoreError::Corrupt(format!(
             "{}: the B-tree could not be read ({})",
             name.display(),
