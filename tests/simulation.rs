@@ -62,12 +62,21 @@ fn run_seeds(seeds: impl IntoIterator<Item = u64>) {
     let mut failures = Vec::new();
     let mut ran = 0;
     let mut logged = 0;
+    let mut disks = tally::storage::simdisk::SimStats::default();
     let verbose = std::env::var_os("TALLY_SIM_VERBOSE").is_some();
     for seed in seeds {
         ran += 1;
         let plan = plan_for(seed);
         logged += u64::from(plan.log);
         let history = run(&plan, Planted::None);
+        if let Some(d) = &history.disks {
+            disks.crashes += d.crashes;
+            disks.lost_writes += d.lost_writes;
+            disks.torn_writes += d.torn_writes;
+            disks.flipped_reads += d.flipped_reads;
+            disks.failed_writes += d.failed_writes;
+            disks.failed_syncs += d.failed_syncs;
+        }
         let bad = check(&plan, &history);
         if verbose {
             announce(&format!(
@@ -90,7 +99,15 @@ fn run_seeds(seeds: impl IntoIterator<Item = u64>) {
     }
     assert!(ran > 0, "no seed ran");
     announce(&format!(
-        "simulation: {ran} seeds ({logged} on the log engine over a simulated disk), {} failed, in {:.1} s",
+        "simulation: {ran} seeds ({logged} on the log engine over a simulated disk: {} power cuts, \
+         {} unsynced writes lost and {} torn at them, {} writes and {} syncs failed, {} reads \
+         flipped), {} failed, in {:.1} s",
+        disks.crashes,
+        disks.lost_writes,
+        disks.torn_writes,
+        disks.failed_writes,
+        disks.failed_syncs,
+        disks.flipped_reads,
         failures.len(),
         started.elapsed().as_secs_f64()
     ));

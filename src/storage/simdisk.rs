@@ -103,6 +103,11 @@ struct State {
     rng: fastrand::Rng,
     /// Bumped by each crash; handles of an earlier boot fail.
     boot: u64,
+    /// The change in progress is the one the dying disk dies in: a write
+    /// lands in part (some of its sectors, unsynced) before it fails.
+    dying_now: bool,
+    /// The dying disk has died.
+    died: bool,
     stats: SimStats,
 }
 
@@ -162,13 +167,25 @@ fn torn(rng: &mut fastrand::Rng, offset: u64, data: &[u8]) -> Vec<Pending> {
 /// Counts one change against a dying disk; true when the disk is dead.
 fn dead(s: &mut State) -> bool {
     match &mut s.fault {
-        SimFault::Dying(0) => true,
+        SimFault::Dying(0) => {
+            // The first change that finds it dead is the one it dies in.
+            s.dying_now = !s.died;
+            s.died = true;
+            true
+        }
         SimFault::Dying(left) => {
             *left -= 1;
             false
         }
         _ => false,
     }
+}
+
+/// [`dead`] for a change that lands nothing when it fails.
+fn dead_now(s: &mut State) -> bool {
+    let dead = dead(s);
+    s.dying_now = false;
+    dead
 }
 
 fn eio(what: &str) -> io::Error {
@@ -192,6 +209,8 @@ impl SimDisk {
                 flip_next: None,
                 rng: fastrand::Rng::with_seed(seed),
                 boot: 0,
+                dying_now: false,
+                died: false,
                 stats: SimStats::default(),
             })),
             name: name.into(),
@@ -211,7 +230,9 @@ impl SimDisk {
     }
 
     pub fn inject(&self, fault: SimFault) {
-        self.state().fault = fault;
+        let mut s = self.state();
+        s.fault = fault;
+        s.died = false;
     }
 
     pub fn fault(&self) -> SimFault {
@@ -418,6 +439,14 @@ impl DiskFile for SimFile {
         let mut s = self.live()?;
         if dead(&mut s) {
             s.stats.failed_writes += 1;
+            if std::mem::take(&mut s.dying_now) {
+                let s = &mut *s;
+                let inode = s.inodes.get_mut(&self.inode).expect("checked live");
+                for part in torn(&mut s.rng, offset, data) {
+                    apply(&mut inode.data, &part);
+                    inode.pending.push(part);
+                }
+            }
             return Err(eio("write"));
         }
         if s.fault == SimFault::Full && !data.is_empty() {
@@ -439,7 +468,7 @@ impl DiskFile for SimFile {
 
     fn set_len(&self, len: u64) -> io::Result<()> {
         let mut s = self.live()?;
-        if dead(&mut s) {
+        if dead_now(&mut s) {
             s.stats.failed_writes += 1;
             return Err(eio("truncate"));
         }
@@ -461,7 +490,7 @@ impl DiskFile for SimFile {
     fn sync_data(&self) -> io::Result<()> {
         let mut s = self.live()?;
         let s = &mut *s;
-        let failing = s.fault == SimFault::FailSync || dead(s);
+        let failing = s.fault == SimFault::FailSync || dead_now(s);
         let inode = s.inodes.get_mut(&self.inode).expect("checked live");
         if failing {
             s.stats.failed_syncs += 1;
@@ -489,7 +518,7 @@ impl Disk for SimDisk {
         let ino = match s.names.get(path) {
             Some(&ino) => ino,
             None if create => {
-                if dead(&mut s) {
+                if dead_now(&mut s) {
                     s.stats.failed_writes += 1;
                     return Err(eio("create"));
                 }
@@ -540,7 +569,7 @@ impl Disk for SimDisk {
 
     fn remove(&self, path: &str) -> io::Result<()> {
         let mut s = self.state();
-        if dead(&mut s) {
+        if dead_now(&mut s) {
             return Err(eio("unlink"));
         }
         if s.names.remove(path).is_none() {
@@ -552,7 +581,7 @@ impl Disk for SimDisk {
 
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
         let mut s = self.state();
-        if dead(&mut s) {
+        if dead_now(&mut s) {
             return Err(eio("rename"));
         }
         let ino = s
@@ -568,7 +597,7 @@ impl Disk for SimDisk {
     fn sync_dir(&self, dir: &str) -> io::Result<()> {
         let mut s = self.state();
         let s = &mut *s;
-        if s.fault == SimFault::FailSync || dead(s) {
+        if s.fault == SimFault::FailSync || dead_now(s) {
             s.stats.failed_syncs += 1;
             return Err(io::Error::other(
                 "input/output error during fsync (simulated)",

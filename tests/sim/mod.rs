@@ -1714,8 +1714,13 @@ pub fn summary(h: &History) -> String {
         h.converged_at
     ) + &match &h.disks {
         Some(d) => format!(
-            "; log engine on simulated disks: {} crashes, {} unsynced writes lost and {} torn, {} failed writes, {} failed syncs",
-            d.crashes, d.lost_writes, d.torn_writes, d.failed_writes, d.failed_syncs
+            "; log engine on simulated disks: {} crashes, {} unsynced writes lost and {} torn, {} failed writes, {} failed syncs, {} reads flipped",
+            d.crashes,
+            d.lost_writes,
+            d.torn_writes,
+            d.failed_writes,
+            d.failed_syncs,
+            d.flipped_reads
         ),
         None => String::new(),
     }

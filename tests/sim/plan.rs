@@ -371,6 +371,28 @@ impl Plan {
         let client_break_rate = noisy(&mut rng, 0.01);
         let (initial, posts, partitions) = draw_changes(&mut rng, nodes, flavor.changes, heal_at);
         faults.extend(partitions);
+        if flavor.log {
+            // Half the power cuts on log seeds catch the disk in the middle
+            // of a change: it dies 300 ms before (after a few more changes)
+            // and the write it dies in lands in part. Chosen by the cut's
+            // time, so that no draw changes the rest of the plan.
+            let dying: Vec<Window> = faults
+                .iter()
+                .filter_map(|w| match w.fault {
+                    Fault::Crash(x) | Fault::Wipe(x)
+                        if (w.start.as_millis() / 7).is_multiple_of(2) =>
+                    {
+                        Some(Window {
+                            start: w.start.saturating_sub(ms(300)),
+                            end: w.start + ms(1),
+                            fault: Fault::Disk(x, DiskKind::Dying),
+                        })
+                    }
+                    _ => None,
+                })
+                .collect();
+            faults.extend(dying);
+        }
         faults.retain(|w| w.start < w.end);
         faults.sort_by_key(|w| w.start);
         Plan {

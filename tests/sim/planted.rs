@@ -98,10 +98,12 @@ impl Planted {
             let seed = plan.seed
                 ^ (x as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d)
                 ^ generation.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-            return HostDisk::Log {
-                disk: SimDisk::new(&host(x), seed),
-                options,
-            };
+            let disk = SimDisk::new(&host(x), seed);
+            // Three reads of the log in a hundred return a flipped bit,
+            // which the next read does not repeat (B-tree reads are left
+            // alone: their opens are tested apart, in storage::logged).
+            disk.flip_reads("log/", 0.03);
+            return HostDisk::Log { disk, options };
         }
         let memory = Arc::new(MemoryEngine::new());
         let fault = Arc::new(Mutex::new(DiskFault::None));
