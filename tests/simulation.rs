@@ -332,6 +332,21 @@ fn conflicting_posts_lose_a_retired_node_the_loser_re_added_seed_21709() {
     assert_seed_passes(21709);
 }
 
+/// Regression: the same with the winning config listing the node as
+/// leaving rather than retired. Seed 2685: the second config {n1, n3, n4}
+/// (2.2) removes n2 and n5, and n5 hands off under it; then {n3, n4, n5}
+/// (3.1, re-adding n5) and {n1, n2, n3} (3.3, made where n5's hand-off
+/// was not yet known, so n5 is leaving) are posted on two sides of a
+/// partition. n5, an actor of the losing config, acknowledges +9 of "c" at
+/// 12.019 s; the winner's nodes took n5's hand-off under 2.2 as counting
+/// under 3.3 too, so nobody pulled from n5 again and the converged value
+/// lacked the +9 (src/cluster/membership.rs: `excused`, `merged_with`: an
+/// actor of a losing config hands off again, under the winner itself).
+#[test]
+fn conflicting_posts_lose_what_a_leaver_the_loser_re_added_acknowledged_seed_2685() {
+    assert_seed_passes(2685);
+}
+
 /// The checker's own regressions, found in sweeps after the node bugs above
 /// were fixed. Seed 10653: a node being added refused increments (409)
 /// before it had heard of the config that adds it, cut off from the node

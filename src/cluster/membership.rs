@@ -64,7 +64,9 @@ impl Membership {
 
     /// Whether `actor`'s hand-off counts under this config: confirmed under
     /// this config, or under its parent for an actor that has been leaving
-    /// since (one that was an actor in between may have acknowledged more).
+    /// since (one that was an actor in between may have acknowledged more:
+    /// an orphan, made an actor again by a config that lost, hands off
+    /// under this config itself).
     pub fn excused(&self, actor: &Actor) -> bool {
         let confirmed = |stamp: Stamp| {
             !stamp.is_zero()
@@ -75,7 +77,9 @@ impl Membership {
         };
         !self.config.has_actor(actor)
             && (confirmed(self.config.stamp)
-                || (self.config.leaving.contains(actor) && confirmed(self.config.parent())))
+                || (self.config.leaving.contains(actor)
+                    && !self.orphans.contains(actor)
+                    && confirmed(self.config.parent())))
     }
 
     fn departed(&self) -> impl Iterator<Item = &Actor> {
@@ -172,7 +176,15 @@ impl Membership {
         let read = |a: &Actor| config.has_actor(a) || config.leaving.contains(a);
         let mut orphans: Vec<Actor> = Vec::new();
         for a in &self.config.actors {
-            if !read(a) && (!descends || !config.retired.contains(a)) {
+            // An actor of a config that lost may have acknowledged under it
+            // after a hand-off the winner still counts (it lists it leaving
+            // since their common parent): it hands off again, under the winner.
+            let named = if descends {
+                read(a) || config.retired.contains(a)
+            } else {
+                config.has_actor(a)
+            };
+            if !named {
                 orphans.push(a.clone());
             }
         }
@@ -196,10 +208,10 @@ impl Membership {
         let keep = [self.config.stamp, self.config.parent()];
         self.handed_off.retain(|h| keep.contains(&h.stamp));
         let config = &self.config;
-        // An orphan the config retires stays: it may have acknowledged more,
-        // under a config that lost, since it handed off.
-        self.orphans
-            .retain(|a| !config.has_actor(a) && !config.leaving.contains(a));
+        // An orphan the config retires, or lists as leaving, stays: it may
+        // have acknowledged more, under a config that lost, since it
+        // handed off.
+        self.orphans.retain(|a| !config.has_actor(a));
     }
 
     /// The membership a post of `actors` at node `origin` produces, or
@@ -453,9 +465,11 @@ mod tests {
         assert!(grown.config.is_superseded_by(&shrunk.config));
         let merged = grown.merged_with(&shrunk).unwrap();
         assert_eq!(merged.config, shrunk.config);
+        // .3 too: the winner lists it leaving, but it was an actor of the
+        // loser, so only a hand-off under the winner itself excuses it.
         assert_eq!(
             merged.orphans.iter().cloned().collect::<Vec<_>>(),
-            vec![a("10.0.0.5")]
+            vec![a("10.0.0.3"), a("10.0.0.5")]
         );
         assert!(merged.read_set().contains(&a("10.0.0.5")));
         assert!(
@@ -501,6 +515,40 @@ mod tests {
         let stale = c1.merged_with(&winner).unwrap();
         assert!(winner.config.descends_from(c1.stamp()));
         assert!(!stale.read_set().contains(&three), "{stale:?}");
+    }
+
+    /// Simulation seed 2685: a node removed and handed off (v2), then
+    /// re-added by a config that lost (v3/1), acknowledges there; the
+    /// winner (v3/3, also made from v2) still lists it as leaving, and its
+    /// hand-off under v2 must not excuse what it acknowledged since.
+    #[test]
+    fn a_hand_off_before_a_losing_config_does_not_excuse_what_came_after() {
+        let c1 = first(&["10.0.0.1", "10.0.0.2", "10.0.0.3"]);
+        let three = a("10.0.0.3");
+        let c2 = c1.post(actors(&["10.0.0.1", "10.0.0.2"]), 2).unwrap();
+        // The winner is posted where the hand-off is not known yet: .3 leaving.
+        let winner = c2.post(actors(&["10.0.0.1"]), 3).unwrap();
+        assert!(winner.config.leaving.contains(&three));
+        let loser = c2
+            .with_handoff(&three)
+            .unwrap()
+            .post(actors(&["10.0.0.1", "10.0.0.2", "10.0.0.3"]), 1)
+            .unwrap();
+        assert!(loser.config.is_superseded_by(&winner.config));
+        let merged = loser.merged_with(&winner).unwrap();
+        assert!(merged.orphans.contains(&three), "{merged:?}");
+        assert!(merged.read_set().contains(&three), "{merged:?}");
+        // The winner's side, merging the same config, learns it too, even
+        // with the hand-off under v2 in hand.
+        let told = winner
+            .merged_with(&c2.with_handoff(&three).unwrap())
+            .unwrap_or(winner.clone())
+            .merged_with(&merged)
+            .unwrap();
+        assert!(told.read_set().contains(&three), "{told:?}");
+        // It is excused once it hands off under the winner itself.
+        let done = merged.with_handoff(&three).unwrap();
+        assert!(!done.read_set().contains(&three));
     }
 
     #[test]

@@ -1082,4 +1082,42 @@ mod tests {
             }
         }
     }
+
+    /// Not a check: how long opening a folder of a million names takes,
+    /// the B-tree verified page by page. `cargo test --release --lib --
+    /// --ignored open_of_a_million_names --nocapture` (BENCHMARKS.md).
+    #[test]
+    #[ignore]
+    fn open_of_a_million_names() {
+        let dir = temp_dir();
+        let engine = LogEngine::open(&dir).unwrap();
+        engine.load(1).unwrap();
+        let id = ReplicaId {
+            node: 1,
+            incarnation: 7,
+        };
+        for chunk in 0..100 {
+            let mut batch = Batch::default();
+            for i in 0..10_000 {
+                let mut c = GCounter::new();
+                c.increment(id, 1).unwrap();
+                batch.counters.insert(format!("name-{chunk:03}-{i:05}"), c);
+            }
+            engine.commit(&batch).unwrap();
+        }
+        drop(engine);
+        let bytes = std::fs::metadata(dir.join(DB_FILE)).unwrap().len();
+        for round in 0..3 {
+            let started = std::time::Instant::now();
+            let engine = LogEngine::open(&dir).unwrap();
+            let opened = started.elapsed();
+            let loaded = engine.load(1).unwrap();
+            let total = started.elapsed();
+            assert_eq!(loaded.counters.len(), 1_000_000);
+            eprintln!(
+                "round {round}: B-tree {bytes} bytes; opened and verified in {opened:?}, loaded in {total:?}"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
