@@ -70,12 +70,7 @@ fn run_seeds(seeds: impl IntoIterator<Item = u64>) {
         logged += u64::from(plan.log);
         let history = run(&plan, Planted::None);
         if let Some(d) = &history.disks {
-            disks.crashes += d.crashes;
-            disks.lost_writes += d.lost_writes;
-            disks.torn_writes += d.torn_writes;
-            disks.flipped_reads += d.flipped_reads;
-            disks.failed_writes += d.failed_writes;
-            disks.failed_syncs += d.failed_syncs;
+            disks.add(d);
         }
         let bad = check(&plan, &history);
         if verbose {

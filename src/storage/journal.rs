@@ -349,16 +349,23 @@ fn torn_tail(kinds: &[Block], i: usize, lsn: u64) -> bool {
     })
 }
 
+impl Scan {
+    /// Nothing read yet of a segment starting at record `first`.
+    fn at(first: u64) -> Scan {
+        Scan {
+            records: Vec::new(),
+            end: 0,
+            next: first,
+            damage: Vec::new(),
+            torn: false,
+        }
+    }
+}
+
 /// Reads the records of a segment whose first record is `first`.
 fn scan(data: &[u8], first: u64) -> Scan {
     let kinds = blocks(data);
-    let mut out = Scan {
-        records: Vec::new(),
-        end: 0,
-        next: first,
-        damage: Vec::new(),
-        torn: false,
-    };
+    let mut out = Scan::at(first);
     let mut i = 0;
     let mut lsn = first;
     while i < kinds.len() {
@@ -410,13 +417,7 @@ fn legacy_record_at(data: &[u8], at: usize) -> Option<&[u8]> {
 /// Reads a legacy segment the way it was written to be read: records up
 /// to the first one that is missing or fails its checksum.
 fn scan_legacy(data: &[u8], first: u64) -> Scan {
-    let mut out = Scan {
-        records: Vec::new(),
-        end: 0,
-        next: first,
-        damage: Vec::new(),
-        torn: false,
-    };
+    let mut out = Scan::at(first);
     let mut at = 0;
     while let Some(payload) = legacy_record_at(data, at) {
         let lsn = u64::from_le_bytes(payload[..8].try_into().expect("8 bytes"));

@@ -96,6 +96,16 @@ mod tests {
         }
     }
 
+    /// Flips a bit inside block `block` of the log's first segment.
+    fn flip_block(disk: &SimDisk, block: u64) {
+        let segment = disk
+            .paths()
+            .into_iter()
+            .find(|p| p.starts_with("log/"))
+            .unwrap();
+        disk.flip(&segment, (block * 512 + 40) * 8);
+    }
+
     fn reopen(disk: &SimDisk, fold: usize) -> crate::storage::Loaded {
         LogEngine::on(Arc::new(disk.clone()), options(fold))
             .unwrap()
@@ -111,12 +121,7 @@ mod tests {
         let store = store_on(&disk, 1000).await;
         fill(&store, 10).await;
         let before = reopen(&disk.fork("copy"), 1000);
-        let segment = disk
-            .paths()
-            .into_iter()
-            .find(|p| p.starts_with("log/"))
-            .unwrap();
-        disk.flip(&segment, (3 * 512 + 40) * 8);
+        flip_block(&disk, 3);
         assert_eq!(store.scrub(1 << 20).await.unwrap().1, 1);
         let report = store.health();
         assert_eq!(report.damage_found, 1);
@@ -186,12 +191,7 @@ mod tests {
         let store = store_on(&disk, 1000).await;
         fill(&store, 10).await;
         let before = reopen(&disk.fork("copy"), 1000);
-        let segment = disk
-            .paths()
-            .into_iter()
-            .find(|p| p.starts_with("log/"))
-            .unwrap();
-        disk.flip(&segment, (2 * 512 + 40) * 8);
+        flip_block(&disk, 2);
         disk.inject(SimFault::FailSync);
         assert!(store.increment(vec![("x".into(), 1)]).await.is_err());
         disk.inject(SimFault::None);

@@ -69,6 +69,19 @@ pub struct SimStats {
     pub failed_syncs: u64,
 }
 
+impl SimStats {
+    /// Adds another disk's figures to these.
+    pub fn add(&mut self, other: &SimStats) {
+        self.crashes += other.crashes;
+        self.lost_writes += other.lost_writes;
+        self.torn_writes += other.torn_writes;
+        self.flipped_reads += other.flipped_reads;
+        self.rotten_bits += other.rotten_bits;
+        self.failed_writes += other.failed_writes;
+        self.failed_syncs += other.failed_syncs;
+    }
+}
+
 #[derive(Clone)]
 enum Pending {
     Write { offset: u64, data: Vec<u8> },

@@ -1001,14 +1001,7 @@ pub fn run(plan: &Plan, planted: Planted) -> History {
     let all = disks.current.iter().map(|d| d.borrow().clone());
     for disk in all.chain(disks.retired) {
         if let Some(s) = disk.stats() {
-            let sum = history.disks.get_or_insert_with(SimStats::default);
-            sum.crashes += s.crashes;
-            sum.lost_writes += s.lost_writes;
-            sum.torn_writes += s.torn_writes;
-            sum.flipped_reads += s.flipped_reads;
-            sum.rotten_bits += s.rotten_bits;
-            sum.failed_writes += s.failed_writes;
-            sum.failed_syncs += s.failed_syncs;
+            history.disks.get_or_insert_with(SimStats::default).add(&s);
         }
     }
     history
