@@ -167,6 +167,10 @@ impl PeerState {
         if self.member {
             self.dirty.extend(names.iter().cloned());
             self.dirty_head = self.dirty_head.max(head);
+        } else {
+            // Never pushed to a leaver: should it become a member again,
+            // they are a gap.
+            self.open_gap(head);
         }
     }
 
@@ -605,6 +609,23 @@ mod tests {
         assert_eq!(p.pull_request(), PeerMark::default());
         assert!(p.set_member(true));
         assert!(!p.set_member(true));
+    }
+
+    #[test]
+    fn changes_made_while_a_peer_was_not_a_member_are_a_gap() {
+        let now = Instant::now();
+        let mut p = PeerState::new(Actor::parse("10.0.0.4").unwrap(), false, 0);
+        p.committed(&names(&["a"]), 3);
+        assert!(p.set_member(true));
+        p.committed(&names(&["b"]), 5);
+        let push = p.take_push(false).unwrap();
+        assert_eq!(push.names, names(&["b"]));
+        assert!(
+            !p.push_done(push, Ok(THEM), now).1,
+            "commit 3 never went to it"
+        );
+        assert!(p.stored_upto(3));
+        assert_eq!(p.stored(), 5);
     }
 
     #[test]
