@@ -147,7 +147,9 @@ fn setup() -> Option<Setup> {
              (`bash .ci/run` installs Docker and docker-compose on Debian); \
              set TALLY_CONTAINER_SKIP=1 to skip it knowingly"
         );
-        eprintln!("!!! container test SKIPPED (not a pass, TALLY_CONTAINER_SKIP=1): {why}");
+        common::announce(&format!(
+            "!!! container test SKIPPED (not a pass, TALLY_CONTAINER_SKIP=1): {why}"
+        ));
         return None;
     }
     let compose = compose_command();

@@ -59,9 +59,16 @@ pub fn cannot_run(why: &str) {
              or set TALLY_CHAOS_SKIP=1 to skip it knowingly (ignored under CI)"
         );
     }
-    eprintln!(
+    // Past the test harness's capture: a skipped test reads "ok", so the
+    // line must show in a passing run too.
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("chaos test")
+        .to_string();
+    let _ = writeln!(
+        std::io::stderr(),
         "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\
-         !!! chaos test SKIPPED (not a pass, TALLY_CHAOS_SKIP=1): {why}\n\
+         !!! {test} SKIPPED (not a pass, TALLY_CHAOS_SKIP=1): {why}\n\
          !!! run it as root with ip, nft and tc installed.\n\
          !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n"
     );

@@ -2,6 +2,7 @@
 //! and the fault schedule side by side, heals, measures recovery, and hands
 //! the history to the checker.
 
+use std::io::Write;
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -1780,7 +1781,8 @@ pub fn chaos(profile: Profile) {
                 "{why}. On CI install the kernel's extra modules (e.g. linux-modules-extra-$(uname -r)) or set TALLY_CHAOS_ALLOW_NO_NETEM=1"
             );
         }
-        eprintln!("\n!!! chaos: WARNING: {why}\n");
+        // Past the harness's capture: a passing run must show it too.
+        let _ = writeln!(std::io::stderr(), "\n!!! chaos: WARNING: {why}\n");
     }
     let n = params.nodes;
     let ips: Vec<String> = (1..=n).map(|i| h.lab.node_ip(i)).collect();
