@@ -144,7 +144,7 @@ fn setup() -> Option<Setup> {
         assert!(
             skip,
             "the container test cannot run: {why}. It needs a running Docker daemon \
-             (`bash .ci/run` installs Docker and docker-compose on Debian); \
+             (`make deps` installs Docker and docker-compose on Debian, as root); \
              set TALLY_CONTAINER_SKIP=1 to skip it knowingly"
         );
         common::announce(&format!(
