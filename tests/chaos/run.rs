@@ -1735,7 +1735,10 @@ pub fn chaos(profile: Profile) {
     }
     let _serial = serial();
     let _replay = ReplayOnPanic(params.replay());
-    eprintln!(
+    // Past the harness's capture, like the simulation's fresh seeds: a
+    // passing run's log names its seed too.
+    let _ = writeln!(
+        std::io::stderr(),
         "chaos: {} seed={} nodes={} secs={} first config {:?} membership={} disk={} wipe={} min_replicas={}\nchaos: replay with: {}",
         profile.test_name(),
         params.seed,
