@@ -1,6 +1,10 @@
 # tally — build, lint, test and package.
 #
 #   make test          every test: lint, cargo test, the packaged-binary check, the container test
+#                      (first `make deps`)
+#   make deps          scripts/deps.sh: as root, apt-get installs what the tests need and is
+#                      missing (Chromium, nftables, Docker, ...); otherwise it lists what is
+#                      missing and which suites will fail or be skipped
 #   make package       dist/challenge.tar.gz (static executable, see SPEC §1)
 #   make package-test  package, then run it in an empty chroot (scripts/check-package.sh)
 #   make image         the container image tally:<version> and tally:latest (docker/Dockerfile)
@@ -20,6 +24,7 @@
 #   make clean         remove build output and dist/
 #
 # Variables: CARGO_TEST_ARGS (passed to cargo test, e.g. CARGO_TEST_ARGS='-- --nocapture'),
+#            DEPS_ARGS (passed to scripts/deps.sh; DEPS_ARGS=--check reports, never installs),
 #            CARGO_LOCKED (default --locked; set empty to let cargo update Cargo.lock),
 #            DEMO_ARGS (passed to `tally demo`, e.g. DEMO_ARGS='--nodes 5 --with-load'),
 #            BENCH_ARGS (passed to scripts/bench.py; BENCH_ARGS=--smoke runs 1 round x 1 s
@@ -39,6 +44,7 @@ SHELL := /bin/bash
 CARGO        ?= cargo
 CARGO_LOCKED ?= --locked
 CARGO_TEST_ARGS ?=
+DEPS_ARGS    ?=
 DEMO_ARGS    ?=
 BENCH_ARGS   ?=
 PYTHON       ?= python3
@@ -54,7 +60,7 @@ EXE     := challenge/bin/challenge-executable
 # of the same commit are byte-identical.
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 
-.PHONY: all package static-check package-test lint test cargo-test demo bench bench-micro man clean sweep \
+.PHONY: all deps package static-check package-test lint test cargo-test demo bench bench-micro man clean sweep \
 	image image-test cluster cluster-down
 
 all: package
@@ -147,8 +153,13 @@ lint:
 cargo-test:
 	$(CARGO) test $(CARGO_LOCKED) --no-fail-fast $(CARGO_TEST_ARGS)
 
+# What the tests need from the system (scripts/deps.sh says what it does).
+deps:
+	bash scripts/deps.sh $(DEPS_ARGS)
+
 # The one command that runs every test, in order, stopping at the first failure.
 test:
+	$(MAKE) --no-print-directory deps
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory cargo-test
 	$(MAKE) --no-print-directory package-test

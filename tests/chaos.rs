@@ -782,6 +782,16 @@ mod checker {
         let mut h = clean();
         h.writes.push(write(2, 2, 15_000, 16_000, replicas_503()));
         only(&h, "G3:");
+        // Node 2 itself paused 30-32 s: the pushes it had in flight failed
+        // when it resumed, and its peers must pull past them first, as after
+        // a heal (seen in chaos_min_replicas_wipes, seed 14157598223164466605).
+        let mut h = clean();
+        h.faults.push(pause(2, 30_000, 32_000));
+        h.writes.push(write(2, 2, 32_010, 33_011, replicas_503()));
+        assert_eq!(run(&h), Vec::<String>::new());
+        // But not 3 s after that.
+        h.writes.push(write(2, 2, 35_100, 36_100, replicas_503()));
+        only(&h, "G3:");
     }
 
     #[test]

@@ -85,10 +85,10 @@ impl Browser {
                  (ignored under CI)"
             );
         }
-        eprintln!(
+        announce(&format!(
             "\n!!! {test} SKIPPED (not a pass, TALLY_CONSOLE_SKIP=1): {why}\n\
              !!! the web console was not tested in a browser.\n"
-        );
+        ));
         None
     }
 

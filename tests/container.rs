@@ -144,10 +144,12 @@ fn setup() -> Option<Setup> {
         assert!(
             skip,
             "the container test cannot run: {why}. It needs a running Docker daemon \
-             (`bash .ci/run` installs Docker and docker-compose on Debian); \
+             (`make deps` installs Docker and docker-compose on Debian, as root); \
              set TALLY_CONTAINER_SKIP=1 to skip it knowingly"
         );
-        eprintln!("!!! container test SKIPPED (not a pass, TALLY_CONTAINER_SKIP=1): {why}");
+        common::announce(&format!(
+            "!!! container test SKIPPED (not a pass, TALLY_CONTAINER_SKIP=1): {why}"
+        ));
         return None;
     }
     let compose = compose_command();

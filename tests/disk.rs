@@ -43,7 +43,9 @@ fn can_run(test: &str, tools: &[(&str, &str)]) -> bool {
         skip,
         "{test} cannot run: {why}. Run it as root, or set TALLY_CHAOS_SKIP=1 to skip it knowingly"
     );
-    eprintln!("!!! {test} SKIPPED (not a pass, TALLY_CHAOS_SKIP=1): {why}");
+    common::announce(&format!(
+        "!!! {test} SKIPPED (not a pass, TALLY_CHAOS_SKIP=1): {why}"
+    ));
     false
 }
 

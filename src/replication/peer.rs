@@ -13,7 +13,10 @@
 //!   unless some own change was never delivered: names dropped while the
 //!   peer was down, a push that failed, commits from before the peer was
 //!   known. Such a *gap* is closed only by the peer pulling past it (a pull
-//!   says how far it holds everything, contiguously).
+//!   says how far it holds everything, contiguously). Pushes acknowledged
+//!   while a gap is open are not lost: every own change after the gap went
+//!   out in them, so once a pull closes the gap the peer holds everything up
+//!   to the last of them too.
 //! - The pull position is the peer's own sequence for one incarnation of the
 //!   peer; an answer from another incarnation (its folder was replaced)
 //!   restarts from the mark stored for that incarnation.
@@ -49,6 +52,13 @@ pub struct PeerState {
     /// The highest head of own changes no push delivered: pushes may raise
     /// `stored` only once it is past this.
     gap: u64,
+    /// Every own change after `gap` up to here reached the peer in an
+    /// acknowledged push (`gap` itself when none did yet): what `stored`
+    /// rises to once a pull closes the gap.
+    delivered: u64,
+    /// Who acknowledged those pushes: only a pull by the same incarnation
+    /// of the peer closes the gap in front of them.
+    delivered_to: Option<ReplicaId>,
 }
 
 /// Names to push, taken out of `dirty`.
@@ -130,6 +140,8 @@ impl PeerState {
             lag: 0,
             stored: 0,
             gap: head,
+            delivered: head,
+            delivered_to: None,
         }
     }
 
@@ -155,6 +167,10 @@ impl PeerState {
         if self.member {
             self.dirty.extend(names.iter().cloned());
             self.dirty_head = self.dirty_head.max(head);
+        } else {
+            // Never pushed to a leaver: should it become a member again,
+            // they are a gap.
+            self.open_gap(head);
         }
     }
 
@@ -165,7 +181,7 @@ impl PeerState {
         if !self.member || (!force && self.reachable == Some(false)) {
             if !self.dirty.is_empty() {
                 self.dirty.clear();
-                self.gap = self.gap.max(self.dirty_head);
+                self.open_gap(self.dirty_head);
             }
             return None;
         }
@@ -211,16 +227,28 @@ impl PeerState {
         result: Result<ReplicaId, String>,
         now: Instant,
     ) -> (Reachability, bool) {
-        let acked = result.is_ok();
+        let from = result.as_ref().ok().copied();
         let change = self.contact(result.map(Some), now);
-        if !acked {
+        let Some(from) = from else {
             // Left to anti-entropy: its names were not delivered.
-            self.gap = self.gap.max(push.head);
+            self.open_gap(push.head);
             return (change, false);
+        };
+        if self.delivered_to != Some(from) {
+            // Another incarnation answers (its folder was replaced): what
+            // the pushes before delivered, it does not hold.
+            self.open_gap(self.delivered);
+            self.delivered_to = Some(from);
         }
         let raised = match push.covers {
-            Some(head) if self.gap <= self.stored => self.stored_upto(head),
-            _ => false,
+            // One push at a time, and every dirty name goes out in one or
+            // opens a gap: every own change after the gap is in this push or
+            // in an acknowledged one before it.
+            Some(head) => {
+                self.delivered = self.delivered.max(head);
+                self.stored_upto(self.stored)
+            }
+            None => false,
         };
         (change, raised)
     }
@@ -273,9 +301,21 @@ impl PeerState {
     /// The peer pulled our changes after `since`: it durably holds them up
     /// to there. Returns whether `stored` rose.
     pub fn stored_upto(&mut self, since: u64) -> bool {
-        let raised = since > self.stored;
+        let before = self.stored;
         self.stored = self.stored.max(since);
-        raised
+        let same_peer = self.delivered_to.is_some_and(|d| self.peer == Some(d));
+        if self.stored >= self.gap && same_peer {
+            // Up to the gap by the pull, and past it by the pushes.
+            self.stored = self.stored.max(self.delivered);
+        }
+        self.stored > before
+    }
+
+    /// Own changes up to `head` may not have reached the peer: pushes
+    /// acknowledged so far say nothing past them.
+    fn open_gap(&mut self, head: u64) {
+        self.gap = self.gap.max(head);
+        self.delivered = self.gap;
     }
 
     fn contact(&mut self, result: Result<Option<ReplicaId>, String>, now: Instant) -> Reachability {
@@ -425,6 +465,98 @@ mod tests {
         assert_eq!(p.stored(), 7);
     }
 
+    /// Seen in the chaos suite (`chaos_min_replicas_wipes`, seed
+    /// 14157598223164466605) and on loopback: a node resumed from SIGSTOP,
+    /// its push in flight timed out (a gap), the one peer it could reach
+    /// acknowledged the next pushes within milliseconds, its pull then
+    /// passed the gap, and still the increments those pushes carried
+    /// answered 503 "stored on 0 of the 1 other actors required": the
+    /// acknowledged pushes were forgotten, and only the pull after next
+    /// would have counted them.
+    #[test]
+    fn pushes_acknowledged_while_a_gap_is_open_count_once_a_pull_closes_it() {
+        let now = Instant::now();
+        let mut p = peer();
+        p.committed(&names(&["a"]), 10);
+        let push = p.take_push(false).unwrap();
+        assert!(p.push_done(push, Ok(THEM), now).1);
+        // The push of commit 12 times out: a gap.
+        p.committed(&names(&["b"]), 12);
+        let push = p.take_push(false).unwrap();
+        p.push_done(push, Err("timed out".into()), now);
+        // Reachable again; commits 13 and 15 are pushed and acknowledged,
+        // which says nothing of 11 and 12 yet.
+        p.pulled(answer(THEM, 0, 0, true), now);
+        for (name, head) in [("c", 13), ("d", 15)] {
+            p.committed(&names(&[name]), head);
+            let push = p.take_push(false).unwrap();
+            assert!(!p.push_done(push, Ok(THEM), now).1);
+        }
+        assert_eq!(p.stored(), 10);
+        // Its pull past the gap: it holds everything up to 12 by the pull,
+        // and 13 to 15 by the pushes it acknowledged since.
+        assert!(p.stored_upto(12));
+        assert_eq!(p.stored(), 15);
+        p.committed(&names(&["e"]), 16);
+        let push = p.take_push(false).unwrap();
+        assert!(p.push_done(push, Ok(THEM), now).1);
+        assert_eq!(p.stored(), 16);
+    }
+
+    #[test]
+    fn a_new_gap_forgets_the_pushes_acknowledged_before_it() {
+        let now = Instant::now();
+        let mut p = peer();
+        p.committed(&names(&["a"]), 2);
+        let push = p.take_push(false).unwrap();
+        p.push_done(push, Err("timed out".into()), now);
+        p.pulled(answer(THEM, 0, 0, true), now);
+        p.committed(&names(&["b"]), 4);
+        let push = p.take_push(false).unwrap();
+        assert!(!p.push_done(push, Ok(THEM), now).1);
+        // Down again: commit 6 is dropped, a gap past the pushes so far.
+        p.pull_failed("refused".into(), now);
+        p.committed(&names(&["c"]), 6);
+        assert_eq!(p.take_push(false), None);
+        p.pulled(answer(THEM, 0, 0, true), now);
+        p.committed(&names(&["d"]), 8);
+        let push = p.take_push(false).unwrap();
+        assert!(!p.push_done(push, Ok(THEM), now).1);
+        // A pull that closes the first gap only: nothing past it counts.
+        assert!(p.stored_upto(3));
+        assert_eq!(p.stored(), 3, "commit 6 may be missing");
+        assert!(p.stored_upto(6));
+        assert_eq!(p.stored(), 8, "past the second gap: the push of 8 counts");
+    }
+
+    #[test]
+    fn pushes_to_a_replaced_incarnation_do_not_count_for_the_new_one() {
+        let now = Instant::now();
+        let mut p = peer();
+        p.committed(&names(&["a"]), 2);
+        let push = p.take_push(false).unwrap();
+        p.push_done(push, Err("timed out".into()), now);
+        p.pulled(answer(THEM, 0, 0, true), now);
+        p.committed(&names(&["b"]), 4);
+        let push = p.take_push(false).unwrap();
+        assert!(!p.push_done(push, Ok(THEM), now).1);
+        // Its folder is replaced; the new incarnation pulls past the gap:
+        // commit 4 went to the old one only.
+        let reborn = ReplicaId {
+            node: 2,
+            incarnation: 8,
+        };
+        p.pulled(answer(reborn, 0, 0, true), now);
+        assert!(p.stored_upto(2));
+        assert_eq!(p.stored(), 2);
+        // It acknowledges a push of commit 6: 3 and 4 are a gap for it.
+        p.committed(&names(&["c"]), 6);
+        let push = p.take_push(false).unwrap();
+        assert!(!p.push_done(push, Ok(reborn), now).1);
+        assert!(p.stored_upto(4));
+        assert_eq!(p.stored(), 6);
+    }
+
     #[test]
     fn changes_from_before_a_peer_was_known_are_a_gap() {
         let now = Instant::now();
@@ -477,6 +609,23 @@ mod tests {
         assert_eq!(p.pull_request(), PeerMark::default());
         assert!(p.set_member(true));
         assert!(!p.set_member(true));
+    }
+
+    #[test]
+    fn changes_made_while_a_peer_was_not_a_member_are_a_gap() {
+        let now = Instant::now();
+        let mut p = PeerState::new(Actor::parse("10.0.0.4").unwrap(), false, 0);
+        p.committed(&names(&["a"]), 3);
+        assert!(p.set_member(true));
+        p.committed(&names(&["b"]), 5);
+        let push = p.take_push(false).unwrap();
+        assert_eq!(push.names, names(&["b"]));
+        assert!(
+            !p.push_done(push, Ok(THEM), now).1,
+            "commit 3 never went to it"
+        );
+        assert!(p.stored_upto(3));
+        assert_eq!(p.stored(), 5);
     }
 
     #[test]

@@ -472,7 +472,10 @@ pub fn check(h: &History, ips: &[String], names: &[String], bounds: &Bounds) -> 
     };
     // Whether, at some time in [s, e] (or up to REPLICA_GRACE after a fault
     // healed), node `node` could reach fewer than `k` other actors of some
-    // config in force.
+    // config in force. A node that is itself paused or down reaches none:
+    // when it runs again, the pushes it had in flight have failed, and its
+    // peers must pull past them before they count as replicas, as after a
+    // partition heals.
     let short_of_peers = |node: usize, s: Micros, e: Micros, k: u64| {
         let around: Vec<&FaultRec> = h
             .faults
@@ -484,11 +487,12 @@ pub fn check(h: &History, ips: &[String], names: &[String], bounds: &Bounds) -> 
             down: around.iter().flat_map(|f| f.down.iter().copied()).collect(),
             ..FaultRec::default()
         };
+        let itself_down = union.down.contains(&node);
         let unreachable = cut_off(node, &union, n);
         h.possible_configs(n, s, e).iter().any(|config| {
             let reachable = config
                 .iter()
-                .filter(|&&x| x != node && !unreachable.contains(&x))
+                .filter(|&&x| x != node && !itself_down && !unreachable.contains(&x))
                 .count();
             (reachable as u64) < k
         })

@@ -2,6 +2,7 @@
 //! the node binary, and the harness that owns the network, the processes
 //! and the folders and removes them on every exit path.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -58,9 +59,16 @@ pub fn cannot_run(why: &str) {
              or set TALLY_CHAOS_SKIP=1 to skip it knowingly (ignored under CI)"
         );
     }
-    eprintln!(
+    // Past the test harness's capture: a skipped test reads "ok", so the
+    // line must show in a passing run too.
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("chaos test")
+        .to_string();
+    let _ = writeln!(
+        std::io::stderr(),
         "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\
-         !!! chaos test SKIPPED (not a pass, TALLY_CHAOS_SKIP=1): {why}\n\
+         !!! {test} SKIPPED (not a pass, TALLY_CHAOS_SKIP=1): {why}\n\
          !!! run it as root with ip, nft and tc installed.\n\
          !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n"
     );
@@ -223,9 +231,44 @@ impl Harness {
     }
 }
 
+impl Harness {
+    /// Copies the nodes' logs to `target/test-output/<this run's folder>`
+    /// before the folder is removed: on a failure (the test is panicking),
+    /// and on every run with `TALLY_CHAOS_KEEP_LOGS=1`. Says where.
+    fn keep_logs(&self) {
+        if !std::thread::panicking() && !env_flag("TALLY_CHAOS_KEEP_LOGS") {
+            return;
+        }
+        let Some(run) = self.base.file_name() else {
+            return;
+        };
+        let dest = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .parent()
+            .map_or_else(|| self.base.clone(), |target| target.join("test-output"))
+            .join(run);
+        let copied = std::fs::create_dir_all(&dest).and_then(|()| {
+            for entry in std::fs::read_dir(&self.logs)? {
+                let entry = entry?;
+                std::fs::copy(entry.path(), dest.join(entry.file_name()))?;
+            }
+            Ok(())
+        });
+        let mut err = std::io::stderr();
+        let _ = match copied {
+            Ok(()) => writeln!(err, "chaos: node logs kept in {}", dest.display()),
+            Err(e) => writeln!(
+                err,
+                "chaos: could not keep the node logs in {}: {e}",
+                dest.display()
+            ),
+        };
+    }
+}
+
 impl Drop for Harness {
     fn drop(&mut self) {
         self.nodes().kill_all();
+        self.keep_logs();
         // Unmounted before the folder is removed (and after every node is gone).
         self.tmpfs.take();
         self.lab.destroy();

@@ -2,6 +2,7 @@
 //! and the fault schedule side by side, heals, measures recovery, and hands
 //! the history to the checker.
 
+use std::io::Write;
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -1734,7 +1735,10 @@ pub fn chaos(profile: Profile) {
     }
     let _serial = serial();
     let _replay = ReplayOnPanic(params.replay());
-    eprintln!(
+    // Past the harness's capture, like the simulation's fresh seeds: a
+    // passing run's log names its seed too.
+    let _ = writeln!(
+        std::io::stderr(),
         "chaos: {} seed={} nodes={} secs={} first config {:?} membership={} disk={} wipe={} min_replicas={}\nchaos: replay with: {}",
         profile.test_name(),
         params.seed,
@@ -1780,7 +1784,8 @@ pub fn chaos(profile: Profile) {
                 "{why}. On CI install the kernel's extra modules (e.g. linux-modules-extra-$(uname -r)) or set TALLY_CHAOS_ALLOW_NO_NETEM=1"
             );
         }
-        eprintln!("\n!!! chaos: WARNING: {why}\n");
+        // Past the harness's capture: a passing run must show it too.
+        let _ = writeln!(std::io::stderr(), "\n!!! chaos: WARNING: {why}\n");
     }
     let n = params.nodes;
     let ips: Vec<String> = (1..=n).map(|i| h.lab.node_ip(i)).collect();

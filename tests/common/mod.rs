@@ -34,6 +34,14 @@ pub const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 /// deadlines of peer calls stay at the node's defaults.
 pub const FAST_SYNC: &[&str] = &["--sync-interval", "200ms"];
 
+/// Writes `line` to stderr past the test harness's capture, which shows a
+/// test's `eprintln!` output only when it fails: a test that skips itself
+/// reads "ok", so the line saying so must show in a passing run too.
+pub fn announce(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 // ---------------------------------------------------------------------------
 // Waiting
 
