@@ -222,6 +222,9 @@ impl Transport for SimTransport {
         if let Some(shortcut) = self.planted.shortcut(to, &mut req, timeout) {
             return shortcut;
         }
+        // What a failed call is taken for, when a planted bug decides.
+        let failed =
+            (self.planted == Planted::SilentIsEmpty).then(|| (to.clone(), req.req.clone()));
         let to = to.to_string();
         let (delay, duplicate) = {
             let mut rng = self.rng.lock().unwrap();
@@ -267,9 +270,13 @@ impl Transport for SimTransport {
                 planted.tamper_response(&mut env);
                 Ok(env)
             };
-            tokio::time::timeout(limit, call)
+            let result = tokio::time::timeout(limit, call)
                 .await
-                .map_err(|_| CallError::Timeout(timeout))?
+                .unwrap_or(Err(CallError::Timeout(timeout)));
+            match (result, failed) {
+                (Err(e), Some((to, req))) => planted.failed_call(&to, &req, e),
+                (result, _) => result,
+            }
         })
     }
 }
@@ -485,6 +492,10 @@ async fn run_node(
                     }
                 }
                 Frame::Value { name } => Reply::Value(Ok(planted.value(&node, &name).await)),
+                Frame::Consistent { .. } if planted.fails_read() => Reply::Unavailable {
+                    unreachable: vec!["planted: reads fail".into()],
+                    best: 0,
+                },
                 Frame::Consistent { name, timeout_ms } => {
                     let deadline = planted.read_deadline(Duration::from_millis(timeout_ms));
                     match node.consistent_value(&name, deadline).await {
