@@ -418,6 +418,7 @@ async fn run_node(
     disk: HostDisk,
     transport: Arc<SimTransport>,
     planted: Planted,
+    boot_seed: u64,
 ) -> turmoil::Result {
     // The memory engine starts on the disk as the plan has it; the log
     // engine opens its files on a disk that works, and the plan's fault
@@ -441,16 +442,24 @@ async fn run_node(
     let node = Node::start_with(settings, engine, transport.clone())?;
     apply_disk(&plan, x, &disk);
     tokio::spawn(disk_faults(plan.clone(), x, disk.clone()));
+    // How long each request from a peer waits while the node is slow.
+    let lag = Arc::new(Mutex::new(fastrand::Rng::with_seed(boot_seed)));
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
     loop {
         let (mut s, _) = listener.accept().await?;
         let node = node.clone();
+        let plan = plan.clone();
+        let lag = lag.clone();
         tokio::spawn(async move {
             let Ok(frame) = read_frame::<Frame>(&mut s).await else {
                 return;
             };
             let reply = match frame {
                 Frame::Rpc(env) => {
+                    if plan.slow(x, now()) {
+                        let wait = lag.lock().unwrap().u64(200..=1500);
+                        tokio::time::sleep(Duration::from_millis(wait)).await;
+                    }
                     Reply::Rpc(node.handle_rpc(env).await.map_err(|e| e.to_string()))
                 }
                 Frame::Config(_) if planted.refuses_post(&node) => Reply::Refused {
@@ -800,7 +809,8 @@ fn links(plan: &Plan) -> Vec<(End, End)> {
 
 /// What the runner has applied to turmoil so far.
 struct Applied {
-    links: BTreeMap<(End, End), Link>,
+    /// Each link's two ways: first to second, second to first.
+    links: BTreeMap<(End, End), (Link, Link)>,
     running: Vec<bool>,
     /// Which wipe windows have replaced their node's engine.
     wiped: Vec<bool>,
@@ -832,7 +842,7 @@ fn power_cut(sim: &mut turmoil::Sim<'_>, plan: &Plan, x: usize, applied: &mut Ap
         let other = end_name(other);
         sim.set_link_fail_rate(me.as_str(), other.as_str(), 0.0);
         sim.partition(me.as_str(), other.as_str());
-        *state = Link::Cut;
+        *state = (Link::Cut, Link::Cut);
     }
     sim.crash(me.as_str());
     for y in (0..plan.nodes).filter(|&y| y != x) {
@@ -874,15 +884,44 @@ fn apply(
             history.lock().unwrap().wipes.push((x, now));
         }
     }
+    let fail_rate = applied.fail_rate;
     for (pair, state) in applied.links.iter_mut() {
-        let want = plan.link(pair.0, pair.1, now);
+        let want = (
+            plan.flow(pair.0, pair.1, now),
+            plan.flow(pair.1, pair.0, now),
+        );
         if *state != want {
             let (a, b) = (end_name(pair.0), end_name(pair.1));
+            let (a, b) = (a.as_str(), b.as_str());
             match want {
                 // Healthy again, and whatever was held is delivered.
-                Link::Open => sim.release(a.as_str(), b.as_str()),
-                Link::Held => sim.hold(a.as_str(), b.as_str()),
-                Link::Cut => sim.partition(a.as_str(), b.as_str()),
+                (Link::Open, Link::Open) => sim.release(a, b),
+                (Link::Held, Link::Held) => sim.hold(a, b),
+                (Link::Cut, Link::Cut) => sim.partition(a, b),
+                // One way cut: turmoil keeps a state per way. Hold or
+                // release both (a release delivers what was held), then
+                // cut one way, which drops what is under way on it.
+                (ab, ba) => {
+                    if ab == Link::Held || ba == Link::Held {
+                        sim.hold(a, b);
+                    } else {
+                        sim.release(a, b);
+                    }
+                    if ab == Link::Cut {
+                        sim.partition_oneway(a, b);
+                    }
+                    if ba == Link::Cut {
+                        sim.partition_oneway(b, a);
+                    }
+                }
+            }
+            // Turmoil's random failures break a link both ways and repair
+            // it both ways, which would undo a one-way cut: none on such a
+            // link while it holds.
+            let one_way = |(ab, ba): (Link, Link)| (ab == Link::Cut) != (ba == Link::Cut);
+            if one_way(*state) != one_way(want) {
+                let rate = if one_way(want) { 0.0 } else { fail_rate };
+                sim.set_link_fail_rate(a, b, rate);
             }
             *state = want;
         }
@@ -944,7 +983,10 @@ pub fn run(plan: &Plan, planted: Planted) -> History {
                         ^ boots.get().wrapping_mul(0xbf58_476d_1ce4_e5b9),
                 )),
             });
-            run_node(i, plan.clone(), disk, transport, planted)
+            let boot_seed = seed
+                ^ (i as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d)
+                ^ boots.get().wrapping_mul(0x94d0_49bb_1331_11eb);
+            run_node(i, plan.clone(), disk, transport, planted, boot_seed)
         });
     }
     let history = Arc::new(Mutex::new(History::default()));
@@ -966,7 +1008,10 @@ pub fn run(plan: &Plan, planted: Planted) -> History {
     let mut next = 0;
     let mut healed = false;
     let mut applied = Applied {
-        links: links(plan).into_iter().map(|l| (l, Link::Open)).collect(),
+        links: links(plan)
+            .into_iter()
+            .map(|l| (l, (Link::Open, Link::Open)))
+            .collect(),
         running: vec![true; plan.nodes],
         wiped: vec![false; plan.faults.len()],
         fail_rate: plan.fail_rate,

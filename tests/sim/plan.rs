@@ -63,6 +63,21 @@ pub enum Fault {
     Wipe(usize),
     /// The node's disk fails (its process keeps running).
     Disk(usize, DiskKind),
+    /// Messages from the first node to the second are dropped, the other
+    /// way they pass. Over request and answer that cuts both ways, but not
+    /// alike: the first node's calls to the second fail at once (the
+    /// connection is never made), while the second's calls to the first
+    /// arrive and are handled there, and only their answers are lost (the
+    /// call runs into its deadline). So neither node can hear from the
+    /// other ([`Plan::partitioned`] holds both ways), yet what the second
+    /// sends the first still lands.
+    OneWay(usize, usize),
+    /// The node answers its peers slowly: every node-to-node request it
+    /// receives waits 200 ms to 1.5 s (seeded) before it is handled, around
+    /// the 1 s deadline of a peer call, so calls to it time out now and
+    /// then. Its own calls, and its clients, are served as usual. Not a
+    /// cut: a node can hear from it, late.
+    Slow(usize),
 }
 
 /// A config posted during the run: `actors` (node indices) to a node that
@@ -99,6 +114,10 @@ pub struct Flavor {
     /// that loses unsynced writes at crashes, tears them and flips read
     /// bits (otherwise: the memory engine).
     pub log: bool,
+    /// The faults added after the first sweeps (one-way partitions, slow
+    /// peers, crashes of the node a config was posted to), drawn from a
+    /// generator of their own so that the rest of the plan stays as it was.
+    pub extra: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -143,6 +162,8 @@ pub struct Plan {
     pub min_replicas: usize,
     /// Nodes run the log engine over a simulated disk (see [`Flavor::log`]).
     pub log: bool,
+    /// The one node whose data folder is lost on `--min-replicas` seeds.
+    pub wipe_victim: Option<usize>,
 }
 
 /// One end of a link: a node (by index) or the workload's client host.
@@ -152,8 +173,9 @@ pub enum End {
     Client,
 }
 
-/// The state of the network between two hosts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The state of the network between two hosts, or one way between them.
+/// The order is severity: when the two ways differ, the link is the worse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Link {
     Open,
     /// Messages held until released (an end is paused).
@@ -196,6 +218,26 @@ fn random_fault(
             },
         ),
     }
+}
+
+/// What [`Flavor::extra`] adds to a plan, from a generator of its own: one
+/// to three windows of 0.5–4 s, each a one-way partition between two nodes
+/// or a node that answers its peers slowly.
+fn extra_faults(seed: u64, nodes: usize, heal_at: Duration) -> Vec<Window> {
+    let mut rng = fastrand::Rng::with_seed(seed ^ 0x6f6e_6577_6179_2121);
+    (0..rng.usize(1..=3))
+        .map(|_| {
+            let start = ms(rng.u64(500..heal_at.as_millis() as u64 - 500));
+            let end = (start + ms(rng.u64(500..4000))).min(heal_at);
+            let a = rng.usize(0..nodes);
+            let fault = if rng.bool() {
+                Fault::OneWay(a, (a + 1 + rng.usize(0..nodes - 1)) % nodes)
+            } else {
+                Fault::Slow(a)
+            };
+            Window { start, end, fault }
+        })
+        .collect()
 }
 
 /// A random proper subset of the nodes (`a` alone when the draw is not).
@@ -371,6 +413,9 @@ impl Plan {
         let client_break_rate = noisy(&mut rng, 0.01);
         let (initial, posts, partitions) = draw_changes(&mut rng, nodes, flavor.changes, heal_at);
         faults.extend(partitions);
+        if flavor.extra {
+            faults.extend(extra_faults(seed, nodes, heal_at));
+        }
         faults.retain(|w| w.start < w.end);
         faults.sort_by_key(|w| w.start);
         Plan {
@@ -391,6 +436,7 @@ impl Plan {
             changes: flavor.changes,
             min_replicas: flavor.min_replicas,
             log: flavor.log,
+            wipe_victim,
         }
     }
 
@@ -401,15 +447,32 @@ impl Plan {
             .map(|w| &w.fault)
     }
 
-    /// Whether a network fault separates nodes `a` and `b` at `t`.
-    pub fn partitioned(&self, a: usize, b: usize, t: Duration) -> bool {
-        a != b
+    /// Whether a network fault drops messages from node `from` to node `to` at `t`.
+    pub fn dropped(&self, from: usize, to: usize, t: Duration) -> bool {
+        from != to
             && self.active(t).any(|f| match f {
-                Fault::Isolate(x) => *x == a || *x == b,
-                Fault::Halves(g) => g.contains(&a) != g.contains(&b),
-                Fault::Bridge(x, y) => (*x == a && *y == b) || (*x == b && *y == a),
-                Fault::Pause(_) | Fault::Crash(_) | Fault::Wipe(_) | Fault::Disk(..) => false,
+                Fault::Isolate(x) => *x == from || *x == to,
+                Fault::Halves(g) => g.contains(&from) != g.contains(&to),
+                Fault::Bridge(x, y) => (*x == from && *y == to) || (*x == to && *y == from),
+                Fault::OneWay(x, y) => *x == from && *y == to,
+                Fault::Pause(_)
+                | Fault::Crash(_)
+                | Fault::Wipe(_)
+                | Fault::Disk(..)
+                | Fault::Slow(_) => false,
             })
+    }
+
+    /// Whether a network fault separates nodes `a` and `b` at `t`: messages
+    /// are dropped one way or both. Over request and answer one way is
+    /// enough: neither can hear from the other (see [`Fault::OneWay`]).
+    pub fn partitioned(&self, a: usize, b: usize, t: Duration) -> bool {
+        self.dropped(a, b, t) || self.dropped(b, a, t)
+    }
+
+    /// Whether node `x` answers its peers slowly at `t`.
+    pub fn slow(&self, x: usize, t: Duration) -> bool {
+        self.active(t).any(|f| *f == Fault::Slow(x))
     }
 
     /// Whether node `x` is paused at `t`.
@@ -429,21 +492,27 @@ impl Plan {
         self.running(x, t) && !self.paused(x, t)
     }
 
-    /// The state of the link between two hosts at `t`. A partition drops
-    /// messages even to a paused end; crashes leave links as they are (the
-    /// host itself is down).
-    pub fn link(&self, a: End, b: End, t: Duration) -> Link {
-        if let (End::Node(x), End::Node(y)) = (a, b)
-            && self.partitioned(x, y, t)
+    /// The state of the way from host `from` to host `to` at `t`. A
+    /// partition drops messages even to a paused end; crashes leave links
+    /// as they are (the host itself is down).
+    pub fn flow(&self, from: End, to: End, t: Duration) -> Link {
+        if let (End::Node(x), End::Node(y)) = (from, to)
+            && self.dropped(x, y, t)
         {
             return Link::Cut;
         }
         let paused = |e: End| matches!(e, End::Node(x) if self.paused(x, t));
-        if paused(a) || paused(b) {
+        if paused(from) || paused(to) {
             Link::Held
         } else {
             Link::Open
         }
+    }
+
+    /// The state of the link between two hosts at `t`: the worse of its
+    /// two ways.
+    pub fn link(&self, a: End, b: End, t: Duration) -> Link {
+        self.flow(a, b, t).max(self.flow(b, a, t))
     }
 
     /// Whether node `a` cannot talk to node `b` at `t`, for any reason:
@@ -742,6 +811,30 @@ mod tests {
             p.changes(),
             [1.0, 4.0, 5.0, 6.0, 8.0, 9.0, 10.0, 12.0, 20.0].map(s)
         );
+    }
+
+    #[test]
+    fn a_one_way_cut_drops_one_way_and_separates_both() {
+        let p = plan(vec![
+            (1.0, 5.0, Fault::OneWay(0, 1)),
+            (3.0, 4.0, Fault::Pause(1)),
+            (2.0, 6.0, Fault::Slow(2)),
+        ]);
+        let (n0, n1, n2) = (End::Node(0), End::Node(1), End::Node(2));
+        assert_eq!(p.flow(n0, n1, s(2.0)), Link::Cut);
+        assert_eq!(p.flow(n1, n0, s(2.0)), Link::Open);
+        // A pause of the far end holds the way that is not cut.
+        assert_eq!(p.flow(n1, n0, s(3.5)), Link::Held);
+        assert_eq!(p.flow(n0, n1, s(3.5)), Link::Cut);
+        // Neither can hear from the other over request and answer.
+        assert_eq!(p.link(n1, n0, s(2.0)), Link::Cut);
+        assert!(p.partitioned(1, 0, s(2.0)) && p.partitioned(0, 1, s(2.0)));
+        assert!(p.cut_throughout(1, 0, s(1.1), s(4.9)));
+        assert!(!p.cut(0, 1, s(5.5)));
+        // A slow node is not cut off, and its links are open.
+        assert!(p.slow(2, s(2.0)) && !p.slow(2, s(6.0)) && !p.slow(0, s(2.0)));
+        assert!(!p.cut(0, 2, s(2.0)));
+        assert_eq!(p.link(n0, n2, s(2.0)), Link::Open);
     }
 
     #[test]
