@@ -12,8 +12,8 @@ use std::io::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sim::{
-    Changes, Check, DiskKind, Fault, Flavor, Outcome, Plan, Planted, Post, Violation, Window,
-    check, fingerprint, run, summary,
+    Changes, Check, DiskKind, Fault, Flavor, Outcome, Plan, Planted, Post, Strike, Violation,
+    Window, check, fingerprint, run, summary,
 };
 
 fn env_u64(key: &str, default: u64) -> u64 {
@@ -31,17 +31,22 @@ fn replay_command(seed: u64) -> String {
 /// seed wipes data folders, and half of those run with `--min-replicas 1`
 /// (wiping one node only); three seeds in four fail disks; three in sixteen
 /// change membership one config after the other, and one in sixteen also
-/// posts conflicting configs on two sides of a partition.
+/// posts conflicting configs on two sides of a partition; two more in
+/// sixteen change membership one config after the other while wiping data
+/// folders, one of them with `--min-replicas 1`.
 fn flavor_for(seed: u64) -> Flavor {
+    let (changes, wipes, min_replicas) = match seed % 16 {
+        1 | 5 | 9 => (Changes::Sequential, false, 0),
+        13 => (Changes::Conflicting, false, 0),
+        2 => (Changes::Sequential, true, 0),
+        6 => (Changes::Sequential, true, 1),
+        r => (Changes::None, r % 4 == 0, usize::from(r % 8 == 4)),
+    };
     Flavor {
-        wipes: seed.is_multiple_of(4),
+        wipes,
         disks: seed % 4 != 3,
-        changes: match seed % 16 {
-            1 | 5 | 9 => Changes::Sequential,
-            13 => Changes::Conflicting,
-            _ => Changes::None,
-        },
-        min_replicas: usize::from(seed % 8 == 4),
+        changes,
+        min_replicas,
         log: seed % 3 == 2,
         // Three residues in seven: those that no seed of a regression test
         // below has, so that each keeps the plan it failed with.
@@ -65,12 +70,20 @@ fn run_seeds(seeds: impl IntoIterator<Item = u64>) {
     let mut failures = Vec::new();
     let mut ran = 0;
     let mut logged = 0;
+    let (mut one_ways, mut slows, mut struck, mut settled, mut wiped_changing) = (0, 0, 0, 0, 0);
     let verbose = std::env::var_os("TALLY_SIM_VERBOSE").is_some();
     for seed in seeds {
         ran += 1;
         let plan = plan_for(seed);
         logged += u64::from(plan.log);
         let history = run(&plan, Planted::None);
+        let one_way = |w: &Window| matches!(w.fault, Fault::OneWay(..));
+        let slow = |w: &Window| matches!(w.fault, Fault::Slow(_));
+        one_ways += u64::from(plan.faults.iter().any(one_way));
+        slows += u64::from(plan.faults.iter().any(slow));
+        struck += history.posts.iter().filter(|p| p.struck.is_some()).count() as u64;
+        settled += u64::from(history.settled.is_some());
+        wiped_changing += u64::from(plan.wipes && plan.changes != Changes::None);
         let bad = check(&plan, &history);
         if verbose {
             announce(&format!(
@@ -93,7 +106,7 @@ fn run_seeds(seeds: impl IntoIterator<Item = u64>) {
     }
     assert!(ran > 0, "no seed ran");
     announce(&format!(
-        "simulation: {ran} seeds ({logged} on the log engine over a simulated disk), {} failed, in {:.1} s",
+        "simulation: {ran} seeds ({logged} on the log engine over a simulated disk, {one_ways} with a one-way partition, {slows} with a slow peer, {wiped_changing} changing membership while wiping folders; {struck} config posts whose node was struck, {settled} runs whose final config was learned after the heal), {} failed, in {:.1} s",
         failures.len(),
         started.elapsed().as_secs_f64()
     ));
@@ -347,7 +360,14 @@ fn a_seed_replays_exactly() {
             && has(p, |f| matches!(f, Fault::Wipe(_)))
             && has(p, |f| matches!(f, Fault::Disk(_, DiskKind::Stall)))
     }));
-    let changing = plan_for(seed_with(5, |p| p.posts.len() >= 2));
+    // The second also has a one-way partition, a slow peer and a post
+    // whose node is struck (a fault timed by the workload as it ran).
+    let changing = plan_for(seed_with(5, |p| {
+        p.posts.len() >= 2
+            && p.posts.iter().any(|q| q.strike.is_some())
+            && has(p, |f| matches!(f, Fault::OneWay(..)))
+            && has(p, |f| matches!(f, Fault::Slow(_)))
+    }));
     let a = run(&faulty, Planted::None);
     let other = {
         let changing = changing.clone();
@@ -358,10 +378,11 @@ fn a_seed_replays_exactly() {
     let d = run(&changing, Planted::None);
     assert!(a.incs.iter().any(|i| i.acked()), "the workload ran");
     assert!(
-        d.posts.iter().filter(|p| p.stamp().is_some()).count() >= 2,
+        d.posts.iter().filter(|p| p.config().is_some()).count() >= 2,
         "configs were posted: {:#?}",
         d.posts
     );
+    assert!(!d.struck.is_empty(), "a post's node was struck");
     assert_eq!(fingerprint(&a), fingerprint(&b));
     assert_eq!(fingerprint(&c), fingerprint(&d));
     assert_ne!(fingerprint(&a), fingerprint(&c), "seeds differ");
@@ -819,6 +840,7 @@ fn post(at: f64, actors: &[usize], to: usize) -> Post {
         at: secs(at),
         actors: actors.to_vec(),
         side: Some(vec![to]),
+        strike: None,
     }
 }
 
@@ -850,6 +872,65 @@ fn the_checker_catches_posts_that_fail() {
 fn the_checker_catches_leavers_that_keep_acknowledging() {
     let plan = changing(27, vec![post(5.0, &[0, 1, 3], 0)], Vec::new());
     assert_caught(&plan, Planted::LeaversAck, Check::Departed, false);
+}
+
+/// A post to n1 while n3 is paused (so the post waits up to 1 s for n3's
+/// answer), and n1 crashes 300 ms after it was sent, for 1 s.
+fn crashed_post(seed: u64, wipe: bool) -> Plan {
+    Plan {
+        wipes: wipe,
+        ..changing(
+            seed,
+            vec![Post {
+                strike: Some(Strike {
+                    after: secs(0.3),
+                    down: secs(1.0),
+                    wipe,
+                }),
+                ..post(5.0, &[0, 1, 3], 0)
+            }],
+            vec![window(4.0, 8.0, Fault::Pause(2))],
+        )
+    }
+}
+
+#[test]
+fn a_post_whose_node_crashes_before_answering_is_learned_from_that_node() {
+    let plan = crashed_post(36, false);
+    let history = run(&plan, Planted::None);
+    let bad: Vec<String> = check(&plan, &history)
+        .iter()
+        .map(Violation::to_string)
+        .collect();
+    assert!(bad.is_empty(), "{bad:#?}");
+    let p = &history.posts[1];
+    assert_eq!(history.struck.len(), 1, "{:#?}", history.struck);
+    assert!(p.stamp().is_none(), "the crash came first: {p:#?}");
+    // n1 stored the config before it called n3; once restarted it has it.
+    assert_eq!(p.resolved, Some(Some((2, 1))), "{p:#?}");
+    assert!(history.configs.iter().all(|(_, s)| *s == Some((2, 1))));
+}
+
+#[test]
+fn a_config_lost_with_its_node_s_folder_leaves_the_old_one() {
+    // n1 is cut off from everyone when it takes the post: it answers 200
+    // with every other node pending, and loses its folder 300 ms later.
+    // The cluster keeps the first config; the loss is excused, nothing
+    // else is.
+    let plan = Plan {
+        faults: vec![window(4.0, 8.0, Fault::Isolate(0))],
+        ..crashed_post(37, true)
+    };
+    let history = run(&plan, Planted::None);
+    let bad: Vec<String> = check(&plan, &history)
+        .iter()
+        .map(Violation::to_string)
+        .collect();
+    assert!(bad.is_empty(), "{bad:#?}");
+    let p = &history.posts[1];
+    assert!(p.stamp().is_some(), "{p:#?}");
+    assert_eq!(p.resolved, Some(None), "{p:#?}");
+    assert_eq!(history.settled, history.posts[0].stamp());
 }
 
 #[test]

@@ -89,6 +89,24 @@ pub struct Post {
     pub actors: Vec<usize>,
     /// Only these nodes may take the post; otherwise any actor of the newest config.
     pub side: Option<Vec<usize>>,
+    /// The node that takes the post goes down shortly after it is sent.
+    pub strike: Option<Strike>,
+}
+
+/// A crash (or a wipe) of the node a config is posted to, timed from the
+/// moment the post is sent, so that it lands before or after the answer.
+/// Which node that is, the workload learns only then: it adds the window
+/// to the history, and the runner and the checker take it as part of the
+/// plan from then on (see [`Plan::with_faults`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Strike {
+    /// From the post being sent to the node going down.
+    pub after: Duration,
+    /// How long it stays down.
+    pub down: Duration,
+    /// Its data folder is lost too (wipe seeds; on `--min-replicas` seeds
+    /// only when it is [`Plan::wipe_victim`], otherwise it crashes).
+    pub wipe: bool,
 }
 
 /// Whether and how a seed changes membership.
@@ -240,6 +258,25 @@ fn extra_faults(seed: u64, nodes: usize, heal_at: Duration) -> Vec<Window> {
         .collect()
 }
 
+/// What [`Flavor::extra`] does to the posts of a seed that changes
+/// membership one config after the other, from a generator of its own:
+/// each post, with even odds, has the node that takes it go down 0–1.5 s
+/// after it is sent (a post often waits up to 1 s for peers that a
+/// partition hides, so about as often before its answer as after) for
+/// 0.3–2 s; on wipe seeds half of those lose the data folder as well.
+fn strike_posts(seed: u64, posts: &mut [Post], wipes: bool) {
+    let mut rng = fastrand::Rng::with_seed(seed ^ 0x7374_7269_6b65_2121);
+    for post in posts.iter_mut().filter(|p| p.side.is_none()) {
+        if rng.bool() {
+            post.strike = Some(Strike {
+                after: ms(rng.u64(0..1500)),
+                down: ms(rng.u64(300..2000)),
+                wipe: wipes && rng.bool(),
+            });
+        }
+    }
+}
+
 /// A random proper subset of the nodes (`a` alone when the draw is not).
 fn random_group(rng: &mut fastrand::Rng, nodes: usize, a: usize) -> Vec<usize> {
     let mut group: Vec<usize> = (0..nodes).filter(|_| rng.bool()).collect();
@@ -324,6 +361,7 @@ fn draw_changes(
             at,
             actors: actors.clone(),
             side: None,
+            strike: None,
         });
         current = actors;
         at += ms(rng.u64(2500..5000));
@@ -359,11 +397,13 @@ fn draw_changes(
             at,
             actors: first,
             side: Some(side_a),
+            strike: None,
         });
         posts.push(Post {
             at,
             actors: second,
             side: Some(side_b),
+            strike: None,
         });
     }
     (initial, posts, windows)
@@ -411,10 +451,12 @@ impl Plan {
         let duplicate_rate = noisy(&mut rng, 0.03);
         let delay_rate = noisy(&mut rng, 0.05);
         let client_break_rate = noisy(&mut rng, 0.01);
-        let (initial, posts, partitions) = draw_changes(&mut rng, nodes, flavor.changes, heal_at);
+        let (initial, mut posts, partitions) =
+            draw_changes(&mut rng, nodes, flavor.changes, heal_at);
         faults.extend(partitions);
         if flavor.extra {
             faults.extend(extra_faults(seed, nodes, heal_at));
+            strike_posts(seed, &mut posts, flavor.wipes);
         }
         faults.retain(|w| w.start < w.end);
         faults.sort_by_key(|w| w.start);
@@ -438,6 +480,14 @@ impl Plan {
             log: flavor.log,
             wipe_victim,
         }
+    }
+
+    /// This plan with `more` faults: those added while the plan ran
+    /// (strikes of the nodes posts went to), after the planned ones.
+    pub fn with_faults(&self, more: &[Window]) -> Plan {
+        let mut plan = self.clone();
+        plan.faults.extend(more.iter().cloned());
+        plan
     }
 
     fn active(&self, t: Duration) -> impl Iterator<Item = &Fault> + '_ {
@@ -646,6 +696,22 @@ impl Plan {
         self.had_contact_if(from, to, sustained, |t| self.connected(x, t))
     }
 
+    /// Like [`Plan::had_contact`], counting contact only with `peers`.
+    pub fn had_contact_among(
+        &self,
+        x: usize,
+        from: Duration,
+        to: Duration,
+        sustained: Duration,
+        peers: &[usize],
+    ) -> bool {
+        self.had_contact_if(from, to, sustained, |t| {
+            peers
+                .iter()
+                .any(|&y| y != x && !self.cut(x, y, t) && self.disk_settled(y, t))
+        })
+    }
+
     /// Like [`Plan::had_contact`], with node `y` in particular.
     pub fn had_contact_with(
         &self,
@@ -658,6 +724,43 @@ impl Plan {
         self.had_contact_if(from, to, sustained, |t| {
             x != y && !self.cut(x, y, t) && self.disk_settled(y, t)
         })
+    }
+
+    /// The first time, from `from` on, by which node `x` has been in
+    /// contact with one of `peers` for an unbroken `sustained` (`None` if
+    /// never before the plan ends, `end_at`).
+    pub fn contact_by(
+        &self,
+        x: usize,
+        from: Duration,
+        sustained: Duration,
+        peers: &[usize],
+    ) -> Option<Duration> {
+        let connected = |t: Duration| {
+            peers
+                .iter()
+                .any(|&y| y != x && !self.cut(x, y, t) && self.disk_settled(y, t))
+        };
+        let mut bounds: Vec<Duration> = self
+            .changes()
+            .into_iter()
+            .filter(|c| from < *c && *c < self.end_at)
+            .collect();
+        bounds.push(self.end_at);
+        let mut segment = from;
+        let mut run: Option<Duration> = None;
+        for next in bounds {
+            if connected(segment) {
+                let began = *run.get_or_insert(segment);
+                if next - began >= sustained {
+                    return Some(began + sustained);
+                }
+            } else {
+                run = None;
+            }
+            segment = next;
+        }
+        None
     }
 
     fn had_contact_if(
@@ -697,6 +800,20 @@ impl Plan {
 /// time to replicate the increment, which is then owed like any other.
 pub fn excused_by_wipe(plan: &Plan, node: usize, acked_at: Duration, wiped_at: Duration) -> bool {
     wiped_at >= acked_at && !plan.had_contact(node, acked_at, wiped_at, REPLICATION_WINDOW)
+}
+
+/// [`excused_by_wipe`] when membership changes: only contact with `peers`
+/// counts, the nodes the node replicates to whatever config it holds (the
+/// actors of every config made by the wipe).
+pub fn excused_by_wipe_among(
+    plan: &Plan,
+    node: usize,
+    acked_at: Duration,
+    wiped_at: Duration,
+    peers: &[usize],
+) -> bool {
+    wiped_at >= acked_at
+        && !plan.had_contact_among(node, acked_at, wiped_at, REPLICATION_WINDOW, peers)
 }
 
 #[cfg(test)]
@@ -777,6 +894,22 @@ mod tests {
         assert!(excused_by_wipe(&p, 0, s(1.5), s(7.0)));
         // A long calm stretch after the faults: owed.
         assert!(!excused_by_wipe(&p, 0, s(0.0), s(20.0)));
+    }
+
+    #[test]
+    fn contact_is_counted_with_the_peers_named_and_dated() {
+        // Node 0 reaches node 1 from 0 s to 2 s and from 6 s on, node 2
+        // from 3 s on.
+        let p = plan(vec![
+            (2.0, 6.0, Fault::Bridge(0, 1)),
+            (0.0, 3.0, Fault::Bridge(0, 2)),
+        ]);
+        assert!(p.had_contact_among(0, s(3.0), s(6.0), s(3.0), &[1, 2]));
+        assert!(!p.had_contact_among(0, s(3.0), s(6.0), s(3.0), &[1]));
+        assert_eq!(p.contact_by(0, s(0.0), s(3.0), &[1]), Some(s(9.0)));
+        assert_eq!(p.contact_by(0, s(0.0), s(3.0), &[2]), Some(s(6.0)));
+        assert_eq!(p.contact_by(0, s(0.0), s(1.0), &[1, 2]), Some(s(1.0)));
+        assert_eq!(p.contact_by(0, s(0.0), s(3.0), &[]), None);
     }
 
     #[test]
