@@ -344,6 +344,17 @@ fn checker_regressions_seeds_10653_21805() {
     assert_seed_passes(21805);
 }
 
+/// The checker's regression with membership changes and wipes: seed
+/// 6658 re-adds n5 with a config (posted to n1, then wiped before that
+/// config reached anyone who kept it) that is lost; n5, left out by the
+/// config that survived, loses its folder and acknowledges as a cluster of
+/// one. The lost config was taken as naming n5, so what n5 acknowledged was
+/// counted as owed.
+#[test]
+fn checker_regression_seed_6658() {
+    assert_seed_passes(6658);
+}
+
 #[test]
 fn a_seed_replays_exactly() {
     assert!(

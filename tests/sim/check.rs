@@ -277,28 +277,34 @@ pub fn check(plan: &Plan, h: &History) -> Vec<Violation> {
             .iter()
             .any(|p| p.config().is_some() && p.actors.contains(&x))
     };
-    // A node wiped once a config that leaves it out was posted comes back
-    // as a new node, without a config: once its hand-off was confirmed
-    // nobody asks it again, and it acknowledges increments as a cluster of
-    // one (README: not promised) until a config that names it again
-    // reaches it. Owed to no one, and not held to refuse as a leaver.
+    // A node wiped once the newest config that exists leaves it out comes
+    // back as a new node, without a config: once its hand-off was
+    // confirmed nobody asks it again, and it acknowledges increments as a
+    // cluster of one (README: not promised) until a config that names it
+    // again reaches it. Owed to no one, and not held to refuse as a
+    // leaver. (Configs lost with a folder do not count: nobody holds them
+    // to ask it.)
+    let exists = |p: &&Posted| p.made() && p.config().is_some();
     let wiped_out = |x: usize, from: Duration, to: Duration| {
         h.wipes.iter().any(|&(n, w)| {
             let latest = h
                 .posts
                 .iter()
-                .filter(|p| p.made() && p.start <= w)
+                .filter(exists)
+                .filter(|p| p.start <= w)
                 .map(|p| p.generation)
                 .max();
             n == x
                 && w <= from
                 && h.posts
                     .iter()
-                    .any(|p| p.made() && Some(p.generation) == latest && !p.actors.contains(&x))
+                    .filter(exists)
+                    .any(|p| Some(p.generation) == latest && !p.actors.contains(&x))
                 && !h
                     .posts
                     .iter()
-                    .any(|p| p.made() && w < p.start && p.start <= to && p.actors.contains(&x))
+                    .filter(exists)
+                    .any(|p| w < p.start && p.start <= to && p.actors.contains(&x))
         })
     };
     let configured = |i: &Inc| configured_node(i.node) && !wiped_out(i.node, i.start, i.end);
