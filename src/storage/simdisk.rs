@@ -25,7 +25,7 @@
 //! promise. Every random choice comes from one seeded generator, so a run
 //! replays exactly.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, ErrorKind};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -100,7 +100,9 @@ struct Inode {
 
 #[derive(Clone)]
 struct State {
-    inodes: HashMap<u64, Inode>,
+    /// Ordered, as every map here: a crash draws its choices file by file,
+    /// so the order of the files must not change from one run to the next.
+    inodes: BTreeMap<u64, Inode>,
     next_inode: u64,
     /// Path -> inode, as the process sees the folders.
     names: BTreeMap<String, u64>,
@@ -212,7 +214,7 @@ impl SimDisk {
     pub fn new(name: &str, seed: u64) -> SimDisk {
         SimDisk {
             state: Arc::new(Mutex::new(State {
-                inodes: HashMap::new(),
+                inodes: BTreeMap::new(),
                 next_inode: 1,
                 names: BTreeMap::new(),
                 durable_names: BTreeMap::new(),

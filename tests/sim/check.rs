@@ -5,7 +5,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use super::plan::{REPLICATION_WINDOW, excused_by_wipe};
+use super::plan::{REPLICATION_WINDOW, SLOP, excused_by_wipe_among};
 use super::{
     CLIENT_TIMEOUT, History, Inc, LIVENESS_BOUND, Outcome, Plan, Posted, RECOVERY_BOUND, Refusal,
     final_config, newest,
@@ -76,15 +76,44 @@ const AFTER_HEAL: Duration = Duration::from_secs(5);
 /// How long after the heal the nodes must agree.
 const CONVERGENCE_BOUND: Duration = Duration::from_secs(10);
 
+/// Whether a post's config may have been lost, or not reached the nodes of
+/// the config it came from, with its node's data folder: that node was
+/// wiped after the post was sent, before it had [`REPLICATION_WINDOW`] of
+/// contact with an actor of that config. (A config is stored on its node
+/// before it answers, then sent to everyone; until an actor of the old
+/// config holds it, a read that goes by the old one cannot learn it, and
+/// after the wipe the node itself may relearn the old one.)
+fn fragile(plan: &Plan, h: &History, p: &Posted) -> bool {
+    let (Some(x), Some(base)) = (p.target, newest(&h.posts, p.generation)) else {
+        // The first config is posted before any fault.
+        return false;
+    };
+    let base = &base.actors;
+    h.wipes.iter().any(|&(n, w)| {
+        n == x
+            && w + SLOP >= p.start
+            && !plan.had_contact_among(x, p.start, w, REPLICATION_WINDOW, base)
+    })
+}
+
 /// The configs a request running from `from` to `to` may go by: the newest
 /// config posted (200) before it began, and every config posted (or sent,
-/// with an unknown outcome) until it ended.
-fn in_force(h: &History, from: Duration, to: Duration) -> impl Iterator<Item = &Posted> {
+/// with an unknown outcome) until it ended. A config that did not survive,
+/// or may not have reached the nodes of the one before it (see
+/// [`fragile`]), leaves the one before in force.
+/// `fragile` holds [`fragile`] of each post, in order.
+fn in_force<'h>(
+    fragile: &[bool],
+    h: &'h History,
+    from: Duration,
+    to: Duration,
+) -> impl Iterator<Item = &'h Posted> {
     let base = h
         .posts
         .iter()
-        .filter(|p| p.stamp().is_some() && p.end <= from)
-        .map(|p| p.generation)
+        .zip(fragile)
+        .filter(|(p, fragile)| p.config().is_some() && p.end <= from && !**fragile)
+        .map(|(p, _)| p.generation)
         .max()
         .unwrap_or(0);
     h.posts
@@ -93,8 +122,21 @@ fn in_force(h: &History, from: Duration, to: Duration) -> impl Iterator<Item = &
 }
 
 /// Whether node `x` is an actor of every config in force from `from` to `to`.
-fn actor_throughout(h: &History, x: usize, from: Duration, to: Duration) -> bool {
-    in_force(h, from, to).all(|p| p.actors.contains(&x))
+fn actor_throughout(fragile: &[bool], h: &History, x: usize, from: Duration, to: Duration) -> bool {
+    in_force(fragile, h, from, to).all(|p| p.actors.contains(&x))
+}
+
+/// The nodes a node replicates to whatever config it holds by `t`: the
+/// actors of every config made by then.
+fn steady_peers(plan: &Plan, h: &History, t: Duration) -> Vec<usize> {
+    (0..plan.nodes)
+        .filter(|x| {
+            h.posts
+                .iter()
+                .filter(|p| p.made() && p.start <= t)
+                .all(|p| p.actors.contains(x))
+        })
+        .collect()
 }
 
 /// Whether node `x` may hold, by `to`, a config it left: one made by then
@@ -134,6 +176,30 @@ fn may_not_know_it_is_named(plan: &Plan, h: &History, x: usize, t: Duration) -> 
     }
 }
 
+/// Nodes whose increments a consistent read may miss although they were
+/// acknowledged by an actor: those that a [`fragile`] config added, for
+/// what they acknowledged from its post on until they had
+/// [`REPLICATION_WINDOW`] of contact with an actor of the config before it
+/// (as actors of the new config they hold it, but a read that goes by the
+/// old one does not ask them until one of its actors learned the new one
+/// from them). Returns (node, from, until); they are owed to the
+/// converged value like everything else.
+fn added_by_fragile(plan: &Plan, h: &History) -> Vec<(usize, Duration, Duration)> {
+    let mut out = Vec::new();
+    for p in h.posts.iter().filter(|p| fragile(plan, h, p)) {
+        let before: Vec<usize> = newest(&h.posts, p.generation)
+            .map(|b| b.actors.clone())
+            .unwrap_or_default();
+        for &x in p.actors.iter().filter(|x| !before.contains(x)) {
+            let until = plan
+                .contact_by(x, p.start, REPLICATION_WINDOW, &before)
+                .unwrap_or(Duration::MAX);
+            out.push((x, p.start, until));
+        }
+    }
+    out
+}
+
 /// Nodes whose increments a consistent read is not promised (README,
 /// "Membership changes"): with conflicting posts, the nodes that only the
 /// losing config named, for what they acknowledged once it was posted.
@@ -143,16 +209,16 @@ fn unpromised(h: &History) -> Option<(Vec<usize>, Duration)> {
     let pair: Vec<&Posted> = h
         .posts
         .iter()
-        .filter(|p| p.generation == last && p.stamp().is_some())
+        .filter(|p| p.generation == last && p.config().is_some())
         .collect();
     if pair.len() < 2 {
         return None;
     }
-    let winner = pair.iter().max_by_key(|p| p.stamp())?;
+    let winner = pair.iter().max_by_key(|p| p.config())?;
     let parent = newest(&h.posts, last)?;
     let mut nodes = Vec::new();
     let mut since = Duration::MAX;
-    for loser in pair.iter().filter(|p| p.stamp() != winner.stamp()) {
+    for loser in pair.iter().filter(|p| p.config() != winner.config()) {
         since = since.min(loser.start);
         nodes.extend(
             loser
@@ -167,29 +233,97 @@ fn unpromised(h: &History) -> Option<(Vec<usize>, Duration)> {
 /// Checks a history against G1–G5, liveness, storage recovery and
 /// membership; returns every violation found.
 pub fn check(plan: &Plan, h: &History) -> Vec<Violation> {
+    // The plan as it ran: with the strikes the workload timed from posts.
+    let plan = &plan.with_faults(&h.struck);
     let mut bad = Vec::new();
     let mut flag = |check: Check, detail: String| bad.push(Violation { check, detail });
     if let Some(e) = &h.setup_failed {
         flag(Check::Setup, e.clone());
         return bad;
     }
+    let fragile: Vec<bool> = h.posts.iter().map(|p| fragile(plan, h, p)).collect();
     // An acknowledged increment is owed to a read that answered at `by`
-    // unless a wipe of its node before then excuses it. With
-    // `--min-replicas` nothing is excused: another node stored it first.
-    let excused = |i: &Inc, by: Duration| {
-        plan.min_replicas == 0
-            && h.wipes
+    // unless a wipe of its node before then excuses it: the first such
+    // wipe, per increment. With `--min-replicas` nothing is excused:
+    // another node stored it first.
+    let peers_at: Vec<Vec<usize>> = h
+        .wipes
+        .iter()
+        .map(|&(_, w)| steady_peers(plan, h, w))
+        .collect();
+    let excused_from: Vec<Option<Duration>> = h
+        .incs
+        .iter()
+        .map(|i| {
+            if plan.min_replicas > 0 || !i.acked() {
+                return None;
+            }
+            h.wipes
                 .iter()
-                .any(|&(n, w)| n == i.node && w <= by && excused_by_wipe(plan, n, i.end, w))
+                .zip(&peers_at)
+                .filter(|&(&(n, w), peers)| {
+                    n == i.node && excused_by_wipe_among(plan, n, i.end, w, peers)
+                })
+                .map(|(&(_, w), _)| w)
+                .min()
+        })
+        .collect();
+    let excused = |k: usize, by: Duration| excused_from[k].is_some_and(|w| w <= by);
+    // A node that no config which exists names never had one: what it
+    // acknowledged, it acknowledged as a cluster of one, which nothing
+    // promises (README). Only a config lost with a data folder does that.
+    let configured_node = |x: usize| {
+        h.posts
+            .iter()
+            .any(|p| p.config().is_some() && p.actors.contains(&x))
     };
+    // A node wiped once the newest config that exists leaves it out comes
+    // back as a new node, without a config: once its hand-off was
+    // confirmed nobody asks it again, and it acknowledges increments as a
+    // cluster of one (README: not promised) until a config that names it
+    // again reaches it. Owed to no one, and not held to refuse as a
+    // leaver. (Configs lost with a folder do not count: nobody holds them
+    // to ask it.)
+    let exists = |p: &&Posted| p.made() && p.config().is_some();
+    let wiped_out = |x: usize, from: Duration, to: Duration| {
+        h.wipes.iter().any(|&(n, w)| {
+            let latest = h
+                .posts
+                .iter()
+                .filter(exists)
+                .filter(|p| p.start <= w)
+                .map(|p| p.generation)
+                .max();
+            n == x
+                && w <= from
+                && h.posts
+                    .iter()
+                    .filter(exists)
+                    .any(|p| Some(p.generation) == latest && !p.actors.contains(&x))
+                && !h
+                    .posts
+                    .iter()
+                    .filter(exists)
+                    .any(|p| w < p.start && p.start <= to && p.actors.contains(&x))
+        })
+    };
+    let configured = |i: &Inc| configured_node(i.node) && !wiped_out(i.node, i.start, i.end);
     let unpromised = unpromised(h);
-    let promised = |i: &Inc| !matches!(&unpromised, Some((nodes, since)) if nodes.contains(&i.node) && i.start >= *since);
+    let added_by_fragile = added_by_fragile(plan, h);
+    let promised = |i: &Inc| {
+        !matches!(&unpromised, Some((nodes, since)) if nodes.contains(&i.node) && i.start >= *since)
+            && !added_by_fragile
+                .iter()
+                .any(|&(x, since, until)| x == i.node && since <= i.start && i.start < until)
+    };
     let owed_before = |name: &str, t: Duration, by: Duration, all: bool| -> u128 {
         h.incs
             .iter()
-            .filter(|i| i.acked() && i.name == name && i.end <= t && !excused(i, by))
-            .filter(|i| all || promised(i))
-            .map(|i| u128::from(i.amount))
+            .enumerate()
+            .filter(|&(k, i)| i.acked() && i.name == name && i.end <= t && !excused(k, by))
+            .filter(|(_, i)| configured(i))
+            .filter(|(_, i)| all || promised(i))
+            .map(|(_, i)| u128::from(i.amount))
             .sum()
     };
     let sent_before = |name: &str, t: Duration| -> u128 {
@@ -211,8 +345,17 @@ pub fn check(plan: &Plan, h: &History) -> Vec<Violation> {
         .unwrap_or_default();
 
     // Posts: one made to a running node with a working disk that holds the
-    // newest config answers 200 (the workload chose it so).
-    for p in h.posts.iter().filter(|p| p.made() && p.stamp().is_none()) {
+    // newest config answers 200 (the workload chose it so), unless the
+    // node went down (a strike) before the answer came.
+    let struck_first = |p: &Posted| {
+        matches!(p.outcome, Outcome::Lost(_) | Outcome::TimedOut)
+            && p.struck.as_ref().is_some_and(|s| s.start <= p.end + SLOP)
+    };
+    for p in h
+        .posts
+        .iter()
+        .filter(|p| p.made() && p.stamp().is_none() && !struck_first(p))
+    {
         flag(
             Check::Post,
             format!(
@@ -345,7 +488,7 @@ pub fn check(plan: &Plan, h: &History) -> Vec<Violation> {
         // config in force) was cut off throughout.
         if r.value().is_some()
             && let Some(other) = (0..plan.nodes).find(|&o| {
-                actor_throughout(h, o, r.start, r.end)
+                actor_throughout(&fragile, h, o, r.start, r.end)
                     && plan.cut_throughout(r.node, o, r.start, r.end)
             })
         {
@@ -422,9 +565,10 @@ pub fn check(plan: &Plan, h: &History) -> Vec<Violation> {
                     let owed: u128 = h
                         .incs
                         .iter()
-                        .filter(|i| i.acked() && &i.name == name && i.node == node)
-                        .filter(|i| !excused(i, Duration::MAX))
-                        .map(|i| u128::from(i.amount))
+                        .enumerate()
+                        .filter(|(_, i)| i.acked() && &i.name == name && i.node == node)
+                        .filter(|&(k, i)| !excused(k, Duration::MAX) && configured(i))
+                        .map(|(_, i)| u128::from(i.amount))
                         .sum();
                     let held = per_node.get(&node).copied().unwrap_or(0);
                     if held < owed {
@@ -447,7 +591,9 @@ pub fn check(plan: &Plan, h: &History) -> Vec<Violation> {
     for node in 0..plan.nodes {
         let probe = h.liveness.iter().find(|l| l.node == node);
         if probe.is_some_and(|l| l.departed) {
-            if probe.and_then(|l| l.refused_at).is_none_or(|t| t > bound) {
+            if probe.and_then(|l| l.refused_at).is_none_or(|t| t > bound)
+                && !wiped_out(node, bound, bound)
+            {
                 flag(
                     Check::Departed,
                     format!(
@@ -509,18 +655,40 @@ pub fn check(plan: &Plan, h: &History) -> Vec<Violation> {
         }
     }
 
-    // One config everywhere after the heal: the highest stamp posted last.
+    // One config everywhere after the heal: the highest stamp posted last
+    // (of the configs that exist: one may be lost with a data folder, if
+    // its node never had the time to hand it on).
+    for (p, &fragile_post) in h
+        .posts
+        .iter()
+        .zip(&fragile)
+        .filter(|(p, _)| p.stamp().is_some() && p.config().is_none())
+    {
+        if !fragile_post {
+            flag(
+                Check::OneConfig,
+                format!(
+                    "config {:?} posted to n{} at {:?} answered {:?}, but the nodes settled on an older one, {:?}, though no wipe excuses its loss",
+                    p.actors,
+                    p.target.map_or(0, |t| t + 1),
+                    p.start,
+                    p.outcome,
+                    h.settled
+                ),
+            );
+        }
+    }
     let last = h
         .posts
         .iter()
-        .filter(|p| p.stamp().is_some())
+        .filter(|p| p.config().is_some())
         .map(|p| p.generation)
         .max();
     let highest = h
         .posts
         .iter()
         .filter(|p| Some(p.generation) == last)
-        .filter_map(|p| p.stamp())
+        .filter_map(|p| p.config())
         .max();
     let disagree: Vec<String> = h
         .configs

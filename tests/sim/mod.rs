@@ -38,7 +38,7 @@ use tally::transport::{CallError, CallFuture, Transport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub use check::{Check, Violation, check};
-pub use plan::{Changes, DiskKind, End, Fault, Flavor, Link, Plan, Post, Window};
+pub use plan::{Changes, DiskKind, End, Fault, Flavor, Link, Plan, Post, Strike, Window};
 pub use planted::Planted;
 
 const PORT: u16 = 7777;
@@ -222,6 +222,9 @@ impl Transport for SimTransport {
         if let Some(shortcut) = self.planted.shortcut(to, &mut req, timeout) {
             return shortcut;
         }
+        // What a failed call is taken for, when a planted bug decides.
+        let failed =
+            (self.planted == Planted::SilentIsEmpty).then(|| (to.clone(), req.req.clone()));
         let to = to.to_string();
         let (delay, duplicate) = {
             let mut rng = self.rng.lock().unwrap();
@@ -267,9 +270,13 @@ impl Transport for SimTransport {
                 planted.tamper_response(&mut env);
                 Ok(env)
             };
-            tokio::time::timeout(limit, call)
+            let result = tokio::time::timeout(limit, call)
                 .await
-                .map_err(|_| CallError::Timeout(timeout))?
+                .unwrap_or(Err(CallError::Timeout(timeout)));
+            match (result, failed) {
+                (Err(e), Some((to, req))) => planted.failed_call(&to, &req, e),
+                (result, _) => result,
+            }
         })
     }
 }
@@ -411,6 +418,7 @@ async fn run_node(
     disk: HostDisk,
     transport: Arc<SimTransport>,
     planted: Planted,
+    boot_seed: u64,
 ) -> turmoil::Result {
     // The memory engine starts on the disk as the plan has it; the log
     // engine opens its files on a disk that works, and the plan's fault
@@ -434,16 +442,24 @@ async fn run_node(
     let node = Node::start_with(settings, engine, transport.clone())?;
     apply_disk(&plan, x, &disk);
     tokio::spawn(disk_faults(plan.clone(), x, disk.clone()));
+    // How long each request from a peer waits while the node is slow.
+    let lag = Arc::new(Mutex::new(fastrand::Rng::with_seed(boot_seed)));
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
     loop {
         let (mut s, _) = listener.accept().await?;
         let node = node.clone();
+        let plan = plan.clone();
+        let lag = lag.clone();
         tokio::spawn(async move {
             let Ok(frame) = read_frame::<Frame>(&mut s).await else {
                 return;
             };
             let reply = match frame {
                 Frame::Rpc(env) => {
+                    if plan.slow(x, now()) {
+                        let wait = lag.lock().unwrap().u64(200..=1500);
+                        tokio::time::sleep(Duration::from_millis(wait)).await;
+                    }
                     Reply::Rpc(node.handle_rpc(env).await.map_err(|e| e.to_string()))
                 }
                 Frame::Config(_) if planted.refuses_post(&node) => Reply::Refused {
@@ -485,6 +501,10 @@ async fn run_node(
                     }
                 }
                 Frame::Value { name } => Reply::Value(Ok(planted.value(&node, &name).await)),
+                Frame::Consistent { .. } if planted.fails_read() => Reply::Unavailable {
+                    unreachable: vec!["planted: reads fail".into()],
+                    best: 0,
+                },
                 Frame::Consistent { name, timeout_ms } => {
                     let deadline = planted.read_deadline(Duration::from_millis(timeout_ms));
                     match node.consistent_value(&name, deadline).await {
@@ -686,6 +706,15 @@ pub struct Posted {
     pub target: Option<usize>,
     pub actors: Vec<usize>,
     pub outcome: Outcome,
+    /// The stamp of the config it was made from (none for the first).
+    pub base: Option<(u64, u64)>,
+    /// The crash or wipe of its node that the plan timed from it.
+    pub struck: Option<Window>,
+    /// What became of a post whose fate its answer does not tell, learned
+    /// from the nodes later: `Some(Some(stamp))`, its config exists (a post
+    /// that got no answer, its node struck); `Some(None)`, its config does
+    /// not (never made, or lost with a data folder before it spread).
+    pub resolved: Option<Option<(u64, u64)>>,
 }
 
 impl Posted {
@@ -697,6 +726,18 @@ impl Posted {
         }
     }
 
+    /// The stamp of the config this post made, if it exists: as answered,
+    /// unless learned otherwise since.
+    pub fn config(&self) -> Option<(u64, u64)> {
+        self.resolved.unwrap_or_else(|| self.stamp())
+    }
+
+    /// The stamp its config has if it was made: one version past its base,
+    /// with its node as origin.
+    pub fn expected(&self) -> Option<(u64, u64)> {
+        Some((self.base?.0 + 1, self.target? as u64 + 1))
+    }
+
     /// Whether the post was sent (it may have been applied).
     pub fn made(&self) -> bool {
         self.target.is_some()
@@ -704,16 +745,16 @@ impl Posted {
 }
 
 /// The newest config among posts of generations below `before`: the
-/// highest stamp of the latest generation with a post that answered 200.
+/// highest stamp of the latest generation with a config that exists.
 pub fn newest(posts: &[Posted], before: usize) -> Option<&Posted> {
     let ok = || {
         posts
             .iter()
-            .filter(|p| p.generation < before && p.stamp().is_some())
+            .filter(|p| p.generation < before && p.config().is_some())
     };
     let generation = ok().map(|p| p.generation).max()?;
     ok().filter(|p| p.generation == generation)
-        .max_by_key(|p| p.stamp())
+        .max_by_key(|p| p.config())
 }
 
 /// The config the run ends with.
@@ -760,6 +801,12 @@ pub struct History {
     /// What the simulated disks did (log seeds): every disk the run used,
     /// wiped ones included, summed.
     pub disks: Option<SimStats>,
+    /// Faults the workload added to the plan while it ran: strikes of the
+    /// nodes posts went to (see [`plan::Strike`]).
+    pub struck: Vec<Window>,
+    /// The config every node reported once the network healed, when the
+    /// fate of some post had to be learned that way.
+    pub settled: Option<(u64, u64)>,
 }
 
 // ---------------------------------------------------------------- the run
@@ -789,7 +836,8 @@ fn links(plan: &Plan) -> Vec<(End, End)> {
 
 /// What the runner has applied to turmoil so far.
 struct Applied {
-    links: BTreeMap<(End, End), Link>,
+    /// Each link's two ways: first to second, second to first.
+    links: BTreeMap<(End, End), (Link, Link)>,
     running: Vec<bool>,
     /// Which wipe windows have replaced their node's engine.
     wiped: Vec<bool>,
@@ -821,7 +869,7 @@ fn power_cut(sim: &mut turmoil::Sim<'_>, plan: &Plan, x: usize, applied: &mut Ap
         let other = end_name(other);
         sim.set_link_fail_rate(me.as_str(), other.as_str(), 0.0);
         sim.partition(me.as_str(), other.as_str());
-        *state = Link::Cut;
+        *state = (Link::Cut, Link::Cut);
     }
     sim.crash(me.as_str());
     for y in (0..plan.nodes).filter(|&y| y != x) {
@@ -863,15 +911,44 @@ fn apply(
             history.lock().unwrap().wipes.push((x, now));
         }
     }
+    let fail_rate = applied.fail_rate;
     for (pair, state) in applied.links.iter_mut() {
-        let want = plan.link(pair.0, pair.1, now);
+        let want = (
+            plan.flow(pair.0, pair.1, now),
+            plan.flow(pair.1, pair.0, now),
+        );
         if *state != want {
             let (a, b) = (end_name(pair.0), end_name(pair.1));
+            let (a, b) = (a.as_str(), b.as_str());
             match want {
                 // Healthy again, and whatever was held is delivered.
-                Link::Open => sim.release(a.as_str(), b.as_str()),
-                Link::Held => sim.hold(a.as_str(), b.as_str()),
-                Link::Cut => sim.partition(a.as_str(), b.as_str()),
+                (Link::Open, Link::Open) => sim.release(a, b),
+                (Link::Held, Link::Held) => sim.hold(a, b),
+                (Link::Cut, Link::Cut) => sim.partition(a, b),
+                // One way cut: turmoil keeps a state per way. Hold or
+                // release both (a release delivers what was held), then
+                // cut one way, which drops what is under way on it.
+                (ab, ba) => {
+                    if ab == Link::Held || ba == Link::Held {
+                        sim.hold(a, b);
+                    } else {
+                        sim.release(a, b);
+                    }
+                    if ab == Link::Cut {
+                        sim.partition_oneway(a, b);
+                    }
+                    if ba == Link::Cut {
+                        sim.partition_oneway(b, a);
+                    }
+                }
+            }
+            // Turmoil's random failures break a link both ways and repair
+            // it both ways, which would undo a one-way cut: none on such a
+            // link while it holds.
+            let one_way = |(ab, ba): (Link, Link)| (ab == Link::Cut) != (ba == Link::Cut);
+            if one_way(*state) != one_way(want) {
+                let rate = if one_way(want) { 0.0 } else { fail_rate };
+                sim.set_link_fail_rate(a, b, rate);
             }
             *state = want;
         }
@@ -933,7 +1010,10 @@ pub fn run(plan: &Plan, planted: Planted) -> History {
                         ^ boots.get().wrapping_mul(0xbf58_476d_1ce4_e5b9),
                 )),
             });
-            run_node(i, plan.clone(), disk, transport, planted)
+            let boot_seed = seed
+                ^ (i as u64 + 1).wrapping_mul(0x2545_f491_4f6c_dd1d)
+                ^ boots.get().wrapping_mul(0x94d0_49bb_1331_11eb);
+            run_node(i, plan.clone(), disk, transport, planted, boot_seed)
         });
     }
     let history = Arc::new(Mutex::new(History::default()));
@@ -951,18 +1031,37 @@ pub fn run(plan: &Plan, planted: Planted) -> History {
         sim.set_link_fail_rate("client", host(i).as_str(), 0.0);
     }
 
-    let changes = plan.changes();
+    // The plan with the faults the workload added so far.
+    let mut effective = plan.clone();
+    let mut changes = plan.changes();
     let mut next = 0;
     let mut healed = false;
     let mut applied = Applied {
-        links: links(plan).into_iter().map(|l| (l, Link::Open)).collect(),
+        links: links(plan)
+            .into_iter()
+            .map(|l| (l, (Link::Open, Link::Open)))
+            .collect(),
         running: vec![true; plan.nodes],
         wiped: vec![false; plan.faults.len()],
         fail_rate: plan.fail_rate,
     };
     loop {
         let now = sim.elapsed();
-        if next < changes.len() && changes[next] <= now {
+        let mut due = next < changes.len() && changes[next] <= now;
+        {
+            let h = history.lock().unwrap();
+            let known = effective.faults.len() - plan.faults.len();
+            if h.struck.len() > known {
+                // A strike the workload timed from a post: part of the plan
+                // from now on (it starts now at the earliest).
+                effective.faults.extend(h.struck[known..].iter().cloned());
+                applied.wiped.resize(effective.faults.len(), false);
+                changes = effective.changes();
+                next = changes.partition_point(|c| *c < now);
+                due = true;
+            }
+        }
+        if due {
             while next < changes.len() && changes[next] <= now {
                 next += 1;
             }
@@ -977,7 +1076,7 @@ pub fn run(plan: &Plan, planted: Planted) -> History {
             }
             apply(
                 &mut sim,
-                plan,
+                &effective,
                 now,
                 &mut applied,
                 &mut disks,
@@ -1179,9 +1278,15 @@ async fn probe_liveness(node: usize, w: Shared) -> Liveness {
     tokio::time::sleep(plan.heal_at.saturating_sub(now())).await;
     let mut done = w.posts_done.clone();
     let _ = done.wait_for(|d| *d).await;
+    // A node that a config which still exists named, and the final one
+    // does not (one named only by a config lost with a data folder never
+    // heard of it).
     let departed = {
         let h = history.lock().unwrap();
         final_config(&h.posts).is_some_and(|f| !f.actors.contains(&node))
+            && h.posts
+                .iter()
+                .any(|p| p.config().is_some() && p.actors.contains(&node))
     };
     let writes = async {
         let mut last = None;
@@ -1313,8 +1418,14 @@ async fn status(x: usize) -> Option<NodeStatus> {
     }
 }
 
+/// The plan with the faults added so far (strikes of posts' nodes).
+fn effective(w: &Shared) -> Plan {
+    w.plan.with_faults(&w.history.lock().unwrap().struck)
+}
+
 /// Makes one planned post: to the first node (in a seeded order) that may
-/// take it, holds the newest config and is an actor of it.
+/// take it, holds the newest config and is an actor of it. A post with a
+/// strike adds, as it is sent, the crash (or wipe) of that node to the plan.
 async fn post_one(
     w: &Shared,
     post: &Post,
@@ -1322,8 +1433,7 @@ async fn post_one(
     newest: &Posted,
     mut rng: fastrand::Rng,
 ) -> Posted {
-    let plan = &w.plan;
-    let stamp = newest.stamp().expect("the newest config answered 200");
+    let stamp = newest.config().expect("the newest config exists");
     let mut candidates: Vec<usize> = newest
         .actors
         .iter()
@@ -1335,6 +1445,7 @@ async fn post_one(
         if now() > post.at + POST_WINDOW {
             break;
         }
+        let plan = effective(w);
         for &x in &candidates {
             // Only a node that runs, and whose disk works, for as long as
             // the post may take: a post left uncertain would make the next
@@ -1347,6 +1458,24 @@ async fn post_one(
             }
             if status(x).await.is_some_and(|s| s.stamp == stamp) {
                 let start = now();
+                let struck = post.strike.and_then(|strike| {
+                    let begin = start + strike.after;
+                    let wipe =
+                        strike.wipe && (plan.min_replicas == 0 || plan.wipe_victim == Some(x));
+                    let window = Window {
+                        start: begin,
+                        end: (begin + strike.down).min(plan.heal_at),
+                        fault: if wipe {
+                            Fault::Wipe(x)
+                        } else {
+                            Fault::Crash(x)
+                        },
+                    };
+                    (window.start < window.end).then(|| {
+                        w.history.lock().unwrap().struck.push(window.clone());
+                        window
+                    })
+                });
                 let outcome = ask(
                     &host(x),
                     Frame::Config(actor_names(&post.actors)),
@@ -1361,6 +1490,9 @@ async fn post_one(
                     target: Some(x),
                     actors: post.actors.clone(),
                     outcome,
+                    base: Some(stamp),
+                    struck,
+                    resolved: None,
                 };
             }
         }
@@ -1373,11 +1505,108 @@ async fn post_one(
         target: None,
         actors: post.actors.clone(),
         outcome: Outcome::Refused(Refusal::Other, "no node held the newest config".into()),
+        base: Some(stamp),
+        struck: None,
+        resolved: None,
     }
 }
 
+/// A post that got no answer because its node crashed: once the node runs
+/// again, its own config says whether the post was made (a config is
+/// stored before anyone else can see it, so one the node lacks after its
+/// restart exists nowhere). Gives up after a few seconds, or at the heal.
+async fn resolve_crashed(w: &Shared, p: &mut Posted) {
+    let (Some(x), Some(base), Some(window)) = (p.target, p.base, p.struck.clone()) else {
+        return;
+    };
+    tokio::time::sleep(window.end.saturating_sub(now())).await;
+    let until = (now() + Duration::from_secs(3)).min(w.plan.heal_at);
+    while now() < until {
+        if let Some(s) = status(x).await {
+            if s.stamp == base {
+                p.resolved = Some(None);
+            } else if s.actors == actor_names(&p.actors) && Some(s.stamp) == p.expected() {
+                p.resolved = Some(Some(s.stamp));
+            }
+            return;
+        }
+        tokio::time::sleep(RETRY_PAUSE).await;
+    }
+}
+
+/// The node index of an actor's name (`n3:7777` is 2).
+fn node_index(actor: &str) -> Option<usize> {
+    actor
+        .strip_prefix('n')?
+        .split(':')
+        .next()?
+        .parse::<usize>()
+        .ok()?
+        .checked_sub(1)
+}
+
+/// After the heal, learns which config the cluster holds, for runs where a
+/// config may have been lost with a data folder, or where a post's fate is
+/// still unknown: asks every node until the highest config any of them
+/// reports is reported by every node that holds one and by all its actors.
+/// Then marks the post that made it as made, and every post after it as
+/// lost. Gives up 5 s after the heal (the checks of one config then fail).
+async fn settle(w: &Shared) {
+    let bound = w.plan.heal_at + Duration::from_secs(5);
+    tokio::time::sleep(w.plan.heal_at.saturating_sub(now())).await;
+    let settled = loop {
+        let mut seen = Vec::new();
+        for x in 0..w.plan.nodes {
+            if let Some(s) = status(x).await
+                && s.stamp != (0, 0)
+            {
+                seen.push((x, s));
+            }
+        }
+        let highest = seen.iter().map(|(_, s)| s).max_by_key(|s| s.stamp);
+        if let Some(top) = highest {
+            let actors: Vec<usize> = top.actors.iter().filter_map(|a| node_index(a)).collect();
+            let agreed = seen.iter().all(|(_, s)| s.stamp == top.stamp)
+                && actors
+                    .iter()
+                    .all(|a| seen.iter().any(|(x, s)| x == a && s.stamp == top.stamp));
+            if agreed {
+                break Some(top.stamp);
+            }
+        }
+        if now() >= bound {
+            break None;
+        }
+        tokio::time::sleep(RETRY_PAUSE).await;
+    };
+    let Some(stamp) = settled else {
+        return;
+    };
+    let mut h = w.history.lock().unwrap();
+    h.settled = Some(stamp);
+    let made = h.posts.iter().position(|p| {
+        p.config() == Some(stamp)
+            || (p.stamp().is_none() && p.resolved.is_none() && p.expected() == Some(stamp))
+    });
+    let Some(k) = made else {
+        return;
+    };
+    h.posts[k].resolved = Some(Some(stamp));
+    let generation = h.posts[k].generation;
+    for p in h.posts.iter_mut().filter(|p| p.generation > generation) {
+        p.resolved = Some(None);
+    }
+    let mut named = w.named.lock().unwrap();
+    named.extend(&h.posts[k].actors);
+    named.sort();
+    named.dedup();
+}
+
 /// Makes the planned posts, generation by generation; stops at a post that
-/// did not answer 200 (its config may or may not exist).
+/// did not answer 200 (its config may or may not exist), unless its node
+/// was struck and tells, once it runs again, whether the post was made; and
+/// after a post whose node lost its data folder (whether the config
+/// survived is known only when the network heals).
 async fn poster(w: Shared, done: tokio::sync::watch::Sender<bool>) {
     let plan = &w.plan;
     let mut generations: Vec<Vec<Post>> = Vec::new();
@@ -1409,38 +1638,58 @@ async fn poster(w: Shared, done: tokio::sync::watch::Sender<bool>) {
                 made.push(p);
             }
         }
-        let failed = made.iter().any(|p| p.made() && p.stamp().is_none());
+        for p in &mut made {
+            if p.stamp().is_none()
+                && matches!(&p.struck, Some(s) if matches!(s.fault, Fault::Crash(_)))
+            {
+                resolve_crashed(&w, p).await;
+            }
+        }
+        let unknown = made
+            .iter()
+            .any(|p| p.made() && p.config().is_none() && p.resolved.is_none());
+        let wiped = made
+            .iter()
+            .any(|p| matches!(&p.struck, Some(s) if matches!(s.fault, Fault::Wipe(_))));
         {
             let mut named = w.named.lock().unwrap();
-            for p in made.iter().filter(|p| p.stamp().is_some()) {
+            for p in made.iter().filter(|p| p.config().is_some()) {
                 named.extend(&p.actors);
             }
             named.sort();
             named.dedup();
         }
         w.history.lock().unwrap().posts.extend(made);
-        if failed {
+        if unknown || wiped {
             break;
         }
+    }
+    // A config can be lost with a data folder, and a post can be left
+    // without an answer: the nodes tell, once the network heals.
+    let uncertain = w
+        .history
+        .lock()
+        .unwrap()
+        .posts
+        .iter()
+        .any(|p| p.made() && p.config().is_none() && p.resolved.is_none());
+    if plan.changes != Changes::None && (plan.wipes || uncertain) {
+        settle(&w).await;
     }
     let _ = done.send(true);
 }
 
-/// After the heal, asks every actor of the last generation's configs for
-/// its config until they all report the same one, or the liveness bound.
+/// After the heal, asks every actor of the final generation's configs (the
+/// final one, or both conflicting ones) for its config until they all
+/// report the same one, or the liveness bound.
 async fn await_one_config(w: &Shared) {
     let nodes: Vec<usize> = {
         let h = w.history.lock().unwrap();
-        let last = h
-            .posts
-            .iter()
-            .filter(|p| p.stamp().is_some())
-            .map(|p| p.generation)
-            .max();
+        let last = final_config(&h.posts).map(|p| p.generation);
         let mut nodes: Vec<usize> = h
             .posts
             .iter()
-            .filter(|p| Some(p.generation) == last && p.stamp().is_some())
+            .filter(|p| Some(p.generation) == last && p.config().is_some())
             .flat_map(|p| p.actors.iter().copied())
             .collect();
         nodes.sort();
@@ -1491,6 +1740,9 @@ async fn workload(plan: Plan, history: Arc<Mutex<History>>) {
                 target: Some(target),
                 actors: plan.initial.clone(),
                 outcome,
+                base: None,
+                struck: None,
+                resolved: None,
             });
             break;
         }

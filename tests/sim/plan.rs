@@ -63,6 +63,21 @@ pub enum Fault {
     Wipe(usize),
     /// The node's disk fails (its process keeps running).
     Disk(usize, DiskKind),
+    /// Messages from the first node to the second are dropped, the other
+    /// way they pass. Over request and answer that cuts both ways, but not
+    /// alike: the first node's calls to the second fail at once (the
+    /// connection is never made), while the second's calls to the first
+    /// arrive and are handled there, and only their answers are lost (the
+    /// call runs into its deadline). So neither node can hear from the
+    /// other ([`Plan::partitioned`] holds both ways), yet what the second
+    /// sends the first still lands.
+    OneWay(usize, usize),
+    /// The node answers its peers slowly: every node-to-node request it
+    /// receives waits 200 ms to 1.5 s (seeded) before it is handled, around
+    /// the 1 s deadline of a peer call, so calls to it time out now and
+    /// then. Its own calls, and its clients, are served as usual. Not a
+    /// cut: a node can hear from it, late.
+    Slow(usize),
 }
 
 /// A config posted during the run: `actors` (node indices) to a node that
@@ -74,6 +89,24 @@ pub struct Post {
     pub actors: Vec<usize>,
     /// Only these nodes may take the post; otherwise any actor of the newest config.
     pub side: Option<Vec<usize>>,
+    /// The node that takes the post goes down shortly after it is sent.
+    pub strike: Option<Strike>,
+}
+
+/// A crash (or a wipe) of the node a config is posted to, timed from the
+/// moment the post is sent, so that it lands before or after the answer.
+/// Which node that is, the workload learns only then: it adds the window
+/// to the history, and the runner and the checker take it as part of the
+/// plan from then on (see [`Plan::with_faults`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Strike {
+    /// From the post being sent to the node going down.
+    pub after: Duration,
+    /// How long it stays down.
+    pub down: Duration,
+    /// Its data folder is lost too (wipe seeds; on `--min-replicas` seeds
+    /// only when it is [`Plan::wipe_victim`], otherwise it crashes).
+    pub wipe: bool,
 }
 
 /// Whether and how a seed changes membership.
@@ -99,6 +132,10 @@ pub struct Flavor {
     /// that loses unsynced writes at crashes, tears them and flips read
     /// bits (otherwise: the memory engine).
     pub log: bool,
+    /// The faults added after the first sweeps (one-way partitions, slow
+    /// peers, crashes of the node a config was posted to), drawn from a
+    /// generator of their own so that the rest of the plan stays as it was.
+    pub extra: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -143,6 +180,8 @@ pub struct Plan {
     pub min_replicas: usize,
     /// Nodes run the log engine over a simulated disk (see [`Flavor::log`]).
     pub log: bool,
+    /// The one node whose data folder is lost on `--min-replicas` seeds.
+    pub wipe_victim: Option<usize>,
 }
 
 /// One end of a link: a node (by index) or the workload's client host.
@@ -152,8 +191,9 @@ pub enum End {
     Client,
 }
 
-/// The state of the network between two hosts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The state of the network between two hosts, or one way between them.
+/// The order is severity: when the two ways differ, the link is the worse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Link {
     Open,
     /// Messages held until released (an end is paused).
@@ -195,6 +235,45 @@ fn random_fault(
                 _ => DiskKind::Stall,
             },
         ),
+    }
+}
+
+/// What [`Flavor::extra`] adds to a plan, from a generator of its own: one
+/// to three windows of 0.5–4 s, each a one-way partition between two nodes
+/// or a node that answers its peers slowly.
+fn extra_faults(seed: u64, nodes: usize, heal_at: Duration) -> Vec<Window> {
+    let mut rng = fastrand::Rng::with_seed(seed ^ 0x6f6e_6577_6179_2121);
+    (0..rng.usize(1..=3))
+        .map(|_| {
+            let start = ms(rng.u64(500..heal_at.as_millis() as u64 - 500));
+            let end = (start + ms(rng.u64(500..4000))).min(heal_at);
+            let a = rng.usize(0..nodes);
+            let fault = if rng.bool() {
+                Fault::OneWay(a, (a + 1 + rng.usize(0..nodes - 1)) % nodes)
+            } else {
+                Fault::Slow(a)
+            };
+            Window { start, end, fault }
+        })
+        .collect()
+}
+
+/// What [`Flavor::extra`] does to the posts of a seed that changes
+/// membership one config after the other, from a generator of its own:
+/// each post, with even odds, has the node that takes it go down 0–1.5 s
+/// after it is sent (a post often waits up to 1 s for peers that a
+/// partition hides, so about as often before its answer as after) for
+/// 0.3–2 s; on wipe seeds half of those lose the data folder as well.
+fn strike_posts(seed: u64, posts: &mut [Post], wipes: bool) {
+    let mut rng = fastrand::Rng::with_seed(seed ^ 0x7374_7269_6b65_2121);
+    for post in posts.iter_mut().filter(|p| p.side.is_none()) {
+        if rng.bool() {
+            post.strike = Some(Strike {
+                after: ms(rng.u64(0..1500)),
+                down: ms(rng.u64(300..2000)),
+                wipe: wipes && rng.bool(),
+            });
+        }
     }
 }
 
@@ -282,6 +361,7 @@ fn draw_changes(
             at,
             actors: actors.clone(),
             side: None,
+            strike: None,
         });
         current = actors;
         at += ms(rng.u64(2500..5000));
@@ -317,11 +397,13 @@ fn draw_changes(
             at,
             actors: first,
             side: Some(side_a),
+            strike: None,
         });
         posts.push(Post {
             at,
             actors: second,
             side: Some(side_b),
+            strike: None,
         });
     }
     (initial, posts, windows)
@@ -369,8 +451,13 @@ impl Plan {
         let duplicate_rate = noisy(&mut rng, 0.03);
         let delay_rate = noisy(&mut rng, 0.05);
         let client_break_rate = noisy(&mut rng, 0.01);
-        let (initial, posts, partitions) = draw_changes(&mut rng, nodes, flavor.changes, heal_at);
+        let (initial, mut posts, partitions) =
+            draw_changes(&mut rng, nodes, flavor.changes, heal_at);
         faults.extend(partitions);
+        if flavor.extra {
+            faults.extend(extra_faults(seed, nodes, heal_at));
+            strike_posts(seed, &mut posts, flavor.wipes);
+        }
         if flavor.log {
             // Half the power cuts on log seeds catch the disk in the middle
             // of a change: it dies 300 ms before (after a few more changes)
@@ -413,7 +500,16 @@ impl Plan {
             changes: flavor.changes,
             min_replicas: flavor.min_replicas,
             log: flavor.log,
+            wipe_victim,
         }
+    }
+
+    /// This plan with `more` faults: those added while the plan ran
+    /// (strikes of the nodes posts went to), after the planned ones.
+    pub fn with_faults(&self, more: &[Window]) -> Plan {
+        let mut plan = self.clone();
+        plan.faults.extend(more.iter().cloned());
+        plan
     }
 
     fn active(&self, t: Duration) -> impl Iterator<Item = &Fault> + '_ {
@@ -423,15 +519,32 @@ impl Plan {
             .map(|w| &w.fault)
     }
 
-    /// Whether a network fault separates nodes `a` and `b` at `t`.
-    pub fn partitioned(&self, a: usize, b: usize, t: Duration) -> bool {
-        a != b
+    /// Whether a network fault drops messages from node `from` to node `to` at `t`.
+    pub fn dropped(&self, from: usize, to: usize, t: Duration) -> bool {
+        from != to
             && self.active(t).any(|f| match f {
-                Fault::Isolate(x) => *x == a || *x == b,
-                Fault::Halves(g) => g.contains(&a) != g.contains(&b),
-                Fault::Bridge(x, y) => (*x == a && *y == b) || (*x == b && *y == a),
-                Fault::Pause(_) | Fault::Crash(_) | Fault::Wipe(_) | Fault::Disk(..) => false,
+                Fault::Isolate(x) => *x == from || *x == to,
+                Fault::Halves(g) => g.contains(&from) != g.contains(&to),
+                Fault::Bridge(x, y) => (*x == from && *y == to) || (*x == to && *y == from),
+                Fault::OneWay(x, y) => *x == from && *y == to,
+                Fault::Pause(_)
+                | Fault::Crash(_)
+                | Fault::Wipe(_)
+                | Fault::Disk(..)
+                | Fault::Slow(_) => false,
             })
+    }
+
+    /// Whether a network fault separates nodes `a` and `b` at `t`: messages
+    /// are dropped one way or both. Over request and answer one way is
+    /// enough: neither can hear from the other (see [`Fault::OneWay`]).
+    pub fn partitioned(&self, a: usize, b: usize, t: Duration) -> bool {
+        self.dropped(a, b, t) || self.dropped(b, a, t)
+    }
+
+    /// Whether node `x` answers its peers slowly at `t`.
+    pub fn slow(&self, x: usize, t: Duration) -> bool {
+        self.active(t).any(|f| *f == Fault::Slow(x))
     }
 
     /// Whether node `x` is paused at `t`.
@@ -451,21 +564,27 @@ impl Plan {
         self.running(x, t) && !self.paused(x, t)
     }
 
-    /// The state of the link between two hosts at `t`. A partition drops
-    /// messages even to a paused end; crashes leave links as they are (the
-    /// host itself is down).
-    pub fn link(&self, a: End, b: End, t: Duration) -> Link {
-        if let (End::Node(x), End::Node(y)) = (a, b)
-            && self.partitioned(x, y, t)
+    /// The state of the way from host `from` to host `to` at `t`. A
+    /// partition drops messages even to a paused end; crashes leave links
+    /// as they are (the host itself is down).
+    pub fn flow(&self, from: End, to: End, t: Duration) -> Link {
+        if let (End::Node(x), End::Node(y)) = (from, to)
+            && self.dropped(x, y, t)
         {
             return Link::Cut;
         }
         let paused = |e: End| matches!(e, End::Node(x) if self.paused(x, t));
-        if paused(a) || paused(b) {
+        if paused(from) || paused(to) {
             Link::Held
         } else {
             Link::Open
         }
+    }
+
+    /// The state of the link between two hosts at `t`: the worse of its
+    /// two ways.
+    pub fn link(&self, a: End, b: End, t: Duration) -> Link {
+        self.flow(a, b, t).max(self.flow(b, a, t))
     }
 
     /// Whether node `a` cannot talk to node `b` at `t`, for any reason:
@@ -599,6 +718,22 @@ impl Plan {
         self.had_contact_if(from, to, sustained, |t| self.connected(x, t))
     }
 
+    /// Like [`Plan::had_contact`], counting contact only with `peers`.
+    pub fn had_contact_among(
+        &self,
+        x: usize,
+        from: Duration,
+        to: Duration,
+        sustained: Duration,
+        peers: &[usize],
+    ) -> bool {
+        self.had_contact_if(from, to, sustained, |t| {
+            peers
+                .iter()
+                .any(|&y| y != x && !self.cut(x, y, t) && self.disk_settled(y, t))
+        })
+    }
+
     /// Like [`Plan::had_contact`], with node `y` in particular.
     pub fn had_contact_with(
         &self,
@@ -611,6 +746,43 @@ impl Plan {
         self.had_contact_if(from, to, sustained, |t| {
             x != y && !self.cut(x, y, t) && self.disk_settled(y, t)
         })
+    }
+
+    /// The first time, from `from` on, by which node `x` has been in
+    /// contact with one of `peers` for an unbroken `sustained` (`None` if
+    /// never before the plan ends, `end_at`).
+    pub fn contact_by(
+        &self,
+        x: usize,
+        from: Duration,
+        sustained: Duration,
+        peers: &[usize],
+    ) -> Option<Duration> {
+        let connected = |t: Duration| {
+            peers
+                .iter()
+                .any(|&y| y != x && !self.cut(x, y, t) && self.disk_settled(y, t))
+        };
+        let mut bounds: Vec<Duration> = self
+            .changes()
+            .into_iter()
+            .filter(|c| from < *c && *c < self.end_at)
+            .collect();
+        bounds.push(self.end_at);
+        let mut segment = from;
+        let mut run: Option<Duration> = None;
+        for next in bounds {
+            if connected(segment) {
+                let began = *run.get_or_insert(segment);
+                if next - began >= sustained {
+                    return Some(began + sustained);
+                }
+            } else {
+                run = None;
+            }
+            segment = next;
+        }
+        None
     }
 
     fn had_contact_if(
@@ -650,6 +822,20 @@ impl Plan {
 /// time to replicate the increment, which is then owed like any other.
 pub fn excused_by_wipe(plan: &Plan, node: usize, acked_at: Duration, wiped_at: Duration) -> bool {
     wiped_at >= acked_at && !plan.had_contact(node, acked_at, wiped_at, REPLICATION_WINDOW)
+}
+
+/// [`excused_by_wipe`] when membership changes: only contact with `peers`
+/// counts, the nodes the node replicates to whatever config it holds (the
+/// actors of every config made by the wipe).
+pub fn excused_by_wipe_among(
+    plan: &Plan,
+    node: usize,
+    acked_at: Duration,
+    wiped_at: Duration,
+    peers: &[usize],
+) -> bool {
+    wiped_at >= acked_at
+        && !plan.had_contact_among(node, acked_at, wiped_at, REPLICATION_WINDOW, peers)
 }
 
 #[cfg(test)]
@@ -733,6 +919,22 @@ mod tests {
     }
 
     #[test]
+    fn contact_is_counted_with_the_peers_named_and_dated() {
+        // Node 0 reaches node 1 from 0 s to 2 s and from 6 s on, node 2
+        // from 3 s on.
+        let p = plan(vec![
+            (2.0, 6.0, Fault::Bridge(0, 1)),
+            (0.0, 3.0, Fault::Bridge(0, 2)),
+        ]);
+        assert!(p.had_contact_among(0, s(3.0), s(6.0), s(3.0), &[1, 2]));
+        assert!(!p.had_contact_among(0, s(3.0), s(6.0), s(3.0), &[1]));
+        assert_eq!(p.contact_by(0, s(0.0), s(3.0), &[1]), Some(s(9.0)));
+        assert_eq!(p.contact_by(0, s(0.0), s(3.0), &[2]), Some(s(6.0)));
+        assert_eq!(p.contact_by(0, s(0.0), s(1.0), &[1, 2]), Some(s(1.0)));
+        assert_eq!(p.contact_by(0, s(0.0), s(3.0), &[]), None);
+    }
+
+    #[test]
     fn overlapping_faults_compose() {
         let p = plan(vec![
             (1.0, 6.0, Fault::Isolate(0)),
@@ -764,6 +966,30 @@ mod tests {
             p.changes(),
             [1.0, 4.0, 5.0, 6.0, 8.0, 9.0, 10.0, 12.0, 20.0].map(s)
         );
+    }
+
+    #[test]
+    fn a_one_way_cut_drops_one_way_and_separates_both() {
+        let p = plan(vec![
+            (1.0, 5.0, Fault::OneWay(0, 1)),
+            (3.0, 4.0, Fault::Pause(1)),
+            (2.0, 6.0, Fault::Slow(2)),
+        ]);
+        let (n0, n1, n2) = (End::Node(0), End::Node(1), End::Node(2));
+        assert_eq!(p.flow(n0, n1, s(2.0)), Link::Cut);
+        assert_eq!(p.flow(n1, n0, s(2.0)), Link::Open);
+        // A pause of the far end holds the way that is not cut.
+        assert_eq!(p.flow(n1, n0, s(3.5)), Link::Held);
+        assert_eq!(p.flow(n0, n1, s(3.5)), Link::Cut);
+        // Neither can hear from the other over request and answer.
+        assert_eq!(p.link(n1, n0, s(2.0)), Link::Cut);
+        assert!(p.partitioned(1, 0, s(2.0)) && p.partitioned(0, 1, s(2.0)));
+        assert!(p.cut_throughout(1, 0, s(1.1), s(4.9)));
+        assert!(!p.cut(0, 1, s(5.5)));
+        // A slow node is not cut off, and its links are open.
+        assert!(p.slow(2, s(2.0)) && !p.slow(2, s(6.0)) && !p.slow(0, s(2.0)));
+        assert!(!p.cut(0, 2, s(2.0)));
+        assert_eq!(p.link(n0, n2, s(2.0)), Link::Open);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tally::storage::memory::{DiskFault, MemoryEngine};
 use tally::storage::{Batch, Changes, Engine, Loaded, StoreError};
 use tally::transport::{CallError, CallFuture};
 
-use super::{HostDisk, PORT, Plan, REPLICA_TIMEOUT, SIM_LOG, host, now};
+use super::{HostDisk, NAMES, PORT, Plan, REPLICA_TIMEOUT, SIM_LOG, host, now};
 use tally::storage::simdisk::SimDisk;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -81,6 +81,18 @@ pub enum Planted {
     /// A fold deletes the log it covers before the B-tree commits it (log
     /// seeds only).
     DeleteBeforeFold,
+    /// Replication never carries this name (an index into `NAMES`): it is
+    /// left out of every `Push` and every `Changes` answer, so the nodes
+    /// never agree on it.
+    SyncSkips(usize),
+    /// A `Read` call that fails (a peer cut off, paused or down, or no
+    /// answer within half the call's deadline) counts as an answer with
+    /// nothing in it: a consistent read "hears" from a node it never
+    /// reached.
+    SilentIsEmpty,
+    /// Consistent reads that arrive before this sim time answer 503 at
+    /// once, whatever the network does.
+    ReadsFailUntil(Duration),
 }
 
 impl Planted {
@@ -150,6 +162,8 @@ impl Planted {
     pub fn call_limit(self, timeout: Duration) -> Duration {
         match self {
             Planted::NoDeadline => Duration::from_secs(60),
+            // Gives up before the caller does, to answer in its place.
+            Planted::SilentIsEmpty => timeout / 2,
             _ => timeout,
         }
     }
@@ -189,6 +203,10 @@ impl Planted {
                     Err(CallError::Timeout(timeout))
                 }))
             }
+            (Planted::SyncSkips(k), Request::Push { counters }) => {
+                counters.retain(|c| c.name != NAMES[k]);
+                None
+            }
             (Planted::Inflate, Request::Push { counters }) => {
                 for c in counters {
                     inflate(&mut c.components);
@@ -199,16 +217,10 @@ impl Planted {
                 if !req.membership.config.actors.contains(to) =>
             {
                 let resp = nothing_read(&req.req);
-                let node = to
-                    .as_str()
-                    .strip_prefix('n')
-                    .and_then(|r| r.split(':').next())
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or(0);
                 let env = ResponseEnvelope {
                     v: PROTOCOL_VERSION,
                     from: ReplicaId {
-                        node,
+                        node: node_of(to),
                         incarnation: 1,
                     },
                     membership: None,
@@ -240,8 +252,42 @@ impl Planted {
                     }
                 }
             }
+            Planted::SyncSkips(k) => {
+                if let Response::Changes { counters, .. } = &mut env.resp {
+                    counters.retain(|c| c.name != NAMES[k]);
+                }
+            }
             _ => {}
         }
+    }
+
+    /// What a failed call becomes: an empty answer to a read, with
+    /// `SilentIsEmpty`.
+    pub fn failed_call(
+        self,
+        to: &Actor,
+        req: &Request,
+        error: CallError,
+    ) -> Result<ResponseEnvelope, CallError> {
+        match (self, req) {
+            (Planted::SilentIsEmpty, Request::Read { .. } | Request::ReadMany { .. }) => {
+                Ok(ResponseEnvelope {
+                    v: PROTOCOL_VERSION,
+                    from: ReplicaId {
+                        node: node_of(to),
+                        incarnation: 1,
+                    },
+                    membership: None,
+                    resp: nothing_read(req),
+                })
+            }
+            _ => Err(error),
+        }
+    }
+
+    /// Whether a consistent read that arrives now answers 503 at once.
+    pub fn fails_read(self) -> bool {
+        matches!(self, Planted::ReadsFailUntil(until) if now() < until)
     }
 
     /// Runs an increment in the host's handler.
@@ -440,6 +486,15 @@ impl Engine for LyingSync {
     fn ready_at(&self) -> Option<tokio::time::Instant> {
         self.inner.ready_at()
     }
+}
+
+/// The id of the node at `to` (`n3:7777` is node 3).
+fn node_of(to: &Actor) -> u64 {
+    to.as_str()
+        .strip_prefix('n')
+        .and_then(|r| r.split(':').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 /// An answer to a read that holds nothing: an empty counter for each name.
