@@ -20,7 +20,7 @@ mod leak_rule {
 
     const MIB_KIB: f64 = 1024.0;
     /// The span a lifetime needs after its warm-up, as the soak runs it.
-    const SPAN: f64 = 240.0;
+    const SPAN: f64 = 180.0;
 
     /// A lifetime of `secs` seconds sampled every 5 s, RSS in MiB given by
     /// `rss(t)` plus up to ±`noise` MiB of noise.
@@ -108,7 +108,7 @@ mod leak_rule {
 
     #[test]
     fn short_lifetimes_are_not_judged_and_a_blip_is_not_a_trend() {
-        let pts = series(290, 0.0, |t| 10.0 + 100.0 * t / 3600.0);
+        let pts = series(230, 0.0, |t| 10.0 + 100.0 * t / 3600.0);
         assert!(matches!(
             judge(&pts, 0.0, 60.0, SPAN, &RSS),
             Verdict::NotJudged(_)
@@ -193,18 +193,24 @@ mod leak_rule {
     }
 
     #[test]
-    fn lifetimes_are_one_pid_each_from_its_start() {
+    fn lifetimes_are_one_pid_each_split_at_storage_recoveries() {
         let mut all = samples(1, 10, 0, 300, |_| reading(10.0, 20, 1.0, 2.0));
         all.extend(samples(1, 11, 310, 900, |_| reading(10.0, 20, 1.0, 2.0)));
         all.extend(samples(2, 12, 0, 900, |_| reading(10.0, 20, 1.0, 2.0)));
-        let lives = lifetimes(&all, &[(1, 10, -2.0), (1, 11, 303.0)]);
-        let got: Vec<(usize, u32, f64, usize)> = lives
+        let lives = lifetimes(&all, &[(1, 10, -2.0), (1, 11, 303.0)], &[602.0]);
+        let got: Vec<(usize, u32, f64, bool, usize)> = lives
             .iter()
-            .map(|l| (l.node, l.pid, l.started, l.samples.len()))
+            .map(|l| (l.node, l.pid, l.started, l.after_recovery, l.samples.len()))
             .collect();
         assert_eq!(
             got,
-            vec![(1, 10, -2.0, 61), (1, 11, 303.0, 119), (2, 12, 0.0, 181)]
+            vec![
+                (1, 10, -2.0, false, 61),
+                (1, 11, 303.0, false, 59),
+                (1, 11, 602.0, true, 60),
+                (2, 12, 0.0, false, 121),
+                (2, 12, 602.0, true, 60),
+            ]
         );
     }
 
@@ -221,9 +227,11 @@ mod leak_rule {
         all.extend(samples(3, 12, 0, 1200, |t| {
             reading(10.0, 20, 1.0, 2.0 + t / 20.0)
         }));
-        let lives = lifetimes(&all, &[]);
+        // Node 4 holds more memory than a node ever should, flat.
+        all.extend(samples(4, 13, 0, 1200, |_| reading(300.0, 20, 1.0, 2.0)));
+        let lives = lifetimes(&all, &[], &[]);
         let (judged, violations) = judge_all(&lives, 60.0, SPAN);
-        assert_eq!(violations.len(), 2, "{violations:#?}");
+        assert_eq!(violations.len(), 3, "{violations:#?}");
         assert!(
             violations[0].starts_with("leak: node 1 (pid 10) rss grew +30"),
             "{violations:#?}"
@@ -232,12 +240,17 @@ mod leak_rule {
             violations[1].starts_with("leak: node 3 (pid 12) log held 40.2 MiB"),
             "{violations:#?}"
         );
+        assert!(
+            violations[2].starts_with("leak: node 4 (pid 13) held 300.0 MiB resident at 0s"),
+            "{violations:#?}"
+        );
+        assert!(matches!(judged[3].verdicts[0], Verdict::Flat(_)));
         assert_eq!(judged[1].folds, 3);
         assert_eq!(judged[2].folds, 0);
 
         // Lifetimes too short to judge: the run judged nothing, and says so.
         let short = samples(1, 10, 0, 150, |_| reading(10.0, 20, 1.0, 2.0));
-        let (_, violations) = judge_all(&lifetimes(&short, &[]), 60.0, SPAN);
+        let (_, violations) = judge_all(&lifetimes(&short, &[], &[]), 60.0, SPAN);
         assert!(
             violations.len() == 1 && violations[0].contains("was not judged"),
             "{violations:#?}"
@@ -285,7 +298,7 @@ mod sampler {
             });
             std::thread::sleep(Duration::from_millis(50));
         }
-        let lives = lifetimes(&all, &[]);
+        let lives = lifetimes(&all, &[], &[]);
         assert_eq!(lives.len(), 1);
         let (judged, _) = judge_all(&lives, 0.0, 1.0);
         judged[0].verdicts.clone()
@@ -360,9 +373,10 @@ mod fault_plan {
 
     #[test]
     fn faults_are_spread_spare_the_steady_node_and_space_restarts() {
-        for secs in [180u64, 300, 600, 1800] {
+        for secs in [360u64, 600, 1800, 3600] {
             for seed in 0..50u64 {
-                let gap = Duration::from_secs(180).min(Duration::from_secs(secs / 3));
+                // As the soak computes it: the warm-up and the judged span, or a third of the run.
+                let gap = Duration::from_secs(60 + 180).min(Duration::from_secs(secs / 3));
                 let steady = 1 + (seed % 3) as usize;
                 let plan = plan(&mut Rng::new(seed), secs, 3, steady, gap);
                 let (total, kills, wipes, disks) = counts(secs);

@@ -75,8 +75,8 @@ pub fn counts(secs: u64) -> (usize, usize, usize, usize) {
 /// `steady` never restarted and no node restarted within `restart_gap` of
 /// its last start (its first start counts: time 0). The restarts are
 /// spread evenly over the slots that allow them, taking the other nodes
-/// in turn; the full disks go to random other slots, partitions and
-/// pauses to the rest.
+/// in turn; the first full disk comes early, the others are spread evenly;
+/// partitions and pauses take the rest.
 pub fn plan(
     rng: &mut Rng,
     secs: u64,
@@ -111,12 +111,18 @@ pub fn plan(
             kinds[k] = *kind;
         }
     }
-    for _ in 0..disks {
-        let free: Vec<usize> = (0..total).filter(|&k| kinds[k] == 3).collect();
-        if free.is_empty() {
-            break;
+    // Full disks: the first early, in the second slot, the others evenly
+    // after it, each on the nearest slot no restart took. A storage
+    // recovery starts a stretch that is judged on its own, so the stretches
+    // between them are long.
+    for j in 0..disks {
+        let want = 1 + j * (total - 1) / disks;
+        let free = (0..total)
+            .filter(|&k| kinds[k] == 3)
+            .min_by_key(|&k| k.abs_diff(want));
+        if let Some(k) = free {
+            kinds[k] = 2;
         }
-        kinds[free[rng.index(free.len())]] = 2;
     }
 
     let mut others: Vec<usize> = (1..=n).filter(|&i| i != steady).collect();
