@@ -158,7 +158,7 @@ mod leak_rule {
     }
 
     #[test]
-    fn a_one_off_step_is_not_a_leak_and_steps_that_go_on_are() {
+    fn a_one_off_step_or_a_ramp_that_levels_off_is_not_a_leak_and_steps_that_go_on_are() {
         // 3 MiB more after a fault at 400 s, then flat: fast and large
         // enough overall, but the first half of the span does not grow.
         let step = series(600, 0.2, |t| if t < 400.0 { 30.0 } else { 33.0 });
@@ -170,6 +170,28 @@ mod leak_rule {
             "{v:?}"
         );
         assert!(f.halves.0.abs() < 2.0, "{v:?}");
+        // A ramp after a pause that levels off: 40 -> 44.9 MiB over the
+        // first 120 s judged, then 0.4 MiB more over the last 140 (as node 1
+        // did in a 10-minute run): the second half climbs at about 10 MiB/h,
+        // more than half the limit, but by far less than half the minimum.
+        let ramp = series(410, 0.02, |t| {
+            if t < 270.0 {
+                40.0 + 4.9 * ((t - 150.0).max(0.0) / 120.0)
+            } else {
+                44.9 + 0.4 * (t - 270.0) / 140.0
+            }
+        });
+        let v = judge(&ramp, 90.0, 60.0, SPAN, &RSS);
+        assert!(matches!(v, Verdict::Flat(_)), "{v:?}");
+        let f = fit(&v);
+        assert!(
+            f.per_hour > RSS.per_hour && f.growth() > RSS.min_growth,
+            "{v:?}"
+        );
+        assert!(
+            f.halves.0 > RSS.per_hour / 2.0 && f.halves.1 > RSS.per_hour / 2.0,
+            "{v:?}"
+        );
         // 0.5 MiB more after every fault, one a minute: 30 MiB/h in both halves.
         let steps = series(600, 0.2, |t| 30.0 + 0.5 * (t / 60.0).floor());
         let v = judge(&steps, 0.0, 60.0, SPAN, &RSS);

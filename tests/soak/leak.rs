@@ -11,8 +11,9 @@
 //! growth the line accounts for over the span exceeds the rule's minimum
 //! (so that a blip in a short span is not taken for a trend), and each
 //! half of the span, fitted alone, still grows at more than half the rate
-//! (a leak keeps leaking; a one-off step — the allocator keeping the
-//! high-water mark of a partition's backlog — shows in one half only).
+//! and by more than half the minimum (a leak keeps leaking; a one-off step
+//! or a ramp that levels off — the allocator keeping the high-water mark
+//! of a partition's or a pause's backlog — does not).
 //!
 //! The log is judged by a bound instead: it grows by design until it
 //! holds [`LOG_FOLD_MIB`] MiB of records, is then folded into the B-tree
@@ -189,6 +190,7 @@ pub fn judge(
         let part: Vec<(f64, f64)> = judged.iter().copied().filter(|p| keep(p.0)).collect();
         least_squares(&part).map_or(0.0, |s| s * 3600.0)
     };
+    let half_hours = span / 2.0 / 3600.0;
     let fit = Fit {
         samples: judged.len(),
         from: first.0,
@@ -198,7 +200,11 @@ pub fn judge(
         per_hour: slope * 3600.0,
         halves: (half(&|t| t <= mid), half(&|t| t >= mid)),
     };
-    let persistent = fit.halves.0 > rule.per_hour / 2.0 && fit.halves.1 > rule.per_hour / 2.0;
+    // Each half shows at least half the rate and half the growth.
+    let grows = |per_hour: f64| {
+        per_hour > rule.per_hour / 2.0 && per_hour * half_hours > rule.min_growth / 2.0
+    };
+    let persistent = grows(fit.halves.0) && grows(fit.halves.1);
     if fit.per_hour > rule.per_hour && fit.growth() > rule.min_growth && persistent {
         Verdict::Leak(fit)
     } else {
@@ -301,7 +307,7 @@ pub fn judge_all(lives: &[Lifetime], warmup: f64, min_span: f64) -> (Vec<Judged>
         for (rule, v) in RULES.iter().zip(&verdicts) {
             if let Verdict::Leak(f) = v {
                 violations.push(format!(
-                    "leak: node {} (pid {}) {} grew {:+.1} {u}/h over {:.0}s after its warm-up ({:+.1} and {:+.1} {u}/h in its halves; {:.1} -> {:.1} {u}; limit {} {u}/h, {} {u} over the span, half the rate in each half)",
+                    "leak: node {} (pid {}) {} grew {:+.1} {u}/h over {:.0}s after its warm-up ({:+.1} and {:+.1} {u}/h in its halves; {:.1} -> {:.1} {u}; limit {} {u}/h and {} {u} over the span, half of both in each half)",
                     life.node,
                     life.pid,
                     rule.metric,

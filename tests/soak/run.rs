@@ -972,6 +972,25 @@ fn resource_rows(judged: &[leak::Judged]) -> String {
     out
 }
 
+/// Every sample, as CSV under cargo's target/tmp (kept after the run, for
+/// a closer look at a curve); returns where, or why not.
+fn write_samples(seed: u64, samples: &[Sample]) -> String {
+    let path =
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("soak-{seed}-samples.csv"));
+    let mut text = String::from("node,pid,seconds,rss_kib,fds,store_bytes,log_bytes\n");
+    for s in samples {
+        let r = &s.reading;
+        text.push_str(&format!(
+            "{},{},{:.1},{},{},{},{}\n",
+            s.node, s.pid, s.at, r.rss_kib, r.fds, r.store, r.log
+        ));
+    }
+    match std::fs::write(&path, text) {
+        Ok(()) => path.display().to_string(),
+        Err(e) => format!("not written ({}: {e})", path.display()),
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The run
 
@@ -1264,6 +1283,7 @@ pub fn soak() {
         .collect();
     let starts = lock(&st.starts).clone();
     let lives = leak::lifetimes(&samples, &starts, &reopened);
+    let csv = write_samples(params.seed, &samples);
     let (judged, leaks) = leak::judge_all(&lives, params.warmup as f64, MIN_SPAN_SECS as f64);
 
     let mut violations: Vec<String> = lock(&st.problems).clone();
@@ -1310,7 +1330,8 @@ pub fn soak() {
          value latency (running nodes):     {}\n\
          after the final heal: converged in {}\n\
          final counters (every node's value and consistent_value):\n{}\n\
-         resources (warm-up {}s after each start and storage recovery; judged with ≥ {MIN_SPAN_SECS}s left; leak when {}, each half of the span at half that rate; resident ≤ {} MiB; log ≤ {} MiB):\n{}\
+         samples: {}\n\
+         resources (warm-up {}s after each start and storage recovery; judged with ≥ {MIN_SPAN_SECS}s left; leak when {}, and half of both in each half of the span; resident ≤ {} MiB; log ≤ {} MiB):\n{}\
          violations: {}\n",
         params.seed,
         params.secs,
@@ -1353,6 +1374,7 @@ pub fn soak() {
         stats.value_all,
         ms(converged),
         finals.join("\n"),
+        csv,
         params.warmup,
         thresholds.join(", "),
         leak::RSS_CEILING_MIB,
