@@ -20,6 +20,9 @@
 #   make sweep         the deterministic simulation over many seeds (release build):
 #                      SEEDS=N seeds from FIRST=K (defaults 1000 from 1); a line per
 #                      failing seed with the command that replays it
+#   make soak          a three-node cluster of the release binary under steady load and spread
+#                      faults for SOAK_SECS (1800): no increment lost, reads in bounds, no leak
+#                      (tests/soak.rs, as root; not part of make test)
 #   make man           the manual page, target/man/tally.1, and shell completions beside it
 #   make clean         remove build output and dist/
 #
@@ -35,6 +38,9 @@
 #            IMAGE (image name, default tally), COMPOSE (default `docker compose` when it
 #            works, else docker-compose), CLUSTER_PROJECT (compose project, default tally);
 #            docker/compose.yaml lists the cluster's settings (TALLY_NET, TALLY_PORT_1, ...).
+#            SOAK_SECS (1800), SOAK_SEED, SOAK_RATE (200 increments/s), SOAK_SAMPLE_SECS (5),
+#            SOAK_WARMUP_SECS (60), SOAK_PLANT_LEAK (rss,fds,disk: plant a leak to see it caught),
+#            SOAK_BIN (node binary): read by tests/soak.rs from the environment.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -60,7 +66,7 @@ EXE     := challenge/bin/challenge-executable
 # of the same commit are byte-identical.
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 
-.PHONY: all deps package static-check package-test lint test cargo-test demo bench bench-micro man clean sweep \
+.PHONY: all deps package static-check package-test lint test cargo-test demo bench bench-micro soak man clean sweep \
 	image image-test cluster cluster-down
 
 all: package
@@ -185,6 +191,12 @@ sweep:
 # Criterion micro-benchmarks (a package of their own: `cargo test` never builds criterion).
 bench-micro:
 	$(CARGO) bench $(CARGO_LOCKED) --manifest-path benches/micro/Cargo.toml --target-dir target
+
+# The soak is #[ignore]d in plain `cargo test` (it is long and needs root): here it
+# runs against the release binary (cargo test --release builds it as the test's node).
+soak:
+	$(CARGO) build $(CARGO_LOCKED) --release --bin tally
+	$(CARGO) test $(CARGO_LOCKED) --release --test soak -- --ignored --nocapture
 
 man:
 	$(CARGO) build $(CARGO_LOCKED) --release --bin tally

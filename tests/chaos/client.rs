@@ -4,6 +4,8 @@
 
 use std::time::{Duration, Instant};
 
+use super::check::ReadResult;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// The node answered with this status and body.
@@ -98,4 +100,41 @@ pub fn encode_segment(name: &str) -> String {
         }
     }
     out
+}
+
+/// A counter value as the node writes it: decimal digits alone.
+pub fn parse_value(body: &str) -> Option<u128> {
+    if body.is_empty() || !body.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    body.parse().ok()
+}
+
+/// What a read answered, for the history: a value, a consistent read's 503
+/// with its JSON parsed (`consistent`), another answer, or no answer.
+pub fn read_result(outcome: Outcome, consistent: bool) -> ReadResult {
+    match outcome {
+        Outcome::Answer(200, body) => match parse_value(&body) {
+            Some(v) => ReadResult::Value(v),
+            None => ReadResult::BadAnswer(200, body),
+        },
+        Outcome::Answer(503, body) if consistent => {
+            match serde_json::from_str::<serde_json::Value>(&body) {
+                Ok(json) if json["error"].is_string() => ReadResult::Unavailable {
+                    unreachable: json["unreachable"]
+                        .as_array()
+                        .map(|a| {
+                            a.iter()
+                                .map(|x| x.as_str().map(str::to_string).unwrap_or(x.to_string()))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    best: json["best_known_value"].as_u64().map(u128::from),
+                },
+                _ => ReadResult::BadAnswer(503, body),
+            }
+        }
+        Outcome::Answer(status, body) => ReadResult::BadAnswer(status, body),
+        Outcome::Failed(e) => ReadResult::Failed(e),
+    }
 }

@@ -8,6 +8,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::cluster::{Nodes, log_tail};
+use super::eintr;
 use super::net::{Lab, sh};
 
 /// The tests of this binary that build a network run one at a time: they
@@ -144,6 +145,27 @@ impl Drop for Tmpfs {
             let _ = sh("umount", &["-l", &p]);
         }
     }
+}
+
+/// Writes `path` until its filesystem (a tmpfs of `mib` MiB) is full;
+/// returns the bytes written.
+pub fn fill(path: &Path, mib: u64) -> Result<u64, String> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    let mut written = 0u64;
+    // 1 MiB blocks, then what is left in 4 KiB ones; bounded, the tmpfs
+    // holds `mib` MiB.
+    for (size, count) in [(1usize << 20, 4 * mib + 16), (4096, 1024)] {
+        let block = vec![0xA5u8; size];
+        for _ in 0..count {
+            match eintr::retry(|| f.write(&block)) {
+                Ok(0) | Err(_) => break,
+                Ok(k) => written += k as u64,
+            }
+        }
+    }
+    Ok(written)
 }
 
 /// What a harness sets up besides the network.

@@ -12,10 +12,9 @@ use super::check::{
     Bounds, ConfigChange, ConfigView, DISK_RESUME_BOUND, DiskRecovery, FaultRec, History, Micros,
     ReadKind, ReadRec, ReadResult, WriteRec, WriteResult, check, excused, wipe_excuses,
 };
-use super::client::{Client, Outcome, encode_segment};
-use super::eintr;
+use super::client::{Client, Outcome, encode_segment, parse_value, read_result};
 use super::harness::{
-    Harness, Setup, cannot_run, env_flag, missing_prerequisite, node_binary, serial,
+    Harness, Setup, cannot_run, env_flag, fill, missing_prerequisite, node_binary, serial,
 };
 use super::net::DelayMode;
 use super::rng::Rng;
@@ -376,13 +375,6 @@ fn poll<T>(bound: Duration, mut cond: impl FnMut() -> Option<T>) -> Option<T> {
     None
 }
 
-fn parse_value(body: &str) -> Option<u128> {
-    if body.is_empty() || !body.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    body.parse().ok()
-}
-
 fn status_json(client: &Client, world: &World, node: usize) -> Option<serde_json::Value> {
     match client
         .get(&world.url(node, "/status"), Duration::from_secs(1))
@@ -459,33 +451,6 @@ fn consistent(
     );
     let client_timeout = Duration::from_millis(timeout_ms + 2500);
     read_result(client.get(&url, client_timeout).0, true)
-}
-
-fn read_result(outcome: Outcome, consistent: bool) -> ReadResult {
-    match outcome {
-        Outcome::Answer(200, body) => match parse_value(&body) {
-            Some(v) => ReadResult::Value(v),
-            None => ReadResult::BadAnswer(200, body),
-        },
-        Outcome::Answer(503, body) if consistent => {
-            match serde_json::from_str::<serde_json::Value>(&body) {
-                Ok(json) if json["error"].is_string() => ReadResult::Unavailable {
-                    unreachable: json["unreachable"]
-                        .as_array()
-                        .map(|a| {
-                            a.iter()
-                                .map(|x| x.as_str().map(str::to_string).unwrap_or(x.to_string()))
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                    best: json["best_known_value"].as_u64().map(u128::from),
-                },
-                _ => ReadResult::BadAnswer(503, body),
-            }
-        }
-        Outcome::Answer(status, body) => ReadResult::BadAnswer(status, body),
-        Outcome::Failed(e) => ReadResult::Failed(e),
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1293,7 +1258,7 @@ fn disk_full(
     let pids: Vec<Option<u32>> = (1..=n).map(|i| h.nodes().pid(i)).collect();
     let begin = world.now();
     let filler = h.work.join("filler");
-    let filled = fill(&filler)?;
+    let filled = fill(&filler, TMPFS_MIB)?;
     let active_from = world.now();
     eprintln!(
         "chaos: {:>8.3}s   wrote {} MiB of filler: the filesystem is full",
@@ -1408,26 +1373,6 @@ fn disk_full(
         restarted,
     });
     Ok(())
-}
-
-/// Writes `path` until its filesystem is full; returns the bytes written.
-fn fill(path: &Path) -> Result<u64, String> {
-    use std::io::Write;
-    let mut f = std::fs::File::create(path)
-        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-    let mut written = 0u64;
-    // 1 MiB blocks, then what is left in 4 KiB ones; bounded, the tmpfs
-    // holds TMPFS_MIB MiB.
-    for (size, count) in [(1usize << 20, 4 * TMPFS_MIB + 16), (4096, 1024)] {
-        let block = vec![0xA5u8; size];
-        for _ in 0..count {
-            match eintr::retry(|| f.write(&block)) {
-                Ok(0) | Err(_) => break,
-                Ok(k) => written += k as u64,
-            }
-        }
-    }
-    Ok(written)
 }
 
 // ---------------------------------------------------------------------------
