@@ -360,6 +360,21 @@ fn conflicting_posts_lose_what_a_leaver_the_loser_re_added_acknowledged_seed_268
     assert_seed_passes(2685);
 }
 
+/// Regression: a node whose storage failed could not hand off what it
+/// held: a pull from it read the B-tree, which a failing disk leaves
+/// unopened, so the pull failed until storage recovered, and a disk lost
+/// meanwhile took along increments the node had had seconds to hand on.
+/// Seed 3170 (the log engine): n3, cut off from 1.126 s to 3.843 s,
+/// acknowledges +2 of "b" at 1.441 s; its disk dies at 3.971 s and its
+/// folder is lost at 8.334 s; its peers' pulls in between all failed, and
+/// the converged value lacked the +2 (src/node/rpc.rs `on_pull` answers
+/// from memory while storage fails; src/storage/logged.rs serves a pull
+/// past the B-tree's head from the overlay alone).
+#[test]
+fn a_node_whose_storage_fails_still_hands_off_seed_3170() {
+    assert_seed_passes(3170);
+}
+
 /// The checker's own regressions, found in sweeps after the node bugs above
 /// were fixed. Seed 10653: a node being added refused increments (409)
 /// before it had heard of the config that adds it, cut off from the node

@@ -132,10 +132,30 @@ impl Node {
         }
         // The asker has durably merged our changes up to `since`.
         self.peers.note_pulled(from, since);
-        let changes = self
-            .store
-            .changes_since(since, limit.clamp(1, MAX_NAMES_PER_MESSAGE))
-            .await?;
+        let limit = limit.clamp(1, MAX_NAMES_PER_MESSAGE);
+        let changes = match self.store.changes_since(since, limit).await {
+            Ok(changes) => changes,
+            Err(e) if e.is_transient() => {
+                // Storage is failing (and being reopened): what this node
+                // holds must still reach its peers, or a disk that fails
+                // and then is lost would take it along. Memory holds every
+                // counter, but not which changed after `since`: send them
+                // all (a page of them), leaving the asker's mark where it is.
+                tracing::debug!(error = %e, "answering a pull from memory while storage fails");
+                return Ok(Response::Changes {
+                    counters: self
+                        .store
+                        .list("", None, limit)
+                        .into_iter()
+                        .map(|(n, c)| WireCounter::new(n, &c))
+                        .collect(),
+                    next: since,
+                    head: self.store.head(),
+                    more: false,
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
         Ok(Response::Changes {
             counters: changes
                 .counters

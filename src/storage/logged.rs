@@ -122,6 +122,8 @@ impl Default for LogOptions {
 struct Overlay {
     /// The last sequence number given out.
     head: u64,
+    /// The head the B-tree holds: every change after it is here.
+    base: u64,
     counters: HashMap<String, (u64, crate::crdt::GCounter)>,
     by_seq: BTreeMap<u64, String>,
     marks: HashMap<u64, u64>,
@@ -321,6 +323,7 @@ impl LogEngine {
             restore(&mut overlay, checkpoint, bytes);
             return Err(e);
         }
+        overlay.base = checkpoint.head;
         self.folded.store(checkpoint.lsn, Ordering::Release);
         drop(overlay);
         journal.drop_older()
@@ -377,6 +380,7 @@ impl LogEngine {
         self.tree.checkpoint(&checkpoint)?;
         self.folded.store(checkpoint.lsn, Ordering::Release);
         overlay.head = checkpoint.head;
+        overlay.base = checkpoint.head;
         journal.drop_older()?;
         error!(
             from_incarnation = format_args!("{:016x}", event.from_incarnation),
@@ -477,6 +481,7 @@ impl Engine for LogEngine {
         }
         let mut overlay = Overlay {
             head: loaded.head,
+            base: loaded.head,
             lsn: after,
             bytes: replayed.bytes,
             ..Overlay::default()
@@ -527,10 +532,22 @@ impl Engine for LogEngine {
         Ok(overlay.head)
     }
 
+    /// A peer that has pulled up to the B-tree's head or past it gets the
+    /// rest from the overlay alone, without reading the B-tree: the usual
+    /// case, and the one that still answers while the B-tree cannot be
+    /// read (storage failing and being reopened), so that what this node
+    /// holds keeps reaching its peers then too.
     fn changes_since(&self, since: u64, limit: usize) -> Result<Changes, StoreError> {
         let overlay = self.read();
         let newer = |name: &str| overlay.counters.contains_key(name);
-        let mut out = self.tree.changes_except(since, limit, &newer)?;
+        let mut out = if since >= overlay.base {
+            Changes {
+                next: since,
+                ..Changes::default()
+            }
+        } else {
+            self.tree.changes_except(since, limit, &newer)?
+        };
         if !out.more {
             for (&seq, name) in overlay.by_seq.range(since.saturating_add(1)..) {
                 if out.counters.len() == limit {
@@ -581,6 +598,7 @@ impl Engine for LogEngine {
         let head = self.tree.rebuild(image, lsn)?;
         *overlay = Overlay {
             head,
+            base: head,
             lsn,
             ..Overlay::default()
         };
