@@ -409,8 +409,6 @@ impl Node {
     }
 }
 
-/// Stops the node if the storage writer dies: it could never write again,
-/// and a node that refuses every write forever is worse than one that exits.
 /// A scrub pass over the data folder every `every` (the first one `every`
 /// after start: opening has just checked everything).
 async fn scrub_loop(node: Arc<Node>, every: Duration) {
@@ -422,6 +420,8 @@ async fn scrub_loop(node: Arc<Node>, every: Duration) {
     }
 }
 
+/// Stops the node if the storage writer dies: it could never write again,
+/// and a node that refuses every write forever is worse than one that exits.
 async fn watch_writer(node: Arc<Node>) {
     let reason = node.store.stopped().await;
     error!(reason = %reason, "stopping the node: storage cannot write any more");
