@@ -271,12 +271,39 @@ impl std::fmt::Display for Damage {
     }
 }
 
-/// One record read back.
+/// Where one whole record lies in a segment's bytes; its batch is decoded
+/// only when it is applied, so that replay holds one decoded batch at a
+/// time, not the whole log twice.
 pub struct Record {
     pub lsn: u64,
-    pub batch: Batch,
     /// Bytes it takes in the log.
     pub size: u64,
+    at: Payload,
+}
+
+enum Payload {
+    /// In blocks from this one on, `len` bytes in all.
+    Framed { block: usize, len: usize },
+    /// Unframed, at this offset (legacy segments).
+    Legacy { offset: usize, len: usize },
+}
+
+impl Record {
+    /// The record's batch, read from its segment's bytes.
+    fn batch(&self, data: &[u8]) -> Option<Batch> {
+        match self.at {
+            Payload::Framed { block, len } => {
+                let mut payload = Vec::with_capacity(len);
+                for k in 0..len.div_ceil(ROOM).max(1) {
+                    let start = (block + k) * BLOCK + HEAD;
+                    let take = (len - k * ROOM).min(ROOM);
+                    payload.extend_from_slice(&data[start..start + take]);
+                }
+                decode_batch(&payload)
+            }
+            Payload::Legacy { offset, len } => decode_batch(&data[offset..offset + len]),
+        }
+    }
 }
 
 /// What one segment holds.
@@ -298,7 +325,7 @@ fn blocks(data: &[u8]) -> Vec<Block> {
 }
 
 /// The record of `lsn` starting at block `i`, if it is whole and good.
-fn record_at(data: &[u8], kinds: &[Block], i: usize, lsn: u64) -> Result<Record, String> {
+fn record_at(kinds: &[Block], i: usize, lsn: u64) -> Result<Record, String> {
     let head = match kinds[i] {
         Block::Good(h) if h.lsn == lsn && h.index == 0 => h,
         Block::Good(h) => {
@@ -313,7 +340,6 @@ fn record_at(data: &[u8], kinds: &[Block], i: usize, lsn: u64) -> Result<Record,
         Block::Damaged => return Err("a block fails its checksum".into()),
     };
     let count = head.count as usize;
-    let mut payload = Vec::with_capacity(head.len as usize);
     for k in 0..count {
         let want = Head {
             index: u32::try_from(k).expect("fits"),
@@ -326,16 +352,14 @@ fn record_at(data: &[u8], kinds: &[Block], i: usize, lsn: u64) -> Result<Record,
             }
             Some(_) => return Err(format!("block {} of {count} is damaged", k + 1)),
         }
-        let start = (i + k) * BLOCK + HEAD;
-        let take = (head.len as usize - k * ROOM).min(ROOM);
-        payload.extend_from_slice(&data[start..start + take]);
     }
-    let batch = decode_batch(&payload)
-        .ok_or_else(|| "a record whose checksums hold does not parse".to_string())?;
     Ok(Record {
         lsn,
-        batch,
         size: (count * BLOCK) as u64,
+        at: Payload::Framed {
+            block: i,
+            len: head.len as usize,
+        },
     })
 }
 
@@ -369,7 +393,7 @@ fn scan(data: &[u8], first: u64) -> Scan {
     let mut i = 0;
     let mut lsn = first;
     while i < kinds.len() {
-        match record_at(data, &kinds, i, lsn) {
+        match record_at(&kinds, i, lsn) {
             Ok(record) => {
                 i += (record.size as usize) / BLOCK;
                 lsn += 1;
@@ -386,7 +410,7 @@ fn scan(data: &[u8], first: u64) -> Scan {
                 // Resume at the next whole record of a later LSN, if any.
                 let resumed = (i + 1..kinds.len()).find_map(|j| match kinds[j] {
                     Block::Good(h) if h.index == 0 && h.lsn >= lsn => {
-                        record_at(data, &kinds, j, h.lsn).ok().map(|_| (j, h.lsn))
+                        record_at(&kinds, j, h.lsn).ok().map(|_| (j, h.lsn))
                     }
                     _ => None,
                 });
@@ -421,15 +445,18 @@ fn scan_legacy(data: &[u8], first: u64) -> Scan {
     let mut at = 0;
     while let Some(payload) = legacy_record_at(data, at) {
         let lsn = u64::from_le_bytes(payload[..8].try_into().expect("8 bytes"));
-        let Some(batch) = decode_batch(&payload[8..]).filter(|_| lsn == out.next) else {
+        if lsn != out.next {
             out.damage
-                .push((at as u64, out.next, "a record does not parse".into()));
+                .push((at as u64, out.next, format!("a record has LSN {lsn}")));
             return out;
-        };
+        }
         out.records.push(Record {
             lsn,
-            batch,
             size: (8 + payload.len()) as u64,
+            at: Payload::Legacy {
+                offset: at + 16,
+                len: payload.len() - 8,
+            },
         });
         at += 8 + payload.len();
         out.end = at as u64;
@@ -480,9 +507,8 @@ fn io(disk: &dyn Disk, path: &str, e: std::io::Error) -> StoreError {
 
 /// What replaying the log found.
 pub struct Replayed {
-    /// Every whole record after the B-tree's position, in LSN order (with
-    /// gaps where damage lost records).
-    pub records: Vec<Record>,
+    /// Whole records after the B-tree's position, handed to `apply`.
+    pub records: usize,
     /// Bytes of records kept in the log (replayed or not).
     pub bytes: u64,
     /// Everything that did not read as it was written, in order.
@@ -515,7 +541,7 @@ impl Replayed {
 /// Reads a segment, again if it looks damaged: a read can flip a bit the
 /// disk does not hold, and only damage that reads the same every time is
 /// believed.
-fn read_segment(disk: &dyn Disk, seg: &Segment) -> Result<Scan, StoreError> {
+fn read_segment(disk: &dyn Disk, seg: &Segment) -> Result<(Vec<u8>, Scan), StoreError> {
     let file = disk
         .open(&seg.path, false)
         .map_err(|e| io(disk, &seg.path, e))?;
@@ -542,11 +568,11 @@ fn read_segment(disk: &dyn Disk, seg: &Segment) -> Result<Scan, StoreError> {
                     "a read of the log returned damage that the next read did not: a transient read error"
                 );
             }
-            return Ok(found);
+            return Ok((data, found));
         }
         seen = Some((data, found));
     }
-    Ok(seen.expect("read at least once").1)
+    Ok(seen.expect("read at least once"))
 }
 
 /// Reads the log in `disk` after LSN `after` (the B-tree's position),
@@ -554,10 +580,19 @@ fn read_segment(disk: &dyn Disk, seg: &Segment) -> Result<Scan, StoreError> {
 /// on right after `after` (false for a new folder, or one written before
 /// this format); every fold starts the segment of record `after + 1`, so
 /// that segment must then be there.
-pub fn replay(disk: &dyn Disk, after: u64, expected: bool) -> Result<Replayed, StoreError> {
+///
+/// Every whole record after `after` is decoded and handed to `apply`, in
+/// LSN order (with gaps where damage lost records); a record whose blocks
+/// all hold but whose batch does not parse is corruption (an error).
+pub fn replay(
+    disk: &dyn Disk,
+    after: u64,
+    expected: bool,
+    apply: &mut dyn FnMut(u64, Batch),
+) -> Result<Replayed, StoreError> {
     let found = segments(disk)?;
     let mut out = Replayed {
-        records: Vec::new(),
+        records: 0,
         bytes: 0,
         damage: Vec::new(),
         lost: Vec::new(),
@@ -631,7 +666,7 @@ pub fn replay(disk: &dyn Disk, after: u64, expected: bool) -> Result<Replayed, S
                 ),
             });
         }
-        let found = read_segment(disk, seg)?;
+        let (data, found) = read_segment(disk, seg)?;
         out.read.push(seg.path.clone());
         for (offset, at, what) in &found.damage {
             out.damage.push(Damage {
@@ -667,8 +702,17 @@ pub fn replay(disk: &dyn Disk, after: u64, expected: bool) -> Result<Replayed, S
         if newest && !seg.legacy && found.damage.is_empty() {
             out.tail = Some((seg.path.clone(), found.end));
         }
-        out.records
-            .extend(found.records.into_iter().filter(|r| r.lsn > after));
+        for r in found.records.iter().filter(|r| r.lsn > after) {
+            let batch = r.batch(&data).ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "{}: record {} passes its checksums but does not parse",
+                    disk.display(&seg.path).display(),
+                    r.lsn
+                ))
+            })?;
+            apply(r.lsn, batch);
+            out.records += 1;
+        }
     }
     if let Some(from) = open_loss {
         lost.push((from, None));
@@ -1038,11 +1082,14 @@ mod tests {
         (0..n).map(|i| format!("name-{i}")).collect()
     }
 
-    fn loaded(r: &Replayed) -> Vec<(u64, Vec<String>)> {
-        r.records
-            .iter()
-            .map(|r| (r.lsn, r.batch.counters.keys().cloned().collect()))
-            .collect()
+    /// Replays, keeping each record's LSN and names.
+    fn read(disk: &dyn Disk, after: u64, expected: bool) -> (Replayed, Vec<(u64, Vec<String>)>) {
+        let mut got = Vec::new();
+        let r = replay(disk, after, expected, &mut |lsn, b| {
+            got.push((lsn, b.counters.keys().cloned().collect()));
+        })
+        .unwrap();
+        (r, got)
     }
 
     #[test]
@@ -1054,14 +1101,10 @@ mod tests {
         for name in ["a", long.as_str(), "b"] {
             j.append(&batch(name, 1)).unwrap();
         }
-        let r = replay(&*shared, 0, true).unwrap();
+        let (r, got) = read(&*shared, 0, true);
         assert!(r.damage.is_empty(), "{:?}", r.damage);
-        assert_eq!(r.records.len(), 3);
-        assert_eq!(
-            r.records[1].size,
-            3 * BLOCK as u64,
-            "a 1 KiB name takes three blocks"
-        );
+        assert_eq!(got.len(), 3);
+        assert_eq!(r.bytes, 5 * BLOCK as u64, "a 1 KiB name takes three blocks");
         assert_eq!(r.next, 4);
     }
 
@@ -1072,12 +1115,12 @@ mod tests {
         let (disk, data) = log_of(&names(30), STEP);
         let ninth_from_end = 20 * BLOCK + HEAD + 3;
         disk.flip(&segment_path(1), (ninth_from_end * 8) as u64);
-        let r = replay(&disk, 0, true).unwrap();
+        let (r, got) = read(&disk, 0, true);
         assert_eq!(r.damage.len(), 1, "{:?}", r.damage);
         assert_eq!(r.damage[0].offset, (20 * BLOCK) as u64);
         assert_eq!(r.damage[0].lsn, 21);
         assert_eq!(r.lost, vec![(21, Some(21))]);
-        assert_eq!(r.records.len(), 29, "the nine records after it are kept");
+        assert_eq!(got.len(), 29, "the nine records after it are kept");
         assert_eq!(r.next, 31);
         drop(data);
     }
@@ -1087,7 +1130,7 @@ mod tests {
     fn a_flip_in_the_last_record_is_damage_not_a_torn_write() {
         let (disk, _) = log_of(&names(3), STEP);
         disk.flip(&segment_path(1), ((2 * BLOCK + 100) * 8) as u64);
-        let r = replay(&disk, 0, true).unwrap();
+        let (r, _) = read(&disk, 0, true);
         assert_eq!(r.damage.len(), 1);
         assert_eq!(r.lost, vec![(3, None)]);
         assert!(!r.torn);
@@ -1105,10 +1148,10 @@ mod tests {
         torn[at + BLOCK..at + 2 * BLOCK].copy_from_slice(&record[BLOCK..2 * BLOCK]);
         torn[at + 3 * BLOCK..at + 4 * BLOCK].copy_from_slice(&record[3 * BLOCK..]);
         disk.put(&segment_path(1), &torn);
-        let r = replay(&disk, 0, true).unwrap();
+        let (r, got) = read(&disk, 0, true);
         assert!(r.damage.is_empty(), "{:?}", r.damage);
         assert!(r.torn);
-        assert_eq!(loaded(&r).len(), 2);
+        assert_eq!(got.len(), 2);
         assert_eq!(r.next, 3);
     }
 
@@ -1118,10 +1161,10 @@ mod tests {
         let mut holed = data.clone();
         holed[BLOCK..2 * BLOCK].fill(0);
         disk.put(&segment_path(1), &holed);
-        let r = replay(&disk, 0, true).unwrap();
+        let (r, got) = read(&disk, 0, true);
         assert_eq!(r.damage.len(), 1);
         assert_eq!(r.lost, vec![(2, Some(2))]);
-        assert_eq!(loaded(&r).len(), 3);
+        assert_eq!(got.len(), 3);
     }
 
     #[test]
@@ -1129,26 +1172,26 @@ mod tests {
         let (disk, _) = log_of(&names(2), STEP);
         disk.put(&segment_path(5), &[]);
         disk.remove(&segment_path(1)).unwrap();
-        let r = replay(&disk, 2, true).unwrap();
+        let (r, _) = read(&disk, 2, true);
         assert_eq!(r.lost, vec![(3, Some(4))], "{:?}", r.damage);
-        let r = replay(&disk, 4, true).unwrap();
+        let (r, _) = read(&disk, 4, true);
         assert!(r.damage.is_empty());
         disk.remove(&segment_path(5)).unwrap();
-        let r = replay(&disk, 4, true).unwrap();
+        let (r, _) = read(&disk, 4, true);
         assert_eq!(r.lost, vec![(5, None)], "a missing log is damage too");
-        assert!(replay(&disk, 4, false).unwrap().damage.is_empty());
+        assert!(read(&disk, 4, false).0.damage.is_empty());
     }
 
     #[test]
     fn a_transient_flip_is_read_again_and_not_believed() {
         let (disk, _) = log_of(&names(5), STEP);
         disk.flip_next_reads("log/", 1);
-        let r = replay(&disk, 0, true).unwrap();
+        let (r, got) = read(&disk, 0, true);
         assert!(r.damage.is_empty(), "{:?}", r.damage);
-        assert_eq!(r.records.len(), 5);
+        assert_eq!(got.len(), 5);
         // Damage that reads the same every time is believed.
         disk.flip_next_reads("log/", READS as u64);
-        let r = replay(&disk, 0, true).unwrap();
+        let (r, _) = read(&disk, 0, true);
         assert!(!r.damage.is_empty());
     }
 
@@ -1158,21 +1201,17 @@ mod tests {
     fn every_flipped_bit_of_a_small_log_is_caught_or_harmless() {
         let step = 4 * BLOCK as u64;
         let (disk, data) = log_of(&names(4), step);
-        let clean = loaded(&replay(&disk, 0, true).unwrap());
+        let clean = read(&disk, 0, true).1;
         assert_eq!(clean.len(), 4);
         let path = segment_path(1);
         let (mut caught, mut harmless) = (0, 0);
         for bit in 0..(data.len() as u64 * 8) {
             disk.flip(&path, bit);
-            let r = replay(&disk, 0, true).unwrap();
+            let (r, got) = read(&disk, 0, true);
             if !r.damage.is_empty() {
                 caught += 1;
             } else {
-                assert_eq!(
-                    loaded(&r),
-                    clean,
-                    "bit {bit} changed what loads, unreported"
-                );
+                assert_eq!(got, clean, "bit {bit} changed what loads, unreported");
                 harmless += 1;
             }
             disk.flip(&path, bit);

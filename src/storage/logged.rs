@@ -453,7 +453,16 @@ impl Engine for LogEngine {
         let after = self.tree.log_lsn()?;
         self.folded.store(after, Ordering::Release);
         let expected = self.tree.log_expected()?;
-        let mut replayed = journal::replay(&*self.disk, after, expected)?;
+        let mut overlay = Overlay {
+            head: loaded.head,
+            base: loaded.head,
+            lsn: after,
+            ..Overlay::default()
+        };
+        let replayed = journal::replay(&*self.disk, after, expected, &mut |lsn, batch| {
+            overlay.apply(lsn, batch, 0);
+        })?;
+        overlay.bytes = replayed.bytes;
         for d in &replayed.damage {
             error!(
                 file = %d.file.display(),
@@ -478,16 +487,6 @@ impl Engine for LogEngine {
         if lost && self.options.on_damage == OnDamage::Refuse {
             let what: Vec<String> = replayed.damage.iter().map(|d| d.to_string()).collect();
             return Err(refused(&*self.disk, &what));
-        }
-        let mut overlay = Overlay {
-            head: loaded.head,
-            base: loaded.head,
-            lsn: after,
-            bytes: replayed.bytes,
-            ..Overlay::default()
-        };
-        for record in std::mem::take(&mut replayed.records) {
-            overlay.apply(record.lsn, record.batch, 0);
         }
         let journal = if lost {
             self.salvage(&mut loaded, &replayed, &mut overlay, tree_damage)?
