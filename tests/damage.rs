@@ -130,6 +130,57 @@ fn a_flipped_byte_in_the_log_is_reported_and_salvaged() {
     assert_eq!(again["storage"]["damage_found"], 0);
 }
 
+/// A database file that fails its check at start (here garbage where the
+/// B-tree should be, as a lost first sector would leave it): told to
+/// refuse, the node stops naming its folder and changes nothing; by
+/// default it moves the file to `damaged/`, byte for byte, and counts on
+/// under a new incarnation with the salvage shown.
+#[test]
+fn a_damaged_database_file_is_refused_or_set_aside() {
+    let mut c = Cluster::empty("damage-btree");
+    let dir = c.dir().join("node-1");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let junk: Vec<u8> = (0..8192u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(dir.join("tally.redb"), &junk).expect("write");
+    let mut spec = c.spec(1, &[]);
+    spec.data_dir = Some(dir.clone());
+
+    let mut cmd = spec.command();
+    cmd.args(["--on-damage", "refuse"]);
+    let (status, stderr) =
+        run_expecting_exit(cmd, &c.dir().join("refuse.log"), Duration::from_secs(15));
+    let status = status.expect("the node exits");
+    assert!(!status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let shown = dir.display().to_string();
+    assert!(stderr.contains(&shown), "does not name {shown}: {stderr}");
+    assert_eq!(std::fs::read(dir.join("tally.redb")).expect("read"), junk);
+    assert!(!dir.join("damaged").exists(), "refusing changes nothing");
+
+    let i = c.add(spec);
+    let after = c.status(i);
+    let storage = &after["storage"];
+    assert_eq!(
+        storage["salvaged"].as_array().unwrap().len(),
+        1,
+        "{storage}"
+    );
+    assert!(storage["damage_found"].as_u64().unwrap() >= 1, "{storage}");
+    let aside: Vec<PathBuf> = std::fs::read_dir(dir.join("damaged"))
+        .expect("damaged/")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(
+        std::fs::read(&aside[0]).expect("read"),
+        junk,
+        "kept as found"
+    );
+    assert_eq!(c.incr(i, "x", 1), 1, "it counts on");
+}
+
 /// In a cluster, a salvaged node loses nothing its peers hold: consistent
 /// reads include every acknowledged increment, its own values come back
 /// by anti-entropy, and what it counts afterwards adds up everywhere (its
