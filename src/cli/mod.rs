@@ -166,6 +166,7 @@ pub enum Commands {
     /// (missing, or in use by a running node).
     Check {
         /// The data folder, e.g. tally-data/node-1.
+        #[arg(value_name = "DATA_DIR")]
         dir: PathBuf,
         /// Print the report as JSON.
         #[arg(long)]
@@ -356,11 +357,12 @@ pub struct NodeArgs {
     #[arg(long, env = "TALLY_IDEMPOTENCY_KEYS", default_value_t = DEFAULT_IDEMPOTENCY_KEYS)]
     pub idempotency_keys: usize,
 
-    /// What to do when starting finds records in the data folder that do
-    /// not read back as written: salvage (keep every record that does,
-    /// count on under a new incarnation so that nothing peers saw is
-    /// counted again, and pull back from peers what they hold), or refuse
-    /// (stop with the damage named, changing nothing; see `tally check`).
+    /// What to do when starting finds damage that loses data (log records
+    /// that do not read back as written, or a B-tree that fails its check):
+    /// salvage (keep every record that does, count on under a new
+    /// incarnation so that nothing peers saw is counted again, and pull
+    /// back from peers what they hold), or refuse (stop with the damage
+    /// named, the damaged files left as they are; see `tally check`).
     /// A record a crash cut short is never damage.
     #[arg(long, env = "TALLY_ON_DAMAGE", value_enum, default_value_t = DamagePolicy::Salvage)]
     pub on_damage: DamagePolicy,

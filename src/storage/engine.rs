@@ -103,6 +103,9 @@ pub struct Loaded {
     /// and how it went on (oldest first; the last is this open's when
     /// [`Salvage::now`] is set).
     pub salvage: Option<Vec<Salvage>>,
+    /// Damage this open found that lost no record (the engine went on
+    /// past it, under the same incarnation): each place, for `/status`.
+    pub damage: Vec<String>,
 }
 
 /// Damage found in a data folder's files when it was opened, and how the

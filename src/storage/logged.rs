@@ -329,6 +329,32 @@ impl LogEngine {
         journal.drop_older()
     }
 
+    /// Evidence: the damaged log segments, copied to `damaged/`.
+    fn set_aside_damaged(&self, replayed: &Replayed) -> Result<(), StoreError> {
+        for path in &replayed.read {
+            if replayed
+                .damage
+                .iter()
+                .any(|d| d.file == self.disk.display(path))
+            {
+                set_aside(&*self.disk, path, false)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The first record of a log that goes on past every segment there is.
+    fn past_every_segment(&self, replayed: &Replayed) -> Result<u64, StoreError> {
+        Ok(self
+            .disk
+            .list(journal::DIR)
+            .map_err(|e| StoreError::engine(e).in_file(&self.disk.display(journal::DIR)))?
+            .iter()
+            .filter_map(|n| n.split('.').next()?.parse::<u64>().ok())
+            .map(|first| first + 1)
+            .fold(replayed.next, u64::max))
+    }
+
     /// Keeps what reads back and goes on under a new incarnation (see the
     /// module doc). `overlay` holds every record that read back.
     fn salvage(
@@ -341,25 +367,8 @@ impl LogEngine {
         let lost = describe_lost(tree_damage.is_some(), &replayed.lost);
         let mut damage: Vec<String> = tree_damage.into_iter().collect();
         damage.extend(replayed.damage.iter().map(|d| d.to_string()));
-        // Evidence first: the damaged segments, copied aside.
-        for path in &replayed.read {
-            if replayed
-                .damage
-                .iter()
-                .any(|d| d.file == self.disk.display(path))
-            {
-                set_aside(&*self.disk, path, false)?;
-            }
-        }
-        // The log goes on past every segment there is.
-        let next = self
-            .disk
-            .list(journal::DIR)
-            .map_err(|e| StoreError::engine(e).in_file(&self.disk.display(journal::DIR)))?
-            .iter()
-            .filter_map(|n| n.split('.').next()?.parse::<u64>().ok())
-            .map(|first| first + 1)
-            .fold(replayed.next, u64::max);
+        self.set_aside_damaged(replayed)?;
+        let next = self.past_every_segment(replayed)?;
         let journal = self.open_journal(None, next)?;
         let mut to = fastrand::u64(1..);
         while to == loaded.incarnation {
@@ -481,7 +490,9 @@ impl Engine for LogEngine {
         if lost && self.journal().is_some() {
             // Found while the node runs (reloading after an I/O error): the
             // store's memory holds every counter, and rebuilds from it.
-            let what: Vec<String> = replayed.damage.iter().map(|d| d.to_string()).collect();
+            let what: Vec<String> = (tree_damage.iter().cloned())
+                .chain(replayed.damage.iter().map(|d| d.to_string()))
+                .collect();
             return Err(StoreError::Corrupt(what.join("; ")));
         }
         if lost && self.options.on_damage == OnDamage::Refuse {
@@ -491,11 +502,22 @@ impl Engine for LogEngine {
         let journal = if lost {
             self.salvage(&mut loaded, &replayed, &mut overlay, tree_damage)?
         } else {
-            if !replayed.damage.is_empty() {
-                warn!("the log was damaged where no record was lost; it goes on in a new segment");
-            }
-            let tail = replayed.tail.clone().filter(|_| replayed.damage.is_empty());
-            let journal = self.open_journal(tail, replayed.next)?;
+            let journal = if replayed.damage.is_empty() {
+                self.open_journal(replayed.tail.clone(), replayed.next)?
+            } else {
+                // Nothing lost: the damaged segments are copied aside, and
+                // what they hold is folded into the B-tree right away (below)
+                // so that they are deleted, not read as damage at every start.
+                warn!(
+                    "the log was damaged where no record was lost; what it holds is folded in now \
+                     and it goes on in a new segment"
+                );
+                loaded.damage = replayed.damage.iter().map(|d| d.to_string()).collect();
+                self.set_aside_damaged(&replayed)?;
+                let next = self.past_every_segment(&replayed)?;
+                overlay.lsn = next - 1;
+                self.open_journal(None, next)?
+            };
             Journal::remove(&*self.disk, &replayed.covered)?;
             if !expected {
                 self.tree.expect_log()?;
@@ -506,8 +528,9 @@ impl Engine for LogEngine {
         *self.write() = overlay;
         let mut slot = self.journal();
         *slot = Some(journal);
-        if replayed.legacy {
-            // Folds the records of the old format in, and deletes them.
+        if replayed.legacy || !loaded.damage.is_empty() {
+            // Folds in the records of the old format, or of damaged
+            // segments, and deletes them.
             self.checkpoint(slot.as_mut().expect("just opened"))?;
         }
         Ok(loaded)

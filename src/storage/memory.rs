@@ -111,6 +111,7 @@ impl Engine for MemoryEngine {
             me: s.me.clone(),
             created,
             salvage: None,
+            damage: Vec::new(),
         })
     }
 

@@ -227,6 +227,9 @@ impl Store {
     ) -> Result<Opened, StoreError> {
         let loaded = engine.load(node)?;
         let health = Health::new(options.timeout, options.metrics.clone());
+        for what in &loaded.damage {
+            health.damage_found(what.clone());
+        }
         if let Some(events) = &loaded.salvage {
             if let Some(now) = events.last().filter(|e| e.now) {
                 for what in &now.damage {

@@ -312,6 +312,7 @@ impl RedbEngine {
             me,
             created: self.created,
             salvage,
+            damage: Vec::new(),
         })
     }
 }

@@ -181,6 +181,40 @@ mod tests {
         }
     }
 
+    /// Damage that loses no record (here a block of garbage between two
+    /// whole records) is not salvaged, but it is shown: `/status` counts it
+    /// and names the place, under the same incarnation, with every counter.
+    #[tokio::test(start_paused = true)]
+    async fn damage_that_loses_no_record_is_still_reported() {
+        let disk = SimDisk::new("n1", 1);
+        let store = store_on(&disk, 1000).await;
+        fill(&store, 3).await;
+        store.close().await;
+        drop(store);
+        let before = reopen(&disk.fork("copy"), 1000);
+        let segment = disk
+            .paths()
+            .into_iter()
+            .find(|p| p.starts_with("log/"))
+            .unwrap();
+        let data = disk.contents(&segment).unwrap();
+        let mut holed = data[..512].to_vec();
+        holed.extend_from_slice(&[0xa5; 512]);
+        holed.extend_from_slice(&data[512..data.len() - 512]);
+        disk.put(&segment, &holed);
+
+        let store = store_on(&disk, 1000).await;
+        let report = store.health();
+        assert_eq!(report.damage_found, 1, "{report:?}");
+        assert!(report.damage[0].contains("at byte 512"), "{report:?}");
+        assert!(report.salvaged.is_empty(), "{report:?}");
+        store.close().await;
+        drop(store);
+        let after = reopen(&disk, 1000);
+        assert_eq!(after.incarnation, before.incarnation);
+        assert_eq!(after.counters, before.counters);
+    }
+
     /// Damage found when storage reopens after an I/O error (the log, here)
     /// is repaired from memory too: the node stays the same incarnation,
     /// loses nothing, and writes again.
