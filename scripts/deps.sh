@@ -62,7 +62,7 @@ need() { # need KIND WHAT PACKAGE CONSEQUENCE
 chaos_why="the chaos and disk suites fail (TALLY_CHAOS_SKIP=1 skips them, and says so)"
 need cmd cc gcc "nothing builds (no C linker)"
 need file /etc/ssl/certs/ca-certificates.crt ca-certificates "cargo cannot fetch crates"
-need cmd kill procps "every suite that runs nodes fails (no \`kill\`)"
+need file /bin/kill procps "every suite that runs nodes fails (no \`kill\`)"
 need cmd make make "\`make test\` itself cannot run"
 need file /usr/lib/x86_64-linux-gnu/libc.a libc6-dev "make package (static link) fails"
 need cmd readelf binutils "make package's static check fails"

@@ -27,12 +27,20 @@ fn newest_segment(data: &Path) -> PathBuf {
 /// before its zeros: inside a record some ten records before the end of
 /// thirty, in any record format. Returns the offset.
 fn flip_inside(segment: &Path) -> usize {
-    let mut bytes = std::fs::read(segment).unwrap();
+    let bytes = std::fs::read(segment).unwrap();
     let end = bytes.iter().rposition(|&b| b != 0).expect("records");
     let at = end * 2 / 3;
-    bytes[at] ^= 0x20;
-    std::fs::write(segment, bytes).unwrap();
+    write_in_place(segment, at, bytes[at] ^ 0x20);
     at
+}
+
+/// Writes one byte of a file where it stands (never truncating it: a
+/// running node may read the file at any moment).
+fn write_in_place(path: &Path, at: usize, byte: u8) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    file.write_all_at(&[byte], at as u64).unwrap();
+    file.sync_data().unwrap();
 }
 
 fn names(status: &serde_json::Value) -> u64 {
@@ -265,19 +273,19 @@ fn the_scrub_finds_and_repairs_damage_while_the_node_runs() {
         s["storage"]["damage"][0].as_str().unwrap().contains(".wal"),
         "{s}"
     );
+    let found = s["storage"]["damage_found"].as_u64().unwrap();
 
     // The B-tree: flip a byte of every copy of a name's row key.
     let tree = data.join("tally.redb");
-    let mut bytes = std::fs::read(&tree).unwrap();
+    let bytes = std::fs::read(&tree).unwrap();
     let spots: Vec<usize> = (0..bytes.len() - 3)
         .filter(|&at| &bytes[at..at + 3] == b"n15")
         .collect();
     assert!(!spots.is_empty(), "the log was folded into the B-tree");
     for at in spots {
-        bytes[at + 2] ^= 0x01;
+        write_in_place(&tree, at + 2, bytes[at + 2] ^ 0x01);
     }
-    std::fs::write(&tree, bytes).unwrap();
-    let s = wait_damage_found(&c, 0, 2);
+    let s = wait_damage_found(&c, 0, found + 1);
     assert!(
         s["storage"]["scrub"]["passes"].as_u64().unwrap() >= 1,
         "{s}"

@@ -319,41 +319,39 @@ mod leak_rule {
 /// that leaks memory, descriptors and disk is caught on all three.
 mod sampler {
     use std::path::PathBuf;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     use super::leak::*;
     use super::sample;
 
     fn temp_dir(tag: &str) -> PathBuf {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let dir = std::env::temp_dir().join(format!(
             "tally-soak-{tag}-{}-{}",
             std::process::id(),
-            Instant::now().elapsed().as_nanos()
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         std::fs::create_dir_all(dir.join("log")).unwrap();
         dir
     }
 
-    /// Samples `pid` and `folder` every 50 ms for `secs`, running `step`
-    /// before each sample; judges with no warm-up and a 1 s span.
-    fn watch(
-        pid: u32,
-        folder: &std::path::Path,
-        secs: f64,
-        mut step: impl FnMut(),
-    ) -> Vec<Verdict> {
-        let start = Instant::now();
+    /// Samples `pid` and `folder` 30 times, running `step` before each
+    /// sample, and judges with no warm-up and a 1 s span. The samples are
+    /// stamped 50 ms apart whatever the machine's speed, so that the
+    /// verdict depends on how much grew per step, not on how many steps a
+    /// loaded machine fits in a second.
+    fn watch(pid: u32, folder: &std::path::Path, mut step: impl FnMut()) -> Vec<Verdict> {
         let mut all = Vec::new();
-        while start.elapsed().as_secs_f64() < secs {
+        for k in 0..30u32 {
             step();
             let reading = sample::read(pid, folder).expect("the process is alive");
             all.push(Sample {
                 node: 1,
                 pid,
-                at: start.elapsed().as_secs_f64(),
+                at: f64::from(k) * 0.05,
                 reading,
             });
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(20));
         }
         let lives = lifetimes(&all, &[], &[]);
         assert_eq!(lives.len(), 1);
@@ -369,7 +367,7 @@ mod sampler {
             .arg("10")
             .spawn()
             .unwrap();
-        let verdicts = watch(child.id(), &folder, 1.5, || {});
+        let verdicts = watch(child.id(), &folder, || {});
         let _ = child.kill();
         let _ = child.wait();
         let _ = std::fs::remove_dir_all(&folder);
@@ -385,7 +383,7 @@ mod sampler {
         let mut memory: Vec<Vec<u8>> = Vec::new();
         let mut files: Vec<std::fs::File> = Vec::new();
         let grown = folder.join("grows");
-        let verdicts = watch(std::process::id(), &folder, 1.5, || {
+        let verdicts = watch(std::process::id(), &folder, || {
             // 2 MiB touched, one descriptor and 256 KiB on disk per step.
             memory.push(vec![1u8; 2 << 20]);
             files.push(std::fs::File::open("/dev/null").unwrap());
