@@ -196,7 +196,7 @@ bench-micro:
 # runs against the release binary (cargo test --release builds it as the test's node).
 soak:
 	$(CARGO) build $(CARGO_LOCKED) --release --bin tally
-	$(CARGO) test $(CARGO_LOCKED) --release --test soak -- --ignored --nocapture
+	env -u TALLY_CHAOS_BIN $(CARGO) test $(CARGO_LOCKED) --release --test soak -- --ignored --nocapture
 
 man:
 	$(CARGO) build $(CARGO_LOCKED) --release --bin tally
