@@ -92,6 +92,22 @@ impl GCounter {
         self.components.is_empty()
     }
 
+    /// How many components (replicas with a count above zero).
+    pub fn len(&self) -> usize {
+        self.components.len()
+    }
+
+    /// A counter with one component.
+    pub fn of(replica: ReplicaId, count: u64) -> GCounter {
+        GCounter {
+            components: if count > 0 {
+                vec![(replica, count)]
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
     /// Checks an increment of `replica`'s component without applying it.
     pub fn check_increment(&self, replica: ReplicaId, amount: u64) -> Result<u64, Overflow> {
         let current = self.get(replica);
@@ -110,22 +126,55 @@ impl GCounter {
     }
 
     /// Pointwise maximum. Returns whether `self` changed.
+    ///
+    /// Linear in the two counters' sizes: both are sorted by replica, so
+    /// they are walked together (a counter from a peer may be large, and
+    /// inserting its components one at a time would be quadratic).
     pub fn merge(&mut self, other: &GCounter) -> bool {
-        let mut changed = false;
-        for &(replica, count) in &other.components {
-            // Only a larger count is taken: a zero never becomes an entry,
-            // so equal states stay equal (and `would_change` agrees).
-            if count > self.get(replica) {
-                self.set(replica, count);
-                changed = true;
+        if !self.would_change(other) {
+            return false;
+        }
+        let mine = std::mem::take(&mut self.components);
+        let theirs = &other.components;
+        let mut out = Vec::with_capacity(mine.len() + theirs.len());
+        let (mut i, mut j) = (0, 0);
+        while i < mine.len() && j < theirs.len() {
+            let ((ra, ca), (rb, cb)) = (mine[i], theirs[j]);
+            match ra.cmp(&rb) {
+                std::cmp::Ordering::Less => {
+                    out.push((ra, ca));
+                    i += 1;
+                }
+                std::cmp::Ordering::Greater => {
+                    out.push((rb, cb));
+                    j += 1;
+                }
+                std::cmp::Ordering::Equal => {
+                    out.push((ra, ca.max(cb)));
+                    i += 1;
+                    j += 1;
+                }
             }
         }
-        changed
+        out.extend_from_slice(&mine[i..]);
+        out.extend_from_slice(&theirs[j..]);
+        // A zero count is never an entry: one from a peer is dropped here.
+        out.retain(|&(_, c)| c > 0);
+        self.components = out;
+        true
     }
 
     /// Whether merging `other` into `self` would change `self`.
+    /// Linear, like [`GCounter::merge`].
     pub fn would_change(&self, other: &GCounter) -> bool {
-        other.components.iter().any(|&(r, c)| c > self.get(r))
+        let mut mine = self.components.iter().peekable();
+        other.components.iter().any(|&(r, c)| {
+            while mine.next_if(|&&(m, _)| m < r).is_some() {}
+            match mine.peek() {
+                Some(&&(m, have)) if m == r => c > have,
+                _ => c > 0,
+            }
+        })
     }
 
     /// Compact encoding: a sequence of (node, incarnation, count), each a
@@ -191,17 +240,25 @@ impl FromIterator<Component> for GCounter {
     /// Builds a counter from wire components; a replica listed twice keeps
     /// its maximum, and zero counts are dropped (they are the default).
     fn from_iter<I: IntoIterator<Item = Component>>(iter: I) -> Self {
-        let mut counter = GCounter::new();
-        for c in iter.into_iter().filter(|c| c.count > 0) {
-            let replica = ReplicaId {
-                node: c.node,
-                incarnation: c.incarnation,
-            };
-            if c.count > counter.get(replica) {
-                counter.set(replica, c.count);
-            }
-        }
-        counter
+        // Sorted once, then the duplicates folded: n log n, however the
+        // sender ordered them.
+        let mut components: Vec<(ReplicaId, u64)> = iter
+            .into_iter()
+            .filter(|c| c.count > 0)
+            .map(|c| {
+                let replica = ReplicaId {
+                    node: c.node,
+                    incarnation: c.incarnation,
+                };
+                (replica, c.count)
+            })
+            .collect();
+        components.sort_unstable();
+        // Sorted by replica then count: the last of each replica is its maximum.
+        components.reverse();
+        components.dedup_by_key(|&mut (r, _)| r);
+        components.reverse();
+        GCounter { components }
     }
 }
 
@@ -249,6 +306,36 @@ mod tests {
             let once = merged(&a, &b);
             prop_assert_eq!(merged(&once, &b), once.clone());
             prop_assert_eq!(merged(&a, &a), a);
+        }
+
+        #[test]
+        fn merge_takes_the_maximum_of_each_component(a in arb_counter(), b in arb_counter()) {
+            // The model: a map from replica to count, merged entry by entry.
+            let mut model = std::collections::BTreeMap::new();
+            for (r, c) in a.components().chain(b.components()) {
+                let e = model.entry(r).or_insert(0);
+                *e = c.max(*e);
+            }
+            let m = merged(&a, &b);
+            prop_assert_eq!(m.components().collect::<Vec<_>>(), model.into_iter().collect::<Vec<_>>());
+        }
+
+        #[test]
+        fn building_from_wire_components_keeps_each_maximum(
+            parts in prop::collection::vec((0u64..4, 0u64..3, 0u64..1_000), 0..20)
+        ) {
+            let mut model = std::collections::BTreeMap::new();
+            for &(node, incarnation, count) in &parts {
+                if count > 0 {
+                    let e = model.entry(ReplicaId { node, incarnation }).or_insert(0);
+                    *e = count.max(*e);
+                }
+            }
+            let built: GCounter = parts
+                .iter()
+                .map(|&(node, incarnation, count)| Component { node, incarnation, count })
+                .collect();
+            prop_assert_eq!(built.components().collect::<Vec<_>>(), model.into_iter().collect::<Vec<_>>());
         }
 
         #[test]

@@ -15,14 +15,14 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::node::{Node, Settings, StartError};
+use crate::node::{Budgets, Node, Settings, StartError};
 use crate::server::Limits;
 use crate::transport::HttpTransport;
 
 /// Runs a node until `stop` resolves: listens, serves, then shuts down in order.
 pub async fn run(
     mut settings: Settings,
-    limits: Limits,
+    mut limits: Limits,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let listener =
@@ -36,6 +36,29 @@ pub async fn run(
         addr: settings.listen,
         source,
     })?;
+    let open_files = crate::server::raise_open_files_limit();
+    if let Some(files) = open_files {
+        let asked = limits.clone();
+        if limits.fit_to(files) {
+            warn!(
+                open_files = files,
+                asked_clients = asked.max_connections,
+                asked_peers = asked.max_peer_connections,
+                clients = limits.max_connections,
+                peers = limits.max_peer_connections,
+                pending = limits.max_pending_connections,
+                "the connection budgets do not fit the open-files limit; shrunk to fit"
+            );
+        }
+    }
+    let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
+    settings.budgets = Budgets {
+        max_connections: n(limits.max_connections),
+        max_peer_connections: n(limits.max_peer_connections),
+        max_pending_connections: n(limits.max_pending_connections),
+        open_files_limit: open_files.unwrap_or(0),
+        write_timeout_secs: limits.write_timeout.as_secs_f64(),
+    };
     if settings.secret.is_none() {
         warn!(
             "no cluster secret set: anyone who can reach this port can change config and inject counts"

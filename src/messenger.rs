@@ -54,8 +54,13 @@ impl Messenger {
     ) -> Result<ResponseEnvelope, CallError> {
         let resp = self.call_raw(to, &self.envelope(req), timeout).await?;
         if let Some(theirs) = &resp.membership {
-            if theirs.validate().is_err() {
-                return Err(CallError::Protocol("peer sent an invalid config".into()));
+            if let Err(e) = self
+                .store
+                .with_membership(|ours| theirs.check_received(ours))
+            {
+                return Err(CallError::Protocol(format!(
+                    "peer sent an invalid config: {e}"
+                )));
             }
             if let Err(e) = self.adopt(theirs.clone()).await {
                 warn!(error = %e, "could not store a config learned from a peer");

@@ -24,10 +24,16 @@ pub const RPC_PATH: &str = "/_internal/v1/rpc";
 pub const SECRET_HEADER: &str = "x-tally-secret";
 /// Most names in one push or one pull page.
 pub const MAX_NAMES_PER_MESSAGE: usize = 10_000;
+/// Most components in one push, all its counters together. A push is
+/// unasked for, so what one can add to this node is bounded here; a sender
+/// with more to say sends the rest in later pushes or leaves it to
+/// anti-entropy (whose pages are bounded by names and bytes).
+pub const MAX_COMPONENTS_PER_PUSH: usize = 65_536;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct WireCounter {
     pub name: String,
+    #[serde(deserialize_with = "bounded::<_, _, MAX_COMPONENTS_PER_PUSH>")]
     pub components: Vec<Component>,
 }
 
@@ -129,14 +135,22 @@ pub fn decode_request(bytes: &[u8]) -> serde_json::Result<RequestEnvelope> {
         "push" => {
             #[derive(Deserialize)]
             struct Push {
+                #[serde(deserialize_with = "bounded::<_, _, MAX_NAMES_PER_MESSAGE>")]
                 counters: Vec<WireCounter>,
             }
             let Push { counters } = serde_json::from_str(json)?;
+            let components: usize = counters.iter().map(|c| c.components.len()).sum();
+            if components > MAX_COMPONENTS_PER_PUSH {
+                return Err(serde::de::Error::custom(format!(
+                    "a push carries at most {MAX_COMPONENTS_PER_PUSH} components, not {components}"
+                )));
+            }
             Request::Push { counters }
         }
         "read_many" => {
             #[derive(Deserialize)]
             struct ReadMany {
+                #[serde(deserialize_with = "bounded::<_, _, MAX_NAMES_PER_MESSAGE>")]
                 names: Vec<String>,
             }
             let ReadMany { names } = serde_json::from_str(json)?;
@@ -168,6 +182,7 @@ pub fn decode_response(bytes: &[u8]) -> serde_json::Result<ResponseEnvelope> {
         "changes" => {
             #[derive(Deserialize)]
             struct Changes {
+                #[serde(deserialize_with = "bounded::<_, _, MAX_NAMES_PER_MESSAGE>")]
                 counters: Vec<WireCounter>,
                 next: u64,
                 head: u64,
@@ -189,6 +204,7 @@ pub fn decode_response(bytes: &[u8]) -> serde_json::Result<ResponseEnvelope> {
         "counters" => {
             #[derive(Deserialize)]
             struct Counters {
+                #[serde(deserialize_with = "bounded::<_, _, MAX_NAMES_PER_MESSAGE>")]
                 counters: Vec<Vec<Component>>,
             }
             let Counters { counters } = serde_json::from_str(json)?;
@@ -216,5 +232,76 @@ fn op_of(json: &str) -> serde_json::Result<std::borrow::Cow<'_, str>> {
     match serde_json::from_str::<Op<'_>>(json) {
         Ok(Op { op }) => Ok(op),
         Err(_) => Ok(std::borrow::Cow::Borrowed("")),
+    }
+}
+
+/// Decodes a list of at most `MAX` items, refusing the message at the first
+/// one past it: a list never grows beyond its bound while it is decoded.
+fn bounded<'de, D, T, const MAX: usize>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct Visit<T, const MAX: usize>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>, const MAX: usize> serde::de::Visitor<'de> for Visit<T, MAX> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "a list of at most {MAX} items")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(MAX).min(1024));
+            while let Some(item) = seq.next_element()? {
+                if out.len() == MAX {
+                    return Err(serde::de::Error::custom(format!(
+                        "a list of more than {MAX} items"
+                    )));
+                }
+                out.push(item);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(Visit::<T, MAX>(std::marker::PhantomData))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn push_of(names: usize, components_each: usize) -> String {
+        let counters: Vec<WireCounter> = (0..names)
+            .map(|n| WireCounter {
+                name: format!("n{n}"),
+                components: (0..components_each as u64)
+                    .map(|i| Component {
+                        node: i + 1,
+                        incarnation: 1,
+                        count: 1,
+                    })
+                    .collect(),
+            })
+            .collect();
+        serde_json::to_string(&RequestEnvelope {
+            v: PROTOCOL_VERSION,
+            from: ReplicaId {
+                node: 2,
+                incarnation: 1,
+            },
+            membership: Membership::default(),
+            req: Request::Push { counters },
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_push_is_bounded_in_names_and_components_while_decoded() {
+        assert!(decode_request(push_of(MAX_NAMES_PER_MESSAGE, 1).as_bytes()).is_ok());
+        let names = decode_request(push_of(MAX_NAMES_PER_MESSAGE + 1, 1).as_bytes());
+        assert!(names.unwrap_err().to_string().contains("more than"));
+        assert!(decode_request(push_of(1, MAX_COMPONENTS_PER_PUSH).as_bytes()).is_ok());
+        let one = decode_request(push_of(1, MAX_COMPONENTS_PER_PUSH + 1).as_bytes());
+        assert!(one.unwrap_err().to_string().contains("more than"));
+        let total = decode_request(push_of(2, MAX_COMPONENTS_PER_PUSH / 2 + 1).as_bytes());
+        assert!(total.unwrap_err().to_string().contains("at most"));
     }
 }

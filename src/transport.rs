@@ -35,8 +35,10 @@ pub enum CallError {
     Timeout(Duration),
     #[error("cannot reach peer: {0}")]
     Unreachable(String),
-    #[error("peer answered {status}: {body}")]
-    Refused { status: u16, body: String },
+    /// The answer's body is not kept: it is whatever answered at the
+    /// peer's address, and /status must not repeat it (see `refused_reason`).
+    #[error("peer answered {status}{}", refused_reason(*.status))]
+    Refused { status: u16, bytes: usize },
     #[error("bad answer from peer: {0}")]
     Protocol(String),
     #[error("{MAX_IN_FLIGHT_PER_PEER} calls already in flight to this peer")]
@@ -130,18 +132,39 @@ impl Transport for HttpTransport {
                     .get_or_create(&peer)
                     .inc_by(bytes.len() as u64);
                 if !status.is_success() {
+                    // What a peer (or whatever answers at its address) says
+                    // is not repeated: /status shows only the status.
                     return Err(CallError::Refused {
                         status: status.as_u16(),
-                        body: String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned(),
+                        bytes: bytes.len(),
                     });
                 }
-                crate::proto::decode_response(&bytes)
-                    .map_err(|e| CallError::Protocol(e.to_string()))
+                crate::proto::decode_response(&bytes).map_err(|e| {
+                    CallError::Protocol(format!(
+                        "malformed answer ({:?} error at line {} column {})",
+                        e.classify(),
+                        e.line(),
+                        e.column()
+                    ))
+                })
             };
             tokio::time::timeout(timeout, exchange)
                 .await
                 .map_err(|_| CallError::Timeout(timeout))?
         })
+    }
+}
+
+/// What a refusal from a peer usually means, by status alone.
+fn refused_reason(status: u16) -> &'static str {
+    match status {
+        400 => " (it refused the message)",
+        401 => " (it needs the cluster secret)",
+        403 => " (it refused this node's secret or certificate)",
+        404 | 405 => " (it is not a tally node of this protocol)",
+        413 => " (the message is too large for it)",
+        503 => " (it is overloaded or its storage is unavailable)",
+        _ => "",
     }
 }
 

@@ -119,6 +119,7 @@ pub(super) async fn status_of(node: &Node) -> Status {
         min_replicas: node.settings().min_replicas as u64,
         data_dir: store.dir().map(|d| d.display().to_string()),
         data_bytes: store.disk_bytes().await,
+        connections: Some(node.settings().budgets.clone()),
     }
 }
 

@@ -81,7 +81,22 @@ async fn observe(State(node): State<Arc<Node>>, req: Request, next: Next) -> Res
 /// Rewrites any error response that is not already JSON (axum's own
 /// rejections, 404s, 405s) into `{"error": "..."}`.
 async fn json_errors(req: Request, next: Next) -> Response {
-    let resp = next.run(req).await;
+    let mut resp = json_error_body(next.run(req).await).await;
+    // A refused credential ends the connection: a client without one
+    // cannot keep its connection, and its place in the budget, open.
+    if matches!(
+        resp.status(),
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+    ) {
+        resp.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
+    resp
+}
+
+async fn json_error_body(resp: Response) -> Response {
     let status = resp.status();
     let is_json = resp
         .headers()

@@ -27,6 +27,13 @@ use crate::node::{Node, Role};
 
 /// Deadline of each actor's `/status` unless `?timeout=` says otherwise.
 pub const DEFAULT_CLUSTER_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most `/status/cluster` requests served at once by one node.
+pub const MAX_CLUSTER_GATHERS: usize = 4;
+static CLUSTER_GATHERS: tokio::sync::Semaphore =
+    tokio::sync::Semaphore::const_new(MAX_CLUSTER_GATHERS);
+/// Most actors asked at once by one gathering.
+pub const MAX_CLUSTER_ASKS: usize = 32;
+
 /// Largest `?timeout=` of `/status/cluster`.
 pub const MAX_CLUSTER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -91,6 +98,14 @@ pub(super) async fn cluster_status(
         DEFAULT_CLUSTER_TIMEOUT,
         MAX_CLUSTER_TIMEOUT,
     )?;
+    // Each such request fans out to every actor: only a few run at once,
+    // so a flood of them cannot turn this node into a flood of requests.
+    let Ok(_turn) = CLUSTER_GATHERS.try_acquire() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{MAX_CLUSTER_GATHERS} cluster status requests are already in progress; retry"),
+        ));
+    };
     let own = admin::status_of(&node).await;
     Ok(axum::Json(cluster_of(own, timeout).await).into_response())
 }
@@ -132,6 +147,7 @@ pub async fn gather(
         })
         .collect();
     let mut asks = JoinSet::new();
+    let turns = Arc::new(tokio::sync::Semaphore::new(MAX_CLUSTER_ASKS));
     for (i, row) in rows.iter_mut().enumerate() {
         if let (true, Some(own)) = (row.me, &own) {
             row.reachable = true;
@@ -139,7 +155,11 @@ pub async fn gather(
             continue;
         }
         let actor = row.actor.clone();
-        asks.spawn(async move { (i, ask(&actor, timeout).await) });
+        let turns = turns.clone();
+        asks.spawn(async move {
+            let _turn = turns.acquire_owned().await;
+            (i, ask(&actor, timeout).await)
+        });
     }
     // Each ask ends within its own deadline; this bound only guards it.
     let all = tokio::time::timeout(timeout + Duration::from_secs(1), async {
@@ -188,7 +208,14 @@ async fn ask(actor: &str, timeout: Duration) -> Result<(Status, Duration), Strin
     if answer.status != 200 {
         return Err(format!("/status answered {}", answer.status));
     }
-    let status = serde_json::from_str(&answer.body)
-        .map_err(|e| format!("/status answered something else than a status: {e}"))?;
+    // The error names where the answer went wrong, not what it said.
+    let status = serde_json::from_str(&answer.body).map_err(|e| {
+        format!(
+            "/status answered something else than a status ({:?} error at line {} column {})",
+            e.classify(),
+            e.line(),
+            e.column()
+        )
+    })?;
     Ok((status, rtt))
 }

@@ -257,6 +257,9 @@ pub struct Status {
     pub min_replicas: u64,
     pub data_dir: Option<String>,
     pub data_bytes: u64,
+    /// Connection budgets and the open-files limit they were fitted to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<crate::node::Budgets>,
 }
 
 /// `GET /livez` and `GET /readyz` when they answer 200.

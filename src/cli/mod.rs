@@ -14,13 +14,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::client::{self, Action, Conn};
 use crate::daemon::run;
 use crate::input::Dur;
 use crate::node::{Settings, defaults};
-use crate::server::DEFAULT_HEADER_TIMEOUT;
+use crate::server::{DEFAULT_HEADER_TIMEOUT, DEFAULT_WRITE_TIMEOUT};
 use crate::server::{DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PEER_CONNECTIONS, Limits};
 use crate::storage::logged::OnDamage;
 use crate::storage::{
@@ -349,6 +349,11 @@ pub struct NodeArgs {
     #[arg(long, env = "TALLY_HEADER_TIMEOUT", default_value_t = Dur(DEFAULT_HEADER_TIMEOUT))]
     pub header_timeout: Dur,
 
+    /// Deadline for each write of an answer to make progress: a client that
+    /// stops reading its answers is closed after it.
+    #[arg(long, env = "TALLY_WRITE_TIMEOUT", default_value_t = Dur(DEFAULT_WRITE_TIMEOUT))]
+    pub write_timeout: Dur,
+
     /// How long an Idempotency-Key is remembered (e.g. 24h, 90m).
     #[arg(long, env = "TALLY_IDEMPOTENCY_WINDOW", default_value_t = Dur(DEFAULT_IDEMPOTENCY_WINDOW))]
     pub idempotency_window: Dur,
@@ -575,13 +580,42 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
         ),
         (None, None) => None,
     };
-    if secret.as_deref() == Some("") {
-        return Err("the cluster secret is empty".into());
+    if let Some(secret) = &secret {
+        check_secret(secret)?;
+    }
+    if args.secret.is_some()
+        && std::env::args().any(|a| a == "--secret" || a.starts_with("--secret="))
+    {
+        warn!(
+            "the cluster secret was given on the command line, where every process on this \
+             host can read it; use --secret-file or TALLY_SECRET"
+        );
     }
     let (settings, limits) = args.into_settings(id, data_dir, secret);
     run(settings, limits, stop_signal())
         .await
         .map_err(|e| e.to_string())
+}
+
+/// Refuses a secret that cannot travel in an HTTP header as it is: empty,
+/// or with characters other than visible ASCII.
+fn check_secret(secret: &str) -> Result<(), String> {
+    if secret.is_empty() {
+        return Err("the cluster secret is empty".into());
+    }
+    if let Some(c) = secret.chars().find(|c| !c.is_ascii_graphic()) {
+        return Err(format!(
+            "the cluster secret holds {c:?}: it travels in a header, so it may hold only visible \
+             ASCII characters (no spaces or control characters)"
+        ));
+    }
+    if secret.len() < 16 {
+        warn!(
+            length = secret.len(),
+            "the cluster secret is short; use at least 16 random characters"
+        );
+    }
+    Ok(())
 }
 
 impl NodeArgs {
@@ -619,6 +653,7 @@ impl NodeArgs {
             max_peer_connections,
             max_pending_connections: Limits::pending_for(max_connections, max_peer_connections),
             header_read_timeout: self.header_timeout.0,
+            write_timeout: self.write_timeout.0,
             ..Limits::default()
         };
         (settings, limits)

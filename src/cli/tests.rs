@@ -140,3 +140,12 @@ fn every_client_command_parses() {
         Some(Commands::Demo { nodes: 3, .. })
     ));
 }
+
+#[test]
+fn a_secret_that_cannot_travel_in_a_header_is_refused() {
+    assert!(super::check_secret("0123456789abcdef-secret").is_ok());
+    for bad in ["", "has space", "tab\there", "line\nbreak", "é-accent"] {
+        let err = super::check_secret(bad).unwrap_err();
+        assert!(err.contains("secret"), "{bad:?}: {err}");
+    }
+}

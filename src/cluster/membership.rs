@@ -8,7 +8,8 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Actor, ClusterConfig, ConfigError, MAX_DEPARTED, MAX_LINEAGE, Stamp, validate_departed,
+    Actor, ClusterConfig, ConfigError, MAX_DEPARTED, MAX_LINEAGE, MAX_VERSION_STEP, Stamp,
+    validate_departed,
 };
 
 /// A confirmed hand-off: every actor of the config stamped `stamp`, at that
@@ -295,7 +296,18 @@ impl Membership {
         Some(next)
     }
 
-    /// Checks a membership received from a peer.
+    /// Checks a membership received from a peer against this node's,
+    /// `ours`: valid on its own, and not further ahead in version than
+    /// [`MAX_VERSION_STEP`].
+    pub fn check_received(&self, ours: &Membership) -> Result<(), ConfigError> {
+        let (theirs, ours) = (self.config.stamp.version, ours.config.stamp.version);
+        if theirs > ours.saturating_add(MAX_VERSION_STEP) {
+            return Err(ConfigError::VersionJump { theirs, ours });
+        }
+        self.validate()
+    }
+
+    /// Checks a membership on its own: canonical, bounded, consistent.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.config.validate()?;
         validate_departed(self.orphans.iter(), &self.config.actors)?;
@@ -568,6 +580,21 @@ mod tests {
         let mut exhausted = c1.clone();
         exhausted.config.stamp.version = u64::MAX;
         assert_eq!(exhausted.validate(), Err(ConfigError::VersionExhausted));
+        // A forged jump towards the end of the versions is refused, so a
+        // post can always make a newer config.
+        let mut jump = c1.clone();
+        jump.config.stamp.version = u64::MAX - 1;
+        assert!(matches!(
+            jump.check_received(&c1),
+            Err(ConfigError::VersionJump { .. })
+        ));
+        assert!(matches!(
+            jump.check_received(&Membership::default()),
+            Err(ConfigError::VersionJump { .. })
+        ));
+        let mut step = c1.clone();
+        step.config.stamp.version = 1 + crate::cluster::MAX_VERSION_STEP;
+        assert_eq!(step.check_received(&c1), Ok(()));
         let mut unset = Membership::default();
         unset.config.actors = actors(&["10.0.0.1"]);
         assert!(unset.validate().is_err());

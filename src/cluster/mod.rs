@@ -48,6 +48,13 @@ pub const MAX_LINEAGE: usize = 64;
 /// membership as orphans or hand-offs.
 pub const MAX_DEPARTED: usize = 4096;
 const MAX_ACTOR_LEN: usize = 262;
+/// Most a config version received from a peer may be ahead of this node's.
+///
+/// Posts add one to the version, so a real cluster never comes near it,
+/// while a forged message cannot push the version to its end in one step:
+/// from 0, exhausting it would take 2^44 forged messages, and a `POST
+/// /config` (which adds one) always wins over what was forged before.
+pub const MAX_VERSION_STEP: u64 = 1 << 20;
 
 /// Why an address or a config was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -76,6 +83,10 @@ pub enum ConfigError {
     TooManyDeparted,
     #[error("a config's parent must be older than the config")]
     BadParent,
+    #[error(
+        "config version {theirs} is more than {MAX_VERSION_STEP} ahead of this node's ({ours})"
+    )]
+    VersionJump { theirs: u64, ours: u64 },
 }
 
 /// One node's address in canonical form: `ip:port`, `[v6]:port` or `host:port`.

@@ -349,7 +349,10 @@ pub(super) async fn handoff_loop(node: Arc<Node>) {
         }
         let mut behind = 0;
         while let Some(joined) = asks.join_next().await {
-            if !matches!(joined, Ok(Some(seq)) if seq >= head) {
+            // A mark past our own head is not a confirmation but a lie (or
+            // a peer that confuses us with another incarnation).
+            let now = node.store.head();
+            if !matches!(joined, Ok(Some(seq)) if seq >= head && seq <= now) {
                 behind += 1;
             }
         }

@@ -72,8 +72,23 @@ pub struct Settings {
     pub scrub_interval: Option<Duration>,
     /// Bytes a second a scrub pass reads, at most.
     pub scrub_rate: u64,
+    /// The server's connection budgets, as `/status` reports them.
+    pub budgets: Budgets,
     /// Shared by every layer of this node.
     pub metrics: Metrics,
+}
+
+/// The connection budgets the server runs with, after they were fitted to
+/// the open-files limit.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Budgets {
+    pub max_connections: u64,
+    pub max_peer_connections: u64,
+    pub max_pending_connections: u64,
+    /// The process's open-files limit (0: unknown).
+    pub open_files_limit: u64,
+    /// Seconds a write of an answer may stay blocked before the connection is closed.
+    pub write_timeout_secs: f64,
 }
 
 /// Every default of a node, once: [`Settings::new`] and the flags read them.
@@ -116,6 +131,7 @@ impl Settings {
             on_damage: OnDamage::default(),
             scrub_interval: Some(defaults::SCRUB_INTERVAL),
             scrub_rate: defaults::SCRUB_RATE,
+            budgets: Budgets::default(),
             metrics: Metrics::default(),
         }
     }

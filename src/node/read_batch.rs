@@ -231,7 +231,7 @@ mod tests {
                 }
                 Request::ReadMany { .. } if self.legacy => Err(CallError::Refused {
                     status: 400,
-                    body: "malformed internal message: unknown variant `read_many`".into(),
+                    bytes: 60,
                 }),
                 Request::ReadMany { names } => {
                     answer(names.len());

@@ -34,14 +34,12 @@ impl Node {
         let theirs = env.membership;
         // Most messages carry the membership this node already has: only one
         // that changes ours is validated and stored.
-        if self
-            .store
-            .with_membership(|ours| ours.merged_with(&theirs))
-            .is_some()
-        {
-            theirs
-                .validate()
-                .map_err(|e| RpcError::BadRequest(e.to_string()))?;
+        let changes_ours = self.store.with_membership(|ours| {
+            ours.merged_with(&theirs)
+                .map(|_| theirs.check_received(ours))
+        });
+        if let Some(checked) = changes_ours {
+            checked.map_err(|e| RpcError::BadRequest(e.to_string()))?;
             if let Err(e) = self.messenger.adopt(theirs.clone()).await {
                 // A hand-off is confirmed only by nodes at the leaver's
                 // config, and a poster counts only nodes that stored its
@@ -103,6 +101,12 @@ impl Node {
     /// Counters whose own component changed at the sender.
     async fn on_push(&self, counters: Vec<WireCounter>) -> Result<Response, RpcError> {
         let counters = validate_counters(counters)?;
+        if let Some((name, claimed, held)) = self.store.raises_own(&counters) {
+            return Err(RpcError::BadRequest(format!(
+                "a push may not raise this node's own component of {name:?} \
+                 (it claims {claimed}, this node counted {held})"
+            )));
+        }
         self.store
             .merge(Merge {
                 counters,
@@ -130,7 +134,15 @@ impl Node {
                 more: true,
             });
         }
-        // The asker has durably merged our changes up to `since`.
+        // The asker has durably merged our changes up to `since`: no
+        // further than our head, or it could fake a replica's
+        // acknowledgement of increments not made yet.
+        let head = self.store.head();
+        if since > head {
+            return Err(RpcError::BadRequest(format!(
+                "a pull since {since} is past this node's head ({head})"
+            )));
+        }
         self.peers.note_pulled(from, since);
         let limit = limit.clamp(1, MAX_NAMES_PER_MESSAGE);
         let changes = match self.store.changes_since(since, limit).await {

@@ -42,9 +42,12 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::cluster::Actor;
+use crate::crdt::GCounter;
 use crate::messenger::Messenger;
 use crate::metrics::{self, Metrics, PeerOutcome};
-use crate::proto::{MAX_NAMES_PER_MESSAGE, ReplicaId, Request, Response, WireCounter};
+use crate::proto::{
+    MAX_COMPONENTS_PER_PUSH, MAX_NAMES_PER_MESSAGE, ReplicaId, Request, Response, WireCounter,
+};
 use crate::storage::{Committed, Merge, PeerMark, Store};
 use peer::{PeerReport, PeerState, PullAnswer, PullStep, Push, Reachability};
 
@@ -307,6 +310,31 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// The counters of one push, within [`MAX_COMPONENTS_PER_PUSH`] together:
+/// whole while they fit, then only this node's own component (a push is
+/// for this node's increments; what it relays and no longer fits reaches
+/// the peer by anti-entropy, whose pages are not bounded in components).
+fn push_counters(
+    names: &[String],
+    me: ReplicaId,
+    counter: impl Fn(&str) -> Option<GCounter>,
+) -> Vec<WireCounter> {
+    // Room for one component of every name after the whole counters.
+    let mut room = MAX_COMPONENTS_PER_PUSH.saturating_sub(names.len());
+    names
+        .iter()
+        .filter_map(|n| {
+            let c = counter(n)?;
+            if c.len() <= room {
+                room -= c.len();
+                return Some(WireCounter::new(n.clone(), &c));
+            }
+            let own = c.get(me);
+            (own > 0).then(|| WireCounter::new(n.clone(), &GCounter::of(me, own)))
+        })
+        .collect()
+}
+
 async fn push_once(r: &Replicator, peer: &Peer, timeout: Duration, force: bool) {
     let Some(push) = peer.state().take_push(force) else {
         return;
@@ -314,11 +342,9 @@ async fn push_once(r: &Replicator, peer: &Peer, timeout: Duration, force: bool) 
     if push.more {
         peer.wake.notify_one();
     }
-    let counters: Vec<WireCounter> = push
-        .names
-        .iter()
-        .filter_map(|n| Some(WireCounter::new(n.clone(), &r.ctx.store.counter(n)?)))
-        .collect();
+    let counters = push_counters(&push.names, r.ctx.store.identity(), |n| {
+        r.ctx.store.counter(n)
+    });
     let count = counters.len();
     let mut in_flight = InFlight {
         peer,
@@ -380,6 +406,21 @@ async fn pull_loop(r: Arc<Replicator>, peer: Arc<Peer>) {
     }
 }
 
+/// Checks a page of changes before anything of it is merged: valid names,
+/// and no count of this node's own component above what it holds.
+fn check_page(store: &Store, counters: &[(String, GCounter)]) -> Result<(), String> {
+    for (name, _) in counters {
+        crate::input::validate_name(name).map_err(|e| format!("pull answered a bad name: {e}"))?;
+    }
+    match store.raises_own(counters) {
+        Some((name, claimed, held)) => Err(format!(
+            "pull answered a count of this node's own component of {name:?} \
+             ({claimed}) above what it counted ({held})"
+        )),
+        None => Ok(()),
+    }
+}
+
 /// One anti-entropy round; `Ok(true)` when it stopped with pages left.
 async fn pull_round(r: &Replicator, peer: &Peer) -> Result<bool, String> {
     let actor = &peer.actor;
@@ -405,9 +446,12 @@ async fn pull_round(r: &Replicator, peer: &Peer) -> Result<bool, String> {
         else {
             return Err("pull answered with something other than changes".into());
         };
+        let counters: Vec<(String, GCounter)> =
+            counters.into_iter().map(WireCounter::into_parts).collect();
+        check_page(&r.ctx.store, &counters)?;
         let answer = PullAnswer {
             from: env.from,
-            counters: counters.into_iter().map(WireCounter::into_parts).collect(),
+            counters,
             next,
             head,
             more,

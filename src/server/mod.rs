@@ -31,6 +31,7 @@
 //! attacker on the node's network (see the README's threat model).
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -69,6 +70,13 @@ pub const DEFAULT_MAX_PEER_CONNECTIONS: usize = 16 * MAX_IN_FLIGHT_PER_PEER;
 /// Default of `--header-timeout`.
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Default of `--write-timeout`.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Open files kept aside from the connection budgets: data files, outgoing
+/// peer connections, the listener, standard streams.
+pub const RESERVED_FILES: u64 = 512;
+
 /// `Retry-After` of a refused connection, in seconds.
 const RETRY_AFTER_SECS: u32 = 1;
 /// How long a refused connection is kept to read what its client still
@@ -99,9 +107,44 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// Largest request head (request line plus headers), in bytes.
     pub max_header_bytes: usize,
+    /// Deadline for each write of an answer to make progress: a client
+    /// that stops reading is closed after it.
+    pub write_timeout: Duration,
 }
 
 impl Limits {
+    /// Open files these budgets can hold at once, besides the reserve.
+    pub fn files(&self) -> u64 {
+        let n = self
+            .max_connections
+            .saturating_add(self.max_peer_connections)
+            .saturating_add(self.max_pending_connections);
+        u64::try_from(n).unwrap_or(u64::MAX)
+    }
+
+    /// Shrinks the budgets to fit `open_files` (the process's limit) with
+    /// [`RESERVED_FILES`] kept aside, in proportion; returns whether they
+    /// had to shrink. Beyond the limit, accept would fail (EMFILE) for
+    /// every class alike, peers included, instead of refusing clients with
+    /// a 503.
+    pub fn fit_to(&mut self, open_files: u64) -> bool {
+        let room = open_files.saturating_sub(RESERVED_FILES).max(3);
+        let want = self.files();
+        if want <= room {
+            return false;
+        }
+        let scale = |n: usize| {
+            let n = u64::try_from(n).unwrap_or(u64::MAX);
+            usize::try_from((u128::from(n) * u128::from(room) / u128::from(want)) as u64)
+                .unwrap_or(usize::MAX)
+                .max(1)
+        };
+        self.max_connections = scale(self.max_connections);
+        self.max_peer_connections = scale(self.max_peer_connections);
+        self.max_pending_connections = scale(self.max_pending_connections);
+        true
+    }
+
     /// The default bound on pending connections: both budgets together, so
     /// that a burst filling both at once is classified without any of its
     /// connections pushing out another.
@@ -121,6 +164,7 @@ impl Default for Limits {
             ),
             header_read_timeout: DEFAULT_HEADER_TIMEOUT,
             max_header_bytes: 64 * 1024,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
         }
     }
 }
@@ -191,6 +235,7 @@ pub async fn serve(
         app,
         builder,
         header_timeout: limits.header_read_timeout,
+        write_timeout: limits.write_timeout,
         clients: Budget::new(Class::Client, limits.max_connections, metrics),
         peers: Budget::new(Class::Peer, limits.max_peer_connections, metrics),
         pending: Arc::new(Pending {
@@ -242,6 +287,7 @@ struct Shared {
     app: Router,
     builder: hyper::server::conn::http1::Builder,
     header_timeout: Duration,
+    write_timeout: Duration,
     clients: Budget,
     peers: Budget,
     pending: Arc<Pending>,
@@ -297,7 +343,8 @@ async fn connection(
     let mut builder = shared.builder.clone();
     builder.header_read_timeout(deadline.saturating_duration_since(Instant::now()));
     let service = TowerToHyperService::new(shared.app.clone());
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    let io = WriteDeadline::new(stream, shared.write_timeout);
+    let conn = builder.serve_connection(TokioIo::new(io), service);
     if let Err(e) = watcher.watch(conn).await {
         debug!(%peer, class = class.label(), error = %e, "connection ended with an error");
     }
@@ -473,6 +520,136 @@ impl Drop for PendingPlace {
         set.waiting.remove(&self.id);
         self.pending.open.set(gauge_value(set.waiting.len()));
     }
+}
+
+/// A stream whose writes must make progress within a deadline: a write
+/// (or flush) that stays blocked that long, because the client stopped
+/// reading and the socket's buffers are full, fails with `TimedOut`, and
+/// hyper then closes the connection. Without it such a client would hold
+/// its connection, its place in the budget and the unsent answer forever.
+pub struct WriteDeadline<S> {
+    inner: S,
+    timeout: Duration,
+    blocked: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> WriteDeadline<S> {
+    pub fn new(inner: S, timeout: Duration) -> Self {
+        WriteDeadline {
+            inner,
+            timeout,
+            blocked: None,
+        }
+    }
+
+    /// Passes a ready result on (and clears the deadline); a pending one
+    /// starts the deadline, or fails once it has passed.
+    fn watch<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        polled: std::task::Poll<std::io::Result<T>>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        use std::task::Poll;
+        match polled {
+            Poll::Ready(r) => {
+                self.blocked = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let timeout = self.timeout;
+                let sleep = self
+                    .blocked
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                match sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("the client read nothing of the answer for {timeout:?}"),
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WriteDeadline<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteDeadline<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.watch(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.watch(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_flush(cx);
+        self.watch(cx, polled)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.watch(cx, polled)
+    }
+}
+
+/// Raises this process's soft limit on open files to its hard limit, and
+/// returns the limit in force (`None` when it cannot be read).
+pub fn raise_open_files_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return None;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct we pass.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim = raised;
+        } else {
+            warn!(
+                soft = lim.rlim_cur,
+                hard = lim.rlim_max,
+                "cannot raise the open-files limit"
+            );
+        }
+    }
+    Some(lim.rlim_cur)
 }
 
 fn gauge_value(n: usize) -> i64 {

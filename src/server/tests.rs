@@ -216,3 +216,49 @@ fn the_oldest_pending_connection_makes_room() {
     drop((c, d));
     assert_eq!(pending.open.get(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_write_that_stays_blocked_fails_after_its_deadline() {
+    use tokio::io::AsyncWriteExt;
+    // The other end reads nothing: after 64 bytes every write blocks.
+    let (near, _far) = tokio::io::duplex(64);
+    let mut w = WriteDeadline::new(near, Duration::from_secs(2));
+    w.write_all(&[1; 64]).await.unwrap();
+    let started = Instant::now();
+    let err = w.write_all(&[2; 64]).await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+    assert!(started.elapsed() >= Duration::from_secs(2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_write_that_makes_progress_is_not_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (near, mut far) = tokio::io::duplex(64);
+    let mut w = WriteDeadline::new(near, Duration::from_secs(2));
+    // A slow reader: 64 bytes every second, each pause under the deadline.
+    let reader = tokio::spawn(async move {
+        let mut got = 0;
+        let mut buf = [0u8; 64];
+        while got < 640 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            got += far.read(&mut buf).await.unwrap();
+        }
+        got
+    });
+    w.write_all(&[3; 640]).await.unwrap();
+    assert_eq!(reader.await.unwrap(), 640);
+}
+
+#[test]
+fn budgets_shrink_in_proportion_to_fit_the_open_files_limit() {
+    let mut l = Limits::default();
+    assert!(!l.fit_to(1 << 20), "the defaults fit a large limit");
+    assert_eq!(l.max_connections, DEFAULT_MAX_CONNECTIONS);
+    let mut l = Limits::default();
+    assert!(l.fit_to(1024 + RESERVED_FILES));
+    assert!(l.files() <= 1024, "{} files", l.files());
+    assert!(l.max_peer_connections >= 1 && l.max_connections > l.max_peer_connections);
+    let mut tiny = Limits::default();
+    tiny.fit_to(0);
+    assert!(tiny.max_connections >= 1 && tiny.max_peer_connections >= 1);
+}

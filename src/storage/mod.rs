@@ -300,6 +300,25 @@ impl Store {
         self.read(|m| m.get(name).cloned())
     }
 
+    /// The first of `counters` that would raise this node's own component
+    /// past what it holds, as (name, claimed, held). Only this node's own
+    /// increments raise its component: a peer learns it from this node, so
+    /// a higher count in a message is invented, and merging it would also
+    /// make every later increment of that name overflow.
+    pub fn raises_own<'a>(
+        &self,
+        counters: &'a [(String, GCounter)],
+    ) -> Option<(&'a str, u64, u64)> {
+        let me = self.inner.identity;
+        self.read(|m| {
+            counters.iter().find_map(|(name, theirs)| {
+                let claimed = theirs.get(me);
+                let held = m.get(name.as_str()).map_or(0, |c| c.get(me));
+                (claimed > held).then_some((name.as_str(), claimed, held))
+            })
+        })
+    }
+
     pub fn names(&self) -> usize {
         self.read(|m| m.len())
     }

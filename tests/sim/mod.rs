@@ -209,7 +209,7 @@ async fn exchange(to: &str, req: RequestEnvelope) -> Result<ResponseEnvelope, Ca
         Ok(Reply::Rpc(Ok(env))) => Ok(env),
         Ok(Reply::Rpc(Err(e))) => Err(CallError::Refused {
             status: 400,
-            body: e,
+            bytes: e.len(),
         }),
         Ok(other) => Err(CallError::Protocol(format!("{other:?}"))),
         Err(e) => Err(CallError::Unreachable(e.to_string())),
