@@ -7,9 +7,13 @@
 mod common;
 
 use std::net::TcpStream;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{Cluster, eintr, eventually, raw_request};
+use common::{Cluster, TempDir, eintr, eventually, raw_request, read_answer};
 
 /// Resident memory of a process, in KiB.
 fn rss_kib(pid: u32) -> u64 {
@@ -245,4 +249,314 @@ fn silent_connections_are_bounded_and_crowd_out_no_one() {
         "{pushed_out} pending connections closed"
     );
     drop(silent);
+}
+
+/// The value of the metric line that starts with `line_start` (name and
+/// labels, then a space) in `GET /metrics` of node `i`, read on a fresh
+/// connection.
+fn metric(c: &Cluster, i: usize, line_start: &str) -> Result<f64, String> {
+    let url = c.url(i, "/metrics");
+    let r = c
+        .http
+        .try_request("GET", &url, None, Duration::from_secs(5))?;
+    r.body
+        .lines()
+        .find_map(|l| l.strip_prefix(line_start))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| format!("no {line_start:?} in {}", r.body))
+}
+
+/// A client that sends requests and never reads the answers cannot hold a
+/// connection: once the node cannot write an answer within
+/// `--write-timeout` (2 s here) it closes the connection. One connection
+/// pipelines up to 5,000 `GET /metrics` (far more answer bytes than the
+/// socket buffers hold) and reads nothing; the node's gauge of open client
+/// connections then falls back to at most 1 (the connection reading it).
+#[test]
+fn a_client_that_never_reads_is_cut_off_by_the_write_deadline() {
+    let c = Cluster::start("never-reads", 1, &["--write-timeout", "2s"]);
+    let port = c.nodes[0].spec.port;
+    let one_answer = c.http.get(&c.url(0, "/metrics")).body.len();
+    assert!(
+        one_answer * 5_000 > 32 << 20,
+        "5,000 answers of {one_answer} bytes would not fill the socket buffers"
+    );
+
+    let mut stuck = eintr::connect(("127.0.0.1", port)).expect("connect");
+    stuck
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .expect("write timeout");
+    let request = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut sent = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sent < 5_000 && Instant::now() < deadline && eintr::write_all(&mut stuck, request).is_ok()
+    {
+        sent += 1;
+    }
+    assert!(sent > 0, "no request could be sent");
+
+    eventually(
+        "the node closes the connection that never reads",
+        Duration::from_secs(30),
+        || {
+            let open = metric(&c, 0, r#"tally_connections{class="client"} "#)?;
+            if open <= 1.0 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{open} client connections open after {sent} requests"
+                ))
+            }
+        },
+    );
+    assert_eq!(c.value(0, "alive"), 0, "the node still serves");
+    drop(stuck);
+}
+
+/// A fresh temp folder holding a file whose first line is `secret`.
+fn secret_file(secret: &str) -> (TempDir, PathBuf) {
+    let dir = TempDir::new("secret");
+    let path = dir.path().join("secret");
+    std::fs::write(&path, format!("{secret}\n")).expect("write the secret file");
+    (dir, path)
+}
+
+/// An internal request that asks who the node is; without the cluster
+/// secret unless `headers` carries it. Keep-alive (HTTP/1.1's default).
+fn hello_request(headers: &str) -> String {
+    let body = r#"{"v":2,"from":{"node":9,"incarnation":9},"membership":{"config":{"stamp":{"version":0,"origin":0},"actors":[]}},"req":{"op":"hello"}}"#;
+    format!(
+        "POST /_internal/v1/rpc HTTP/1.1\r\nHost: x\r\n{headers}Content-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// A request refused for its cluster secret ends its connection: a
+/// keep-alive internal request without the secret gets 401, and one with
+/// a wrong secret 403, each with `Connection: close`, and the node closes
+/// the socket at once (long before its 60 s idle deadline), so a refused
+/// caller cannot keep holding a connection.
+#[test]
+fn a_refused_secret_closes_the_connection() {
+    let (_dir, path) = secret_file("hostile-secret-7");
+    let path = path.to_str().expect("a UTF-8 path");
+    let c = Cluster::start(
+        "auth-close",
+        1,
+        &["--secret-file", path, "--header-timeout", "60s"],
+    );
+    let port = c.nodes[0].spec.port;
+    for (headers, want) in [("", 401), ("x-tally-secret: wrong\r\n", 403)] {
+        let mut s = eintr::connect(("127.0.0.1", port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(15)))
+            .expect("read timeout");
+        s.set_write_timeout(Some(Duration::from_secs(15)))
+            .expect("write timeout");
+        eintr::write_all(&mut s, hello_request(headers).as_bytes()).expect("send the request");
+        let answer = read_answer(&mut s)
+            .expect("read the answer")
+            .unwrap_or_else(|| panic!("closed without an answer (expected {want})"));
+        assert_eq!(answer.status, want, "{answer:?}");
+        assert_eq!(
+            answer
+                .header("connection")
+                .map(str::to_ascii_lowercase)
+                .as_deref(),
+            Some("close"),
+            "the {want} does not announce the close: {answer:?}"
+        );
+        let mut rest = Vec::new();
+        let end = eintr::read_to_end(&mut s, &mut rest);
+        let closed = match &end {
+            Ok(_) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        };
+        assert!(
+            closed,
+            "the connection stayed open after the {want}: {end:?}"
+        );
+        assert!(
+            rest.is_empty(),
+            "bytes after the {want}: {:?}",
+            String::from_utf8_lossy(&rest)
+        );
+    }
+}
+
+/// What an [`UnauthenticatedFlood`] saw.
+#[derive(Default)]
+struct FloodSeen {
+    /// Connections that got an answer or were closed by the node.
+    answered: AtomicUsize,
+    /// Connections still open.
+    open: AtomicUsize,
+}
+
+/// `n` connections to a node, each sending a keep-alive internal request
+/// without the cluster secret every 500 ms (so none is ever idle), reading
+/// and dropping whatever comes back, never closed from this side until the
+/// flood stops. Stopped (and joined) on drop; stops by itself after two
+/// minutes.
+struct UnauthenticatedFlood {
+    stop: Arc<AtomicBool>,
+    seen: Arc<FloodSeen>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl UnauthenticatedFlood {
+    fn start(port: u16, n: usize) -> UnauthenticatedFlood {
+        let conns: Vec<TcpStream> = (0..n)
+            .map(|_| {
+                let s = eintr::connect(("127.0.0.1", port)).expect("connect");
+                s.set_nonblocking(true).expect("nonblocking");
+                s
+            })
+            .collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(FloodSeen::default());
+        let thread = {
+            let (stop, seen) = (stop.clone(), seen.clone());
+            std::thread::spawn(move || flood(conns, &stop, &seen))
+        };
+        UnauthenticatedFlood {
+            stop,
+            seen,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for UnauthenticatedFlood {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The loop of an [`UnauthenticatedFlood`].
+fn flood(conns: Vec<TcpStream>, stop: &AtomicBool, seen: &FloodSeen) {
+    use std::io::{ErrorKind, Write};
+    struct Conn {
+        stream: Option<TcpStream>,
+        /// Request bytes not written yet: a new request is queued only
+        /// once the last one went out whole.
+        outbox: Vec<u8>,
+        answered: bool,
+    }
+    let request = hello_request("").into_bytes();
+    let mut conns: Vec<Conn> = conns
+        .into_iter()
+        .map(|s| Conn {
+            stream: Some(s),
+            outbox: request.clone(),
+            answered: false,
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut next_round = Instant::now() + Duration::from_millis(500);
+    let mut buf = [0u8; 4096];
+    while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+        let queue = Instant::now() >= next_round;
+        if queue {
+            next_round = Instant::now() + Duration::from_millis(500);
+        }
+        for conn in &mut conns {
+            let Some(s) = conn.stream.as_mut() else {
+                continue;
+            };
+            // Drop what came back, noting the first answer or the close.
+            let mut closed = false;
+            for _ in 0..64 {
+                match eintr::read(s, &mut buf) {
+                    Ok(0) => {
+                        closed = true;
+                        break;
+                    }
+                    Ok(_) => conn.answered = true,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        closed = true;
+                        break;
+                    }
+                }
+            }
+            if queue && conn.outbox.is_empty() {
+                conn.outbox.clone_from(&request);
+            }
+            if !closed && !conn.outbox.is_empty() {
+                match eintr::retry(|| s.write(&conn.outbox)) {
+                    Ok(n) => {
+                        conn.outbox.drain(..n);
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(_) => closed = true,
+                }
+            }
+            if closed {
+                conn.answered = true;
+                conn.stream = None;
+            }
+        }
+        seen.answered.store(
+            conns.iter().filter(|c| c.answered).count(),
+            Ordering::SeqCst,
+        );
+        seen.open.store(
+            conns.iter().filter(|c| c.stream.is_some()).count(),
+            Ordering::SeqCst,
+        );
+        std::thread::sleep(common::STEP);
+    }
+}
+
+/// Callers without the cluster secret cannot squat the peer budget. Both
+/// nodes share a secret and node 1 admits 8 peer connections. 64
+/// connections to node 1 each send an internal request without the secret
+/// and keep sending one every 500 ms, never closing. Only then is the
+/// config posted (to node 2, with the secret), so node 2 must open fresh
+/// connections to node 1: an increment on node 2 still reaches node 1, and
+/// a consistent read on node 1 answers 200 with it.
+#[test]
+fn unauthenticated_callers_cannot_squat_the_peer_budget() {
+    const SECRET: &str = "flood-secret-8";
+    let (_dir, path) = secret_file(SECRET);
+    let path = path.to_str().expect("a UTF-8 path");
+    let c = Cluster::start(
+        "auth-flood",
+        2,
+        &["--secret-file", path, "--max-peer-connections", "8"],
+    );
+    let flood = UnauthenticatedFlood::start(c.nodes[0].spec.port, 64);
+    eventually(
+        "every flood connection was answered or closed",
+        Duration::from_secs(30),
+        || match flood.seen.answered.load(Ordering::SeqCst) {
+            64 => Ok(()),
+            n => Err(format!("{n} of 64")),
+        },
+    );
+
+    let addrs = c.addrs();
+    let body = serde_json::json!({ "actors": addrs }).to_string();
+    let r = c.http.request_with_headers(
+        "POST",
+        &c.url(1, "/config"),
+        &[("x-tally-secret", SECRET)],
+        Some(body.as_bytes()),
+    );
+    assert_eq!(r.resp.status, 200, "config with the secret: {r:?}");
+    assert_eq!(c.incr(1, "flooded", 5), 5);
+    c.wait_value(0, "flooded", 5, Duration::from_secs(30));
+    let r = c.consistent(0, "flooded", "10s");
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "5"),
+        "consistent read on node 1 during the flood: {r:?}"
+    );
+    let open = flood.seen.open.load(Ordering::SeqCst);
+    eprintln!("flood connections still open at the end: {open}");
+    drop(flood);
 }
