@@ -9,27 +9,32 @@ use axum::body::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use crate::tls::{ClientTls, Connector};
 use crate::transport::error_chain;
 
 /// Largest answer read from a node.
 const MAX_ANSWER: usize = 64 * 1024 * 1024;
 
-/// Normalises `--node`: `http://host:port[/prefix]`, `host:port`, `[v6]:port`
-/// or a bare host (port 7777 implied, as for actors; an `http://` URL
-/// without a port means port 80). Returns the base URL without a trailing slash.
+/// Normalises `--node`: `http://host:port[/prefix]`, `https://...`,
+/// `host:port`, `[v6]:port` or a bare host (port 7777 implied, as for
+/// actors; an `http://` URL without a port means port 80, `https://` 443). Returns the base URL without a trailing slash.
 pub fn parse_node(raw: &str) -> Result<String, String> {
     let raw = raw.trim();
     if raw.is_empty() {
         return Err("the node address is empty".into());
     }
-    let (with_scheme, rest) = match raw.split_once("://") {
-        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => (true, rest),
+    let (scheme, with_scheme, rest) = match raw.split_once("://") {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => ("http", true, rest),
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("https") => ("https", true, rest),
         Some((scheme, _)) => {
-            return Err(format!("only http:// nodes are supported, not {scheme}://"));
+            return Err(format!(
+                "only http:// and https:// nodes are supported, not {scheme}://"
+            ));
         }
-        None => (false, raw),
+        None => ("http", false, raw),
     };
     let (authority, path) = match rest.find(['/', '?', '#']) {
         Some(i) => rest.split_at(i),
@@ -67,7 +72,7 @@ pub fn parse_node(raw: &str) -> Result<String, String> {
     } else {
         format!("{authority}:7777")
     };
-    let base = format!("http://{authority}{}", path.trim_end_matches('/'));
+    let base = format!("{scheme}://{authority}{}", path.trim_end_matches('/'));
     let uri: hyper::Uri = base
         .parse()
         .map_err(|e| format!("{raw:?} is not a valid node address: {e}"))?;
@@ -109,10 +114,16 @@ pub enum SendError {
     Unreachable { reason: String, maybe_sent: bool },
 }
 
-/// Sends one request to `url` and reads the whole answer, all within `timeout`.
-pub async fn send(req: &Req, url: &str, timeout: Duration) -> Result<Answer, SendError> {
-    let client: Client<_, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+/// Sends one request to `url` and reads the whole answer, all within
+/// `timeout`; an `https://` URL goes over TLS with `tls`.
+pub async fn send(
+    req: &Req,
+    url: &str,
+    timeout: Duration,
+    tls: &ClientTls,
+) -> Result<Answer, SendError> {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .build(Connector::new(HttpConnector::new(), tls.clone()));
     let mut builder = hyper::Request::builder()
         .method(req.method.clone())
         .uri(url)
@@ -177,22 +188,14 @@ mod tests {
             ("[::1]", "http://[::1]:7777"),
             ("HTTP://example.com", "http://example.com"),
             ("http://proxy:80/tally/", "http://proxy:80/tally"),
+            ("https://127.0.0.1:7777", "https://127.0.0.1:7777"),
+            ("HTTPS://example.com", "https://example.com"),
         ];
         for (raw, want) in ok {
             assert_eq!(parse_node(raw).as_deref(), Ok(want), "{raw}");
         }
         for bad in [
-            "",
-            "https://x:1",
-            "ftp://x",
-            "::1",
-            "http://",
-            "x:0",
-            "x:99999",
-            "x:port",
-            "u@x:1",
-            "x:1?q",
-            "[::1",
+            "", "ftp://x", "::1", "http://", "x:0", "x:99999", "x:port", "u@x:1", "x:1?q", "[::1",
             "a b:1",
         ] {
             assert!(parse_node(bad).is_err(), "{bad:?} should be refused");

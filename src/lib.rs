@@ -6,6 +6,9 @@
 //! - [`crdt`]: the G-Counter; [`input`]: what a client may send; [`cluster`]:
 //!   actor addresses, configs, membership and hand-offs. All pure.
 //! - [`metrics`]: Prometheus metrics recorded by every layer.
+//! - [`tls`]: certificates, keys and the TLS configs of both sides, reloaded
+//!   when their files change; [`auth`]: client tokens, their scopes and the
+//!   audit log.
 //! - [`storage`]: durable redb store with group commit, a change index, and
 //!   recovery from disk faults.
 //! - [`proto`] and [`transport`]: the node-to-node messages and the seam
@@ -18,6 +21,7 @@
 //! - [`client`]: the command-line client; [`cli`]: flags, environment, `demo`.
 
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod cluster;
@@ -32,4 +36,5 @@ pub mod proto;
 pub mod replication;
 pub mod server;
 pub mod storage;
+pub mod tls;
 pub mod transport;

@@ -22,6 +22,7 @@ use tokio::sync::Semaphore;
 use crate::cluster::Actor;
 use crate::metrics::{Metrics, Peer};
 use crate::proto::{RPC_PATH, RequestEnvelope, ResponseEnvelope, SECRET_HEADER};
+use crate::tls::{ClientTls, Connector, PeerCert, speaks_for};
 
 /// Largest internal response body accepted.
 pub const MAX_RPC_BODY: usize = 64 * 1024 * 1024;
@@ -52,10 +53,13 @@ pub trait Transport: Send + Sync + 'static {
     fn call(&self, to: &Actor, req: &RequestEnvelope, timeout: Duration) -> CallFuture;
 }
 
-/// Pooled keep-alive HTTP/1.1 client.
+/// Pooled keep-alive HTTP/1.1 client, over TLS when the node has it.
 #[derive(Clone)]
 pub struct HttpTransport {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<Connector, Full<Bytes>>,
+    /// With TLS, every answer must come from a peer whose certificate names
+    /// the node id the answer claims (see [`crate::tls::speaks_for`]).
+    tls: bool,
     secret: Option<Arc<str>>,
     metrics: Metrics,
     /// One permit pool per peer; held briefly to look up or insert.
@@ -63,7 +67,12 @@ pub struct HttpTransport {
 }
 
 impl HttpTransport {
-    pub fn new(connect_timeout: Duration, secret: Option<Arc<str>>, metrics: Metrics) -> Self {
+    pub fn new(
+        connect_timeout: Duration,
+        secret: Option<Arc<str>>,
+        metrics: Metrics,
+        tls: ClientTls,
+    ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(connect_timeout));
         connector.set_nodelay(true);
@@ -75,9 +84,10 @@ impl HttpTransport {
             .pool_max_idle_per_host(16)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
-            .build(connector);
+            .build(Connector::new(connector, tls.clone()));
         HttpTransport {
             client,
+            tls: tls.is_some(),
             secret,
             metrics,
             in_flight: Arc::default(),
@@ -88,7 +98,9 @@ impl HttpTransport {
 impl Transport for HttpTransport {
     fn call(&self, to: &Actor, req: &RequestEnvelope, timeout: Duration) -> CallFuture {
         let client = self.client.clone();
-        let uri = format!("http://{to}{RPC_PATH}");
+        let scheme = if self.tls { "https" } else { "http" };
+        let uri = format!("{scheme}://{to}{RPC_PATH}");
+        let tls = self.tls;
         let body = serde_json::to_vec(req).expect("requests serialize");
         let secret = self.secret.clone();
         let peer = Peer {
@@ -122,6 +134,7 @@ impl Transport for HttpTransport {
                     .await
                     .map_err(|e| CallError::Unreachable(error_chain(&e)))?;
                 let status = resp.status();
+                let cert = resp.extensions().get::<PeerCert>().cloned();
                 let bytes = Limited::new(resp.into_body(), MAX_RPC_BODY)
                     .collect()
                     .await
@@ -139,14 +152,21 @@ impl Transport for HttpTransport {
                         bytes: bytes.len(),
                     });
                 }
-                crate::proto::decode_response(&bytes).map_err(|e| {
+                let answer = crate::proto::decode_response(&bytes).map_err(|e| {
                     CallError::Protocol(format!(
                         "malformed answer ({:?} error at line {} column {})",
                         e.classify(),
                         e.line(),
                         e.column()
                     ))
-                })
+                })?;
+                if tls && !cert.is_some_and(|c| speaks_for(&c.0, answer.from.node)) {
+                    return Err(CallError::Protocol(format!(
+                        "the answer claims to come from node {}, which the peer's certificate does not name",
+                        answer.from.node
+                    )));
+                }
+                Ok(answer)
             };
             tokio::time::timeout(timeout, exchange)
                 .await

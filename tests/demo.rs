@@ -10,6 +10,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
@@ -24,6 +25,8 @@ const START_BOUND: Duration = Duration::from_secs(60);
 const ANSWER_BOUND: Duration = Duration::from_secs(15);
 /// Bound on the demo ending after `quit` (nodes get 12 s to stop cleanly).
 const EXIT_BOUND: Duration = Duration::from_secs(30);
+/// Bound on one run of curl or of the command-line client.
+const CLIENT_BOUND: Duration = Duration::from_secs(20);
 
 /// A running `tally demo`, its output collected line by line.
 struct Demo {
@@ -203,6 +206,60 @@ fn free_base() -> u16 {
     panic!("no free block of ports");
 }
 
+/// What a finished client command printed, and how it exited.
+struct Ran {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `cmd` to its end, killing it after [`CLIENT_BOUND`] (a panic then).
+/// Its output is small, so the pipes cannot fill while it runs.
+fn run_bounded(mut cmd: Command) -> Ran {
+    let shown = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{shown}: cannot start: {e}"));
+    let deadline = Instant::now() + CLIENT_BOUND;
+    while child.try_wait().ok().flatten().is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{shown}: still running after {CLIENT_BOUND:?}");
+        }
+        std::thread::sleep(STEP);
+    }
+    let out = child
+        .wait_with_output()
+        .expect("the output of a finished command");
+    Ran {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// curl with `args`, its own deadline below [`CLIENT_BOUND`], and no proxy
+/// from the environment.
+fn curl(args: &[&str]) -> Ran {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "10", "--noproxy", "*"])
+        .args(args);
+    run_bounded(cmd)
+}
+
+/// The word after `flag ` in `line`.
+fn word_after<'a>(line: &'a str, flag: &str) -> &'a str {
+    let rest = line
+        .split_once(&format!("{flag} "))
+        .unwrap_or_else(|| panic!("no {flag} in {line:?}"))
+        .1;
+    rest.split_whitespace().next().expect("a word")
+}
+
 /// The folder named on the intro's `data:` line.
 fn data_folder(line: &str) -> PathBuf {
     let rest = line.split_once("data: ").expect("a data line").1;
@@ -360,4 +417,144 @@ fn a_data_dir_is_kept_and_resumed() {
         .map(|e| e.file_name())
         .collect();
     assert_eq!(left, vec![std::ffi::OsString::from("kept")]);
+}
+
+#[test]
+fn the_demo_with_tls_speaks_only_https_and_keeps_its_certificates() {
+    let tmp = TempDir::new("demo-tls");
+    let keep = tmp.path().join("kept");
+    let keep_arg = keep.to_str().expect("a UTF-8 path").to_string();
+    let base = free_base();
+    let args = [
+        "--base-port",
+        &base.to_string(),
+        "--tls",
+        "--data-dir",
+        &keep_arg,
+    ];
+    let tls = keep.join("tls");
+    let ca = tls.join("ca.pem");
+    let ca_arg = ca.to_str().expect("a UTF-8 path");
+    let proxy = format!("127.0.0.1:{base}");
+    let own = format!("127.0.0.1:{}", base + 10);
+
+    let mut demo = Demo::start(tmp.path(), &args);
+    // Every node found itself by asking the actors, over TLS through the
+    // proxies: the proxies carry TLS unchanged.
+    demo.wait_for("every node found itself through its proxy", START_BOUND);
+    demo.wait_for(
+        &format!(
+            "tls: made a CA and a certificate per node in {}",
+            tls.display()
+        ),
+        ANSWER_BOUND,
+    );
+    let hint = demo.wait_for("from another terminal:", ANSWER_BOUND);
+    assert_eq!(word_after(&hint, "--cacert"), ca_arg, "{hint}");
+    for shown in [
+        format!("-X POST https://{proxy}/counter/visits"),
+        format!("https://{own}/counter/visits/consistent_value"),
+        format!("tally status --cluster --node https://{own} --cacert {ca_arg}"),
+    ] {
+        assert!(hint.contains(&shown), "{shown:?} not in {hint}");
+    }
+    assert!(!hint.contains("http://"), "{hint}");
+    for key in [
+        "ca-key.pem",
+        "node-1-key.pem",
+        "node-2-key.pem",
+        "node-3-key.pem",
+    ] {
+        let mode = std::fs::metadata(tls.join(key))
+            .unwrap_or_else(|e| panic!("{key}: {e}"))
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{key}");
+    }
+    demo.wait_for("type `help` for the commands", ANSWER_BOUND);
+
+    // The config was posted (the intro says so only after); increments and
+    // a consistent read go over HTTPS.
+    demo.send("inc x 5 on 1");
+    demo.wait_for(
+        "inc x 5 on node 1: acknowledged; node 1's value is now 5",
+        ANSWER_BOUND,
+    );
+    demo.until(
+        "get x on 2",
+        "get x on node 2:",
+        "consistent_value 5; acknowledged 5: ok",
+    );
+
+    // curl trusting the CA, on node 1's own port and through its proxy.
+    for addr in [&own, &proxy] {
+        let url = format!("https://{addr}/counter/x/value");
+        let ran = curl(&["--cacert", ca_arg, &url]);
+        assert!(ran.ok, "curl --cacert {url}: {}", ran.stderr);
+        assert_eq!(ran.stdout, "5", "curl --cacert {url}");
+    }
+    // Plain HTTP is not served, and a client that does not trust the CA
+    // does not get through the handshake.
+    let plain = format!("http://{own}/counter/x/value");
+    let ran = curl(&[&plain]);
+    assert!(
+        !ran.ok && ran.stdout.is_empty(),
+        "curl {plain} answered: {:?} {:?}",
+        ran.stdout,
+        ran.stderr
+    );
+    let untrusted = format!("https://{own}/counter/x/value");
+    let ran = curl(&[&untrusted]);
+    assert!(
+        !ran.ok,
+        "curl {untrusted} without --cacert: {:?}",
+        ran.stdout
+    );
+
+    // The command-line client over HTTPS.
+    let mut get = Command::new(BIN);
+    get.args(["get", "x", "--consistent", "--timeout", "10s"])
+        .args(["--node", &format!("https://{own}"), "--cacert", ca_arg]);
+    for name in [
+        "TALLY_NODE",
+        "TALLY_NODES",
+        "TALLY_CACERT",
+        "TALLY_TOKEN",
+        "TALLY_SECRET",
+    ] {
+        get.env_remove(name);
+    }
+    let ran = run_bounded(get);
+    assert!(ran.ok, "tally get --consistent over https: {}", ran.stderr);
+    assert_eq!(ran.stdout.trim(), "5", "tally get --consistent over https");
+
+    let status = demo.quit();
+    assert!(status.success(), "{status}; output:\n{}", demo.output());
+    drop(demo);
+
+    // A second run on the kept folder uses the same CA and certificates.
+    let before: Vec<Vec<u8>> = ["ca.pem", "node-1.pem", "node-1-key.pem"]
+        .iter()
+        .map(|f| std::fs::read(tls.join(f)).expect("a certificate file"))
+        .collect();
+    let mut demo = Demo::start(tmp.path(), &args);
+    demo.wait_for(
+        &format!(
+            "tls: the CA and certificates of an earlier run, in {}",
+            tls.display()
+        ),
+        START_BOUND,
+    );
+    demo.wait_for("type `help` for the commands", ANSWER_BOUND);
+    demo.until(
+        "get x on 3",
+        "get x on node 3:",
+        "consistent_value 5; acknowledged in this run 0",
+    );
+    assert!(demo.quit().success(), "{}", demo.output());
+    let after: Vec<Vec<u8>> = ["ca.pem", "node-1.pem", "node-1-key.pem"]
+        .iter()
+        .map(|f| std::fs::read(tls.join(f)).expect("a certificate file"))
+        .collect();
+    assert!(before == after, "the kept certificates were replaced");
 }

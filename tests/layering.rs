@@ -14,6 +14,8 @@ const LAYERS: &[&str] = &[
     "input",
     "cluster",
     "metrics",
+    "tls",
+    "auth",
     "storage",
     "proto",
     "transport",

@@ -3,16 +3,18 @@
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::types::{ConfigSummary, Leaver, MAX_BODY, Status, StatusConfig};
+use super::types::{ConfigSummary, ConnInfo, Leaver, MAX_BODY, Status, StatusConfig};
 use super::{ApiError, authorize, read_body};
 use crate::cluster::{Actor, ConfigRequest, Membership, parse_actors};
 use crate::node::{ConfigOutcome, Node};
 use crate::proto::RequestEnvelope;
+use crate::tls::speaks_for;
 use crate::transport::MAX_RPC_BODY;
 
 pub(super) async fn post_config(
@@ -74,15 +76,43 @@ fn summary(o: ConfigOutcome) -> ConfigSummary {
     }
 }
 
+/// The internal route. With mutual TLS, only a connection that presented a
+/// certificate of the cluster's CA reaches it, and a message is taken only
+/// from the node its certificate names (the secret is not needed then);
+/// otherwise the cluster secret, when one is set, is checked.
 pub(super) async fn rpc(
     State(node): State<Arc<Node>>,
+    conn: Option<Extension<ConnInfo>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    authorize(&node, &headers)?;
+    // A caller that presented a certificate of the cluster's CA speaks for
+    // the node id it names, and needs no secret. Without one: refused when
+    // the node has TLS only, else checked for the secret.
+    let cert = conn.and_then(|Extension(c)| c.cert);
+    if cert.is_none() {
+        if node.settings().peer_tls {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "the internal route answers only peers with a certificate of the cluster's CA",
+            ));
+        }
+        authorize(&node, &headers)?;
+    }
     let bytes = read_body(body, MAX_RPC_BODY).await?;
     let env: RequestEnvelope = crate::proto::decode_request(&bytes)
         .map_err(|e| ApiError::bad_request(format!("malformed internal message: {e}")))?;
+    if let Some(cert) = cert
+        && !speaks_for(&cert.0, env.from.node)
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "the message claims to come from node {}, which this peer's certificate does not name",
+                env.from.node
+            ),
+        ));
+    }
     let resp = node.handle_rpc(env).await?;
     Ok(axum::Json(resp).into_response())
 }

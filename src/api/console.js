@@ -64,13 +64,44 @@
     return JSON.parse(out);
   }
 
-  // One request with a deadline; resolves to {status, text, json}. Rejects
-  // only when no answer came.
+  // The client token, when the node asks for one (a 401): kept for this
+  // tab only, sent as Authorization: Bearer.
+  const TOKEN_KEY = "tally-token";
+  let tokenRefused = false;
+
+  function savedToken() {
+    try { return sessionStorage.getItem(TOKEN_KEY) || ""; } catch (e) { return ""; }
+  }
+
+  // One request with a deadline, asking for a token once when the node
+  // answers 401; resolves to {status, text, json}.
   async function call(path, init) {
+    let r = await callOnce(path, init);
+    if (r.status === 401 && !tokenRefused) {
+      const given = window.prompt(
+        "This node needs a client token (read scope to watch, write to increment):", "");
+      if (given && given.trim()) {
+        try { sessionStorage.setItem(TOKEN_KEY, given.trim()); } catch (e) { /* kept nowhere */ }
+        r = await callOnce(path, init);
+      } else {
+        // Cancelled: do not ask again on every refresh; reload the page to.
+        tokenRefused = true;
+      }
+    }
+    return r;
+  }
+
+  // One request with a deadline. Rejects only when no answer came.
+  async function callOnce(path, init) {
     const ctl = new AbortController();
     const timer = setTimeout(() => ctl.abort(), FETCH_MS);
+    const options = Object.assign({ cache: "no-store", signal: ctl.signal }, init || {});
+    const token = savedToken();
+    if (token) {
+      options.headers = Object.assign({}, options.headers || {}, { "Authorization": "Bearer " + token });
+    }
     try {
-      const r = await fetch(path, Object.assign({ cache: "no-store", signal: ctl.signal }, init || {}));
+      const r = await fetch(path, options);
       const text = await r.text();
       let json = null;
       if ((r.headers.get("content-type") || "").startsWith("application/json")) {

@@ -14,6 +14,7 @@
 //! `probes` (health probes and the cluster-wide status) and `console` (the
 //! web console at `/`).
 
+mod access;
 mod admin;
 mod console;
 mod counters;
@@ -53,6 +54,7 @@ pub fn router(node: Arc<Node>) -> Router {
         )
         .route(paths::METRICS, get(admin::metrics))
         .fallback(counters::counter_routes)
+        .layer(middleware::from_fn_with_state(node.clone(), access::check))
         .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn_with_state(node.clone(), observe))
         .with_state(node)

@@ -24,6 +24,7 @@ use super::types::{ClusterNode, ClusterStatus, NotReady, Probe, Status, paths};
 use super::{ApiError, admin, timeout_param};
 use crate::exchange::{Req, SendError, parse_node, send};
 use crate::node::{Node, Role};
+use crate::tls::ClientTls;
 
 /// Deadline of each actor's `/status` unless `?timeout=` says otherwise.
 pub const DEFAULT_CLUSTER_TIMEOUT: Duration = Duration::from_secs(2);
@@ -107,12 +108,13 @@ pub(super) async fn cluster_status(
         ));
     };
     let own = admin::status_of(&node).await;
-    Ok(axum::Json(cluster_of(own, timeout).await).into_response())
+    let tls = &node.settings().client_tls;
+    Ok(axum::Json(cluster_of(own, timeout, tls).await).into_response())
 }
 
 /// The cluster as the node whose status is `own` is configured: every actor
 /// of its config, leaving ones too, asked for its status (see [`gather`]).
-pub async fn cluster_of(own: Status, timeout: Duration) -> ClusterStatus {
+pub async fn cluster_of(own: Status, timeout: Duration, tls: &ClientTls) -> ClusterStatus {
     let mut actors: Vec<(String, bool)> = own
         .config
         .actors
@@ -124,7 +126,7 @@ pub async fn cluster_of(own: Status, timeout: Duration) -> ClusterStatus {
     ClusterStatus {
         from,
         config_version,
-        nodes: gather(&actors, me.as_deref(), Some(own), timeout).await,
+        nodes: gather(&actors, me.as_deref(), Some(own), timeout, tls).await,
     }
 }
 
@@ -136,6 +138,7 @@ pub async fn gather(
     me: Option<&str>,
     own: Option<Status>,
     timeout: Duration,
+    tls: &ClientTls,
 ) -> Vec<ClusterNode> {
     let mut rows: Vec<ClusterNode> = actors
         .iter()
@@ -155,10 +158,10 @@ pub async fn gather(
             continue;
         }
         let actor = row.actor.clone();
-        let turns = turns.clone();
+        let (turns, tls) = (turns.clone(), tls.clone());
         asks.spawn(async move {
             let _turn = turns.acquire_owned().await;
-            (i, ask(&actor, timeout).await)
+            (i, ask(&actor, timeout, &tls).await)
         });
     }
     // Each ask ends within its own deadline; this bound only guards it.
@@ -189,8 +192,13 @@ pub async fn gather(
 }
 
 /// One actor's `/status` and how long it took.
-async fn ask(actor: &str, timeout: Duration) -> Result<(Status, Duration), String> {
-    let base = parse_node(actor)?;
+async fn ask(
+    actor: &str,
+    timeout: Duration,
+    tls: &ClientTls,
+) -> Result<(Status, Duration), String> {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let base = parse_node(&format!("{scheme}://{actor}"))?;
     let req = Req {
         method: hyper::Method::GET,
         path: paths::STATUS.into(),
@@ -199,7 +207,7 @@ async fn ask(actor: &str, timeout: Duration) -> Result<(Status, Duration), Strin
         content_type: "text/plain; charset=utf-8",
     };
     let started = Instant::now();
-    let answer = send(&req, &format!("{base}{}", paths::STATUS), timeout)
+    let answer = send(&req, &format!("{base}{}", paths::STATUS), timeout, tls)
         .await
         .map_err(|e| match e {
             SendError::Invalid(reason) | SendError::Unreachable { reason, .. } => reason,

@@ -14,6 +14,15 @@ use crate::replication::peer::PeerReport;
 use crate::storage::HealthReport;
 
 pub use crate::proto::SECRET_HEADER;
+
+/// What every request of a connection carries in its extensions (the
+/// server puts it there): the client's address and, over TLS, the
+/// certificate it presented (already verified against the cluster's CA).
+#[derive(Clone, Debug)]
+pub struct ConnInfo {
+    pub peer: std::net::SocketAddr,
+    pub cert: Option<crate::tls::PeerCert>,
+}
 /// Names a request so that a retry is applied once.
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 /// Marks an answer repeated for a known idempotency key.

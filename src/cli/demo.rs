@@ -8,7 +8,9 @@
 //! reads commands from stdin ([`command`]; a pipe works too). With
 //! `--with-load` it sends a steady trickle of increments to every node and
 //! keeps count of what each acknowledged ([`load`]), so that `get` can hold
-//! `consistent_value` to the acknowledged total.
+//! `consistent_value` to the acknowledged total. With `--tls` it makes a CA
+//! and a certificate per node ([`certs`]), starts every node with them, and
+//! speaks HTTPS to the nodes; the proxies carry the TLS bytes unchanged.
 //!
 //! Data goes to a fresh folder under the system's temporary folder, removed
 //! when the demo ends (also on error), unless `--data-dir` names a folder to
@@ -19,6 +21,7 @@
 //! processes with ordinary flags), so it cannot show a full disk or a
 //! one-way partition; the chaos suite does.
 
+mod certs;
 mod command;
 mod data;
 mod load;
@@ -28,7 +31,7 @@ mod requests;
 mod view;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -44,7 +47,7 @@ use data::DataDir;
 use load::Ledger;
 use nodes::{Life, Procs};
 use proxy::Net;
-use requests::{Reply, error_message, http, post_increment, read_value, wait_status};
+use requests::{Client, Reply, error_message, http, post_increment, read_value, wait_status};
 use view::{Row, Screen, Seen};
 
 /// A node's own port is its actor's (its proxy's) plus this.
@@ -69,6 +72,8 @@ pub struct Options {
     pub base_port: u16,
     pub data_dir: Option<PathBuf>,
     pub with_load: bool,
+    /// Make a CA and node certificates, and run every node with TLS.
+    pub tls: bool,
 }
 
 pub(super) async fn demo(opts: Options) -> Result<(), String> {
@@ -84,6 +89,16 @@ pub(super) async fn demo(opts: Options) -> Result<(), String> {
         ));
     }
     let data = DataDir::prepare(opts.data_dir.as_deref())?;
+    let ids: Vec<u64> = (1..=opts.nodes).collect();
+    let certs = if opts.tls {
+        Some(certs::Certs::prepare(&data.path, &ids)?)
+    } else {
+        None
+    };
+    let client = match &certs {
+        Some(c) => Client::tls(&c.ca)?,
+        None => Client::plain(),
+    };
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this executable: {e}"))?;
     let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let mut listeners = Vec::new();
@@ -100,6 +115,7 @@ pub(super) async fn demo(opts: Options) -> Result<(), String> {
             SocketAddr::new(actor.ip(), actor.port() + OWN_PORT_OFFSET),
             data.path.join(format!("node-{id}")),
             data.path.join(format!("node-{id}.log")),
+            certs.as_ref().map(|c| c.nodes[i].clone()),
         );
     }
     let demo = Arc::new(Demo {
@@ -108,6 +124,8 @@ pub(super) async fn demo(opts: Options) -> Result<(), String> {
             .collect(),
         listens: procs.all.iter().map(|p| p.listen).collect(),
         procs: Mutex::new(procs),
+        client,
+        certs,
         net: Arc::new(Net::new(n)),
         ledger: Arc::new(Ledger::default()),
         names: Mutex::new(Vec::new()),
@@ -171,6 +189,10 @@ struct Demo {
     listens: Vec<SocketAddr>,
     /// Held for a signal or a spawn, never across an await.
     procs: Mutex<Procs>,
+    /// How the demo's own requests reach the nodes: HTTP or HTTPS.
+    client: Client,
+    /// The TLS files, with `--tls`.
+    certs: Option<certs::Certs>,
     net: Arc<Net>,
     ledger: Arc<Ledger>,
     /// The names the view shows, in order of first use.
@@ -195,6 +217,7 @@ async fn run(demo: &Arc<Demo>, opts: &Options, data: &DataDir) -> Result<(), Str
     }
     let config = serde_json::json!({ "actors": demo.actors }).to_string();
     match http(
+        &demo.client,
         hyper::Method::POST,
         demo.listens[0],
         paths::CONFIG,
@@ -212,9 +235,11 @@ async fn run(demo: &Arc<Demo>, opts: &Options, data: &DataDir) -> Result<(), Str
     // the proxies, its own leads back to it.
     for (i, listen) in demo.listens.iter().enumerate() {
         let actor = demo.actors[i].clone();
-        wait_status(*listen, START_BOUND, |s| s.me.as_deref() == Some(&actor))
-            .await
-            .map_err(|e| format!("node {} did not find itself as {actor}: {e}", i + 1))?;
+        wait_status(&demo.client, *listen, START_BOUND, |s| {
+            s.me.as_deref() == Some(&actor)
+        })
+        .await
+        .map_err(|e| format!("node {} did not find itself as {actor}: {e}", i + 1))?;
     }
     demo.screen.say(&demo.intro(data, opts.with_load));
     if opts.with_load {
@@ -222,6 +247,7 @@ async fn run(demo: &Arc<Demo>, opts: &Options, data: &DataDir) -> Result<(), Str
             .extend(load::NAMES.iter().map(|s| s.to_string()));
         for (i, listen) in demo.listens.iter().enumerate() {
             demo.tasks.spawn(load::drive(
+                demo.client.clone(),
                 i,
                 *listen,
                 demo.run,
@@ -285,7 +311,7 @@ impl Demo {
             }
         };
         tokio::select! {
-            up = wait_status(listen, START_BOUND, |_| true) => up
+            up = wait_status(&self.client, listen, START_BOUND, |_| true) => up
                 .map(|_| ())
                 .map_err(|e| format!("node {} at {listen} did not start: {e}", i + 1)),
             why = ended => Err(why),
@@ -334,11 +360,25 @@ impl Demo {
         }
         let a = &self.actors[0];
         let own = self.listens[0];
-        out.push_str(&format!(
-            "from another terminal: curl -X POST http://{a}/counter/visits -d 5 (through node 1's proxy), \
-             curl http://{own}/counter/visits/consistent_value (node 1's own port), tally status --cluster --node {own}\n\
-             web console: http://{own}/\n"
-        ));
+        match &self.certs {
+            None => out.push_str(&format!(
+                "from another terminal: curl -X POST http://{a}/counter/visits -d 5 (through node 1's proxy), \
+                 curl http://{own}/counter/visits/consistent_value (node 1's own port), tally status --cluster --node {own}\n\
+                 web console: http://{own}/\n"
+            )),
+            Some(certs) => {
+                let ca = shell_word(&certs.ca);
+                out.push_str(&format!(
+                    "{}\n\
+                     tls: every node speaks only TLS, to clients and to its peers (mutual TLS); clients trust the CA {ca}\n\
+                     from another terminal: curl --cacert {ca} -X POST https://{a}/counter/visits -d 5 (through node 1's proxy), \
+                     curl --cacert {ca} https://{own}/counter/visits/consistent_value (node 1's own port), \
+                     tally status --cluster --node https://{own} --cacert {ca}\n\
+                     web console: https://{own}/ (a browser asks first, unless it trusts {ca})\n",
+                    certs.made
+                ));
+            }
+        }
         out.push_str("type `help` for the commands");
         out
     }
@@ -427,7 +467,7 @@ impl Demo {
         self.tasks.spawn(async move {
             let listen = demo.listens[i];
             let back = tokio::select! {
-                r = wait_status(listen, START_BOUND, |s| s.me.is_some()) => r,
+                r = wait_status(&demo.client, listen, START_BOUND, |s| s.me.is_some()) => r,
                 () = stop.cancelled() => return,
             };
             demo.screen.say(&match back {
@@ -462,7 +502,16 @@ impl Demo {
         );
         self.ledger.sending(name, amount);
         let head = format!("inc {name} {amount} on node {n}");
-        match post_increment(self.listens[i], name, amount, Some(&key), REQUEST_TIMEOUT).await {
+        match post_increment(
+            &self.client,
+            self.listens[i],
+            name,
+            amount,
+            Some(&key),
+            REQUEST_TIMEOUT,
+        )
+        .await
+        {
             Reply::Value(v) => {
                 self.ledger.settle(name, amount, Some(i));
                 format!("{head}: acknowledged; node {n}'s value is now {v}")
@@ -498,8 +547,9 @@ impl Demo {
             crate::input::format_duration(GET_TIMEOUT)
         );
         let (local, consistent) = tokio::join!(
-            read_value(listen, name),
+            read_value(&self.client, listen, name),
             http(
+                &self.client,
                 hyper::Method::GET,
                 listen,
                 &consistent_path,
@@ -618,6 +668,7 @@ impl Demo {
     async fn seen(&self, i: usize, names: &[String]) -> Option<Seen> {
         let listen = self.listens[i];
         let (status, body) = http(
+            &self.client,
             hyper::Method::GET,
             listen,
             paths::STATUS,
@@ -633,7 +684,10 @@ impl Demo {
         let s: Status = serde_json::from_str(&body).ok()?;
         let mut values = Vec::new();
         for name in names.iter().take(4) {
-            values.push((name.clone(), read_value(listen, name).await.ok()));
+            values.push((
+                name.clone(),
+                read_value(&self.client, listen, name).await.ok(),
+            ));
         }
         Some(Seen::from_status(&s, values, |actor| {
             match self.actors.iter().position(|a| a == actor) {
@@ -673,6 +727,20 @@ impl Demo {
             }
         }
         out
+    }
+}
+
+/// `path` as one shell word: as it is when it holds only characters that
+/// need no quoting, else in single quotes.
+fn shell_word(path: &Path) -> String {
+    let text = path.to_string_lossy();
+    let plain = text
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-+:,@%=".contains(c));
+    if plain && !text.is_empty() {
+        text.into_owned()
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
     }
 }
 

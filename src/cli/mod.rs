@@ -4,8 +4,10 @@
 //! Every node setting is a flag with a `TALLY_*` environment variable and a
 //! default in code; `tally --help` lists them all.
 
+mod cert;
 mod check;
 mod demo;
+mod token;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,6 +18,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use tracing::{error, info, warn};
 
+use crate::tls::ClientTls;
+
 use crate::client::{self, Action, Conn};
 use crate::daemon::run;
 use crate::input::Dur;
@@ -24,7 +28,8 @@ use crate::server::{DEFAULT_HEADER_TIMEOUT, DEFAULT_WRITE_TIMEOUT};
 use crate::server::{DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PEER_CONNECTIONS, Limits};
 use crate::storage::logged::OnDamage;
 use crate::storage::{
-    DEFAULT_IDEMPOTENCY_KEYS, DEFAULT_IDEMPOTENCY_WINDOW, DEFAULT_STORAGE_TIMEOUT,
+    DEFAULT_IDEMPOTENCY_BYTES, DEFAULT_IDEMPOTENCY_KEYS, DEFAULT_IDEMPOTENCY_WINDOW,
+    DEFAULT_STORAGE_TIMEOUT,
 };
 use demo::demo;
 
@@ -89,6 +94,12 @@ pub enum Commands {
         /// load-a, load-b, load-c), counting what each node acknowledged.
         #[arg(long)]
         with_load: bool,
+        /// Run every node with TLS (mutual TLS between nodes): a CA and a
+        /// certificate per node, for 127.0.0.1 and localhost, made in tls/ of
+        /// the data folder (reused when --data-dir keeps them); the demo speaks
+        /// HTTPS to the nodes and prints the curl and tally commands with --cacert.
+        #[arg(long)]
+        tls: bool,
     },
     /// Add N to a counter (POST /counter/NAME); prints the node's new local value.
     Inc {
@@ -157,6 +168,19 @@ pub enum Commands {
     },
     /// Print the manual page (roff): `tally man > tally.1; man ./tally.1`.
     Man,
+    /// Make a CA and node certificates for TLS, for a test or small cluster.
+    ///
+    /// `tally cert ca --out certs` makes the CA; `tally cert node --ca certs
+    /// --id 1 --host 10.0.0.1 --out certs` has it sign node 1's certificate
+    /// and prints the node flags that use it (--tls-cert, --tls-key,
+    /// --tls-ca). Keys are ECDSA P-256, written readable by their owner only;
+    /// no file is replaced without --force. An operator with a PKI of their
+    /// own issues node certificates from it instead: `tally cert node --help`
+    /// says what one must hold.
+    Cert {
+        #[command(subcommand)]
+        command: cert::CertCommand,
+    },
     /// Verify a stopped node's data folder, changing nothing: the B-tree
     /// (redb's integrity check, run on a copy) and every record of the
     /// write-ahead log. Prints what it found: damage with its file and
@@ -171,6 +195,18 @@ pub enum Commands {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Make client tokens, or hash one made elsewhere, for the tokens file.
+    ///
+    /// `tally token new --name NAME --scope read,write [--expires 30d]` prints
+    /// a new random token on the first line and, on the second, the line for
+    /// the tokens file, which holds only the token's SHA-256 (so that
+    /// `... | tail -1 >> tokens` adds it). `tally token hash` reads a token on
+    /// stdin and prints its SHA-256. Clients send a token as Authorization:
+    /// Bearer <TOKEN>.
+    Token {
+        #[command(subcommand)]
+        command: token::TokenCommand,
     },
     /// Post the cluster's actors to a node (POST /config).
     ///
@@ -239,6 +275,15 @@ pub struct ClientArgs {
     #[arg(long, env = "TALLY_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
 
+    /// Client token, sent as `Authorization: Bearer`; needed when the node
+    /// has a tokens file (read, write or admin scope, by command).
+    #[arg(long, env = "TALLY_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
+    /// CA bundle (PEM) to trust for https:// nodes.
+    #[arg(long, env = "TALLY_CACERT", value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+
     /// Deadline of the whole request, e.g. 15s, 500ms [default: 15s].
     #[arg(long, value_name = "DURATION", value_parser = duration)]
     pub timeout: Option<Duration>,
@@ -254,10 +299,16 @@ impl ClientArgs {
                 .unwrap_or_else(|| client::DEFAULT_NODE.to_string());
             nodes.push(client::parse_node(&one).map_err(|e| format!("TALLY_NODE: {e}"))?);
         }
+        let tls = match &self.cacert {
+            Some(ca) => ClientTls::Fixed(crate::tls::client_config(ca).map_err(|e| e.to_string())?),
+            None => ClientTls::None,
+        };
         Ok(Conn {
             nodes,
             json: self.json,
             secret: self.secret,
+            token: self.token,
+            tls,
             timeout: self.timeout,
         })
     }
@@ -313,6 +364,37 @@ pub struct NodeArgs {
     #[arg(long, env = "TALLY_SECRET_FILE", conflicts_with = "secret")]
     pub secret_file: Option<PathBuf>,
 
+    /// Client tokens file: each line `NAME SHA256 SCOPES [EXPIRES]` (see
+    /// `tally token`). With it, every request but the probes and the console
+    /// page needs `Authorization: Bearer TOKEN` with the route's scope (read,
+    /// write or admin). Needs TLS or a cluster secret too. Reloaded on SIGHUP.
+    #[arg(long, env = "TALLY_TOKENS_FILE", value_name = "FILE")]
+    pub tokens_file: Option<PathBuf>,
+
+    /// This node's certificate chain (PEM). With --tls-key and --tls-ca, the
+    /// node speaks only TLS, to clients and to peers; peers prove their node
+    /// id with certificates of the CA (mutual TLS). Reloaded when the file
+    /// changes or on SIGHUP. `tally cert` makes a test CA and certificates.
+    #[arg(long, env = "TALLY_TLS_CERT", value_name = "FILE", requires_all = ["tls_key", "tls_ca"])]
+    pub tls_cert: Option<PathBuf>,
+
+    /// This node's private key (PEM) for --tls-cert.
+    #[arg(long, env = "TALLY_TLS_KEY", value_name = "FILE", requires_all = ["tls_cert", "tls_ca"])]
+    pub tls_key: Option<PathBuf>,
+
+    /// The CA certificates (PEM bundle) that issue the cluster's node
+    /// certificates; during a CA rotation, the old and the new CA together.
+    #[arg(long, env = "TALLY_TLS_CA", value_name = "FILE", requires_all = ["tls_cert", "tls_key"])]
+    pub tls_ca: Option<PathBuf>,
+
+    /// With TLS, also accept plain HTTP, to turn TLS on (or off) in a running
+    /// cluster one node at a time: `call` also calls peers over plain HTTP
+    /// (while some have no TLS yet), `accept` calls them over TLS; `off`
+    /// (the default): TLS only. See the README's security section.
+    #[arg(long, env = "TALLY_PLAIN_HTTP", value_enum, default_value_t = PlainHttpArg::Off,
+          requires = "tls_cert")]
+    pub plain_http: PlainHttpArg,
+
     /// Longest any request waits for storage; a commit running longer counts
     /// as a stalled disk (increments then answer 503 with Retry-After).
     #[arg(long, env = "TALLY_STORAGE_TIMEOUT", default_value_t = Dur(DEFAULT_STORAGE_TIMEOUT))]
@@ -361,6 +443,12 @@ pub struct NodeArgs {
     /// Most Idempotency-Keys remembered; the oldest are forgotten first.
     #[arg(long, env = "TALLY_IDEMPOTENCY_KEYS", default_value_t = DEFAULT_IDEMPOTENCY_KEYS)]
     pub idempotency_keys: usize,
+
+    /// Most memory the remembered Idempotency-Keys take, in bytes (a batch's
+    /// key remembers a value per item); the oldest are forgotten first.
+    #[arg(long, env = "TALLY_IDEMPOTENCY_MEMORY", value_name = "BYTES",
+          default_value_t = DEFAULT_IDEMPOTENCY_BYTES)]
+    pub idempotency_memory: usize,
 
     /// What to do when starting finds damage that loses data (log records
     /// that do not read back as written, or a B-tree that fails its check):
@@ -445,7 +533,9 @@ pub fn main(cli: Cli) -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Some(Commands::Man) => return man(),
+        Some(Commands::Cert { command }) => return cert::run(command),
         Some(Commands::Check { dir, json }) => return check::run(&dir, json),
+        Some(Commands::Token { command }) => return token::run(command),
         Some(Commands::Config {
             actors,
             forget,
@@ -510,11 +600,13 @@ fn serve(cli: Cli) -> ExitCode {
             base_port,
             data_dir,
             with_load,
+            tls,
         }) => runtime.block_on(demo(demo::Options {
             nodes,
             base_port,
             data_dir,
             with_load,
+            tls,
         })),
         Some(_) => Err("not a node command".into()),
         None => runtime.block_on(run_node(cli.node)),
@@ -597,6 +689,14 @@ async fn run_node(args: NodeArgs) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
+/// `--plain-http`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PlainHttpArg {
+    Off,
+    Accept,
+    Call,
+}
+
 /// Refuses a secret that cannot travel in an HTTP header as it is: empty,
 /// or with characters other than visible ASCII.
 fn check_secret(secret: &str) -> Result<(), String> {
@@ -635,8 +735,18 @@ impl NodeArgs {
         settings.sync_interval = self.sync_interval.0;
         settings.shutdown_timeout = self.shutdown_timeout.0;
         settings.secret = secret.map(Arc::from);
+        settings.tokens_file = self.tokens_file;
+        settings.plain_http = match self.plain_http {
+            PlainHttpArg::Off => crate::tls::PlainHttp::Off,
+            PlainHttpArg::Accept => crate::tls::PlainHttp::Accept,
+            PlainHttpArg::Call => crate::tls::PlainHttp::Call,
+        };
+        if let (Some(cert), Some(key), Some(ca)) = (self.tls_cert, self.tls_key, self.tls_ca) {
+            settings.tls = Some(crate::tls::TlsFiles { cert, key, ca });
+        }
         settings.store.idempotency_window = self.idempotency_window.0;
         settings.store.idempotency_capacity = self.idempotency_keys.max(1);
+        settings.store.idempotency_bytes = self.idempotency_memory;
         settings.store.timeout = self.storage_timeout.0;
         settings.min_replicas = usize::try_from(self.min_replicas).unwrap_or(usize::MAX);
         settings.replica_timeout = self.replica_timeout.0;

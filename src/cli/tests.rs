@@ -92,7 +92,7 @@ fn inc_is_the_client() {
         &["inc", "x", "1.5"],
         &["inc", "x", "18446744073709551616"],
         &["inc", ""],
-        &["inc", "x", "--node", "https://x"],
+        &["inc", "x", "--node", "ftp://x"],
         &["inc", "x", "--timeout", "0"],
         &["inc", "x", "--idempotency-key", "a b"],
         &["get"],

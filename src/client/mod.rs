@@ -36,6 +36,7 @@ use crate::api::types::{
     encode_query, paths,
 };
 pub use crate::exchange::{Answer, Req, SendError, parse_node, send};
+use crate::tls::ClientTls;
 use format::{
     excerpt, format_cluster, format_config, format_page, format_status, printable, shell_quote,
     status_line,
@@ -62,6 +63,10 @@ pub struct Conn {
     pub nodes: Vec<String>,
     pub json: bool,
     pub secret: Option<String>,
+    /// Sent as `Authorization: Bearer` when set.
+    pub token: Option<String>,
+    /// For `https://` nodes: the CA bundle to trust (`--cacert`).
+    pub tls: ClientTls,
     /// Deadline of the whole request; `None` means [`DEFAULT_TIMEOUT`].
     pub timeout: Option<Duration>,
 }
@@ -155,6 +160,10 @@ fn request(action: &Action, conn: &Conn) -> Req {
     };
     if let Some(secret) = &conn.secret {
         req.headers.push((SECRET_HEADER, secret.clone()));
+    }
+    if let Some(token) = &conn.token {
+        req.headers
+            .push(("authorization", format!("Bearer {token}")));
     }
     match action {
         Action::Inc {
@@ -264,26 +273,31 @@ async fn ask(action: &Action, conn: &Conn, req: &Req, node: &str, timeout: Durat
         return post_config_until_stored(action, conn, req, node, &url, timeout).await;
     }
     let started = tokio::time::Instant::now();
-    let answer = match send(req, &url, timeout).await {
+    let answer = match send(req, &url, timeout, &conn.tls).await {
         Ok(a) => a,
         Err(e) => return unreachable(action, node, e),
     };
     if let (Action::Status { cluster: true }, 200) = (action, answer.status) {
         let left = timeout.saturating_sub(started.elapsed());
-        return cluster_status(conn.json, &answer, left).await;
+        return cluster_status(conn.json, &answer, left, &conn.tls).await;
     }
     interpret(action, conn.json, &answer)
 }
 
 /// `tally status --cluster`: the config in the node's `/status`, then every
 /// actor of it asked for its own.
-async fn cluster_status(json: bool, answer: &Answer, timeout: Duration) -> Outcome {
+async fn cluster_status(
+    json: bool,
+    answer: &Answer,
+    timeout: Duration,
+    tls: &ClientTls,
+) -> Outcome {
     let own: Status = match serde_json::from_str(&answer.body) {
         Ok(s) => s,
         Err(e) => return unexpected(&e.to_string(), answer),
     };
     let per_actor = timeout.min(crate::api::probes::DEFAULT_CLUSTER_TIMEOUT);
-    let report = cluster_of(own, per_actor).await;
+    let report = cluster_of(own, per_actor, tls).await;
     if json {
         return match serde_json::to_string_pretty(&report) {
             Ok(s) => Outcome::ok(s + "\n"),
@@ -338,7 +352,7 @@ async fn post_config_until_stored(
     let mut first_changed = None;
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let mut answer = match send(req, url, left.max(Duration::from_millis(1))).await {
+        let mut answer = match send(req, url, left.max(Duration::from_millis(1)), &conn.tls).await {
             Ok(a) => a,
             Err(e) => return unreachable(action, node, e),
         };
@@ -511,8 +525,10 @@ fn error_outcome(action: &Action, json: bool, answer: &Answer) -> Outcome {
             );
         }
         _ if answer.status == 401 || answer.status == 403 => {
-            out.stderr
-                .push_str("tally: pass the cluster secret with --secret or TALLY_SECRET\n");
+            out.stderr.push_str(
+                "tally: pass a token allowed to do this with --token or TALLY_TOKEN \
+                 (or the cluster secret with --secret or TALLY_SECRET for config)\n",
+            );
         }
         _ => {}
     }

@@ -65,6 +65,23 @@ pub struct Settings {
     /// How long an increment waits for its replicas before answering 503.
     pub replica_timeout: Duration,
     pub secret: Option<Arc<str>>,
+    /// Peers prove who they are with certificates of the cluster's CA: the
+    /// internal route answers only them, each for its own node id. (A peer
+    /// that presents a certificate speaks for its node id alone in any
+    /// case; without this, a caller without one is checked for the secret.)
+    pub peer_tls: bool,
+    /// Plain HTTP beside TLS, while TLS is turned on (or off) node by node.
+    pub plain_http: crate::tls::PlainHttp,
+    /// Certificate, key and CA bundle of the listener and of calls to peers.
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// How this node calls others' public routes (`/status/cluster`).
+    pub client_tls: crate::tls::ClientTls,
+    /// The tokens file, when clients must present a token (`--tokens-file`).
+    pub tokens_file: Option<PathBuf>,
+    /// The tokens in force, loaded from `tokens_file` at start.
+    pub tokens: Option<Arc<crate::auth::SharedTokens>>,
+    /// Where admin actions and failed authentications are written.
+    pub audit: Arc<crate::auth::Audit>,
     pub store: StoreOptions,
     /// What to do when opening the data folder finds records it cannot read back.
     pub on_damage: OnDamage,
@@ -127,6 +144,13 @@ impl Settings {
             min_replicas: defaults::MIN_REPLICAS,
             replica_timeout: defaults::REPLICA_TIMEOUT,
             secret: None,
+            peer_tls: false,
+            plain_http: crate::tls::PlainHttp::Off,
+            tls: None,
+            client_tls: crate::tls::ClientTls::None,
+            tokens_file: None,
+            tokens: None,
+            audit: Arc::default(),
             store: StoreOptions::default(),
             on_damage: OnDamage::default(),
             scrub_interval: Some(defaults::SCRUB_INTERVAL),
@@ -148,6 +172,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Fatal(String),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// Why an increment was not acknowledged.

@@ -8,8 +8,8 @@ use super::Node;
 use crate::crdt::GCounter;
 use crate::input::validate_name;
 use crate::proto::{
-    MAX_NAMES_PER_MESSAGE, PROTOCOL_VERSION, ReplicaId, Request, RequestEnvelope, Response,
-    ResponseEnvelope, WireCounter,
+    MAX_COMPONENTS_PER_PUSH, MAX_NAMES_PER_MESSAGE, PROTOCOL_VERSION, ReplicaId, Request,
+    RequestEnvelope, Response, ResponseEnvelope, WireCounter,
 };
 use crate::storage::{Merge, StoreError};
 
@@ -185,6 +185,14 @@ fn validate_counters(counters: Vec<WireCounter>) -> Result<Vec<(String, GCounter
     if counters.len() > MAX_NAMES_PER_MESSAGE {
         return Err(RpcError::BadRequest(format!(
             "at most {MAX_NAMES_PER_MESSAGE} counters per message"
+        )));
+    }
+    // Checked while decoding too (see `proto`); here for every other way
+    // a message reaches this node.
+    let components: usize = counters.iter().map(|c| c.components.len()).sum();
+    if components > MAX_COMPONENTS_PER_PUSH {
+        return Err(RpcError::BadRequest(format!(
+            "a push carries at most {MAX_COMPONENTS_PER_PUSH} components, not {components}"
         )));
     }
     counters

@@ -31,15 +31,14 @@
 //! attacker on the node's network (see the README's threat model).
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::Router;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use hyper_util::service::TowerToHyperService;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -49,8 +48,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::api::types::ConnInfo;
 use crate::metrics::{ConnectionClass, Metrics};
 use crate::proto::INTERNAL_PREFIX;
+use crate::tls::{HANDSHAKE_RECORD, PeerCert, Tls};
 use crate::transport::MAX_IN_FLIGHT_PER_PEER;
 
 /// Default of `--max-connections`: client connections open at once.
@@ -215,6 +216,8 @@ pub fn classify(head: &[u8]) -> Option<Class> {
 }
 
 /// Serves `app` until `stop` is cancelled, then drains for at most `drain`.
+/// With `tls`, every connection speaks TLS (see [`crate::tls`]), or, when
+/// its flag is set, TLS or plain HTTP, told apart by the first byte.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
@@ -222,6 +225,7 @@ pub async fn serve(
     metrics: &Metrics,
     stop: CancellationToken,
     drain: Duration,
+    tls: Option<(Arc<Tls>, bool)>,
 ) {
     let graceful = GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -236,6 +240,7 @@ pub async fn serve(
         builder,
         header_timeout: limits.header_read_timeout,
         write_timeout: limits.write_timeout,
+        tls,
         clients: Budget::new(Class::Client, limits.max_connections, metrics),
         peers: Budget::new(Class::Peer, limits.max_peer_connections, metrics),
         pending: Arc::new(Pending {
@@ -288,6 +293,7 @@ struct Shared {
     builder: hyper::server::conn::http1::Builder,
     header_timeout: Duration,
     write_timeout: Duration,
+    tls: Option<(Arc<Tls>, bool)>,
     clients: Budget,
     peers: Budget,
     pending: Arc<Pending>,
@@ -305,6 +311,54 @@ async fn connection(
     watcher: Watcher,
 ) {
     let deadline = accepted + shared.header_timeout;
+    let tls = match shared.tls.clone() {
+        Some((tls, false)) => Some(tls),
+        Some((tls, true)) => {
+            let first = tokio::select! {
+                first = first_byte(&stream, deadline) => first,
+                () = place.pushed_out.cancelled() => None,
+                () = shared.stop.cancelled() => None,
+            };
+            match first {
+                Some(HANDSHAKE_RECORD) => Some(tls),
+                Some(_) => None,
+                None => return,
+            }
+        }
+        None => None,
+    };
+    if let Some(tls) = tls {
+        // The class is proven here, not claimed: a connection that
+        // presented a certificate of the cluster's CA is a peer's.
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
+        let handshake = tokio::time::timeout_at(deadline, acceptor.accept(stream));
+        let stream = tokio::select! {
+            done = handshake => match done {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            },
+            () = place.pushed_out.cancelled() => return,
+            () = shared.stop.cancelled() => return,
+        };
+        let cert = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| PeerCert(Arc::new(c.clone().into_owned())));
+        let class = if cert.is_some() {
+            Class::Peer
+        } else {
+            Class::Client
+        };
+        let conn = ConnInfo { peer, cert };
+        admit_and_serve(&shared, stream, class, conn, deadline, place, watcher).await;
+        return;
+    }
     let class = tokio::select! {
         class = read_class(&stream, deadline) => class,
         () = place.pushed_out.cancelled() => None,
@@ -313,6 +367,24 @@ async fn connection(
     let Some(class) = class else {
         return;
     };
+    let _ = stream.set_nodelay(true);
+    let conn = ConnInfo { peer, cert: None };
+    admit_and_serve(&shared, stream, class, conn, deadline, place, watcher).await;
+}
+
+/// Admits a classified connection into its budget and serves it, or
+/// refuses it when the budget is full.
+async fn admit_and_serve<S>(
+    shared: &Shared,
+    stream: S,
+    class: Class,
+    conn: ConnInfo,
+    deadline: Instant,
+    place: PendingPlace,
+    watcher: Watcher,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let budget = match class {
         Class::Client => &shared.clients,
         Class::Peer => &shared.peers,
@@ -335,20 +407,34 @@ async fn connection(
         return;
     };
     drop(place);
-    let _ = stream.set_nodelay(true);
     // The first head must be complete by the deadline counted from accept.
     // hyper keeps one head deadline per connection, so later heads (and the
     // idle cut-off) get the same, shorter by however long the request line
     // took to start: nothing for a client that sends at once.
     let mut builder = shared.builder.clone();
     builder.header_read_timeout(deadline.saturating_duration_since(Instant::now()));
-    let service = TowerToHyperService::new(shared.app.clone());
+    let peer = conn.peer;
+    let app = shared.app.clone();
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(conn.clone());
+        tower_service::Service::call(&mut app.clone(), req)
+    });
     let io = WriteDeadline::new(stream, shared.write_timeout);
-    let conn = builder.serve_connection(TokioIo::new(io), service);
-    if let Err(e) = watcher.watch(conn).await {
+    let served = builder.serve_connection(TokioIo::new(io), service);
+    if let Err(e) = watcher.watch(served).await {
         debug!(%peer, class = class.label(), error = %e, "connection ended with an error");
     }
     drop(admitted);
+}
+
+/// The first byte a client sent, peeked at; `None` when it closed or sent
+/// nothing before `deadline`.
+async fn first_byte(stream: &TcpStream, deadline: Instant) -> Option<u8> {
+    let mut buf = [0u8; 1];
+    match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+        Ok(Ok(1)) => Some(buf[0]),
+        _ => None,
+    }
 }
 
 /// Peeks at the first request line until it tells the class. `None`: the
@@ -386,7 +472,10 @@ async fn read_class(stream: &TcpStream, deadline: Instant) -> Option<Class> {
 /// is read and dropped until it closes, for at most [`REFUSE_LINGER`] and
 /// [`REFUSE_DRAIN_BYTES`]. Meanwhile the connection holds a pending place,
 /// so refusals in progress are bounded like every pending connection.
-async fn refuse(mut stream: TcpStream, class: Class, limit: usize) {
+async fn refuse<S>(mut stream: S, class: Class, limit: usize)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let body = serde_json::json!({
         "error": format!(
             "too many {} connections (limit {limit}); retry later",
@@ -522,106 +611,6 @@ impl Drop for PendingPlace {
     }
 }
 
-/// A stream whose writes must make progress within a deadline: a write
-/// (or flush) that stays blocked that long, because the client stopped
-/// reading and the socket's buffers are full, fails with `TimedOut`, and
-/// hyper then closes the connection. Without it such a client would hold
-/// its connection, its place in the budget and the unsent answer forever.
-pub struct WriteDeadline<S> {
-    inner: S,
-    timeout: Duration,
-    blocked: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl<S> WriteDeadline<S> {
-    pub fn new(inner: S, timeout: Duration) -> Self {
-        WriteDeadline {
-            inner,
-            timeout,
-            blocked: None,
-        }
-    }
-
-    /// Passes a ready result on (and clears the deadline); a pending one
-    /// starts the deadline, or fails once it has passed.
-    fn watch<T>(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-        polled: std::task::Poll<std::io::Result<T>>,
-    ) -> std::task::Poll<std::io::Result<T>> {
-        use std::task::Poll;
-        match polled {
-            Poll::Ready(r) => {
-                self.blocked = None;
-                Poll::Ready(r)
-            }
-            Poll::Pending => {
-                let timeout = self.timeout;
-                let sleep = self
-                    .blocked
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                match sleep.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!("the client read nothing of the answer for {timeout:?}"),
-                    ))),
-                    Poll::Pending => Poll::Pending,
-                }
-            }
-        }
-    }
-}
-
-impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WriteDeadline<S> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteDeadline<S> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.watch(cx, polled)
-    }
-
-    fn poll_write_vectored(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        let polled = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.watch(cx, polled)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let polled = std::pin::Pin::new(&mut self.inner).poll_flush(cx);
-        self.watch(cx, polled)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let polled = std::pin::Pin::new(&mut self.inner).poll_shutdown(cx);
-        self.watch(cx, polled)
-    }
-}
-
 /// Raises this process's soft limit on open files to its hard limit, and
 /// returns the limit in force (`None` when it cannot be read).
 pub fn raise_open_files_limit() -> Option<u64> {
@@ -656,5 +645,8 @@ fn gauge_value(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+mod stream;
 #[cfg(test)]
 mod tests;
+
+pub use stream::WriteDeadline;

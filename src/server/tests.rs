@@ -15,7 +15,7 @@ async fn start(limits: Limits) -> (SocketAddr, Metrics, CancellationToken) {
     let stop = CancellationToken::new();
     let (m, s) = (metrics.clone(), stop.clone());
     tokio::spawn(async move {
-        serve(listener, app, limits, &m, s, Duration::from_secs(1)).await;
+        serve(listener, app, limits, &m, s, Duration::from_secs(1), None).await;
     });
     (addr, metrics, stop)
 }

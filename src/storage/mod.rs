@@ -75,6 +75,8 @@ pub struct StoreOptions {
     pub idempotency_window: Duration,
     /// Most idempotency keys remembered; the oldest are forgotten first.
     pub idempotency_capacity: usize,
+    /// Most bytes of idempotency keys remembered; the oldest are forgotten first.
+    pub idempotency_bytes: usize,
     /// Longest any call waits for storage (and when a running commit counts as stalled).
     pub timeout: Duration,
     /// Where commit latency, batch size, health and applied increments are counted.
@@ -114,6 +116,8 @@ impl std::fmt::Debug for WallClock {
 pub const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
 /// Default of `--idempotency-keys`.
 pub const DEFAULT_IDEMPOTENCY_KEYS: usize = 100_000;
+/// Default of `--idempotency-memory`: 64 MiB.
+pub const DEFAULT_IDEMPOTENCY_BYTES: usize = 64 << 20;
 /// Default of `--storage-timeout`: far above a healthy commit (milliseconds),
 /// below what a client waits.
 pub const DEFAULT_STORAGE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -123,6 +127,7 @@ impl Default for StoreOptions {
         StoreOptions {
             idempotency_window: DEFAULT_IDEMPOTENCY_WINDOW,
             idempotency_capacity: DEFAULT_IDEMPOTENCY_KEYS,
+            idempotency_bytes: DEFAULT_IDEMPOTENCY_BYTES,
             timeout: DEFAULT_STORAGE_TIMEOUT,
             metrics: Metrics::default(),
             clock: WallClock::default(),

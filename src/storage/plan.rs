@@ -152,7 +152,7 @@ pub(super) fn plan(ops: Vec<Op>, state: &State<'_>, now_ms: u64) -> Plan {
         }
     }
     if !plan.batch.keys_put.is_empty() {
-        plan.batch.keys_del = state.keys.expired(now_ms, plan.batch.keys_put.len());
+        plan.batch.keys_del = state.keys.expired(now_ms, &plan.batch.keys_put);
     }
     plan
 }
@@ -282,7 +282,7 @@ mod tests {
     /// Plans `ops` over `stored` (committed counters) with no remembered keys.
     fn plan_over(stored: &BTreeMap<String, GCounter>, ops: Vec<Op>) -> Plan {
         let counter = |name: &str| stored.get(name).cloned().unwrap_or_default();
-        let keys = Keys::new(Vec::new(), Duration::from_secs(60), 10);
+        let keys = Keys::new(Vec::new(), Duration::from_secs(60), 10, usize::MAX);
         let membership = Membership::default();
         let state = State {
             own: ME,

@@ -41,6 +41,7 @@ pub(super) struct Writer {
     keys: Keys,
     window: Duration,
     capacity: usize,
+    key_bytes: usize,
     /// Where durable changes are published for replication.
     publish: mpsc::UnboundedSender<Committed>,
     metrics: Metrics,
@@ -109,9 +110,11 @@ impl Writer {
                 keys,
                 options.idempotency_window,
                 options.idempotency_capacity,
+                options.idempotency_bytes,
             ),
             window: options.idempotency_window,
             capacity: options.idempotency_capacity,
+            key_bytes: options.idempotency_bytes,
             publish,
             metrics: options.metrics.clone(),
             clock: options.clock.clone(),
@@ -369,7 +372,7 @@ impl Writer {
                 }
             }
         }
-        self.keys = Keys::new(loaded.keys, self.window, self.capacity);
+        self.keys = Keys::new(loaded.keys, self.window, self.capacity, self.key_bytes);
         self.shared.keys.store(self.keys.len(), Ordering::Relaxed);
         if *self.shared.membership.borrow() != loaded.membership {
             self.shared.membership.send_replace(loaded.membership);

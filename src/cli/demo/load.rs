@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::requests::{Reply, post_increment};
+use super::requests::{Client, Reply, post_increment};
 
 /// Names the load increments.
 pub const NAMES: [&str; 3] = ["load-a", "load-b", "load-c"];
@@ -91,6 +91,7 @@ impl Ledger {
 
 /// Node `node`'s share of the load until `stop`: cycles through [`NAMES`].
 pub async fn drive(
+    client: Client,
     node: usize,
     listen: SocketAddr,
     run: u64,
@@ -104,7 +105,7 @@ pub async fn drive(
         ledger.sending(name, amount);
         loop {
             let reply = tokio::select! {
-                r = post_increment(listen, name, amount, Some(&key), ATTEMPT) => r,
+                r = post_increment(&client, listen, name, amount, Some(&key), ATTEMPT) => r,
                 () = stop.cancelled() => return,
             };
             match reply {

@@ -7,6 +7,12 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::tls::TlsFiles;
+
+/// The node's TLS settings in the environment: the demo removes them from
+/// its nodes' environment and gives its own as flags, or none.
+const TLS_ENV: [&str; 3] = ["TALLY_TLS_CERT", "TALLY_TLS_KEY", "TALLY_TLS_CA"];
+
 /// What the demo last did to a node's process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Life {
@@ -25,6 +31,8 @@ pub struct Proc {
     pub dir: PathBuf,
     /// Its log file (the node's stderr).
     pub log: PathBuf,
+    /// Its certificate, key and CA with `--tls`.
+    pub tls: Option<TlsFiles>,
     pub life: Life,
     child: Option<Child>,
 }
@@ -44,12 +52,20 @@ impl Procs {
         }
     }
 
-    pub fn add(&mut self, id: u64, listen: SocketAddr, dir: PathBuf, log: PathBuf) {
+    pub fn add(
+        &mut self,
+        id: u64,
+        listen: SocketAddr,
+        dir: PathBuf,
+        log: PathBuf,
+        tls: Option<TlsFiles>,
+    ) {
         self.all.push(Proc {
             id,
             listen,
             dir,
             log,
+            tls,
             life: Life::Killed,
             child: None,
         });
@@ -63,12 +79,26 @@ impl Procs {
             .append(true)
             .open(&p.log)
             .map_err(|e| format!("cannot open {}: {e}", p.log.display()))?;
-        let child = Command::new(&self.exe)
+        let mut command = Command::new(&self.exe);
+        command
             .arg(p.id.to_string())
             .arg("--listen")
             .arg(p.listen.to_string())
             .arg("--data-dir")
-            .arg(&p.dir)
+            .arg(&p.dir);
+        if let Some(tls) = &p.tls {
+            command
+                .arg("--tls-cert")
+                .arg(&tls.cert)
+                .arg("--tls-key")
+                .arg(&tls.key)
+                .arg("--tls-ca")
+                .arg(&tls.ca);
+        }
+        for name in TLS_ENV {
+            command.env_remove(name);
+        }
+        let child = command
             .env("TALLY_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

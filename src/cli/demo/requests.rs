@@ -1,14 +1,50 @@
 //! The demo's requests to its nodes, each to a node's own port and each
-//! with a deadline, through the one HTTP exchange (`crate::exchange`).
+//! with a deadline, through the one HTTP exchange (`crate::exchange`):
+//! plain HTTP, or HTTPS trusting the demo's CA when it runs with `--tls`.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::api::types::{ErrorBody, IDEMPOTENCY_HEADER, Status, paths};
 use crate::exchange;
+use crate::tls::ClientTls;
 
 /// Deadline of a local read.
 const READ_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How the demo reaches its nodes: `http://`, or `https://` verified
+/// against one CA. Cheap to clone (the TLS config is shared).
+#[derive(Clone, Debug)]
+pub struct Client {
+    tls: ClientTls,
+}
+
+impl Client {
+    /// Plain HTTP.
+    pub fn plain() -> Client {
+        Client {
+            tls: ClientTls::None,
+        }
+    }
+
+    /// HTTPS, trusting the CA certificate (PEM) at `ca`.
+    pub fn tls(ca: &Path) -> Result<Client, String> {
+        let config = crate::tls::client_config(ca).map_err(|e| e.to_string())?;
+        Ok(Client {
+            tls: ClientTls::Fixed(config),
+        })
+    }
+
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
+    /// The URL of `path` on the node listening on `addr`.
+    pub fn url(&self, addr: SocketAddr, path: &str) -> String {
+        format!("{}://{addr}{path}", self.scheme())
+    }
+}
 
 /// A node's answer to an increment.
 pub enum Reply {
@@ -24,6 +60,7 @@ pub enum Reply {
 }
 
 pub async fn post_increment(
+    client: &Client,
     listen: SocketAddr,
     name: &str,
     amount: u64,
@@ -31,6 +68,7 @@ pub async fn post_increment(
     timeout: Duration,
 ) -> Reply {
     match exchange(
+        client,
         hyper::Method::POST,
         listen,
         &paths::counter(name),
@@ -60,8 +98,9 @@ pub async fn post_increment(
     }
 }
 
-pub async fn read_value(listen: SocketAddr, name: &str) -> Result<u128, String> {
+pub async fn read_value(client: &Client, listen: SocketAddr, name: &str) -> Result<u128, String> {
     match http(
+        client,
         hyper::Method::GET,
         listen,
         &paths::value(name),
@@ -81,6 +120,7 @@ pub async fn read_value(listen: SocketAddr, name: &str) -> Result<u128, String> 
 
 /// Polls a node's `GET /status` until `ready` holds or `bound` passes.
 pub async fn wait_status(
+    client: &Client,
     listen: SocketAddr,
     bound: Duration,
     ready: impl Fn(&Status) -> bool,
@@ -93,6 +133,7 @@ pub async fn wait_status(
             return Err(format!("not within {bound:?}; last: {last}"));
         }
         match http(
+            client,
             hyper::Method::GET,
             listen,
             paths::STATUS,
@@ -121,6 +162,7 @@ pub fn error_message(body: &str) -> String {
 
 /// One request to a node's own port, through the one HTTP exchange (`crate::exchange`).
 pub async fn http(
+    client: &Client,
     method: hyper::Method,
     listen: SocketAddr,
     path: &str,
@@ -128,7 +170,7 @@ pub async fn http(
     idempotency_key: Option<&str>,
     timeout: Duration,
 ) -> Result<(u16, String), String> {
-    match exchange(method, listen, path, body, idempotency_key, timeout).await {
+    match exchange(client, method, listen, path, body, idempotency_key, timeout).await {
         Ok(a) => Ok(a),
         Err(exchange::SendError::Invalid(e)) => Err(e),
         Err(exchange::SendError::Unreachable { reason, .. }) => Err(reason),
@@ -136,6 +178,7 @@ pub async fn http(
 }
 
 async fn exchange(
+    client: &Client,
     method: hyper::Method,
     listen: SocketAddr,
     path: &str,
@@ -153,7 +196,7 @@ async fn exchange(
         body,
         content_type: "text/plain",
     };
-    let url = format!("http://{listen}{path}");
-    let a = exchange::send(&req, &url, timeout).await?;
+    let url = client.url(listen, path);
+    let a = exchange::send(&req, &url, timeout, &client.tls).await?;
     Ok((a.status, a.body))
 }
