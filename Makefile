@@ -8,10 +8,13 @@
 #   make package       dist/challenge.tar.gz (static executable, see SPEC §1)
 #   make package-test  package, then run it in an empty chroot (scripts/check-package.sh)
 #   make image         the container image tally:<version> and tally:latest (docker/Dockerfile)
-#   make image-test    image, then the container test: a compose cluster paused, cut off,
-#                      restarted and killed (tests/container.rs; needs Docker and a compose tool)
+#   make image-test    image, then the container tests: a compose cluster paused, cut off,
+#                      restarted and killed (tests/container.rs; needs Docker and a compose tool),
+#                      and the TLS cluster of `make cluster-tls` (docker/test-tls.sh; needs curl)
 #   make cluster       image, then a three-node compose cluster on 127.0.0.1:7781-7783
-#   make cluster-down  stop it and remove its containers, network and volume
+#   make cluster-tls   the same with TLS (docker/compose-tls.yaml): the image makes a CA and the
+#                      nodes' certificates in target/cluster-tls/<project>; clients use its ca/ca.pem
+#   make cluster-down  stop either and remove its containers, network, volume and certificates
 #   make lint          cargo fmt --check, clippy and rustdoc with warnings denied
 #   make demo          a three-node cluster on loopback
 #   make bench         measure tally beside Redis and a bare HTTP server (scripts/bench.py);
@@ -67,7 +70,7 @@ EXE     := challenge/bin/challenge-executable
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 
 .PHONY: all deps package static-check package-test lint test cargo-test demo bench bench-micro soak man clean sweep \
-	image image-test cluster cluster-down
+	image image-test cluster cluster-tls cluster-down
 
 all: package
 
@@ -137,14 +140,19 @@ image: package
 	@echo "image: $(IMAGE):$(VERSION) and $(IMAGE):latest ($$($(DOCKER) image inspect -f '{{.Size}}' "$(IMAGE):$(VERSION)") bytes)"
 
 # The container test is #[ignore]d in plain `cargo test` (it needs the image):
-# here it runs with the image just built.
+# here it runs with the image just built, then the TLS cluster's test.
 image-test: image
 	TALLY_IMAGE="$(IMAGE):$(VERSION)" TALLY_COMPOSE="$(COMPOSE)" \
 	  $(CARGO) test $(CARGO_LOCKED) --test container -- --ignored --nocapture
+	TALLY_IMAGE="$(IMAGE):$(VERSION)" COMPOSE="$(COMPOSE)" bash docker/test-tls.sh
 
 cluster: image
 	TALLY_IMAGE="$(IMAGE):$(VERSION)" COMPOSE="$(COMPOSE)" CLUSTER_PROJECT="$(CLUSTER_PROJECT)" \
 	  bash docker/cluster.sh up
+
+cluster-tls: image
+	TALLY_IMAGE="$(IMAGE):$(VERSION)" COMPOSE="$(COMPOSE)" CLUSTER_PROJECT="$(CLUSTER_PROJECT)" \
+	  bash docker/cluster.sh up --tls
 
 cluster-down:
 	COMPOSE="$(COMPOSE)" CLUSTER_PROJECT="$(CLUSTER_PROJECT)" bash docker/cluster.sh down
