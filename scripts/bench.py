@@ -16,6 +16,8 @@ Environment (overrides the defaults above, also under --smoke):
   BENCH_DIR        parent of the temporary data folder (default target/bench;
                    it must be on the disk being measured, not a tmpfs)
   BENCH_KEEP=1     keep the temporary folder (data and logs) afterwards
+  BENCH_ONLY=tls   run only B1 and B3 over TLS, each beside plain HTTP
+                   (they also run, last, in a full run)
 
 Every process runs on 127.0.0.1 on free ports with its data in a fresh
 folder, and is stopped (and the folder removed) on exit, on error and on
@@ -38,6 +40,7 @@ import platform
 import re
 import shutil
 import signal
+import ssl
 import socket
 import statistics
 import subprocess
@@ -307,7 +310,13 @@ class Client:
         """(status, body bytes); raises OSError or HTTPException if the node is unreachable."""
         for attempt in (1, 2):
             if self.conn is None:
-                self.conn = http.client.HTTPConnection(HOST, self.port, timeout=self.timeout)
+                context = TLS_CONTEXTS.get(self.port)
+                if context is None:
+                    self.conn = http.client.HTTPConnection(HOST, self.port, timeout=self.timeout)
+                else:
+                    self.conn = http.client.HTTPSConnection(
+                        HOST, self.port, timeout=self.timeout, context=context
+                    )
             try:
                 self.conn.request(method, path, body=body, headers=headers or {})
                 resp = self.conn.getresponse()
@@ -373,10 +382,37 @@ def batch_body(names: list[str], amount: int = 1) -> str:
 # tally nodes
 
 
+# Ports of nodes that speak TLS, with the context that trusts their CA.
+TLS_CONTEXTS: dict[int, ssl.SSLContext] = {}
+
+
+class Pki:
+    """A test CA and node certificates, made by `tally cert`."""
+
+    def __init__(self, run: "Run"):
+        self.dir = run.tmp / "pki"
+        subprocess.run([str(TALLY), "cert", "ca", "--out", str(self.dir)], check=True,
+                       capture_output=True, timeout=60)
+        self.context = ssl.create_default_context(cafile=str(self.dir / "ca.pem"))
+
+    def node_args(self, node_id: int) -> list[str]:
+        subprocess.run(
+            [str(TALLY), "cert", "node", "--ca", str(self.dir), "--id", str(node_id), "--host", HOST,
+             "--out", str(self.dir), "--force"],
+            check=True, capture_output=True, timeout=60,
+        )
+        return ["--tls-cert", str(self.dir / f"node-{node_id}.pem"),
+                "--tls-key", str(self.dir / f"node-{node_id}-key.pem"),
+                "--tls-ca", str(self.dir / "ca.pem")]
+
+
 class Node(Proc):
-    def __init__(self, run: "Run", node_id: int, port: int, data_dir: Path):
+    def __init__(self, run: "Run", node_id: int, port: int, data_dir: Path, pki: Pki | None = None):
         self.id, self.port, self.data_dir = node_id, port, data_dir
         argv = [str(TALLY), str(node_id), "--listen", f"{HOST}:{port}", "--data-dir", str(data_dir)]
+        if pki is not None:
+            argv += pki.node_args(node_id)
+            TLS_CONTEXTS[port] = pki.context
         env = dict(os.environ, TALLY_LOG="warn")
         super().__init__(f"tally node {node_id} (:{port})", argv, run.tmp / f"{data_dir.name}.log", env)
 
@@ -410,10 +446,11 @@ class Node(Proc):
         return self.start()
 
 
-def start_cluster(run: "Run", size: int, tag: str) -> list[Node]:
-    """`size` fresh nodes with the config posted and held by every node."""
+def start_cluster(run: "Run", size: int, tag: str, pki: Pki | None = None) -> list[Node]:
+    """`size` fresh nodes with the config posted and held by every node
+    (over TLS with `pki`)."""
     ports = free_ports(size)
-    nodes = [Node(run, i + 1, port, run.tmp / f"{tag}-node{i + 1}") for i, port in enumerate(ports)]
+    nodes = [Node(run, i + 1, port, run.tmp / f"{tag}-node{i + 1}", pki) for i, port in enumerate(ports)]
     for node in nodes:
         node.start()
     for node in nodes:
@@ -568,7 +605,8 @@ class Wrk:
         threads = max(1, min(connections, threads))
         argv = [
             "wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency",
-            "-s", str(self.script), f"http://{HOST}:{port}{path}",
+            "-s", str(self.script),
+            f"{'https' if port in TLS_CONTEXTS else 'http'}://{HOST}:{port}{path}",
         ]
         self.run.wrk_runs += 1
         proc = Proc("wrk", argv, self.run.tmp / f"wrk-{self.run.wrk_runs}.log", server=False)
@@ -838,6 +876,46 @@ def b2_b3_cluster(run: Run) -> dict:
     return out
 
 
+def tls_b1_b3(run: Run) -> dict:
+    """B1 and B3 over TLS, each beside the same workload over plain HTTP in
+    the same round (so the ratio compares like with like): one node for
+    increments, three for consistent reads (peers then call each other
+    over mutual TLS)."""
+    secs = run.s.seconds
+    pki = Pki(run)
+    (plain,) = start_cluster(run, 1, "tls-b1-plain")
+    (secure,) = start_cluster(run, 1, "tls-b1", pki)
+    plain3 = start_cluster(run, 3, "tls-b3-plain")
+    secure3 = start_cluster(run, 3, "tls-b3", pki)
+    raw = []
+    try:
+        for cluster in (plain3, secure3):
+            write_names(cluster[0].port, [f"n{i}" for i in range(NAMES)], connections=1)
+            wait_replicated(cluster)
+        systems = [
+            ("b1_plain64", lambda: run.increment(plain.port, 64, secs)),
+            ("b1_tls64", lambda: run.increment(secure.port, 64, secs)),
+            ("b3_plain_idle", lambda: run.consistent(plain3[0].port, 16, secs)),
+            ("b3_tls_idle", lambda: run.consistent(secure3[0].port, 16, secs)),
+        ]
+        for r in run.rounds("TLS"):
+            fields: dict = {}
+            for name, measure in systems[r % 2 :] + systems[: r % 2]:
+                fields.update(load_fields(name, measure()))
+            for b in ("b1", "b3"):
+                mode = "64" if b == "b1" else "_idle"
+                fields[f"{b}_tls_ratio"] = fields[f"{b}_tls{mode}_rps"] / fields[f"{b}_plain{mode}_rps"]
+            raw.append(fields)
+    finally:
+        stop_nodes([plain, secure, *plain3, *secure3])
+    run.commands["tls"] = (
+        "B1 (wrk -t2 -c64 increment.lua) and B3 (wrk -t2 -c16 consistent.lua, 3 nodes) against "
+        "nodes with --tls-cert/--tls-key/--tls-ca (certificates from `tally cert`, ECDSA P-256, "
+        "TLS 1.3) and against plain nodes, alternating in each round"
+    )
+    return summarize(raw)
+
+
 def b4_convergence(run: Run, size: int, keep_last: bool):
     """A node down while `size` names are written elsewhere, then restarted:
     seconds from its start until it holds every name. A fresh cluster each round."""
@@ -1000,6 +1078,17 @@ def rows(res: dict, s: Settings) -> list[Row]:
             row.met = check(row.ratio if ratio else value, op, limit)
         out.append(row)
 
+    if "tls" in res:
+        t = res["tls"]["median"]
+        add("B1 TLS increments/s, 64 conn", t.get("b1_tls64_rps"), "/s", "B1 plain, same rounds",
+            t.get("b1_plain64_rps"), ">=", 0.85, on="ratio",
+            shown=f">= 0.85x (median ratio {fmt(t.get('b1_tls_ratio'), 'x')})")
+        add("B1 TLS p99, 64 conn", t.get("b1_tls64_p99_ms"), "ms", "B1 plain p99", t.get("b1_plain64_p99_ms"))
+        add("B3 TLS consistent reads/s, idle", t.get("b3_tls_idle_rps"), "/s", "B3 plain, same rounds",
+            t.get("b3_plain_idle_rps"))
+        add("B3 TLS p99, idle", t.get("b3_tls_idle_p99_ms"), "ms", "B3 plain p99", t.get("b3_plain_idle_p99_ms"))
+    if "b1" not in res:
+        return out
     b1 = res["b1"]["median"]
     t64 = b1.get("tally64_rps")
     for anchor, key, limit in [
@@ -1166,16 +1255,25 @@ def main() -> int:
     started = time.monotonic()
     try:
         res = run.results
-        res["b1"] = b1_single_node(run)
-        res["b2"] = b2_b3_cluster(run)
+        only = os.environ.get("BENCH_ONLY", "").strip()
+        if only not in ("", "tls"):
+            raise BenchError(f"BENCH_ONLY={only}: only BENCH_ONLY=tls is known")
+        wanted = lambda part: not only or part == only  # noqa: E731
+        if wanted("b1"):
+            res["b1"] = b1_single_node(run)
+        if wanted("b2"):
+            res["b2"] = b2_b3_cluster(run)
         # B5 and B6 reuse the last B4 cluster of their size (s.b5_size is one of b4_sizes).
-        for size in s.b4_sizes:
+        for size in s.b4_sizes if wanted("b4") else []:
             keep = size == s.b5_size
             res[f"b4_{size}"], nodes, known = b4_convergence(run, size, keep)
             if keep:
                 rss_after = res[f"b4_{size}"]["raw"]["node1_rss_after_writes"][-1]
                 res["b5"] = b5_b6_restart(run, nodes, known, size, rss_after)
-        res["b7"] = b7_batches(run)
+        if wanted("b7"):
+            res["b7"] = b7_batches(run)
+        if wanted("tls"):
+            res["tls"] = tls_b1_b3(run)
         table = rows(res, s)
         ok = True
     except KeyboardInterrupt:
