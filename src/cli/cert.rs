@@ -407,7 +407,12 @@ fn create_folder(dir: &Path) -> Result<(), String> {
 /// not exist. With it, the contents go to a new file beside it that then
 /// replaces it by a rename, so a replaced key is never readable with the
 /// old file's permissions, nor ever half written.
-fn write_file(path: &Path, contents: &str, mode: u32, force: bool) -> Result<(), String> {
+pub(crate) fn write_file(
+    path: &Path,
+    contents: &str,
+    mode: u32,
+    force: bool,
+) -> Result<(), String> {
     let fail = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
     let target = if force {
         let mut name = path.file_name().unwrap_or_default().to_os_string();
@@ -427,6 +432,8 @@ fn write_file(path: &Path, contents: &str, mode: u32, force: bool) -> Result<(),
         .mode(mode)
         .open(&target)
         .and_then(|mut file| {
+            // The mode given at creation is reduced by the umask; this is exact.
+            file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
             file.write_all(contents.as_bytes())?;
             file.sync_all()
         });

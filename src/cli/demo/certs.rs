@@ -17,9 +17,6 @@
 //! Left out: renewal. A kept certificate that has expired is not replaced
 //! (the node then fails its handshakes); removing `tls/` has new files made.
 
-use std::fs::OpenOptions;
-use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 use crate::cli::cert::{make_ca, make_node};
@@ -117,36 +114,16 @@ fn read(path: &Path) -> Result<Option<String>, String> {
     }
 }
 
-/// Writes `contents` to a new file beside `path` with permissions `mode`,
-/// then renames it over `path`: a key is never readable with other
-/// permissions, nor ever half written.
+/// Writes a file whole, with permissions `mode`, replacing any earlier one
+/// by a rename (see `cert::write_file`).
 fn write(path: &Path, contents: &str, mode: u32) -> Result<(), String> {
-    let fail = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".new");
-    let temp = path.with_file_name(name);
-    match std::fs::remove_file(&temp) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(fail(e)),
-        _ => {}
-    }
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&temp)
-        .map_err(fail)?;
-    // The mode given at creation is reduced by the umask; this is exact.
-    file.set_permissions(std::fs::Permissions::from_mode(mode))
-        .map_err(fail)?;
-    file.write_all(contents.as_bytes()).map_err(fail)?;
-    file.sync_all().map_err(fail)?;
-    drop(file);
-    std::fs::rename(&temp, path).map_err(fail)
+    crate::cli::cert::write_file(path, contents, mode, true)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
 
     fn mode(path: &Path) -> u32 {
         std::fs::metadata(path)
