@@ -4,7 +4,8 @@
 //! ones drawn from the clock; a failure prints each failing seed with the
 //! one command that replays it. `TALLY_SIM_SEEDS=N` changes how many fixed
 //! seeds run, `TALLY_SIM_FIRST=K` where they start, `TALLY_SIM_FRESH=N` how
-//! many fresh ones.
+//! many fresh ones; `TALLY_SIM_LIARS=1` runs a liar on every seed, not on
+//! one in three.
 
 mod sim;
 
@@ -12,8 +13,8 @@ use std::io::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sim::{
-    Changes, Check, DiskKind, Fault, Flavor, Outcome, Plan, Planted, Post, Strike, Violation,
-    Window, check, fingerprint, run, summary,
+    Answer, Changes, Check, DiskKind, Fault, Flavor, Lie, Outcome, Plan, Planted, Post, Strike,
+    Violation, Window, check, fingerprint, run, summary,
 };
 
 fn env_u64(key: &str, default: u64) -> u64 {
@@ -33,7 +34,9 @@ fn replay_command(seed: u64) -> String {
 /// change membership one config after the other, and one in sixteen also
 /// posts conflicting configs on two sides of a partition; two more in
 /// sixteen change membership one config after the other while wiping data
-/// folders, one of them with `--min-replicas 1`.
+/// folders, one of them with `--min-replicas 1`. About one seed in three
+/// runs a liar, chosen by a hash of the seed so that every seed keeps the
+/// faults it drew before liars existed.
 fn flavor_for(seed: u64) -> Flavor {
     let (changes, wipes, min_replicas) = match seed % 16 {
         1 | 5 | 9 => (Changes::Sequential, false, 0),
@@ -51,6 +54,7 @@ fn flavor_for(seed: u64) -> Flavor {
         // Three residues in seven: those that no seed of a regression test
         // below has, so that each keeps the plan it failed with.
         extra: matches!(seed % 7, 1 | 4 | 5),
+        liar: mix(seed ^ 0x6c69_6172).is_multiple_of(3) || env_u64("TALLY_SIM_LIARS", 0) == 1,
     }
 }
 
@@ -72,6 +76,7 @@ fn run_seeds(seeds: impl IntoIterator<Item = u64>) {
     let mut logged = 0;
     let mut disks = tally::storage::simdisk::SimStats::default();
     let (mut one_ways, mut slows, mut struck, mut settled, mut wiped_changing) = (0, 0, 0, 0, 0);
+    let (mut liars, mut forged, mut refused) = (0, 0, 0);
     let verbose = std::env::var_os("TALLY_SIM_VERBOSE").is_some();
     for seed in seeds {
         ran += 1;
@@ -88,6 +93,13 @@ fn run_seeds(seeds: impl IntoIterator<Item = u64>) {
         struck += history.posts.iter().filter(|p| p.struck.is_some()).count() as u64;
         settled += u64::from(history.settled.is_some());
         wiped_changing += u64::from(plan.wipes && plan.changes != Changes::None);
+        liars += u64::from(history.liar);
+        forged += history.forged.len();
+        refused += history
+            .forged
+            .iter()
+            .filter(|f| matches!(f.answer, Answer::Refused(_)))
+            .count();
         let bad = check(&plan, &history);
         if verbose {
             announce(&format!(
@@ -114,7 +126,9 @@ fn run_seeds(seeds: impl IntoIterator<Item = u64>) {
          {} unsynced writes lost and {} torn at them, {} writes and {} syncs failed, {} reads \
          flipped; {one_ways} with a one-way partition, {slows} with a slow peer, {wiped_changing} \
          changing membership while wiping folders; {struck} config posts whose node was struck, \
-         {settled} runs whose final config was learned after the heal), {} failed, in {:.1} s",
+         {settled} runs whose final config was learned after the heal; {liars} with a liar: \
+         {refused} of its {forged} forged messages refused, the rest unanswered or flagged), {} \
+         failed, in {:.1} s",
         disks.crashes,
         disks.lost_writes,
         disks.torn_writes,
@@ -222,6 +236,17 @@ fn replay() {
         println!("posts {:#?}", history.posts);
         println!("recoveries {:#?}", history.recoveries);
         println!("liveness {:#?}", history.liveness);
+        for f in &history.forged {
+            println!(
+                "forged {:?} to n{} {:?}..{:?} {}: {:?}",
+                f.lie,
+                f.node + 1,
+                f.start,
+                f.end,
+                f.what,
+                f.answer
+            );
+        }
         println!(
             "configs {:?} {:?}",
             history.configs_agreed_at, history.configs
@@ -405,15 +430,16 @@ fn a_seed_replays_exactly() {
         tokio_is_seeded(),
         "build with --cfg tokio_unstable (.cargo/config.toml; a RUSTFLAGS variable replaces it): without it tokio's own choices are not seeded and seeds that change membership do not replay"
     );
-    // A plan with crashes, a wipe and a stalled disk (whose end each boot
-    // of a host computes on its own clock), and a plan that changes
-    // membership, each replayed while the other runs on another thread (so
-    // tokio's process-wide task ids interleave).
+    // A plan with crashes, a wipe, a stalled disk (whose end each boot of
+    // a host computes on its own clock) and a liar, and a plan that
+    // changes membership, each replayed while the other runs on another
+    // thread (so tokio's process-wide task ids interleave).
     let has = |plan: &Plan, f: fn(&Fault) -> bool| plan.faults.iter().any(|w| f(&w.fault));
     let faulty = plan_for(seed_with(60, |p| {
         has(p, |f| matches!(f, Fault::Crash(_)))
             && has(p, |f| matches!(f, Fault::Wipe(_)))
             && has(p, |f| matches!(f, Fault::Disk(_, DiskKind::Stall)))
+            && p.liar
     }));
     // The second also has a one-way partition, a slow peer and a post
     // whose node is struck (a fault timed by the workload as it ran).
@@ -432,6 +458,7 @@ fn a_seed_replays_exactly() {
     let c = other.join().expect("the other simulation ran");
     let d = run(&changing, Planted::None);
     assert!(a.incs.iter().any(|i| i.acked()), "the workload ran");
+    assert!(!a.forged.is_empty(), "the liar lied");
     assert!(
         d.posts.iter().filter(|p| p.config().is_some()).count() >= 2,
         "configs were posted: {:#?}",
@@ -1096,4 +1123,72 @@ fn the_checker_catches_a_fold_that_deletes_the_log_before_the_b_tree_commits() {
         Check::G1Final,
         false,
     );
+}
+
+// ---------------------------------------------------------------- forged messages (G11)
+
+/// A node that believes the liar's pushes answers that it took them (G11),
+/// and the component they raised shows as increments nobody sent (G2).
+#[test]
+fn the_checker_catches_a_node_that_believes_forged_pushes() {
+    let plan = Plan {
+        liar: true,
+        ..calm(38)
+    };
+    let bad = assert_caught(
+        &plan,
+        Planted::BelievesForgedPushes,
+        Check::G11ForgedAccepted,
+        false,
+    );
+    assert!(bad.iter().any(|v| v.check == Check::G2), "{bad:#?}");
+}
+
+/// Seeds of every kind, none of which draws a liar of its own, each run
+/// with one: 5 changes membership one config after the other on the log
+/// engine, with one-way cuts, slow peers and struck posts; 12 wipes one
+/// data folder with `--min-replicas 1`; 13 posts conflicting configs; 32
+/// wipes data folders on the log engine.
+const LIAR_SEEDS: [u64; 4] = [5, 12, 13, 32];
+
+/// A liar on seeds of every kind (crashes and wipes, the log engine,
+/// membership changes, `--min-replicas 1`): each forged message is refused,
+/// every kind of lie is told at least once, and nothing else breaks.
+#[test]
+fn a_liar_is_refused_and_changes_nothing() {
+    let mut refused = std::collections::BTreeMap::new();
+    for seed in LIAR_SEEDS {
+        let plan = Plan {
+            liar: true,
+            ..plan_for(seed)
+        };
+        let history = run(&plan, Planted::None);
+        let bad: Vec<String> = check(&plan, &history)
+            .iter()
+            .map(Violation::to_string)
+            .collect();
+        announce(&format!(
+            "simulation: seed {seed} with a liar: {}",
+            summary(&history)
+        ));
+        assert!(
+            bad.is_empty(),
+            "seed {seed}: {}\n{bad:#?}",
+            summary(&history)
+        );
+        for f in &history.forged {
+            if let Answer::Refused(why) = &f.answer {
+                // A refusal for the protocol version would refuse every
+                // lie alike, and prove nothing of the checks behind it.
+                assert!(!why.contains("protocol"), "seed {seed}: {f:#?}");
+                *refused.entry(f.lie).or_insert(0) += 1;
+            }
+        }
+    }
+    for lie in Lie::ALL {
+        assert!(
+            refused.get(&lie).is_some_and(|&n| n > 0),
+            "no {lie:?} was refused: {refused:?}"
+        );
+    }
 }

@@ -1,6 +1,6 @@
-//! Judges a history against SPEC §3 (G1–G5) and the liveness required after
-//! the last heal. Every time in the history is sim time, the clock the plan
-//! is written in.
+//! Judges a history against SPEC §3 (G1–G5, and G11 for the liar's forged
+//! messages) and the liveness required after the last heal. Every time in
+//! the history is sim time, the clock the plan is written in.
 
 use std::fmt;
 use std::time::Duration;
@@ -55,6 +55,11 @@ pub enum Check {
     /// A config post to a running node with a working disk that holds the
     /// newest config did not answer 200.
     Post,
+    /// G11: a node took a forged internal message that it must refuse (see
+    /// `sim::liar`): a push raising its own component, or past the bounds
+    /// of a push; a config too far ahead in version; a pull that fakes a
+    /// replica's acknowledgement.
+    G11ForgedAccepted,
 }
 
 #[derive(Clone, Debug)]
@@ -240,6 +245,21 @@ pub fn check(plan: &Plan, h: &History) -> Vec<Violation> {
     if let Some(e) = &h.setup_failed {
         flag(Check::Setup, e.clone());
         return bad;
+    }
+    // G11: every forged message is refused.
+    for f in h.forged.iter().filter(|f| f.believed()) {
+        flag(
+            Check::G11ForgedAccepted,
+            format!(
+                "n{} took a forged message ({:?}: {}) sent at {:?}, answered at {:?}: {:?}",
+                f.node + 1,
+                f.lie,
+                f.what,
+                f.start,
+                f.end,
+                f.answer
+            ),
+        );
     }
     let fragile: Vec<bool> = h.posts.iter().map(|p| fragile(plan, h, p)).collect();
     // An acknowledged increment is owed to a read that answered at `by`

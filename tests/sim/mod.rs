@@ -12,10 +12,14 @@
 //!
 //! A seed fixes everything: the fault schedule, the workload, turmoil's
 //! network randomness, the transport's and the nodes' own randomness.
+//!
+//! On plans with a liar, one more host sends the nodes forged internal
+//! messages until the heal (see [`liar`]); every node must refuse them all.
 
 #![allow(dead_code)]
 
 pub mod check;
+pub mod liar;
 pub mod plan;
 pub mod planted;
 
@@ -38,6 +42,7 @@ use tally::transport::{CallError, CallFuture, Transport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub use check::{Check, Violation, check};
+pub use liar::{Answer, Forged, Lie};
 pub use plan::{Changes, DiskKind, End, Fault, Flavor, Link, Plan, Post, Strike, Window};
 pub use planted::Planted;
 
@@ -89,6 +94,11 @@ enum Frame {
     Components {
         name: String,
     },
+    /// A forged internal message from the liar: the JSON body of the
+    /// internal route, embedded as it is and decoded by the product's own
+    /// decoder as the HTTP server decodes it (whose bounds on names and
+    /// components apply while decoding).
+    Forged(Box<serde_json::value::RawValue>),
 }
 
 /// Why a node refused a request, as the HTTP layer would tell by status.
@@ -462,6 +472,21 @@ async fn run_node(
                     }
                     Reply::Rpc(node.handle_rpc(env).await.map_err(|e| e.to_string()))
                 }
+                Frame::Forged(body) => {
+                    if plan.slow(x, now()) {
+                        let wait = lag.lock().unwrap().u64(200..=1500);
+                        tokio::time::sleep(Duration::from_millis(wait)).await;
+                    }
+                    match tally::proto::decode_request(body.get().as_bytes()) {
+                        Err(e) => Reply::Rpc(Err(format!("malformed internal message: {e}"))),
+                        Ok(env) => match planted.believe(&node, &env).await {
+                            Some(believed) => Reply::Rpc(Ok(believed)),
+                            None => {
+                                Reply::Rpc(node.handle_rpc(env).await.map_err(|e| e.to_string()))
+                            }
+                        },
+                    }
+                }
                 Frame::Config(_) if planted.refuses_post(&node) => Reply::Refused {
                     kind: Refusal::Other,
                     message: "planted: posts refused".into(),
@@ -807,6 +832,10 @@ pub struct History {
     /// The config every node reported once the network healed, when the
     /// fate of some post had to be learned that way.
     pub settled: Option<(u64, u64)>,
+    /// Whether the liar ran (see [`liar`]).
+    pub liar: bool,
+    /// Every forged message the liar sent, and what became of it.
+    pub forged: Vec<Forged>,
 }
 
 // ---------------------------------------------------------------- the run
@@ -819,10 +848,12 @@ fn end_name(e: End) -> String {
     match e {
         End::Node(i) => host(i),
         End::Client => "client".into(),
+        End::Liar => "liar".into(),
     }
 }
 
-/// Every link the plan can affect: between nodes, and between the client and each node.
+/// Every link the plan can affect: between nodes, and between the client
+/// (and the liar, if the plan has one) and each node.
 fn links(plan: &Plan) -> Vec<(End, End)> {
     let mut out = Vec::new();
     for a in 0..plan.nodes {
@@ -830,6 +861,9 @@ fn links(plan: &Plan) -> Vec<(End, End)> {
             out.push((End::Node(a), End::Node(b)));
         }
         out.push((End::Client, End::Node(a)));
+        if plan.liar {
+            out.push((End::Liar, End::Node(a)));
+        }
     }
     out
 }
@@ -1029,6 +1063,21 @@ pub fn run(plan: &Plan, planted: Planted) -> History {
     // spared so that a client's timeout always means a silent node.
     for i in 0..plan.nodes {
         sim.set_link_fail_rate("client", host(i).as_str(), 0.0);
+    }
+    if plan.liar {
+        history.lock().unwrap().liar = true;
+        let history = history.clone();
+        let plan = plan.clone();
+        let nodes = plan.nodes;
+        sim.client("liar", async move {
+            liar::liar(plan, history).await;
+            Ok(())
+        });
+        // Spared like the client's: the liar skips a node only when the
+        // plan cuts it off, pauses it or takes it down.
+        for i in 0..nodes {
+            sim.set_link_fail_rate("liar", host(i).as_str(), 0.0);
+        }
     }
 
     // The plan with the faults the workload added so far.
@@ -1892,6 +1941,9 @@ pub fn fingerprint(h: &History) -> String {
     for r in &h.recoveries {
         s.push_str(&format!("d{}{:?}{:?};", r.node, r.took_at, r.last));
     }
+    for f in &h.forged {
+        s.push_str(&format!("f{:?}{}{:?}{:?};", f.lie, f.node, f.end, f.answer));
+    }
     s.push_str(&format!(
         "{:?}{:?}{:?}{:?}",
         h.converged_at, h.liveness, h.configs_agreed_at, h.configs
@@ -1968,5 +2020,36 @@ pub fn summary(h: &History) -> String {
             d.flipped_reads
         ),
         None => String::new(),
+    } + &if h.liar {
+        let refused = |lie: Lie| {
+            h.forged
+                .iter()
+                .filter(|f| f.lie == lie && matches!(f.answer, Answer::Refused(_)))
+                .count()
+        };
+        let total = Lie::ALL.into_iter().map(refused).sum::<usize>();
+        let answered = |accepted: bool| {
+            h.forged
+                .iter()
+                .filter(|f| match f.answer {
+                    Answer::Accepted { .. } => accepted,
+                    Answer::Unanswered(_) => !accepted,
+                    Answer::Refused(_) => false,
+                })
+                .count()
+        };
+        format!(
+            "; liar: {} forged messages, {total} refused (own component raised {}, version jumps {}, faked acknowledgements {}, too many components {}, too many names {}), {} accepted, {} unanswered",
+            h.forged.len(),
+            refused(Lie::RaiseOwn),
+            refused(Lie::VersionJump),
+            refused(Lie::FakeAck),
+            refused(Lie::TooManyComponents),
+            refused(Lie::TooManyNames),
+            answered(true),
+            answered(false),
+        )
+    } else {
+        "; no liar".to_string()
     }
 }

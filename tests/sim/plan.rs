@@ -136,6 +136,9 @@ pub struct Flavor {
     /// peers, crashes of the node a config was posted to), drawn from a
     /// generator of their own so that the rest of the plan stays as it was.
     pub extra: bool,
+    /// A liar sends the nodes forged internal messages until the heal (see
+    /// [`Plan::liar`]).
+    pub liar: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -182,13 +185,19 @@ pub struct Plan {
     pub log: bool,
     /// The one node whose data folder is lost on `--min-replicas` seeds.
     pub wipe_victim: Option<usize>,
+    /// One more host, the liar, sends a random node a forged internal
+    /// message every 200–500 ms from the start until the heal (see
+    /// `sim::liar`); every node must refuse each of them (G11).
+    pub liar: bool,
 }
 
-/// One end of a link: a node (by index) or the workload's client host.
+/// One end of a link: a node (by index), the workload's client host, or
+/// the liar's host.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum End {
     Node(usize),
     Client,
+    Liar,
 }
 
 /// The state of the network between two hosts, or one way between them.
@@ -501,6 +510,7 @@ impl Plan {
             min_replicas: flavor.min_replicas,
             log: flavor.log,
             wipe_victim,
+            liar: flavor.liar,
         }
     }
 

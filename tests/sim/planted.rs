@@ -12,10 +12,10 @@ use tally::cluster::{Actor, Membership};
 use tally::crdt::Component;
 use tally::node::{IncrementError, Node, Role, Settings};
 use tally::proto::{
-    PROTOCOL_VERSION, ReplicaId, Request, RequestEnvelope, Response, ResponseEnvelope,
+    PROTOCOL_VERSION, ReplicaId, Request, RequestEnvelope, Response, ResponseEnvelope, WireCounter,
 };
 use tally::storage::memory::{DiskFault, MemoryEngine};
-use tally::storage::{Batch, Changes, Engine, Loaded, StoreError};
+use tally::storage::{Batch, Changes, Engine, Loaded, Merge, StoreError};
 use tally::transport::{CallError, CallFuture};
 
 use super::{HostDisk, NAMES, PORT, Plan, REPLICA_TIMEOUT, SIM_LOG, host, now};
@@ -93,6 +93,10 @@ pub enum Planted {
     /// Consistent reads that arrive before this sim time answer 503 at
     /// once, whatever the network does.
     ReadsFailUntil(Duration),
+    /// The host believes the liar's forged pushes: it merges their
+    /// counters straight into the store, without the node's checks, and
+    /// answers that it took them.
+    BelievesForgedPushes,
 }
 
 impl Planted {
@@ -329,6 +333,32 @@ impl Planted {
     /// Whether the host refuses a config post.
     pub fn refuses_post(self, node: &Node) -> bool {
         self == Planted::RefusePosts && node.membership().is_set()
+    }
+
+    /// Answers a forged message in the node's place, when this bug does:
+    /// a push merged into the store as it came.
+    pub async fn believe(self, node: &Node, env: &RequestEnvelope) -> Option<ResponseEnvelope> {
+        let (Planted::BelievesForgedPushes, Request::Push { counters }) = (self, &env.req) else {
+            return None;
+        };
+        let counters = counters
+            .iter()
+            .cloned()
+            .map(WireCounter::into_parts)
+            .collect();
+        node.store()
+            .merge(Merge {
+                counters,
+                mark: None,
+            })
+            .await
+            .ok()?;
+        Some(ResponseEnvelope {
+            v: PROTOCOL_VERSION,
+            from: node.identity(),
+            membership: None,
+            resp: Response::Ack,
+        })
     }
 }
 
