@@ -62,19 +62,21 @@ pub async fn run(
         write_timeout_secs: limits.write_timeout.as_secs_f64(),
     };
     let tls = match &settings.tls {
-        Some(files) => Some(Tls::load(files.clone()).map_err(|e| StartError::Tls(e.to_string()))?),
+        Some(files) => {
+            Some(Tls::load(files.clone()).map_err(|e| StartError::Security(format!("TLS: {e}")))?)
+        }
         None => None,
     };
     if let Some(path) = &settings.tokens_file {
         if tls.is_none() && settings.secret.is_none() {
-            return Err(StartError::Tls(
+            return Err(StartError::Security(
                 "--tokens-file needs the internal route closed to clients too (--tls-* or a \
                  cluster secret): otherwise a forged internal message is a write without a token"
                     .into(),
             ));
         }
         let tokens = crate::auth::SharedTokens::load(path)
-            .map_err(|e| StartError::Tls(format!("tokens: {e}")))?;
+            .map_err(|e| StartError::Security(format!("client tokens: {e}")))?;
         info!(tokens = tokens.current().len(), file = %path.display(), "client tokens in force");
         settings.tokens = Some(Arc::new(tokens));
     }

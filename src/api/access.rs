@@ -40,6 +40,7 @@ pub fn needed(method: &Method, path: &str) -> Option<Scope> {
 }
 
 /// Lets a request through when its token has the scope the route needs.
+/// Layered only on a node with a tokens file (see `api::router`).
 pub(super) async fn check(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
     let settings = node.settings();
     let Some(tokens) = &settings.tokens else {

@@ -172,8 +172,9 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Fatal(String),
-    #[error("TLS: {0}")]
-    Tls(String),
+    /// TLS files, the tokens file, or a combination of them, unusable.
+    #[error("{0}")]
+    Security(String),
 }
 
 /// Why an increment was not acknowledged.
