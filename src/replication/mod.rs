@@ -502,3 +502,60 @@ async fn pull_round(r: &Replicator, peer: &Peer) -> Result<bool, String> {
     }
     Ok(true)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crdt::Component;
+
+    fn replica(node: u64) -> ReplicaId {
+        ReplicaId {
+            node,
+            incarnation: 7,
+        }
+    }
+
+    /// A counter with a component of 1 for each of nodes `from..=to`.
+    fn wide(from: u64, to: u64) -> GCounter {
+        (from..=to)
+            .map(|node| Component {
+                node,
+                incarnation: 7,
+                count: 1,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_push_stays_within_its_components_and_keeps_this_nodes_own() {
+        let me = replica(1);
+        let max = MAX_COMPONENTS_PER_PUSH as u64;
+        // Node 1 (this one) counted in both; "big" alone would fill a push.
+        let small = wide(1, 3);
+        let big = wide(1, max);
+        // Relayed only: this node never counted in it.
+        let relayed = wide(2, max);
+        let counters = [("small", small), ("big", big), ("relayed", relayed)];
+        let counter = |n: &str| {
+            counters
+                .iter()
+                .find(|(k, _)| *k == n)
+                .map(|(_, c)| c.clone())
+        };
+        let names: Vec<String> = ["small", "big", "gone", "relayed"]
+            .map(String::from)
+            .to_vec();
+        let push = push_counters(&names, me, counter);
+        let total: usize = push.iter().map(|w| w.components.len()).sum();
+        assert!(total <= MAX_COMPONENTS_PER_PUSH, "{total} components");
+        let got: Vec<(&str, usize)> = push
+            .iter()
+            .map(|w| (w.name.as_str(), w.components.len()))
+            .collect();
+        // "small" whole; "big" only with this node's own component; "gone"
+        // is no longer held; "relayed" does not fit and has no component
+        // of this node: left to anti-entropy.
+        assert_eq!(got, [("small", 3), ("big", 1)]);
+        assert_eq!(push[1].clone().into_parts().1.get(me), 1);
+    }
+}
