@@ -6,8 +6,14 @@
 //! Run by systemd with `Type=notify` (see `docs/tally.service`), it reports
 //! `READY=1` once it listens and `STOPPING=1` when asked to stop; without
 //! `NOTIFY_SOCKET` in its environment it sends nothing.
+//!
+//! It also gathers, in [`defaults`], every default a node's flags show, so
+//! the command line reads them in one place, and offers `tally check` of a
+//! stopped node's folder ([`check_folder`]): the command line knows no
+//! layer below this one for a node's settings and files.
 
 use std::future::Future;
+use std::path::Path;
 use std::sync::Arc;
 
 use sd_notify::NotifyState;
@@ -15,13 +21,56 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::auth::Event;
-use crate::node::{Budgets, Node, Settings, StartError};
+use crate::api::Access;
+use crate::auth::{Audit, Event, SharedTokens};
+use crate::metrics::Metrics;
+use crate::node::{Budgets, Deps, Node, Settings, StartError, WallClock};
 use crate::server::Limits;
+use crate::storage::StoreError;
 use crate::tls::{ClientTls, Tls};
 use crate::transport::HttpTransport;
 
+pub use crate::storage::check::CheckReport;
+
+/// Every default a node's flags show, in one place for the command line.
+/// Each is defined once, next to the code that uses it: the node's in
+/// `node::defaults`, the server's and the store's beside them.
+pub mod defaults {
+    pub use crate::node::defaults::*;
+    pub use crate::server::{
+        DEFAULT_HEADER_TIMEOUT as HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS as MAX_CONNECTIONS,
+        DEFAULT_MAX_PEER_CONNECTIONS as MAX_PEER_CONNECTIONS,
+        DEFAULT_WRITE_TIMEOUT as WRITE_TIMEOUT,
+    };
+    pub use crate::storage::{
+        DEFAULT_IDEMPOTENCY_BYTES as IDEMPOTENCY_BYTES,
+        DEFAULT_IDEMPOTENCY_KEYS as IDEMPOTENCY_KEYS,
+        DEFAULT_IDEMPOTENCY_WINDOW as IDEMPOTENCY_WINDOW,
+        DEFAULT_STORAGE_TIMEOUT as STORAGE_TIMEOUT,
+    };
+}
+
+/// Why a data folder could not be checked.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct CheckError(StoreError);
+
+impl CheckError {
+    /// A running node holds the folder (it checks its own files as it runs).
+    pub fn in_use(&self) -> bool {
+        matches!(self.0, StoreError::Locked(_))
+    }
+}
+
+/// `tally check`: verifies a stopped node's data folder, changing nothing.
+pub fn check_folder(dir: &Path) -> Result<CheckReport, CheckError> {
+    crate::storage::check::check(dir).map_err(CheckError)
+}
+
 /// Runs a node until `stop` resolves: listens, serves, then shuts down in order.
+/// Builds what the node is handed beside its settings: metrics, the HTTP
+/// transport; and what the API is handed beside the node: the tokens loaded
+/// from `settings.tokens_file`, an audit log, how to call other nodes.
 pub async fn run(
     mut settings: Settings,
     mut limits: Limits,
@@ -67,6 +116,7 @@ pub async fn run(
         }
         None => None,
     };
+    let mut tokens = None;
     if let Some(path) = &settings.tokens_file {
         if tls.is_none() && settings.secret.is_none() {
             return Err(StartError::Security(
@@ -75,12 +125,12 @@ pub async fn run(
                     .into(),
             ));
         }
-        let tokens = crate::auth::SharedTokens::load(path)
+        let loaded = SharedTokens::load(path)
             .map_err(|e| StartError::Security(format!("client tokens: {e}")))?;
-        info!(tokens = tokens.current().len(), file = %path.display(), "client tokens in force");
-        settings.tokens = Some(Arc::new(tokens));
+        info!(tokens = loaded.current().len(), file = %path.display(), "client tokens in force");
+        tokens = Some(Arc::new(loaded));
     }
-    match (&tls, &settings.tokens, &settings.secret) {
+    match (&tls, &tokens, &settings.secret) {
         (None, None, None) => warn!(
             "open mode (no TLS, no tokens, no cluster secret): anyone who can reach this port \
              can read, increment, change the config and send internal messages"
@@ -110,24 +160,40 @@ pub async fn run(
              turn it off once every node has TLS"
         );
     }
-    settings.client_tls = client_tls.clone();
+    let metrics = Metrics::default();
     let transport = Arc::new(HttpTransport::new(
         settings.connect_timeout,
         settings.secret.clone(),
-        settings.metrics.clone(),
-        client_tls,
+        metrics.clone(),
+        client_tls.clone(),
     ));
-    let node = Node::start(settings, transport)?;
+    let deps = Deps {
+        metrics,
+        clock: WallClock::default(),
+        transport,
+        engine: None,
+    };
+    let node = Node::start(settings, deps)?;
+    let access = Arc::new(Access {
+        tokens,
+        audit: Arc::new(Audit::default()),
+        client_tls,
+    });
     info!(listen = %node.settings().listen, "listening");
     let serving = format!("serving on {}", node.settings().listen);
     notify_systemd(&[NotifyState::Ready, NotifyState::Status(&serving)]);
-    let app = crate::api::router(node.clone());
+    let app = crate::api::router(node.clone(), access.clone());
     let token = node.shutdown_token();
     if let Some(tls) = &tls {
         tokio::spawn(tls.clone().watch(crate::tls::WATCH_INTERVAL, token.clone()));
     }
-    reload_on_sighup(tls.clone(), node.settings().clone(), token.clone());
-    tokio::spawn(flush_audit(node.settings().audit.clone(), token.clone()));
+    reload_on_sighup(
+        tls.clone(),
+        access.tokens.clone(),
+        access.audit.clone(),
+        token.clone(),
+    );
+    tokio::spawn(flush_audit(access.audit.clone(), token.clone()));
     let stop_serving = CancellationToken::new();
     let trigger = stop_serving.clone();
     tokio::spawn(async move {
@@ -142,7 +208,7 @@ pub async fn run(
         listener,
         app,
         limits,
-        &node.settings().metrics,
+        node.metrics(),
         stop_serving,
         node.settings().shutdown_timeout,
         tls.map(|tls| (tls, node.settings().plain_http.accepted())),
@@ -158,7 +224,12 @@ pub async fn run(
 
 /// Reads the certificate files and the tokens file again on every SIGHUP,
 /// until `stop`. A file that does not load leaves the one in force.
-fn reload_on_sighup(tls: Option<Arc<Tls>>, settings: Settings, stop: CancellationToken) {
+fn reload_on_sighup(
+    tls: Option<Arc<Tls>>,
+    tokens: Option<Arc<SharedTokens>>,
+    audit: Arc<Audit>,
+    stop: CancellationToken,
+) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangups = match signal(SignalKind::hangup()) {
         Ok(s) => s,
@@ -174,15 +245,11 @@ fn reload_on_sighup(tls: Option<Arc<Tls>>, settings: Settings, stop: Cancellatio
                 got = hangups.recv() => if got.is_none() { return },
             }
             info!("SIGHUP: reloading");
-            if let Some(tokens) = &settings.tokens {
+            if let Some(tokens) = &tokens {
                 let now = std::time::Instant::now();
                 match tokens.reload() {
-                    Ok(n) => settings
-                        .audit
-                        .record(&Event::TokensReloaded { tokens: n }, now),
-                    Err(e) => settings
-                        .audit
-                        .record(&Event::ReloadFailed { error: &e }, now),
+                    Ok(n) => audit.record(&Event::TokensReloaded { tokens: n }, now),
+                    Err(e) => audit.record(&Event::ReloadFailed { error: &e }, now),
                 };
             }
             if let Some(tls) = &tls {
@@ -200,7 +267,7 @@ fn reload_on_sighup(tls: Option<Arc<Tls>>, settings: Settings, stop: Cancellatio
 }
 
 /// Reports the audit lines the rate limit dropped, once a second.
-async fn flush_audit(audit: Arc<crate::auth::Audit>, stop: CancellationToken) {
+async fn flush_audit(audit: Arc<Audit>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         tokio::select! {

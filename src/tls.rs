@@ -108,7 +108,7 @@ pub enum TlsError {
 
 /// The files of a node's TLS: its certificate chain, its key, and the CA
 /// bundle its peers' certificates (and its own) are issued by.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,

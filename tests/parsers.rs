@@ -7,11 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use tally::cluster::{Actor, ConfigRequest, parse_actors};
+use tally::api::types::ConfigRequest;
+use tally::cluster::{Actor, parse_actors};
 use tally::crdt::GCounter;
 use tally::input::decode_name;
 use tally::input::{parse_amount, parse_duration as parse_timeout};
-use tally::node::{Node, Settings};
+use tally::node::{Deps, Node, Settings};
 use tally::proto::{RequestEnvelope, ResponseEnvelope, decode_request, decode_response};
 use tally::storage::memory::MemoryEngine;
 use tally::transport::{CallError, CallFuture, Transport};
@@ -252,10 +253,11 @@ proptest! {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
             let settings = Settings::new(1, "127.0.0.1:7777".parse().unwrap(), "unused".into());
-            let node = Node::start_with(settings, Arc::new(MemoryEngine::new()), Arc::new(Nowhere)).unwrap();
+            let deps = Deps::new(Arc::new(Nowhere)).with_engine(Arc::new(MemoryEngine::new()));
+            let node = Node::start(settings, deps).unwrap();
             node.increment(vec![("a".into(), 5)], None, None).await.unwrap();
             if let Ok(env) = serde_json::from_str::<RequestEnvelope>(&json) {
-                let _ = node.handle_rpc(env).await;
+                let _ = node.peers().answer(env).await;
             }
             assert!(node.store().value("a") >= 5);
             for (name, _) in node.store().list("", None, usize::MAX) {

@@ -23,10 +23,10 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tokio::time::Instant;
 
+use super::Access;
 use super::ApiError;
 use super::types::{ConnInfo, Route};
 use crate::auth::{Event, Scope};
-use crate::node::Node;
 
 /// The scope a request needs, or `None` for the routes open to all.
 pub fn needed(method: &Method, path: &str) -> Option<Scope> {
@@ -41,9 +41,8 @@ pub fn needed(method: &Method, path: &str) -> Option<Scope> {
 
 /// Lets a request through when its token has the scope the route needs.
 /// Layered only on a node with a tokens file (see `api::router`).
-pub(super) async fn check(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
-    let settings = node.settings();
-    let Some(tokens) = &settings.tokens else {
+pub(super) async fn check(State(access): State<Arc<Access>>, req: Request, next: Next) -> Response {
+    let Some(tokens) = &access.tokens else {
         return next.run(req).await;
     };
     let Some(need) = needed(req.method(), req.uri().path()) else {
@@ -56,7 +55,7 @@ pub(super) async fn check(State(node): State<Arc<Node>>, req: Request, next: Nex
     match tokens.current().check(presented, need, SystemTime::now()) {
         Ok(granted) => {
             if need == Scope::Admin {
-                settings.audit.record(
+                access.audit.record(
                     &Event::AdminAllowed {
                         token: &granted.name,
                         method: req.method().as_str(),
@@ -73,7 +72,7 @@ pub(super) async fn check(State(node): State<Arc<Node>>, req: Request, next: Nex
                 .get::<ConnInfo>()
                 .map(|c| c.peer)
                 .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
-            settings.audit.record(
+            access.audit.record(
                 &Event::AuthFailed {
                     denied: &denied,
                     client,

@@ -9,9 +9,11 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::types::{ConfigSummary, ConnInfo, Leaver, MAX_BODY, Status, StatusConfig};
+use super::types::{
+    ConfigRequest, ConfigSummary, ConnInfo, Leaver, MAX_BODY, PeerReport, Status, StatusConfig,
+};
 use super::{ApiError, authorize, read_body};
-use crate::cluster::{Actor, ConfigRequest, Membership, parse_actors};
+use crate::cluster::{Actor, Membership, parse_actors};
 use crate::node::{ConfigOutcome, Node};
 use crate::proto::RequestEnvelope;
 use crate::tls::speaks_for;
@@ -45,7 +47,7 @@ pub(super) async fn post_config(
         }
         forget.push(a);
     }
-    let outcome = node.post_config(actors, forget).await?;
+    let outcome = node.place().post_config(actors, forget).await?;
     Ok(axum::Json(summary(outcome)).into_response())
 }
 
@@ -113,7 +115,7 @@ pub(super) async fn rpc(
             ),
         ));
     }
-    let resp = node.handle_rpc(env).await?;
+    let resp = node.peers().answer(env).await?;
     Ok(axum::Json(resp).into_response())
 }
 
@@ -133,7 +135,7 @@ pub(super) async fn status_of(node: &Node) -> Status {
         listen: node.settings().listen.to_string(),
         uptime_secs: node.uptime().as_secs(),
         me: node.me().map(|a| a.to_string()),
-        role: Some(node.role()),
+        role: Some(node.role().into()),
         config: StatusConfig {
             version: m.config.stamp.version,
             origin: m.config.stamp.origin,
@@ -141,10 +143,15 @@ pub(super) async fn status_of(node: &Node) -> Status {
             leaving: leavers(&m),
             read_set: strings(&m.read_set()),
         },
-        peers: node.peers().report(),
+        peers: node
+            .peers()
+            .report()
+            .into_iter()
+            .map(PeerReport::from)
+            .collect(),
         names: store.names() as u64,
         idempotency_keys: store.remembered_keys() as u64,
-        storage: Some(store.health()),
+        storage: Some(store.health().into()),
         head_seq: store.head(),
         min_replicas: node.settings().min_replicas as u64,
         data_dir: store.dir().map(|d| d.display().to_string()),
@@ -154,7 +161,7 @@ pub(super) async fn status_of(node: &Node) -> Status {
 }
 
 pub(super) async fn metrics(State(node): State<Arc<Node>>) -> Response {
-    let m = &node.settings().metrics;
+    let m = node.metrics();
     m.names
         .set(i64::try_from(node.store().names()).unwrap_or(i64::MAX));
     m.idempotency_keys

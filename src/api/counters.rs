@@ -91,7 +91,7 @@ async fn consistent(
     name: &str,
     timeout: std::time::Duration,
 ) -> Result<Response, ApiError> {
-    match node.consistent_value(name, timeout).await {
+    match node.reads().consistent_value(name, timeout).await {
         Ok(v) => Ok(text(v)),
         Err(Incomplete {
             reason,

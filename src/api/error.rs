@@ -5,7 +5,8 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::node::{IncrementError, PostConfigError, RpcError};
+use crate::node::{IncrementError, PostConfigError};
+use crate::replication::AnswerError;
 use crate::storage::StoreError;
 
 /// Seconds a client is asked to wait before retrying a write refused
@@ -119,11 +120,11 @@ impl From<IncrementError> for ApiError {
     }
 }
 
-impl From<RpcError> for ApiError {
-    fn from(e: RpcError) -> Self {
+impl From<AnswerError> for ApiError {
+    fn from(e: AnswerError) -> Self {
         match e {
-            RpcError::BadRequest(m) => ApiError::bad_request(m),
-            RpcError::Store(e) => e.into(),
+            AnswerError::Store(e) => e.into(),
+            bad => ApiError::bad_request(bad.to_string()),
         }
     }
 }

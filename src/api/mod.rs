@@ -32,13 +32,47 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
+use axum::extract::FromRef;
+
+use crate::auth::{Audit, SharedTokens};
 use crate::metrics::{Route as MetricRoute, RouteStatus};
 use crate::node::Node;
 use crate::proto::RPC_PATH;
+use crate::tls::ClientTls;
 pub use error::ApiError;
 use types::{BODY_TIMEOUT, MAX_BODY, Route, SECRET_HEADER, paths};
 
-pub fn router(node: Arc<Node>) -> Router {
+/// Who may call the node, and how it calls others' public routes: the
+/// API's business, handed to [`router`] beside the node.
+pub struct Access {
+    /// The tokens in force, when clients must present one (`--tokens-file`).
+    pub tokens: Option<Arc<SharedTokens>>,
+    /// Where admin actions and failed authentications are written.
+    pub audit: Arc<Audit>,
+    /// How `/status/cluster` calls the other nodes' `/status`.
+    pub client_tls: ClientTls,
+}
+
+/// What a handler may ask for: the node, or the access rules.
+#[derive(Clone)]
+struct ApiState {
+    node: Arc<Node>,
+    access: Arc<Access>,
+}
+
+impl FromRef<ApiState> for Arc<Node> {
+    fn from_ref(state: &ApiState) -> Self {
+        state.node.clone()
+    }
+}
+
+impl FromRef<ApiState> for Arc<Access> {
+    fn from_ref(state: &ApiState) -> Self {
+        state.access.clone()
+    }
+}
+
+pub fn router(node: Arc<Node>, access: Arc<Access>) -> Router {
     let routes = Router::new()
         .route(paths::CONSOLE, get(console::page))
         .route(paths::CONSOLE_ASSET, get(console::asset))
@@ -57,15 +91,18 @@ pub fn router(node: Arc<Node>) -> Router {
     // The token check only where tokens are configured (the file is read
     // again on SIGHUP, but whether there is one is fixed at start): an open
     // node's requests do not pass through it.
-    let routes = if node.settings().tokens.is_some() {
-        routes.layer(middleware::from_fn_with_state(node.clone(), access::check))
+    let routes = if access.tokens.is_some() {
+        routes.layer(middleware::from_fn_with_state(
+            access.clone(),
+            access::check,
+        ))
     } else {
         routes
     };
     routes
         .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn_with_state(node.clone(), observe))
-        .with_state(node)
+        .with_state(ApiState { node, access })
 }
 
 /// Counts every request by method, route and status, and times it.
@@ -74,7 +111,7 @@ async fn observe(State(node): State<Arc<Node>>, req: Request, next: Next) -> Res
     let method = crate::metrics::method_label(req.method().as_str());
     let started = tokio::time::Instant::now();
     let resp = next.run(req).await;
-    let m = &node.settings().metrics;
+    let m = node.metrics();
     m.requests
         .get_or_create(&RouteStatus {
             method,

@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::types::{ClusterNode, ClusterStatus, NotReady, Probe, Status, paths};
-use super::{ApiError, admin, timeout_param};
+use super::{Access, ApiError, admin, timeout_param};
 use crate::exchange::{Req, SendError, parse_node, send};
 use crate::node::{Node, Role};
 use crate::tls::ClientTls;
@@ -92,6 +92,7 @@ fn not_ready(node: &Node) -> Vec<String> {
 
 pub(super) async fn cluster_status(
     State(node): State<Arc<Node>>,
+    State(access): State<Arc<Access>>,
     req: Request,
 ) -> Result<Response, ApiError> {
     let timeout = timeout_param(
@@ -108,8 +109,7 @@ pub(super) async fn cluster_status(
         ));
     };
     let own = admin::status_of(&node).await;
-    let tls = &node.settings().client_tls;
-    Ok(axum::Json(cluster_of(own, timeout, tls).await).into_response())
+    Ok(axum::Json(cluster_of(own, timeout, &access.client_tls).await).into_response())
 }
 
 /// The cluster as the node whose status is `own` is configured: every actor

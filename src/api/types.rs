@@ -1,6 +1,12 @@
 //! The public HTTP vocabulary, defined once and shared by the server
 //! (`api`) and the command-line client: paths and route templates, header
 //! names, limits, and every JSON body. A change here changes both sides.
+//!
+//! The bodies are the API's own types, not the lower layers': storage,
+//! replication and the node hand out plain views (no serde), and the
+//! conversions below turn them into what goes on the wire. So a layer can
+//! change how it keeps its state without changing a public body, and the
+//! client reads `/status` without depending on the layers it describes.
 
 use std::time::Duration;
 
@@ -8,10 +14,10 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::{Deserialize, Serialize};
 
 use crate::crdt::Component;
-use crate::node::Role;
+use crate::node;
 use crate::proto::RPC_PATH;
-use crate::replication::peer::PeerReport;
-use crate::storage::HealthReport;
+use crate::replication::peer::PeerView;
+use crate::storage::{HealthView, Salvage, ScrubView};
 
 pub use crate::proto::SECRET_HEADER;
 
@@ -244,6 +250,17 @@ pub struct Listing {
     pub next: Option<String>,
 }
 
+/// The body of `POST /config`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigRequest {
+    pub actors: Vec<String>,
+    /// Leavers to stop waiting for (see
+    /// [`Membership::post_forgetting`](crate::cluster::Membership::post_forgetting)).
+    #[serde(default)]
+    pub forget: Vec<String>,
+}
+
 /// `GET /status`. Read back with every field defaulted, so a client can
 /// show what an older node sends.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -269,6 +286,192 @@ pub struct Status {
     /// Connection budgets and the open-files limit they were fitted to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connections: Option<crate::node::Budgets>,
+}
+
+/// What a node does in the cluster, as `/status` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// No config yet: a cluster of one.
+    Unconfigured,
+    Member,
+    /// Left the config; handing off what it holds.
+    Leaving,
+    /// Left the config and handed off.
+    HandedOff,
+    /// Not named by the config at all.
+    Outside,
+    /// Has a config but does not know yet which actor it is.
+    Unknown,
+}
+
+impl Role {
+    /// The name `/status` gives it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Unconfigured => "unconfigured",
+            Role::Member => "member",
+            Role::Leaving => "leaving",
+            Role::HandedOff => "handed_off",
+            Role::Outside => "outside",
+            Role::Unknown => "unknown",
+        }
+    }
+}
+
+impl From<node::Role> for Role {
+    fn from(role: node::Role) -> Self {
+        match role {
+            node::Role::Unconfigured => Role::Unconfigured,
+            node::Role::Member => Role::Member,
+            node::Role::Leaving => Role::Leaving,
+            node::Role::HandedOff => Role::HandedOff,
+            node::Role::Outside => Role::Outside,
+            node::Role::Unknown => Role::Unknown,
+        }
+    }
+}
+
+/// What `/status` shows of a peer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PeerReport {
+    pub actor: String,
+    /// `null` until a call to it has ended.
+    pub reachable: Option<bool>,
+    pub last_contact_ms_ago: Option<u128>,
+    pub last_error: Option<String>,
+    /// The node id and incarnation (16 hex digits) that answered at its
+    /// address last.
+    pub node: Option<u64>,
+    pub incarnation: Option<String>,
+    /// Changes the peer had that this node had not merged at the last pull.
+    pub lag_changes: u64,
+    /// Names waiting to be pushed to it.
+    pub pending_push: usize,
+    /// False for a leaver this node only pulls from (its hand-off).
+    pub member: bool,
+    /// How far (in this node's sequence) the peer is known to hold our changes.
+    pub stored_seq: u64,
+}
+
+impl From<PeerView> for PeerReport {
+    fn from(p: PeerView) -> Self {
+        PeerReport {
+            actor: p.actor.to_string(),
+            reachable: p.reachable,
+            last_contact_ms_ago: p.last_contact_ago.map(|d| d.as_millis()),
+            last_error: p.last_error,
+            node: p.replica.map(|r| r.node),
+            incarnation: p.replica.map(|r| format!("{:016x}", r.incarnation)),
+            lag_changes: p.lag_changes,
+            pending_push: p.pending_push,
+            member: p.member,
+            stored_seq: p.stored_seq,
+        }
+    }
+}
+
+/// What `/status` shows of storage.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HealthReport {
+    pub healthy: bool,
+    /// Why not, when unhealthy.
+    pub problem: Option<String>,
+    /// How long storage has been unhealthy.
+    pub unhealthy_for_ms: Option<u128>,
+    pub last_error: Option<String>,
+    pub last_error_ms_ago: Option<u128>,
+    /// Failed commits and recovery attempts since start.
+    pub errors: u64,
+    /// Failure episodes that ended with the database reopened.
+    pub recoveries: u64,
+    /// Places in the data folder's files found damaged since the node
+    /// started (when it opened them, or by the scrub), and the latest of
+    /// them.
+    #[serde(default)]
+    pub damage_found: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub damage: Vec<String>,
+    /// Damage found when the folder was opened, now or by an earlier run,
+    /// and how the node went on (stored in the folder).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub salvaged: Vec<SalvageReport>,
+    /// The last scrub pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scrub: Option<ScrubReport>,
+}
+
+impl From<HealthView> for HealthReport {
+    fn from(h: HealthView) -> Self {
+        HealthReport {
+            healthy: h.healthy,
+            problem: h.problem,
+            unhealthy_for_ms: h.unhealthy_for.map(|d| d.as_millis()),
+            last_error: h.last_error,
+            last_error_ms_ago: h.last_error_ago.map(|d| d.as_millis()),
+            errors: h.errors,
+            recoveries: h.recoveries,
+            damage_found: h.damage_found,
+            damage: h.damage,
+            salvaged: h.salvaged.into_iter().map(SalvageReport::from).collect(),
+            scrub: h.scrub.map(ScrubReport::from),
+        }
+    }
+}
+
+/// The last scrub pass over the data folder's files.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ScrubReport {
+    /// Passes finished since the node started.
+    pub passes: u64,
+    pub bytes: u64,
+    pub took_ms: u128,
+    /// Places the pass found damaged (each repaired from memory).
+    pub damage: u64,
+    /// How long ago the pass ended.
+    #[serde(default)]
+    pub ended_ms_ago: u128,
+}
+
+impl From<ScrubView> for ScrubReport {
+    fn from(s: ScrubView) -> Self {
+        ScrubReport {
+            passes: s.passes,
+            bytes: s.bytes,
+            took_ms: s.took.as_millis(),
+            damage: s.damage,
+            ended_ms_ago: s.ended_ago.as_millis(),
+        }
+    }
+}
+
+/// Damage found in the data folder's files when it was opened, and how
+/// the node went on. Storage keeps the same facts in the folder as its own
+/// type ([`Salvage`]); this one is the `/status` form, so the two can
+/// change apart.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SalvageReport {
+    /// When, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// Each place found damaged: file, byte offset, what was wrong.
+    pub damage: Vec<String>,
+    /// What could not be read back.
+    pub lost: String,
+    /// The incarnation the folder had, and the one it counts on with.
+    pub from_incarnation: u64,
+    pub to_incarnation: u64,
+}
+
+impl From<Salvage> for SalvageReport {
+    fn from(s: Salvage) -> Self {
+        SalvageReport {
+            at_ms: s.at_ms,
+            damage: s.damage,
+            lost: s.lost,
+            from_incarnation: s.from_incarnation,
+            to_incarnation: s.to_incarnation,
+        }
+    }
 }
 
 /// `GET /livez` and `GET /readyz` when they answer 200.
@@ -390,6 +593,151 @@ mod tests {
         assert!(body.contains("55340232221128654845"), "{body}");
         let back: Unavailable = serde_json::from_str(&body).unwrap();
         assert_eq!(back.best_known_value, 3 * u128::from(u64::MAX));
+    }
+
+    /// `/status` as the views of storage and replication turn into it,
+    /// byte for byte: the JSON below is what the bodies serialized to when
+    /// storage and replication still defined them, so a change to a view
+    /// cannot change what clients read.
+    #[test]
+    fn status_json_is_unchanged_by_the_views_it_is_made_from() {
+        use crate::cluster::Actor;
+        use crate::crdt::ReplicaId;
+        let ms = Duration::from_millis;
+        let peers = vec![
+            PeerView {
+                actor: Actor::parse("10.0.0.1:7777").unwrap(),
+                reachable: Some(false),
+                last_contact_ago: Some(ms(1500)),
+                last_error: Some("refused".into()),
+                replica: Some(ReplicaId {
+                    node: 1,
+                    incarnation: 0xabc,
+                }),
+                lag_changes: 4,
+                pending_push: 2,
+                member: false,
+                stored_seq: 9,
+            },
+            PeerView {
+                actor: Actor::parse("10.0.0.2:7777").unwrap(),
+                reachable: None,
+                last_contact_ago: None,
+                last_error: None,
+                replica: None,
+                lag_changes: 0,
+                pending_push: 0,
+                member: true,
+                stored_seq: 0,
+            },
+        ];
+        let health = HealthView {
+            healthy: false,
+            problem: Some("disk full".into()),
+            unhealthy_for: Some(ms(5)),
+            last_error: Some("disk full".into()),
+            last_error_ago: Some(ms(7)),
+            errors: 2,
+            recoveries: 1,
+            damage_found: 3,
+            damage: vec!["a at byte 1".into()],
+            salvaged: vec![Salvage {
+                at_ms: 1000,
+                damage: vec!["b at byte 2".into()],
+                lost: "nothing".into(),
+                from_incarnation: 1,
+                to_incarnation: 2,
+                now: true,
+            }],
+            scrub: Some(ScrubView {
+                passes: 4,
+                bytes: 4096,
+                took: ms(12),
+                damage: 1,
+                ended_ago: ms(30),
+            }),
+        };
+        let status = Status {
+            id: 3,
+            incarnation: "00000000000000ab".into(),
+            version: "1.2.3".into(),
+            listen: "0.0.0.0:7777".into(),
+            uptime_secs: 75,
+            me: Some("10.0.0.3:7777".into()),
+            role: Some(node::Role::HandedOff.into()),
+            config: StatusConfig::default(),
+            peers: peers.into_iter().map(PeerReport::from).collect(),
+            names: 12,
+            idempotency_keys: 1,
+            storage: Some(health.into()),
+            head_seq: 40,
+            min_replicas: 1,
+            data_dir: Some("/d".into()),
+            data_bytes: 8192,
+            connections: None,
+        };
+        let json = serde_json::to_string(&status).unwrap();
+        assert_eq!(
+            json,
+            concat!(
+                r#"{"id":3,"incarnation":"00000000000000ab","version":"1.2.3","listen":"0.0.0.0:7777","#,
+                r#""uptime_secs":75,"self":"10.0.0.3:7777","role":"handed_off","#,
+                r#""config":{"version":0,"origin":0,"actors":[],"leaving":[],"read_set":[]},"#,
+                r#""peers":[{"actor":"10.0.0.1:7777","reachable":false,"last_contact_ms_ago":1500,"#,
+                r#""last_error":"refused","node":1,"incarnation":"0000000000000abc","lag_changes":4,"#,
+                r#""pending_push":2,"member":false,"stored_seq":9},"#,
+                r#"{"actor":"10.0.0.2:7777","reachable":null,"last_contact_ms_ago":null,"#,
+                r#""last_error":null,"node":null,"incarnation":null,"lag_changes":0,"#,
+                r#""pending_push":0,"member":true,"stored_seq":0}],"#,
+                r#""names":12,"idempotency_keys":1,"#,
+                r#""storage":{"healthy":false,"problem":"disk full","unhealthy_for_ms":5,"#,
+                r#""last_error":"disk full","last_error_ms_ago":7,"errors":2,"recoveries":1,"#,
+                r#""damage_found":3,"damage":["a at byte 1"],"#,
+                r#""salvaged":[{"at_ms":1000,"damage":["b at byte 2"],"lost":"nothing","#,
+                r#""from_incarnation":1,"to_incarnation":2}],"#,
+                r#""scrub":{"passes":4,"bytes":4096,"took_ms":12,"damage":1,"ended_ms_ago":30}},"#,
+                r#""head_seq":40,"min_replicas":1,"data_dir":"/d","data_bytes":8192}"#,
+            )
+        );
+        let back: Status = serde_json::from_str(&json).unwrap();
+        assert_eq!(serde_json::to_string(&back).unwrap(), json, "reads back");
+
+        let quiet = HealthReport::from(HealthView {
+            healthy: true,
+            ..HealthView::default()
+        });
+        assert_eq!(
+            serde_json::to_string(&quiet).unwrap(),
+            concat!(
+                r#"{"healthy":true,"problem":null,"unhealthy_for_ms":null,"last_error":null,"#,
+                r#""last_error_ms_ago":null,"errors":0,"recoveries":0,"damage_found":0}"#,
+            )
+        );
+    }
+
+    #[test]
+    fn roles_are_named_as_before() {
+        use node::Role as R;
+        for (role, name) in [
+            (R::Unconfigured, "unconfigured"),
+            (R::Member, "member"),
+            (R::Leaving, "leaving"),
+            (R::HandedOff, "handed_off"),
+            (R::Outside, "outside"),
+            (R::Unknown, "unknown"),
+        ] {
+            let wire = Role::from(role);
+            assert_eq!(wire.as_str(), name);
+            assert_eq!(serde_json::to_value(wire).unwrap(), name);
+            assert_eq!(serde_json::from_value::<Role>(name.into()).unwrap(), wire);
+        }
+    }
+
+    #[test]
+    fn a_config_request_refuses_unknown_fields() {
+        let req: ConfigRequest = serde_json::from_str(r#"{"actors": ["a"]}"#).unwrap();
+        assert!(req.forget.is_empty());
+        assert!(serde_json::from_str::<ConfigRequest>(r#"{"actors": [], "force": true}"#).is_err());
     }
 
     #[test]

@@ -1,24 +1,22 @@
 //! `tally check DATA_DIR`: what a stopped node's files hold, and whether
-//! they read back as written (see `storage::check`).
+//! they read back as written (see `daemon::check_folder`).
 
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
 
-use crate::storage::StoreError;
-use crate::storage::check::{CheckReport, check};
+use crate::daemon::{CheckReport, check_folder};
 
 pub fn run(dir: &Path, json: bool) -> ExitCode {
-    let report = match check(dir) {
+    let report = match check_folder(dir) {
         Ok(report) => report,
         Err(e) => {
-            let hint = match &e {
-                StoreError::Locked(_) => {
-                    "; stop the node first (a running node checks its own files: see its \
-                     /status, storage.scrub)"
-                }
-                _ => "",
+            let hint = if e.in_use() {
+                "; stop the node first (a running node checks its own files: see its \
+                 /status, storage.scrub)"
+            } else {
+                ""
             };
             super::say(&format!("cannot check {}: {e}{hint}", dir.display()));
             return ExitCode::from(2);

@@ -18,19 +18,13 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use tracing::{error, info, warn};
 
-use crate::tls::ClientTls;
+use crate::tls::{ClientTls, PlainHttp};
 
 use crate::client::{self, Action, Conn};
-use crate::daemon::run;
+use crate::daemon::{defaults, run};
 use crate::input::Dur;
-use crate::node::{Settings, defaults};
-use crate::server::{DEFAULT_HEADER_TIMEOUT, DEFAULT_WRITE_TIMEOUT};
-use crate::server::{DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PEER_CONNECTIONS, Limits};
-use crate::storage::logged::OnDamage;
-use crate::storage::{
-    DEFAULT_IDEMPOTENCY_BYTES, DEFAULT_IDEMPOTENCY_KEYS, DEFAULT_IDEMPOTENCY_WINDOW,
-    DEFAULT_STORAGE_TIMEOUT,
-};
+use crate::node::{OnDamage, Settings};
+use crate::server::Limits;
 use demo::demo;
 
 // Doc comments here are --help text, not rustdoc: brackets and <ID> are literal.
@@ -391,13 +385,13 @@ pub struct NodeArgs {
     /// cluster one node at a time: `call` also calls peers over plain HTTP
     /// (while some have no TLS yet), `accept` calls them over TLS; `off`
     /// (the default): TLS only. See the README's security section.
-    #[arg(long, env = "TALLY_PLAIN_HTTP", value_enum, default_value_t = PlainHttpArg::Off,
-          requires = "tls_cert")]
+    #[arg(long, env = "TALLY_PLAIN_HTTP", value_enum,
+          default_value_t = PlainHttpArg::from(defaults::PLAIN_HTTP), requires = "tls_cert")]
     pub plain_http: PlainHttpArg,
 
     /// Longest any request waits for storage; a commit running longer counts
     /// as a stalled disk (increments then answer 503 with Retry-After).
-    #[arg(long, env = "TALLY_STORAGE_TIMEOUT", default_value_t = Dur(DEFAULT_STORAGE_TIMEOUT))]
+    #[arg(long, env = "TALLY_STORAGE_TIMEOUT", default_value_t = Dur(defaults::STORAGE_TIMEOUT))]
     pub storage_timeout: Dur,
 
     /// Other actors that must store an increment before it is acknowledged
@@ -417,37 +411,37 @@ pub struct NodeArgs {
     /// connection whose first request is under /_internal/ (another node's)
     /// counts against --max-peer-connections instead, so clients cannot
     /// crowd out replication.
-    #[arg(long, env = "TALLY_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    #[arg(long, env = "TALLY_MAX_CONNECTIONS", default_value_t = defaults::MAX_CONNECTIONS)]
     pub max_connections: usize,
 
     /// Most connections from other nodes open at once; more are refused with
     /// 503. Each peer may hold up to 64 calls in flight, one connection each:
     /// the default lets 16 peers all do so.
-    #[arg(long, env = "TALLY_MAX_PEER_CONNECTIONS", default_value_t = DEFAULT_MAX_PEER_CONNECTIONS)]
+    #[arg(long, env = "TALLY_MAX_PEER_CONNECTIONS", default_value_t = defaults::MAX_PEER_CONNECTIONS)]
     pub max_peer_connections: usize,
 
     /// Deadline for a client to send a whole request head (the first one
     /// counted from accept); also closes idle connections.
-    #[arg(long, env = "TALLY_HEADER_TIMEOUT", default_value_t = Dur(DEFAULT_HEADER_TIMEOUT))]
+    #[arg(long, env = "TALLY_HEADER_TIMEOUT", default_value_t = Dur(defaults::HEADER_TIMEOUT))]
     pub header_timeout: Dur,
 
     /// Deadline for each write of an answer to make progress: a client that
     /// stops reading its answers is closed after it.
-    #[arg(long, env = "TALLY_WRITE_TIMEOUT", default_value_t = Dur(DEFAULT_WRITE_TIMEOUT))]
+    #[arg(long, env = "TALLY_WRITE_TIMEOUT", default_value_t = Dur(defaults::WRITE_TIMEOUT))]
     pub write_timeout: Dur,
 
     /// How long an Idempotency-Key is remembered (e.g. 24h, 90m).
-    #[arg(long, env = "TALLY_IDEMPOTENCY_WINDOW", default_value_t = Dur(DEFAULT_IDEMPOTENCY_WINDOW))]
+    #[arg(long, env = "TALLY_IDEMPOTENCY_WINDOW", default_value_t = Dur(defaults::IDEMPOTENCY_WINDOW))]
     pub idempotency_window: Dur,
 
     /// Most Idempotency-Keys remembered; the oldest are forgotten first.
-    #[arg(long, env = "TALLY_IDEMPOTENCY_KEYS", default_value_t = DEFAULT_IDEMPOTENCY_KEYS)]
+    #[arg(long, env = "TALLY_IDEMPOTENCY_KEYS", default_value_t = defaults::IDEMPOTENCY_KEYS)]
     pub idempotency_keys: usize,
 
     /// Most memory the remembered Idempotency-Keys take, in bytes (a batch's
     /// key remembers a value per item); the oldest are forgotten first.
     #[arg(long, env = "TALLY_IDEMPOTENCY_MEMORY", value_name = "BYTES",
-          default_value_t = DEFAULT_IDEMPOTENCY_BYTES)]
+          default_value_t = defaults::IDEMPOTENCY_BYTES)]
     pub idempotency_memory: usize,
 
     /// What to do when starting finds damage that loses data (log records
@@ -457,7 +451,8 @@ pub struct NodeArgs {
     /// back from peers what they hold), or refuse (stop with the damage
     /// named, the damaged files left as they are; see `tally check`).
     /// A record a crash cut short is never damage.
-    #[arg(long, env = "TALLY_ON_DAMAGE", value_enum, default_value_t = DamagePolicy::Salvage)]
+    #[arg(long, env = "TALLY_ON_DAMAGE", value_enum,
+          default_value_t = DamagePolicy::from(defaults::ON_DAMAGE))]
     pub on_damage: DamagePolicy,
 
     /// Pause between scrub passes, which read the data folder's files back
@@ -484,6 +479,24 @@ pub struct NodeArgs {
 pub enum DamagePolicy {
     Salvage,
     Refuse,
+}
+
+impl From<OnDamage> for DamagePolicy {
+    fn from(policy: OnDamage) -> Self {
+        match policy {
+            OnDamage::Salvage => DamagePolicy::Salvage,
+            OnDamage::Refuse => DamagePolicy::Refuse,
+        }
+    }
+}
+
+impl From<DamagePolicy> for OnDamage {
+    fn from(policy: DamagePolicy) -> Self {
+        match policy {
+            DamagePolicy::Salvage => OnDamage::Salvage,
+            DamagePolicy::Refuse => OnDamage::Refuse,
+        }
+    }
 }
 
 /// How log lines are written (to stderr).
@@ -697,6 +710,26 @@ pub enum PlainHttpArg {
     Call,
 }
 
+impl From<PlainHttp> for PlainHttpArg {
+    fn from(plain: PlainHttp) -> Self {
+        match plain {
+            PlainHttp::Off => PlainHttpArg::Off,
+            PlainHttp::Accept => PlainHttpArg::Accept,
+            PlainHttp::Call => PlainHttpArg::Call,
+        }
+    }
+}
+
+impl From<PlainHttpArg> for PlainHttp {
+    fn from(plain: PlainHttpArg) -> Self {
+        match plain {
+            PlainHttpArg::Off => PlainHttp::Off,
+            PlainHttpArg::Accept => PlainHttp::Accept,
+            PlainHttpArg::Call => PlainHttp::Call,
+        }
+    }
+}
+
 /// Refuses a secret that cannot travel in an HTTP header as it is: empty,
 /// or with characters other than visible ASCII.
 fn check_secret(secret: &str) -> Result<(), String> {
@@ -736,11 +769,7 @@ impl NodeArgs {
         settings.shutdown_timeout = self.shutdown_timeout.0;
         settings.secret = secret.map(Arc::from);
         settings.tokens_file = self.tokens_file;
-        settings.plain_http = match self.plain_http {
-            PlainHttpArg::Off => crate::tls::PlainHttp::Off,
-            PlainHttpArg::Accept => crate::tls::PlainHttp::Accept,
-            PlainHttpArg::Call => crate::tls::PlainHttp::Call,
-        };
+        settings.plain_http = self.plain_http.into();
         if let (Some(cert), Some(key), Some(ca)) = (self.tls_cert, self.tls_key, self.tls_ca) {
             settings.tls = Some(crate::tls::TlsFiles { cert, key, ca });
         }
@@ -750,10 +779,7 @@ impl NodeArgs {
         settings.store.timeout = self.storage_timeout.0;
         settings.min_replicas = usize::try_from(self.min_replicas).unwrap_or(usize::MAX);
         settings.replica_timeout = self.replica_timeout.0;
-        settings.on_damage = match self.on_damage {
-            DamagePolicy::Salvage => OnDamage::Salvage,
-            DamagePolicy::Refuse => OnDamage::Refuse,
-        };
+        settings.on_damage = self.on_damage.into();
         settings.scrub_interval = Some(self.scrub_interval.0).filter(|d| !d.is_zero());
         settings.scrub_rate = self.scrub_rate;
         let max_connections = self.max_connections.max(1);

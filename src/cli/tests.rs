@@ -20,8 +20,20 @@ fn flag_defaults_are_the_code_defaults() {
     let (settings, limits) = cli.node.into_settings(1, "d".into(), None);
     let want = Settings::new(1, listen, "d".into());
     assert_eq!(listen.to_string(), defaults::LISTEN);
-    assert_eq!(format!("{settings:?}"), format!("{want:?}"));
+    assert_eq!(settings, want);
     assert_eq!(format!("{limits:?}"), format!("{:?}", Limits::default()));
+}
+
+/// Each choice of --on-damage and --plain-http is one of the node's, and back.
+#[test]
+fn flag_choices_are_the_node_vocabulary() {
+    use clap::ValueEnum;
+    for &policy in DamagePolicy::value_variants() {
+        assert_eq!(DamagePolicy::from(OnDamage::from(policy)), policy);
+    }
+    for &plain in PlainHttpArg::value_variants() {
+        assert_eq!(PlainHttpArg::from(PlainHttp::from(plain)), plain);
+    }
 }
 
 #[test]

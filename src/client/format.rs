@@ -5,8 +5,9 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::api::types::{ClusterNode, ClusterStatus, ConfigSummary, Leaver, Listing, Status};
-use crate::replication::peer::PeerReport;
+use crate::api::types::{
+    ClusterNode, ClusterStatus, ConfigSummary, Leaver, Listing, PeerReport, Status,
+};
 
 pub fn format_page(page: &Listing) -> String {
     let names: Vec<String> = page.counters.iter().map(|c| printable(&c.name)).collect();
@@ -92,11 +93,7 @@ pub fn format_status(s: &Status) -> String {
     let me =
         s.me.as_deref()
             .map_or("not identified yet".into(), printable);
-    let role = s
-        .role
-        .and_then(|r| serde_json::to_value(r).ok())
-        .and_then(|v| v.as_str().map(str::to_string));
-    match role {
+    match s.role.map(|r| r.as_str()) {
         Some(role) => {
             let _ = writeln!(out, "self:    {me} ({role})");
         }

@@ -292,16 +292,6 @@ pub(crate) fn validate_departed<'a>(
     Ok(())
 }
 
-/// The body of `POST /config`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConfigRequest {
-    pub actors: Vec<String>,
-    /// Leavers to stop waiting for (see [`Membership::post_forgetting`]).
-    #[serde(default)]
-    pub forget: Vec<String>,
-}
-
 /// Validates a posted actor list: non-empty, bounded, each parseable, no duplicates.
 pub fn parse_actors(raw: &[String]) -> Result<Vec<Actor>, ConfigError> {
     if raw.is_empty() {

@@ -14,15 +14,33 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use super::Node;
 use crate::cluster::{Actor, Membership, Stamp, Standing};
-use crate::proto::{Request, Response};
-use crate::storage::StoreError;
+use crate::messenger::Messenger;
+use crate::proto::{ReplicaId, Request, Response};
+use crate::replication::Replicator;
+use crate::storage::{Store, StoreError};
+
+/// This node's place in the cluster: which actor it is, whom it replicates
+/// with, and its hand-off once it left. What the membership tasks and
+/// `POST /config` need of the node, and nothing else.
+pub struct Place {
+    pub(super) store: Store,
+    pub(super) messenger: Messenger,
+    pub(super) identity: ReplicaId,
+    /// Where this node listens: how it finds itself among the actors.
+    pub(super) listen: SocketAddr,
+    /// Deadline of one call to a peer.
+    pub(super) peer_timeout: Duration,
+    /// Pause between attempts to confirm the hand-off.
+    pub(super) sync_interval: Duration,
+    pub(super) whoami: watch::Sender<Whoami>,
+    /// Kept in step with the membership by [`membership_loop`].
+    pub(super) peers: Arc<Replicator>,
+}
 
 /// Which actor of the membership this node is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,9 +52,18 @@ pub enum Whoami {
     NotListed,
 }
 
+impl Whoami {
+    /// The actor this node is, once found.
+    pub fn actor(&self) -> Option<&Actor> {
+        match self {
+            Whoami::Is(a) => Some(a),
+            _ => None,
+        }
+    }
+}
+
 /// What this node does in the cluster.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
     /// No config yet: a cluster of one.
     Unconfigured,
@@ -105,7 +132,17 @@ pub struct ConfigOutcome {
     pub pending: Vec<Actor>,
 }
 
-impl Node {
+impl Place {
+    /// Which actor of the config this node is, once known.
+    pub fn me(&self) -> Option<Actor> {
+        self.whoami.borrow().actor().cloned()
+    }
+
+    pub fn role(&self) -> Role {
+        self.store
+            .with_membership(|m| Role::of(m, &self.whoami.borrow()))
+    }
+
     /// `POST /config`: a new actor list posted by a client to this node.
     /// Tells every node concerned, and reports which of them hold it.
     pub async fn post_config(
@@ -114,7 +151,7 @@ impl Node {
         forget: Vec<Actor>,
     ) -> Result<ConfigOutcome, PostConfigError> {
         let origin = self.identity.node;
-        let before = self.membership();
+        let before = self.store.membership();
         if before.is_set() && matches!(self.role(), Role::Outside | Role::HandedOff) {
             return Err(PostConfigError::NotMember {
                 actors: before.config.actors,
@@ -133,7 +170,7 @@ impl Node {
         if let Some(m) = &changed {
             crate::messenger::log_adopted(m);
         }
-        let now = self.membership();
+        let now = self.store.membership();
         let me = self.wait_for_me(Duration::from_millis(500)).await;
         let mut targets: Vec<Actor> = now
             .read_set()
@@ -145,10 +182,11 @@ impl Node {
         targets.dedup();
         let mut calls = JoinSet::new();
         for actor in targets {
-            let node = self.clone();
+            let place = self.clone();
             calls.spawn(async move {
-                let ok = node
-                    .call(&actor, Request::Config, node.settings.peer_timeout)
+                let ok = place
+                    .messenger
+                    .call(&actor, Request::Config, place.peer_timeout)
                     .await
                     .is_ok();
                 (actor, ok)
@@ -166,7 +204,7 @@ impl Node {
         Ok(ConfigOutcome {
             changed: changed.is_some(),
             created: changed.as_ref().map(Membership::stamp),
-            membership: self.membership(),
+            membership: self.store.membership(),
             me,
             stored,
             pending,
@@ -181,20 +219,20 @@ impl Node {
 }
 
 /// Keeps "which actor am I" and the peer tasks in step with the membership.
-pub(super) async fn membership_loop(node: Arc<Node>) {
-    let mut rx = node.store.watch_membership();
+pub(super) async fn membership_loop(place: Arc<Place>) {
+    let mut rx = place.store.watch_membership();
     // The addresses this node last identified itself among.
     let mut identified_among: Option<Vec<Actor>> = None;
     loop {
         let m = rx.borrow_and_update().clone();
         let everyone = m.everyone();
-        let unknown = *node.whoami.borrow() == Whoami::Unknown;
+        let unknown = *place.whoami.borrow() == Whoami::Unknown;
         if identified_among.as_ref() != Some(&everyone) || unknown {
-            let mut who = identify(&node, &m, &everyone, &mut rx).await;
+            let mut who = identify(&place, &m, &everyone, &mut rx).await;
             // An address found before and still named stays this node's
             // until shown otherwise: a leaver that cannot reach anyone must
             // not fall back to "unknown" (which accepts increments).
-            if let (Whoami::Unknown, Whoami::Is(before)) = (&who, &*node.whoami.borrow())
+            if let (Whoami::Unknown, Whoami::Is(before)) = (&who, &*place.whoami.borrow())
                 && everyone.contains(before)
             {
                 who = Whoami::Is(before.clone());
@@ -202,19 +240,19 @@ pub(super) async fn membership_loop(node: Arc<Node>) {
             if who != Whoami::Unknown {
                 identified_among = Some(everyone);
             }
-            if *node.whoami.borrow() != who {
+            if *place.whoami.borrow() != who {
                 info!(whoami = ?who, "identified this node in the config");
-                node.whoami.send_replace(who.clone());
+                place.whoami.send_replace(who.clone());
             }
             if let Whoami::Is(me) = who
-                && node.store.remembered_me().as_ref() != Some(&me)
-                && let Err(e) = node.store.remember_me(me).await
+                && place.store.remembered_me().as_ref() != Some(&me)
+                && let Err(e) = place.store.remember_me(me).await
             {
                 debug!(error = %e, "could not store which actor this node is");
             }
         }
-        let role = node.role();
-        node.peers.reconcile(&peers_for(&m, role, node.me()));
+        let role = place.role();
+        place.peers.reconcile(&peers_for(&m, role, place.me()));
         if role == Role::Unknown {
             // Not found yet: identification is retried (it waits for a
             // second or for the membership to change).
@@ -249,7 +287,7 @@ fn peers_for(m: &Membership, role: Role, me: Option<Actor>) -> Vec<(Actor, bool)
 /// unambiguous, else by asking each actor who it is. Gives up (Unknown)
 /// after a second or when the membership changes.
 async fn identify(
-    node: &Arc<Node>,
+    place: &Arc<Place>,
     m: &Membership,
     everyone: &[Actor],
     rx: &mut watch::Receiver<Membership>,
@@ -257,7 +295,7 @@ async fn identify(
     if !m.is_set() {
         return Whoami::Unknown;
     }
-    let listen = node.settings.listen;
+    let listen = place.listen;
     let local: Vec<&Actor> = everyone.iter().filter(|a| is_local(a, listen)).collect();
     if let [only] = local.as_slice() {
         return Whoami::Is((*only).clone());
@@ -265,13 +303,13 @@ async fn identify(
     let round = async {
         let mut asks = JoinSet::new();
         for actor in everyone.iter().cloned() {
-            let node = node.clone();
+            let place = place.clone();
             asks.spawn(async move {
                 // Not `call`: asking who they are adopts nothing yet.
-                let env = node.messenger.envelope(Request::Hello);
-                let resp = node
+                let env = place.messenger.envelope(Request::Hello);
+                let resp = place
                     .messenger
-                    .call_raw(&actor, &env, node.settings.peer_timeout)
+                    .call_raw(&actor, &env, place.peer_timeout)
                     .await;
                 (actor, resp.map(|r| r.from))
             });
@@ -279,7 +317,7 @@ async fn identify(
         let mut all_answered = true;
         while let Some(joined) = asks.join_next().await {
             match joined {
-                Ok((actor, Ok(from))) if from == node.identity => {
+                Ok((actor, Ok(from))) if from == place.identity => {
                     return Whoami::Is(actor);
                 }
                 Ok((_, Ok(_))) => {}
@@ -316,30 +354,24 @@ fn is_local(actor: &Actor, listen: SocketAddr) -> bool {
 /// While this node is leaving, confirms its hand-off: once every actor of
 /// the config, at this config, has durably merged this node's changes up to
 /// its head, records the hand-off in the membership.
-pub(super) async fn handoff_loop(node: Arc<Node>) {
+pub(super) async fn handoff_loop(place: Arc<Place>) {
     loop {
-        let pause = node
-            .settings
-            .sync_interval
-            .mul_f64(0.8 + fastrand::f64() * 0.4);
+        let pause = place.sync_interval.mul_f64(0.8 + fastrand::f64() * 0.4);
         tokio::time::sleep(pause).await;
-        if node.role() != Role::Leaving {
+        if place.role() != Role::Leaving {
             continue;
         }
-        let Some(me) = node.me() else { continue };
-        let m = node.membership();
-        let head = node.store.head();
-        let incarnation = node.identity.incarnation;
+        let Some(me) = place.me() else { continue };
+        let m = place.store.membership();
+        let head = place.store.head();
+        let incarnation = place.identity.incarnation;
         let mut asks = JoinSet::new();
         for actor in m.config.actors.clone() {
-            let node = node.clone();
+            let place = place.clone();
             asks.spawn(async move {
-                let resp = node
-                    .call(
-                        &actor,
-                        Request::Mark { incarnation },
-                        node.settings.peer_timeout,
-                    )
+                let resp = place
+                    .messenger
+                    .call(&actor, Request::Mark { incarnation }, place.peer_timeout)
                     .await;
                 match resp.map(|r| r.resp) {
                     Ok(Response::Mark { seq }) => Some(seq),
@@ -351,20 +383,20 @@ pub(super) async fn handoff_loop(node: Arc<Node>) {
         while let Some(joined) = asks.join_next().await {
             // A mark past our own head is not a confirmation but a lie (or
             // a peer that confuses us with another incarnation).
-            let now = node.store.head();
+            let now = place.store.head();
             if !matches!(joined, Ok(Some(seq)) if seq >= head && seq <= now) {
                 behind += 1;
             }
         }
         // An answer may have carried a newer config: confirm only under the
         // config every actor answered at.
-        if behind > 0 || node.membership().stamp() != m.stamp() {
+        if behind > 0 || place.store.membership().stamp() != m.stamp() {
             debug!(behind, head, "hand-off not complete yet");
             continue;
         }
         let stamp = m.stamp();
         let who = me.clone();
-        match node
+        match place
             .store
             .update_membership(move |cur| {
                 (cur.stamp() == stamp)

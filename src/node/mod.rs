@@ -1,10 +1,12 @@
 //! A running node: wires storage, membership, replication and the HTTP
 //! server together, and owns the shutdown sequence.
 //!
-//! One file per job: `rpc` answers peers, `membership` keeps "who am I,
-//! whom do I replicate with, have I handed off" in step with the config,
-//! `read` runs consistent reads; this file starts and stops the node and
-//! runs increments.
+//! One file per job, each with a narrow context of what it needs of the
+//! node: `membership` ([`Place`]) keeps "who am I, whom do I replicate
+//! with, have I handed off" in step with the config, `read` ([`Reads`])
+//! runs consistent reads as `read_round` decides them; this file wires
+//! them, starts and stops the node and runs increments. Peers' calls are
+//! answered by replication ([`Replicator::answer`]).
 //!
 //! Shutdown order: stop accepting connections and let in-flight requests
 //! finish (the server's bounded drain), stop every background task, push
@@ -15,10 +17,10 @@
 mod membership;
 mod read;
 mod read_batch;
-mod rpc;
+mod read_round;
+mod settings;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,138 +30,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-pub use membership::{ConfigOutcome, PostConfigError, Role, Whoami};
-pub use read::Incomplete;
-pub use rpc::RpcError;
+pub use membership::{ConfigOutcome, Place, PostConfigError, Role, Whoami};
+pub use read::Reads;
+pub use read_round::Incomplete;
+pub use settings::{Budgets, Deps, OnDamage, Settings, StoreOptions, WallClock, defaults};
 
 use crate::cluster::{Actor, Membership};
 use crate::messenger::Messenger;
 use crate::metrics::{Metrics, Outcome};
-use crate::proto::{Request, ResponseEnvelope};
 use crate::replication::{self, Replicator};
-use crate::storage::logged::{LogEngine, LogOptions, OnDamage};
-use crate::storage::{Engine, Incremented, ReplicaId, Store, StoreError, StoreOptions};
-use crate::transport::{CallError, Transport};
-
-/// Everything a node needs to run; filled from flags and environment by the binary.
-#[derive(Clone, Debug)]
-pub struct Settings {
-    pub id: u64,
-    pub listen: SocketAddr,
-    pub data_dir: PathBuf,
-    /// Default deadline of a consistent read.
-    pub consistent_timeout: Duration,
-    /// Largest deadline a request may ask for with `?timeout=`.
-    pub max_consistent_timeout: Duration,
-    /// Deadline of one call to a peer.
-    pub peer_timeout: Duration,
-    /// Deadline for opening a connection to a peer.
-    pub connect_timeout: Duration,
-    /// Pause between anti-entropy rounds with each peer.
-    pub sync_interval: Duration,
-    /// Bound on the whole shutdown sequence.
-    pub shutdown_timeout: Duration,
-    /// Other actors that must store an increment before it is acknowledged
-    /// (0: acknowledged once durable here).
-    pub min_replicas: usize,
-    /// How long an increment waits for its replicas before answering 503.
-    pub replica_timeout: Duration,
-    pub secret: Option<Arc<str>>,
-    /// Peers prove who they are with certificates of the cluster's CA: the
-    /// internal route answers only them, each for its own node id. (A peer
-    /// that presents a certificate speaks for its node id alone in any
-    /// case; without this, a caller without one is checked for the secret.)
-    pub peer_tls: bool,
-    /// Plain HTTP beside TLS, while TLS is turned on (or off) node by node.
-    pub plain_http: crate::tls::PlainHttp,
-    /// Certificate, key and CA bundle of the listener and of calls to peers.
-    pub tls: Option<crate::tls::TlsFiles>,
-    /// How this node calls others' public routes (`/status/cluster`).
-    pub client_tls: crate::tls::ClientTls,
-    /// The tokens file, when clients must present a token (`--tokens-file`).
-    pub tokens_file: Option<PathBuf>,
-    /// The tokens in force, loaded from `tokens_file` at start.
-    pub tokens: Option<Arc<crate::auth::SharedTokens>>,
-    /// Where admin actions and failed authentications are written.
-    pub audit: Arc<crate::auth::Audit>,
-    pub store: StoreOptions,
-    /// What to do when opening the data folder finds records it cannot read back.
-    pub on_damage: OnDamage,
-    /// Pause between scrub passes over the data folder's files (`None`: no scrub).
-    pub scrub_interval: Option<Duration>,
-    /// Bytes a second a scrub pass reads, at most.
-    pub scrub_rate: u64,
-    /// The server's connection budgets, as `/status` reports them.
-    pub budgets: Budgets,
-    /// Shared by every layer of this node.
-    pub metrics: Metrics,
-}
-
-/// The connection budgets the server runs with, after they were fitted to
-/// the open-files limit.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Budgets {
-    pub max_connections: u64,
-    pub max_peer_connections: u64,
-    pub max_pending_connections: u64,
-    /// The process's open-files limit (0: unknown).
-    pub open_files_limit: u64,
-    /// Seconds a write of an answer may stay blocked before the connection is closed.
-    pub write_timeout_secs: f64,
-}
-
-/// Every default of a node, once: [`Settings::new`] and the flags read them.
-pub mod defaults {
-    use std::time::Duration;
-
-    pub const LISTEN: &str = "0.0.0.0:7777";
-    pub const CONSISTENT_TIMEOUT: Duration = Duration::from_secs(10);
-    pub const MAX_CONSISTENT_TIMEOUT: Duration = Duration::from_secs(60);
-    pub const PEER_TIMEOUT: Duration = Duration::from_secs(1);
-    pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
-    pub const SYNC_INTERVAL: Duration = Duration::from_millis(500);
-    pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
-    pub const MIN_REPLICAS: usize = 0;
-    pub const REPLICA_TIMEOUT: Duration = Duration::from_secs(5);
-    /// A pass every hour: damage is found within the hour, while memory
-    /// still holds what repairs it.
-    pub const SCRUB_INTERVAL: Duration = Duration::from_secs(3600);
-    /// 8 MiB/s: a pass over a 1M-name folder (about 200 MiB) reads for
-    /// about 25 s, a small share of one disk.
-    pub const SCRUB_RATE: u64 = 8 << 20;
-}
-
-impl Settings {
-    pub fn new(id: u64, listen: SocketAddr, data_dir: PathBuf) -> Self {
-        Settings {
-            id,
-            listen,
-            data_dir,
-            consistent_timeout: defaults::CONSISTENT_TIMEOUT,
-            max_consistent_timeout: defaults::MAX_CONSISTENT_TIMEOUT,
-            peer_timeout: defaults::PEER_TIMEOUT,
-            connect_timeout: defaults::CONNECT_TIMEOUT,
-            sync_interval: defaults::SYNC_INTERVAL,
-            shutdown_timeout: defaults::SHUTDOWN_TIMEOUT,
-            min_replicas: defaults::MIN_REPLICAS,
-            replica_timeout: defaults::REPLICA_TIMEOUT,
-            secret: None,
-            peer_tls: false,
-            plain_http: crate::tls::PlainHttp::Off,
-            tls: None,
-            client_tls: crate::tls::ClientTls::None,
-            tokens_file: None,
-            tokens: None,
-            audit: Arc::default(),
-            store: StoreOptions::default(),
-            on_damage: OnDamage::default(),
-            scrub_interval: Some(defaults::SCRUB_INTERVAL),
-            scrub_rate: defaults::SCRUB_RATE,
-            budgets: Budgets::default(),
-            metrics: Metrics::default(),
-        }
-    }
-}
+use crate::storage::logged::{LogEngine, LogOptions};
+use crate::storage::{Engine, Incremented, ReplicaId, Store, StoreDeps, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -205,44 +86,43 @@ pub enum IncrementError {
 pub struct Node {
     settings: Settings,
     store: Store,
-    identity: ReplicaId,
-    messenger: Messenger,
-    whoami: watch::Sender<Whoami>,
+    place: Arc<Place>,
     peers: Arc<Replicator>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     started: Instant,
     /// Why the node must stop, when something it cannot live without died.
     fatal: Mutex<Option<String>>,
-    /// Consistent reads waiting on each peer (`read_batch.rs`).
-    reads: read_batch::ReadBatcher,
+    reads: Arc<Reads>,
+    /// Shared by every layer of this node.
+    metrics: Metrics,
 }
 
 impl Node {
-    /// Opens the data folder and starts the background tasks (not the HTTP server).
-    pub fn start(
-        settings: Settings,
-        transport: Arc<dyn Transport>,
-    ) -> Result<Arc<Node>, StartError> {
-        let options = LogOptions {
-            on_damage: settings.on_damage,
-            ..LogOptions::default()
+    /// Opens the data folder (or starts over `deps.engine`) and starts the
+    /// background tasks (not the HTTP server).
+    pub fn start(settings: Settings, deps: Deps) -> Result<Arc<Node>, StartError> {
+        let Deps {
+            metrics,
+            clock,
+            transport,
+            engine,
+        } = deps;
+        let engine: Arc<dyn Engine> = match engine {
+            Some(engine) => engine,
+            None => {
+                let options = LogOptions {
+                    on_damage: settings.on_damage,
+                    ..LogOptions::default()
+                };
+                Arc::new(LogEngine::with_options(&settings.data_dir, options)?)
+            }
         };
-        let engine = Arc::new(LogEngine::with_options(&settings.data_dir, options)?);
-        Self::start_with(settings, engine, transport)
-    }
-
-    /// Starts a node over any storage engine and transport.
-    pub fn start_with(
-        settings: Settings,
-        engine: Arc<dyn Engine>,
-        transport: Arc<dyn Transport>,
-    ) -> Result<Arc<Node>, StartError> {
-        let store_options = StoreOptions {
-            metrics: settings.metrics.clone(),
-            ..settings.store.clone()
+        let store_deps = StoreDeps {
+            metrics: metrics.clone(),
+            clock,
         };
-        let opened = Store::with_engine(engine, settings.id, store_options)?;
+        let opened = Store::with_engine(engine, settings.id, settings.store.clone(), store_deps)?;
         let identity = opened.store.identity();
         info!(
             version = env!("CARGO_PKG_VERSION"),
@@ -273,7 +153,7 @@ impl Node {
                 messenger: messenger.clone(),
                 peer_timeout: settings.peer_timeout,
                 sync_interval: settings.sync_interval,
-                metrics: settings.metrics.clone(),
+                metrics: metrics.clone(),
                 shutdown: shutdown.clone(),
                 tasks: tracker.clone(),
             },
@@ -287,21 +167,40 @@ impl Node {
             .remembered_me()
             .filter(|me| opened.store.membership().everyone().contains(me))
             .map_or(Whoami::Unknown, Whoami::Is);
+        let place = Arc::new(Place {
+            store: opened.store.clone(),
+            messenger: messenger.clone(),
+            identity,
+            listen: settings.listen,
+            peer_timeout: settings.peer_timeout,
+            sync_interval: settings.sync_interval,
+            whoami: watch::Sender::new(remembered),
+            peers: peers.clone(),
+        });
+        let reads = Arc::new(Reads {
+            store: opened.store.clone(),
+            messenger: messenger.clone(),
+            whoami: place.whoami.subscribe(),
+            peer_timeout: settings.peer_timeout,
+            metrics: metrics.clone(),
+            shutdown: shutdown.clone(),
+            tasks: tracker.clone(),
+            batches: Default::default(),
+        });
         let node = Arc::new(Node {
             store: opened.store,
-            identity,
-            messenger,
-            whoami: watch::Sender::new(remembered),
+            place,
             peers,
             shutdown,
             tracker,
             started: Instant::now(),
             fatal: Mutex::new(None),
-            reads: Default::default(),
+            reads,
+            metrics,
             settings,
         });
-        node.spawn(membership::membership_loop(node.clone()));
-        node.spawn(membership::handoff_loop(node.clone()));
+        node.spawn(membership::membership_loop(node.place.clone()));
+        node.spawn(membership::handoff_loop(node.place.clone()));
         node.spawn(watch_writer(node.clone()));
         if let Some(every) = node.settings.scrub_interval {
             node.spawn(scrub_loop(node.clone(), every));
@@ -313,12 +212,17 @@ impl Node {
         &self.settings
     }
 
+    /// Every metric of this node, shared by all its layers.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     pub fn store(&self) -> &Store {
         &self.store
     }
 
     pub fn identity(&self) -> ReplicaId {
-        self.identity
+        self.store.identity()
     }
 
     pub fn membership(&self) -> Membership {
@@ -327,19 +231,26 @@ impl Node {
 
     /// Which actor of the config this node is, once known.
     pub fn me(&self) -> Option<Actor> {
-        match &*self.whoami.borrow() {
-            Whoami::Is(a) => Some(a.clone()),
-            _ => None,
-        }
+        self.place.me()
     }
 
     pub fn role(&self) -> Role {
-        self.store
-            .with_membership(|m| Role::of(m, &self.whoami.borrow()))
+        self.place.role()
     }
 
+    /// Which actor this node is, and `POST /config`.
+    pub fn place(&self) -> &Arc<Place> {
+        &self.place
+    }
+
+    /// Replication with the peers, and the answers to their calls.
     pub fn peers(&self) -> &Replicator {
         &self.peers
+    }
+
+    /// Consistent reads.
+    pub fn reads(&self) -> &Arc<Reads> {
+        &self.reads
     }
 
     pub fn uptime(&self) -> Duration {
@@ -356,7 +267,7 @@ impl Node {
     }
 
     /// Runs a background task that ends when the node shuts down.
-    pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
         let token = self.shutdown.clone();
         self.tracker.spawn(async move {
             tokio::select! {
@@ -364,16 +275,6 @@ impl Node {
                 _ = task => {}
             }
         });
-    }
-
-    /// Calls a peer and adopts any newer membership its answer carries.
-    pub async fn call(
-        &self,
-        to: &Actor,
-        req: Request,
-        timeout: Duration,
-    ) -> Result<ResponseEnvelope, CallError> {
-        self.messenger.call(to, req, timeout).await
     }
 
     /// Increments (one name or a batch) with an optional idempotency key:
@@ -415,8 +316,7 @@ impl Node {
             .wait_stored(done.seq, required, Instant::now() + timeout)
             .await;
         let outcome = if stored >= required { "ok" } else { "short" };
-        self.settings
-            .metrics
+        self.metrics
             .replica_waits
             .get_or_create(&Outcome { outcome })
             .inc();
@@ -477,7 +377,7 @@ mod tests {
     use super::*;
     use crate::proto::RequestEnvelope;
     use crate::storage::memory::MemoryEngine;
-    use crate::transport::CallFuture;
+    use crate::transport::{CallError, CallFuture, Transport};
 
     struct Nowhere;
 
@@ -493,7 +393,7 @@ mod tests {
         // Commits panic: the storage writer dies on its first write.
         let engine = Arc::new(MemoryEngine::new());
         engine.inject(crate::storage::memory::DiskFault::Panic);
-        let node = Node::start_with(settings, engine, Arc::new(Nowhere)).unwrap();
+        let node = Node::start(settings, Deps::new(Arc::new(Nowhere)).with_engine(engine)).unwrap();
         assert!(
             node.increment(vec![("a".into(), 1)], None, None)
                 .await
@@ -509,8 +409,8 @@ mod tests {
     #[tokio::test]
     async fn a_node_that_left_refuses_increments_naming_the_actors() {
         let settings = Settings::new(1, "127.0.0.1:7777".parse().unwrap(), "unused".into());
-        let node =
-            Node::start_with(settings, Arc::new(MemoryEngine::new()), Arc::new(Nowhere)).unwrap();
+        let deps = Deps::new(Arc::new(Nowhere)).with_engine(Arc::new(MemoryEngine::new()));
+        let node = Node::start(settings, deps).unwrap();
         // Its own listening address: found without asking anyone.
         let me = Actor::parse("127.0.0.1:7777").unwrap();
         let other = Actor::parse("10.9.9.2").unwrap();

@@ -1,38 +1,51 @@
 //! Consistent reads (SPEC G1, G5): hear, during this request, from every
 //! node whose acknowledged increments might be missing here.
 //!
-//! The read starts from the local counter and asks, in parallel, every
-//! actor of the membership's read set (the config's actors and every leaver
-//! whose hand-off is not confirmed). Answers are merged per component. When
-//! an answer carries a newer membership, the read goes on under it (even if
-//! storage cannot keep it just now): nodes it adds are asked too, answers
-//! already heard still count. When a node leaves the read set (its hand-off
-//! was confirmed), everyone is asked again: what they said before may
-//! predate what it handed over. Each silent actor is retried with a short pause, so a healed
-//! network is noticed at once, until the deadline; then the read answers
-//! with what it could not hear from.
+//! [`ReadRound`](super::read_round::ReadRound) decides; this file only
+//! makes the calls. Every actor the round names is asked in parallel (calls
+//! to one peer are gathered with other reads' in `read_batch.rs`), each
+//! silent one retried with a short pause so a healed network is noticed at
+//! once, until the deadline; answers and memberships learned on the way go
+//! back to the round.
+//!
+//! [`Reads`] is all a read needs of the node: the store, the messenger,
+//! which actor this node is, a deadline per call, metrics and the node's
+//! task tracker.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use super::Node;
-use crate::cluster::{Actor, Membership};
-use crate::crdt::GCounter;
-use crate::metrics::Outcome;
+use super::Whoami;
+use super::read_batch::{Answer, ReadBatcher};
+use super::read_round::{Incomplete, Next, ReadRound};
+use crate::cluster::Actor;
+use crate::messenger::Messenger;
+use crate::metrics::{Metrics, Outcome};
+use crate::storage::Store;
 
-/// A consistent read that could not hear from every node it needed.
-#[derive(Debug)]
-pub struct Incomplete {
-    pub reason: String,
-    pub unreachable: Vec<Actor>,
-    pub best_known_value: u128,
+/// What consistent reads need of the node.
+pub struct Reads {
+    pub(super) store: Store,
+    pub(super) messenger: Messenger,
+    /// Which actor this node is (kept by the membership task).
+    pub(super) whoami: watch::Receiver<Whoami>,
+    /// Deadline of one call to a peer.
+    pub(super) peer_timeout: Duration,
+    pub(super) metrics: Metrics,
+    /// Cancelled when the node stops; calls in flight stop with it.
+    pub(super) shutdown: CancellationToken,
+    pub(super) tasks: TaskTracker,
+    /// Consistent reads waiting on each peer.
+    pub(super) batches: ReadBatcher,
 }
 
-impl Node {
+impl Reads {
     /// `GET /counter/<name>/consistent_value`.
     pub async fn consistent_value(
         self: &Arc<Self>,
@@ -46,11 +59,15 @@ impl Node {
             Err(u) if u.unreachable.is_empty() => "no_config",
             Err(_) => "unavailable",
         };
-        let m = &self.settings.metrics;
+        let m = &self.metrics;
         m.consistent_reads.get_or_create(&Outcome { outcome }).inc();
         m.consistent_seconds
             .observe(started.elapsed().as_secs_f64());
         result
+    }
+
+    fn me(&self) -> Option<Actor> {
+        self.whoami.borrow().actor().cloned()
     }
 
     async fn consistent_read(
@@ -60,90 +77,49 @@ impl Node {
     ) -> Result<u128, Incomplete> {
         let deadline = Instant::now() + timeout;
         let mut stored = self.store.watch_membership();
-        // What this read goes by: the stored membership, merged with any an
-        // answer carries (even when storage cannot keep it right now).
-        let mut view = stored.borrow_and_update().clone();
-        let mut merged = self.store.counter(name).unwrap_or_default();
-        if !view.is_set() {
-            // Without a config this node cannot know whom to hear from: it
-            // may be new, or it may have lost its data folder and with it
-            // the list of peers that hold what it acknowledged. Only a 503
-            // is safe (G1); writes and local reads work as a cluster of one.
-            return Err(Incomplete {
-                reason: "this node has no cluster config yet; POST /config first".into(),
-                unreachable: Vec::new(),
-                best_known_value: merged.value(),
-            });
-        }
-        // This node's own state was read above, during the request.
-        let mut heard: BTreeSet<Actor> = self.me().into_iter().collect();
-        let mut asked: BTreeSet<Actor> = BTreeSet::new();
+        let view = stored.borrow_and_update().clone();
+        let local = self.store.counter(name).unwrap_or_default();
+        let mut round = ReadRound::start(view, local, self.me(), timeout)?;
         let mut calls = JoinSet::new();
-        let mut read_set = view.read_set();
-        let needed = loop {
-            let now_set = view.read_set();
-            if read_set.iter().any(|a| !now_set.contains(a)) {
-                // A node left the read set (its hand-off was confirmed): the
-                // answers heard so far may predate what it handed over, so
-                // they are asked again.
-                calls = JoinSet::new();
-                asked.clear();
-                heard = self.me().into_iter().collect();
-                merged.merge(&self.store.counter(name).unwrap_or_default());
-            }
-            read_set = now_set;
-            let needed: Vec<Actor> = read_set
-                .iter()
-                .filter(|a| !heard.contains(*a))
-                .cloned()
-                .collect();
-            if needed.is_empty() {
-                return Ok(merged.value());
-            }
-            for actor in &needed {
-                if asked.insert(actor.clone()) {
-                    let node = self.clone();
-                    let actor = actor.clone();
-                    let name = name.to_string();
-                    calls.spawn(async move {
-                        let answer = node.read_until(&actor, name, deadline).await;
-                        (actor, answer)
-                    });
+        loop {
+            match round.next() {
+                Next::Done(value) => return Ok(value),
+                Next::Restart => {
+                    // Dropping the set aborts the calls of the old round.
+                    calls = JoinSet::new();
+                    let local = self.store.counter(name).unwrap_or_default();
+                    round.restart(&local, self.me());
+                    continue;
+                }
+                Next::Ask { round: r, actors } => {
+                    for actor in actors {
+                        let reads = self.clone();
+                        let name = name.to_string();
+                        calls.spawn(async move {
+                            let answer = reads.read_until(&actor, name, deadline).await;
+                            (r, actor, answer)
+                        });
+                    }
                 }
             }
             tokio::select! {
                 biased;
                 joined = calls.join_next() => match joined {
-                    Some(Ok((actor, Some((theirs, membership))))) => {
-                        merged.merge(&theirs);
-                        heard.insert(actor);
-                        if let Some(next) = membership.and_then(|m| view.merged_with(&m)) {
-                            view = next;
-                        }
+                    Some(Ok((r, actor, Some((theirs, membership))))) => {
+                        round.heard(r, actor, &theirs, membership.as_ref());
                     }
                     // Gave up at the deadline, or the task failed.
                     Some(_) => {}
-                    None => break needed,
+                    None => break,
                 },
                 changed = stored.changed() => match changed {
-                    Ok(()) => {
-                        let m = stored.borrow_and_update().clone();
-                        if let Some(next) = view.merged_with(&m) {
-                            view = next;
-                        }
-                    }
-                    Err(_) => break needed,
+                    Ok(()) => round.learned(&stored.borrow_and_update()),
+                    Err(_) => break,
                 },
-                _ = tokio::time::sleep_until(deadline) => break needed,
+                _ = tokio::time::sleep_until(deadline) => break,
             }
-        };
-        let mut unreachable = needed;
-        unreachable.sort();
-        Err(Incomplete {
-            reason: format!("could not hear from every node within {timeout:?}"),
-            unreachable,
-            best_known_value: merged.value(),
-        })
+        }
+        Err(round.give_up())
     }
 
     /// Calls `actor` until it answers or `deadline` passes. The pause between
@@ -153,8 +129,8 @@ impl Node {
         actor: &Actor,
         name: String,
         deadline: Instant,
-    ) -> Option<(GCounter, Option<Membership>)> {
-        let per_call = self.settings.peer_timeout;
+    ) -> Option<Answer> {
+        let per_call = self.peer_timeout;
         let mut pause = Duration::from_millis(20);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());

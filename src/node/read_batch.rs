@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use super::Node;
+use super::read::Reads;
 use crate::cluster::{Actor, Membership};
 use crate::crdt::GCounter;
 use crate::proto::{Request, Response};
@@ -53,7 +53,7 @@ impl ReadBatcher {
     }
 }
 
-impl Node {
+impl Reads {
     /// `actor`'s state of `name`, from a call made after this one started;
     /// waits at most `timeout`.
     pub(super) async fn read_from(
@@ -64,7 +64,7 @@ impl Node {
     ) -> Result<Answer, CallError> {
         let (reply, answer) = oneshot::channel();
         let start_call = {
-            let mut peers = self.reads.lock();
+            let mut peers = self.batches.lock();
             let peer = peers.entry(actor.clone()).or_default();
             peer.waiting.push((name, reply));
             let start = peer.calls < CALLS_PER_PEER;
@@ -74,9 +74,15 @@ impl Node {
             start
         };
         if start_call {
-            let node = self.clone();
+            let reads = self.clone();
             let actor = actor.clone();
-            self.spawn(async move { node.send_reads(actor).await });
+            let stop = self.shutdown.clone();
+            self.tasks.spawn(async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = reads.send_reads(actor) => {}
+                }
+            });
         }
         match tokio::time::timeout(timeout, answer).await {
             Ok(Ok(answer)) => answer,
@@ -89,7 +95,7 @@ impl Node {
     async fn send_reads(self: Arc<Self>, actor: Actor) {
         loop {
             let (batch, single) = {
-                let mut peers = self.reads.lock();
+                let mut peers = self.batches.lock();
                 let peer = peers.entry(actor.clone()).or_default();
                 peer.waiting.retain(|(_, reply)| !reply.is_closed());
                 if peer.waiting.is_empty() {
@@ -102,10 +108,10 @@ impl Node {
             if single || batch.len() == 1 {
                 let mut calls = tokio::task::JoinSet::new();
                 for (name, reply) in batch {
-                    let node = self.clone();
+                    let reads = self.clone();
                     let actor = actor.clone();
                     calls.spawn(async move {
-                        let _ = reply.send(node.read_one(&actor, name).await);
+                        let _ = reply.send(reads.read_one(&actor, name).await);
                     });
                 }
                 calls.join_all().await;
@@ -117,7 +123,8 @@ impl Node {
 
     async fn read_one(&self, actor: &Actor, name: String) -> Result<Answer, CallError> {
         let env = self
-            .call(actor, Request::Read { name }, self.settings.peer_timeout)
+            .messenger
+            .call(actor, Request::Read { name }, self.peer_timeout)
             .await?;
         match env.resp {
             Response::Counter { components } => {
@@ -132,11 +139,8 @@ impl Node {
     async fn read_many(&self, actor: &Actor, batch: Vec<(String, Reply)>) {
         let names = batch.iter().map(|(name, _)| name.clone()).collect();
         let answer = self
-            .call(
-                actor,
-                Request::ReadMany { names },
-                self.settings.peer_timeout,
-            )
+            .messenger
+            .call(actor, Request::ReadMany { names }, self.peer_timeout)
             .await;
         match answer {
             Ok(env) => match env.resp {
@@ -157,7 +161,7 @@ impl Node {
             Err(e) => {
                 if matches!(e, CallError::Refused { status: 400, .. }) {
                     // An older peer: the waiting reads retry, one call each.
-                    if let Some(peer) = self.reads.lock().get_mut(actor) {
+                    if let Some(peer) = self.batches.lock().get_mut(actor) {
                         peer.single = true;
                     }
                 }
@@ -179,7 +183,7 @@ mod tests {
 
     use super::*;
     use crate::crdt::{Component, ReplicaId};
-    use crate::node::Settings;
+    use crate::node::{Deps, Node, Settings};
     use crate::proto::{PROTOCOL_VERSION, RequestEnvelope, ResponseEnvelope};
     use crate::storage::memory::MemoryEngine;
     use crate::transport::{CallFuture, Transport};
@@ -259,7 +263,11 @@ mod tests {
     /// Twenty reads at once on a node of three; returns what each answered.
     async fn twenty_reads(peers: Arc<SlowPeers>) -> Vec<Result<u128, String>> {
         let settings = Settings::new(1, "127.0.0.1:7777".parse().unwrap(), "unused".into());
-        let node = Node::start_with(settings, Arc::new(MemoryEngine::new()), peers).unwrap();
+        let node = Node::start(
+            settings,
+            Deps::new(peers).with_engine(Arc::new(MemoryEngine::new())),
+        )
+        .unwrap();
         let actors: Vec<Actor> = ["127.0.0.1:7777", "10.9.9.2:7777", "10.9.9.3:7777"]
             .iter()
             .map(|a| Actor::parse(a).unwrap())
@@ -282,7 +290,8 @@ mod tests {
         for _ in 0..20 {
             let node = node.clone();
             reads.spawn(async move {
-                node.consistent_value("a", Duration::from_secs(10))
+                node.reads()
+                    .consistent_value("a", Duration::from_secs(10))
                     .await
                     .map_err(|e| format!("{e:?}"))
             });

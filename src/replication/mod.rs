@@ -29,7 +29,11 @@
 //! Left out: forwarding pushes (anti-entropy covers transitivity) and
 //! adaptive intervals.
 
+mod answer;
+mod error;
 pub mod peer;
+
+pub use error::{AnswerError, PullError, SyncError};
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -49,7 +53,7 @@ use crate::proto::{
     MAX_COMPONENTS_PER_PUSH, MAX_NAMES_PER_MESSAGE, ReplicaId, Request, Response, WireCounter,
 };
 use crate::storage::{Committed, Merge, PeerMark, Store};
-use peer::{PeerReport, PeerState, PullAnswer, PullStep, Push, Reachability};
+use peer::{PeerState, PeerView, PullAnswer, PullStep, Push, Reachability};
 
 /// Most pull pages fetched in one round; a round that stops there with
 /// more to fetch is followed by the next one after [`CATCH_UP_PAUSE`], not
@@ -170,9 +174,9 @@ impl Replicator {
         }
     }
 
-    pub fn report(&self) -> Vec<PeerReport> {
+    pub fn report(&self) -> Vec<PeerView> {
         let now = Instant::now();
-        let mut out: Vec<PeerReport> = self.all().iter().map(|p| p.state().report(now)).collect();
+        let mut out: Vec<PeerView> = self.all().iter().map(|p| p.state().report(now)).collect();
         out.sort_by(|a, b| a.actor.cmp(&b.actor));
         out
     }
@@ -368,7 +372,7 @@ async fn push_once(r: &Replicator, peer: &Peer, timeout: Duration, force: bool) 
     if result.is_ok() {
         debug!(peer = %peer.label.peer, names = count, "pushed");
     }
-    let result = result.map(|env| env.from).map_err(|e| format!("push: {e}"));
+    let result = result.map(|env| env.from);
     let (change, raised) = peer.state().push_done(push, result, Instant::now());
     r.log(peer, change);
     if raised {
@@ -391,9 +395,7 @@ async fn pull_loop(r: Arc<Replicator>, peer: Arc<Peer>) {
             })
             .inc();
         if let Err(e) = result {
-            let change = peer
-                .state()
-                .pull_failed(format!("pull: {e}"), Instant::now());
+            let change = peer.state().pull_failed(e, Instant::now());
             r.log(&peer, change);
         }
         // Jitter keeps the nodes' rounds from lining up.
@@ -408,21 +410,22 @@ async fn pull_loop(r: Arc<Replicator>, peer: Arc<Peer>) {
 
 /// Checks a page of changes before anything of it is merged: valid names,
 /// and no count of this node's own component above what it holds.
-fn check_page(store: &Store, counters: &[(String, GCounter)]) -> Result<(), String> {
+fn check_page(store: &Store, counters: &[(String, GCounter)]) -> Result<(), PullError> {
     for (name, _) in counters {
-        crate::input::validate_name(name).map_err(|e| format!("pull answered a bad name: {e}"))?;
+        crate::input::validate_name(name)?;
     }
     match store.raises_own(counters) {
-        Some((name, claimed, held)) => Err(format!(
-            "pull answered a count of this node's own component of {name:?} \
-             ({claimed}) above what it counted ({held})"
-        )),
+        Some((name, claimed, held)) => Err(PullError::RaisesOwn {
+            name: name.to_string(),
+            claimed,
+            held,
+        }),
         None => Ok(()),
     }
 }
 
 /// One anti-entropy round; `Ok(true)` when it stopped with pages left.
-async fn pull_round(r: &Replicator, peer: &Peer) -> Result<bool, String> {
+async fn pull_round(r: &Replicator, peer: &Peer) -> Result<bool, PullError> {
     let actor = &peer.actor;
     for _ in 0..MAX_PAGES_PER_ROUND {
         let PeerMark { incarnation, seq } = peer.state().pull_request();
@@ -431,12 +434,7 @@ async fn pull_round(r: &Replicator, peer: &Peer) -> Result<bool, String> {
             since: seq,
             limit: MAX_NAMES_PER_MESSAGE,
         };
-        let env = r
-            .ctx
-            .messenger
-            .call(actor, req, r.ctx.peer_timeout)
-            .await
-            .map_err(|e| e.to_string())?;
+        let env = r.ctx.messenger.call(actor, req, r.ctx.peer_timeout).await?;
         let Response::Changes {
             counters,
             next,
@@ -444,7 +442,7 @@ async fn pull_round(r: &Replicator, peer: &Peer) -> Result<bool, String> {
             more,
         } = env.resp
         else {
-            return Err("pull answered with something other than changes".into());
+            return Err(PullError::NotChanges);
         };
         let counters: Vec<(String, GCounter)> =
             counters.into_iter().map(WireCounter::into_parts).collect();
@@ -462,12 +460,7 @@ async fn pull_round(r: &Replicator, peer: &Peer) -> Result<bool, String> {
             PullStep::LookUpMark { incarnation } => {
                 // First contact, or the peer's folder was replaced: resume
                 // from what we merged of this incarnation before, if anything.
-                let seq = r
-                    .ctx
-                    .store
-                    .mark(incarnation)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let seq = r.ctx.store.mark(incarnation).await?;
                 peer.state().resume(PeerMark { incarnation, seq });
             }
             PullStep::Merge {
@@ -483,8 +476,7 @@ async fn pull_round(r: &Replicator, peer: &Peer) -> Result<bool, String> {
                         counters,
                         mark: Some(mark),
                     })
-                    .await
-                    .map_err(|e| e.to_string())?;
+                    .await?;
                 let lag = peer.state().merged(mark, head);
                 let m = &r.ctx.metrics;
                 m.peer_lag

@@ -30,6 +30,9 @@ use crate::cluster::Actor;
 use crate::crdt::GCounter;
 use crate::proto::{MAX_NAMES_PER_MESSAGE, ReplicaId};
 use crate::storage::PeerMark;
+use crate::transport::CallError;
+
+use super::{PullError, SyncError};
 
 /// One peer, as this node sees it.
 #[derive(Debug)]
@@ -43,7 +46,7 @@ pub struct PeerState {
     position: Option<PeerMark>,
     reachable: Option<bool>,
     last_contact: Option<Instant>,
-    last_error: Option<String>,
+    last_error: Option<SyncError>,
     peer: Option<ReplicaId>,
     /// Changes the peer had that we had not merged at the last pull.
     lag: u64,
@@ -74,11 +77,11 @@ pub struct Push {
 }
 
 /// A change of reachability, worth one log line.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Reachability {
     Unchanged,
     Reachable,
-    Unreachable(String),
+    Unreachable(SyncError),
 }
 
 /// What to do with a pull's answer.
@@ -106,15 +109,18 @@ pub struct PullAnswer {
     pub more: bool,
 }
 
-/// What `/status` shows of a peer.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct PeerReport {
-    pub actor: String,
+/// What this node knows of a peer as of one moment, for `/status` (whose
+/// JSON form, `api::types::PeerReport`, is the API's to keep stable).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerView {
+    pub actor: Actor,
+    /// `None` until a call to it has ended.
     pub reachable: Option<bool>,
-    pub last_contact_ms_ago: Option<u128>,
+    /// How long ago it last answered.
+    pub last_contact_ago: Option<std::time::Duration>,
     pub last_error: Option<String>,
-    pub node: Option<u64>,
-    pub incarnation: Option<String>,
+    /// Who answered at its address last.
+    pub replica: Option<ReplicaId>,
     pub lag_changes: u64,
     pub pending_push: usize,
     /// False for a leaver this node only pulls from (its hand-off).
@@ -224,11 +230,11 @@ impl PeerState {
     pub fn push_done(
         &mut self,
         push: Push,
-        result: Result<ReplicaId, String>,
+        result: Result<ReplicaId, CallError>,
         now: Instant,
     ) -> (Reachability, bool) {
         let from = result.as_ref().ok().copied();
-        let change = self.contact(result.map(Some), now);
+        let change = self.contact(result.map(Some).map_err(SyncError::Push), now);
         let Some(from) = from else {
             // Left to anti-entropy: its names were not delivered.
             self.open_gap(push.head);
@@ -294,8 +300,8 @@ impl PeerState {
         self.lag
     }
 
-    pub fn pull_failed(&mut self, error: String, now: Instant) -> Reachability {
-        self.contact(Err(error), now)
+    pub fn pull_failed(&mut self, error: PullError, now: Instant) -> Reachability {
+        self.contact(Err(SyncError::Pull(error)), now)
     }
 
     /// The peer pulled our changes after `since`: it durably holds them up
@@ -318,7 +324,11 @@ impl PeerState {
         self.delivered = self.gap;
     }
 
-    fn contact(&mut self, result: Result<Option<ReplicaId>, String>, now: Instant) -> Reachability {
+    fn contact(
+        &mut self,
+        result: Result<Option<ReplicaId>, SyncError>,
+        now: Instant,
+    ) -> Reachability {
         let was = self.reachable;
         match result {
             Ok(peer) => {
@@ -346,16 +356,13 @@ impl PeerState {
         }
     }
 
-    pub fn report(&self, now: Instant) -> PeerReport {
-        PeerReport {
-            actor: self.actor.to_string(),
+    pub fn report(&self, now: Instant) -> PeerView {
+        PeerView {
+            actor: self.actor.clone(),
             reachable: self.reachable,
-            last_contact_ms_ago: self
-                .last_contact
-                .map(|t| now.saturating_duration_since(t).as_millis()),
-            last_error: self.last_error.clone(),
-            node: self.peer.map(|r| r.node),
-            incarnation: self.peer.map(|r| format!("{:016x}", r.incarnation)),
+            last_contact_ago: self.last_contact.map(|t| now.saturating_duration_since(t)),
+            last_error: self.last_error.as_ref().map(ToString::to_string),
+            replica: self.peer,
             lag_changes: self.lag,
             pending_push: self.dirty.len(),
             member: self.member,
@@ -372,6 +379,17 @@ mod tests {
 
     fn peer() -> PeerState {
         PeerState::new(Actor::parse("10.0.0.2").unwrap(), true, 0)
+    }
+
+    fn timed_out() -> CallError {
+        CallError::Timeout(Duration::from_secs(1))
+    }
+
+    fn refused() -> PullError {
+        PullError::Call(CallError::Refused {
+            status: 503,
+            bytes: 0,
+        })
     }
 
     fn names(v: &[&str]) -> Vec<String> {
@@ -405,7 +423,7 @@ mod tests {
         assert!(!push.more);
         assert_eq!(p.take_push(false), None, "one push takes them all");
         let (change, raised) = p.push_done(push, Ok(THEM), now);
-        assert_eq!(change, Reachability::Reachable);
+        assert!(matches!(change, Reachability::Reachable), "{change:?}");
         assert!(raised);
         assert_eq!(p.stored(), 6, "the peer holds everything up to head 6");
     }
@@ -416,23 +434,25 @@ mod tests {
         let mut p = peer();
         p.committed(&names(&["a"]), 1);
         let push = p.take_push(false).unwrap();
-        let (change, raised) = p.push_done(push, Err("timed out".into()), now);
-        assert_eq!(change, Reachability::Unreachable("timed out".into()));
+        let (change, raised) = p.push_done(push, Err(timed_out()), now);
+        assert!(
+            matches!(&change, Reachability::Unreachable(e) if e.to_string() == "push: timed out after 1s"),
+            "{change:?}"
+        );
         assert!(!raised, "a failed push stores nothing");
         // While down, new changes are not queued for it: it will pull them.
         p.committed(&names(&["b"]), 2);
         assert_eq!(p.take_push(false), None);
         assert_eq!(p.report(now).pending_push, 0);
-        assert_eq!(
-            p.pull_failed("refused".into(), now),
-            Reachability::Unchanged,
+        assert!(
+            matches!(p.pull_failed(refused(), now), Reachability::Unchanged),
             "one log line per change"
         );
         // The heal: its pull of our changes after 2 says it holds them.
         assert!(p.stored_upto(2));
         assert!(!p.stored_upto(1), "stored never goes down");
         let (change, _) = p.pulled(answer(THEM, 0, 0, true), now + Duration::from_secs(1));
-        assert_eq!(change, Reachability::Reachable);
+        assert!(matches!(change, Reachability::Reachable), "{change:?}");
         p.committed(&names(&["c"]), 3);
         assert!(
             p.take_push(false).is_some(),
@@ -447,7 +467,7 @@ mod tests {
         // Names dropped while the peer was down: commit 3 never reached it.
         p.committed(&names(&["a"]), 1);
         let push = p.take_push(false).unwrap();
-        p.push_done(push, Err("down".into()), now);
+        p.push_done(push, Err(timed_out()), now);
         p.committed(&names(&["b"]), 3);
         assert_eq!(p.take_push(false), None);
         // Back: a push of "c" (commit 5) alone says nothing of 1 and 3.
@@ -483,7 +503,7 @@ mod tests {
         // The push of commit 12 times out: a gap.
         p.committed(&names(&["b"]), 12);
         let push = p.take_push(false).unwrap();
-        p.push_done(push, Err("timed out".into()), now);
+        p.push_done(push, Err(timed_out()), now);
         // Reachable again; commits 13 and 15 are pushed and acknowledged,
         // which says nothing of 11 and 12 yet.
         p.pulled(answer(THEM, 0, 0, true), now);
@@ -509,13 +529,13 @@ mod tests {
         let mut p = peer();
         p.committed(&names(&["a"]), 2);
         let push = p.take_push(false).unwrap();
-        p.push_done(push, Err("timed out".into()), now);
+        p.push_done(push, Err(timed_out()), now);
         p.pulled(answer(THEM, 0, 0, true), now);
         p.committed(&names(&["b"]), 4);
         let push = p.take_push(false).unwrap();
         assert!(!p.push_done(push, Ok(THEM), now).1);
         // Down again: commit 6 is dropped, a gap past the pushes so far.
-        p.pull_failed("refused".into(), now);
+        p.pull_failed(refused(), now);
         p.committed(&names(&["c"]), 6);
         assert_eq!(p.take_push(false), None);
         p.pulled(answer(THEM, 0, 0, true), now);
@@ -535,7 +555,7 @@ mod tests {
         let mut p = peer();
         p.committed(&names(&["a"]), 2);
         let push = p.take_push(false).unwrap();
-        p.push_done(push, Err("timed out".into()), now);
+        p.push_done(push, Err(timed_out()), now);
         p.pulled(answer(THEM, 0, 0, true), now);
         p.committed(&names(&["b"]), 4);
         let push = p.take_push(false).unwrap();

@@ -17,7 +17,7 @@ fn faulty() -> (Store, Arc<memory::MemoryEngine>) {
         timeout: Duration::from_secs(1),
         ..StoreOptions::default()
     };
-    let store = Store::with_engine(engine.clone(), 1, options)
+    let store = Store::with_engine(engine.clone(), 1, options, StoreDeps::default())
         .unwrap()
         .store;
     (store, engine)
@@ -67,7 +67,13 @@ async fn a_full_disk_refuses_writes_then_heals_by_itself() {
 #[tokio::test(start_paused = true)]
 async fn a_commit_reported_failed_but_written_is_folded_in_on_recovery() {
     let engine = Arc::new(memory::MemoryEngine::new());
-    let opened = Store::with_engine(engine.clone(), 1, StoreOptions::default()).unwrap();
+    let opened = Store::with_engine(
+        engine.clone(),
+        1,
+        StoreOptions::default(),
+        StoreDeps::default(),
+    )
+    .unwrap();
     let (s, mut committed) = (opened.store, opened.committed);
     engine.inject(memory::DiskFault::FailSync);
     assert!(s.increment(vec![("a".into(), 5)]).await.is_err());
@@ -116,7 +122,7 @@ async fn a_stalled_disk_costs_callers_one_deadline_and_shows_in_health() {
 async fn a_dead_writer_is_reported_not_hidden() {
     let engine = Arc::new(memory::MemoryEngine::new());
     engine.inject(memory::DiskFault::Panic);
-    let s = Store::with_engine(engine, 1, StoreOptions::default())
+    let s = Store::with_engine(engine, 1, StoreOptions::default(), StoreDeps::default())
         .unwrap()
         .store;
     assert!(matches!(
@@ -133,9 +139,14 @@ async fn a_dead_writer_is_reported_not_hidden() {
 async fn a_disk_store_reopens_with_everything_it_held() {
     let dir = temp_dir("reopen-engine");
     let engine = Arc::new(redb::RedbEngine::open(&dir).unwrap());
-    let s = Store::with_engine(engine.clone(), 1, StoreOptions::default())
-        .unwrap()
-        .store;
+    let s = Store::with_engine(
+        engine.clone(),
+        1,
+        StoreOptions::default(),
+        StoreDeps::default(),
+    )
+    .unwrap()
+    .store;
     s.increment(vec![("a".into(), 3)]).await.unwrap();
     engine.reopen().unwrap();
     assert_eq!(engine.load(1).unwrap().counters["a"].value(), 3);

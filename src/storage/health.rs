@@ -6,11 +6,14 @@
 //! a commit has been running for longer than the storage deadline (a stalled
 //! disk). Each episode is logged once at ERROR when it starts and once when
 //! it ends.
+//!
+//! What it hands out ([`HealthView`]) is plain data with typed durations:
+//! the JSON `/status` shows of it is `api::types::HealthReport`, so storage
+//! can change how it keeps health without changing the public body.
 
 use std::sync::Mutex;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::Salvage;
@@ -39,51 +42,47 @@ struct State {
     damage: Vec<String>,
     damage_found: u64,
     salvaged: Vec<Salvage>,
-    scrub: Option<(Instant, ScrubReport)>,
+    /// When the last scrub pass ended, and what it found.
+    scrub: Option<(Instant, ScrubView)>,
 }
 
 /// The last scrub pass over the data folder's files.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ScrubReport {
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScrubView {
     /// Passes finished since the node started.
     pub passes: u64,
     pub bytes: u64,
-    pub took_ms: u128,
+    pub took: Duration,
     /// Places the pass found damaged (each repaired from memory).
     pub damage: u64,
-    /// How long ago the pass ended (filled in when reported).
-    #[serde(default)]
-    pub ended_ms_ago: u128,
+    /// How long ago the pass ended, as of the view.
+    pub ended_ago: Duration,
 }
 
-/// What `/status` shows of storage.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct HealthReport {
+/// Storage's health as of one moment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HealthView {
     pub healthy: bool,
     /// Why not, when unhealthy.
     pub problem: Option<String>,
     /// How long storage has been unhealthy.
-    pub unhealthy_for_ms: Option<u128>,
+    pub unhealthy_for: Option<Duration>,
+    /// The latest error seen, healthy or not, and how long ago.
     pub last_error: Option<String>,
-    pub last_error_ms_ago: Option<u128>,
+    pub last_error_ago: Option<Duration>,
     /// Failed commits and recovery attempts since start.
     pub errors: u64,
     /// Failure episodes that ended with the database reopened.
     pub recoveries: u64,
     /// Places in the data folder's files found damaged since the node
     /// started (when it opened them, or by the scrub), and the latest of
-    /// them.
-    #[serde(default)]
+    /// them (the oldest are dropped).
     pub damage_found: u64,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub damage: Vec<String>,
     /// Damage found when the folder was opened, now or by an earlier run,
     /// and how the node went on (stored in the folder).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub salvaged: Vec<Salvage>,
-    /// The last scrub pass.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scrub: Option<ScrubReport>,
+    pub scrub: Option<ScrubView>,
 }
 
 impl Health {
@@ -157,12 +156,12 @@ impl Health {
         let passes = s.scrub.as_ref().map_or(0, |(_, r)| r.passes) + 1;
         s.scrub = Some((
             Instant::now(),
-            ScrubReport {
+            ScrubView {
                 passes,
                 bytes,
-                took_ms: took.as_millis(),
+                took,
                 damage,
-                ended_ms_ago: 0,
+                ended_ago: Duration::ZERO,
             },
         ));
         self.metrics.storage_scrub_passes.inc();
@@ -172,7 +171,7 @@ impl Health {
         self.report().healthy
     }
 
-    pub fn report(&self) -> HealthReport {
+    pub fn report(&self) -> HealthView {
         let now = Instant::now();
         let s = self.state();
         let stalled = s
@@ -193,22 +192,19 @@ impl Health {
         self.metrics
             .storage_healthy
             .set(i64::from(problem.is_none()));
-        HealthReport {
+        HealthView {
             healthy: problem.is_none(),
             problem,
-            unhealthy_for_ms: since.map(|t| now.duration_since(t).as_millis()),
+            unhealthy_for: since.map(|t| now.duration_since(t)),
             last_error: s.last_error.as_ref().map(|(_, e)| e.clone()),
-            last_error_ms_ago: s
-                .last_error
-                .as_ref()
-                .map(|(t, _)| now.duration_since(*t).as_millis()),
+            last_error_ago: s.last_error.as_ref().map(|(t, _)| now.duration_since(*t)),
             errors: s.errors,
             recoveries: s.recoveries,
             damage_found: s.damage_found,
             damage: s.damage.clone(),
             salvaged: s.salvaged.clone(),
-            scrub: s.scrub.as_ref().map(|(at, r)| ScrubReport {
-                ended_ms_ago: now.duration_since(*at).as_millis(),
+            scrub: s.scrub.as_ref().map(|(at, r)| ScrubView {
+                ended_ago: now.duration_since(*at),
                 ..r.clone()
             }),
         }
@@ -236,7 +232,7 @@ mod tests {
         let r = h.report();
         assert!(r.healthy);
         assert_eq!(r.recoveries, 1);
-        assert_eq!(r.last_error_ms_ago, Some(3000));
+        assert_eq!(r.last_error_ago, Some(Duration::from_secs(3)));
     }
 
     #[tokio::test(start_paused = true)]

@@ -84,7 +84,7 @@ mod tests {
     use crate::cluster::parse_actors;
     use crate::crdt::{GCounter, ReplicaId};
     use crate::storage::logged::{LogEngine, LogLimits};
-    use crate::storage::{Merge, PeerMark, Store, StoreOptions, memory, redb};
+    use crate::storage::{Merge, PeerMark, Store, StoreDeps, StoreOptions, memory, redb};
 
     #[derive(Clone, Debug)]
     enum Step {
@@ -128,9 +128,14 @@ mod tests {
             disk: open(dir),
             mem: memory::MemoryEngine::new(),
         });
-        let mut s = Store::with_engine(engine.clone(), 1, StoreOptions::default())
-            .unwrap()
-            .store;
+        let mut s = Store::with_engine(
+            engine.clone(),
+            1,
+            StoreOptions::default(),
+            StoreDeps::default(),
+        )
+        .unwrap()
+        .store;
         for step in steps {
             match step {
                 Step::Inc(n, amount, key) => {
@@ -192,9 +197,14 @@ mod tests {
                         mem,
                     });
                     // Opening loads both engines and compares what they hold.
-                    s = Store::with_engine(engine.clone(), 1, StoreOptions::default())
-                        .unwrap()
-                        .store;
+                    s = Store::with_engine(
+                        engine.clone(),
+                        1,
+                        StoreOptions::default(),
+                        StoreDeps::default(),
+                    )
+                    .unwrap()
+                    .store;
                 }
             }
         }

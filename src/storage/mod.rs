@@ -59,7 +59,7 @@ pub use engine::{
     Batch, Changes, Engine, EngineSource, Image, Incremented, Loaded, Merge, PeerMark, Salvage,
     ScrubAt, Scrubbed, StoreError,
 };
-pub use health::{Health, HealthReport, ScrubReport};
+pub use health::{Health, HealthView, ScrubView};
 
 use crate::cluster::{Actor, Membership};
 use crate::crdt::GCounter;
@@ -68,8 +68,8 @@ use crate::metrics::Metrics;
 /// Most operations folded into one commit.
 const MAX_BATCH: usize = 4096;
 
-/// Tuning of the store.
-#[derive(Clone, Debug)]
+/// Tuning of the store: plain data, compared and printed as it is.
+#[derive(Clone, Debug, PartialEq)]
 pub struct StoreOptions {
     /// How long an idempotency key is remembered.
     pub idempotency_window: Duration,
@@ -79,6 +79,11 @@ pub struct StoreOptions {
     pub idempotency_bytes: usize,
     /// Longest any call waits for storage (and when a running commit counts as stalled).
     pub timeout: Duration,
+}
+
+/// What the store is handed to run with, beside its options.
+#[derive(Clone, Debug, Default)]
+pub struct StoreDeps {
     /// Where commit latency, batch size, health and applied increments are counted.
     pub metrics: Metrics,
     /// Wall-clock time for idempotency windows, which must survive a restart
@@ -129,8 +134,6 @@ impl Default for StoreOptions {
             idempotency_capacity: DEFAULT_IDEMPOTENCY_KEYS,
             idempotency_bytes: DEFAULT_IDEMPOTENCY_BYTES,
             timeout: DEFAULT_STORAGE_TIMEOUT,
-            metrics: Metrics::default(),
-            clock: WallClock::default(),
         }
     }
 }
@@ -219,8 +222,13 @@ pub struct Opened {
 
 impl Store {
     /// Opens (creating if needed) the data folder of node `node` on disk.
-    pub fn open(dir: &Path, node: u64, options: StoreOptions) -> Result<Opened, StoreError> {
-        Self::with_engine(Arc::new(logged::LogEngine::open(dir)?), node, options)
+    pub fn open(
+        dir: &Path,
+        node: u64,
+        options: StoreOptions,
+        deps: StoreDeps,
+    ) -> Result<Opened, StoreError> {
+        Self::with_engine(Arc::new(logged::LogEngine::open(dir)?), node, options, deps)
     }
 
     /// Opens a store over any engine and starts its writer task (so it must
@@ -229,9 +237,10 @@ impl Store {
         engine: Arc<dyn Engine>,
         node: u64,
         options: StoreOptions,
+        deps: StoreDeps,
     ) -> Result<Opened, StoreError> {
         let loaded = engine.load(node)?;
-        let health = Health::new(options.timeout, options.metrics.clone());
+        let health = Health::new(options.timeout, deps.metrics.clone());
         for what in &loaded.damage {
             health.damage_found(what.clone());
         }
@@ -267,6 +276,7 @@ impl Store {
                 shared.clone(),
                 loaded.keys,
                 &options,
+                deps.clone(),
                 publish,
             ),
             rx,
@@ -279,7 +289,7 @@ impl Store {
                     shared,
                     identity,
                     timeout: options.timeout,
-                    metrics: options.metrics.clone(),
+                    metrics: deps.metrics,
                 }),
             },
             created: loaded.created,
@@ -388,7 +398,7 @@ impl Store {
         self.inner.shared.head.load(Ordering::Acquire)
     }
 
-    pub fn health(&self) -> HealthReport {
+    pub fn health(&self) -> HealthView {
         self.inner.shared.health.report()
     }
 

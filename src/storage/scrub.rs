@@ -67,7 +67,7 @@ mod tests {
     use crate::storage::logged::{LogEngine, LogLimits, LogOptions};
     use crate::storage::redb::DB_FILE;
     use crate::storage::simdisk::SimDisk;
-    use crate::storage::{Engine, StoreOptions};
+    use crate::storage::{Engine, StoreDeps, StoreOptions};
 
     fn options(fold: usize) -> LogOptions {
         LogOptions {
@@ -82,7 +82,7 @@ mod tests {
 
     async fn store_on(disk: &SimDisk, fold: usize) -> Store {
         let engine = Arc::new(LogEngine::on(Arc::new(disk.clone()), options(fold)).unwrap());
-        Store::with_engine(engine, 1, StoreOptions::default())
+        Store::with_engine(engine, 1, StoreOptions::default(), StoreDeps::default())
             .unwrap()
             .store
     }

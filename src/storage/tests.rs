@@ -29,11 +29,14 @@ impl Drop for Both {
 
 fn both(tag: &str) -> Both {
     let dir = temp_dir(tag);
-    let disk = Store::open(&dir, 1, StoreOptions::default()).unwrap().store;
+    let disk = Store::open(&dir, 1, StoreOptions::default(), StoreDeps::default())
+        .unwrap()
+        .store;
     let mem = Store::with_engine(
         Arc::new(memory::MemoryEngine::new()),
         1,
         StoreOptions::default(),
+        StoreDeps::default(),
     )
     .unwrap()
     .store;
@@ -48,7 +51,7 @@ async fn increments_survive_reopen_and_the_incarnation_is_kept() {
     let dir = temp_dir("reopen");
     let inc;
     {
-        let opened = Store::open(&dir, 3, StoreOptions::default()).unwrap();
+        let opened = Store::open(&dir, 3, StoreOptions::default(), StoreDeps::default()).unwrap();
         assert!(opened.created);
         let s = opened.store;
         inc = s.identity().incarnation;
@@ -56,7 +59,7 @@ async fn increments_survive_reopen_and_the_incarnation_is_kept() {
         assert_eq!(s.increment(vec![("a".into(), 2)]).await.unwrap(), vec![7]);
         s.close().await;
     }
-    let opened = Store::open(&dir, 3, StoreOptions::default()).unwrap();
+    let opened = Store::open(&dir, 3, StoreOptions::default(), StoreDeps::default()).unwrap();
     assert!(!opened.created, "the folder was reopened, not created");
     assert_eq!(opened.store.identity().incarnation, inc);
     assert_eq!(opened.store.value("a"), 7);
@@ -67,15 +70,15 @@ async fn increments_survive_reopen_and_the_incarnation_is_kept() {
 #[tokio::test]
 async fn a_folder_is_locked_and_bound_to_its_node() {
     let dir = temp_dir("lock");
-    let first = Store::open(&dir, 1, StoreOptions::default()).unwrap();
+    let first = Store::open(&dir, 1, StoreOptions::default(), StoreDeps::default()).unwrap();
     assert!(matches!(
-        Store::open(&dir, 1, StoreOptions::default()),
+        Store::open(&dir, 1, StoreOptions::default(), StoreDeps::default()),
         Err(StoreError::Locked(_))
     ));
     first.store.close().await;
     drop(first);
     assert!(matches!(
-        Store::open(&dir, 2, StoreOptions::default()),
+        Store::open(&dir, 2, StoreOptions::default(), StoreDeps::default()),
         Err(StoreError::WrongNode {
             found: 1,
             wanted: 2,
@@ -205,7 +208,9 @@ async fn a_closed_store_refuses_writes() {
 async fn a_repeated_idempotency_key_is_applied_once_also_after_reopen() {
     let dir = temp_dir("idem");
     {
-        let s = Store::open(&dir, 1, StoreOptions::default()).unwrap().store;
+        let s = Store::open(&dir, 1, StoreOptions::default(), StoreDeps::default())
+            .unwrap()
+            .store;
         let first = s
             .increment_once(vec![("a".into(), 5)], Some("k1".into()))
             .await
@@ -227,7 +232,9 @@ async fn a_repeated_idempotency_key_is_applied_once_also_after_reopen() {
         assert_eq!(s.remembered_keys(), 1);
         s.close().await;
     }
-    let s = Store::open(&dir, 1, StoreOptions::default()).unwrap().store;
+    let s = Store::open(&dir, 1, StoreOptions::default(), StoreDeps::default())
+        .unwrap()
+        .store;
     let after = s
         .increment_once(vec![("a".into(), 5)], Some("k1".into()))
         .await
@@ -245,6 +252,7 @@ async fn concurrent_requests_with_one_key_apply_once() {
         Arc::new(memory::MemoryEngine::new()),
         1,
         StoreOptions::default(),
+        StoreDeps::default(),
     )
     .unwrap()
     .store;
@@ -270,7 +278,7 @@ async fn remembered_keys_are_bounded() {
         ..StoreOptions::default()
     };
     let engine = Arc::new(memory::MemoryEngine::new());
-    let s = Store::with_engine(engine.clone(), 1, options.clone())
+    let s = Store::with_engine(engine.clone(), 1, options.clone(), StoreDeps::default())
         .unwrap()
         .store;
     for i in 0..5 {
@@ -288,7 +296,9 @@ async fn remembered_keys_are_bounded() {
     assert_eq!(s.value("a"), 6);
     // What is stored matches what is remembered.
     s.close().await;
-    let reopened = Store::with_engine(engine, 1, options).unwrap().store;
+    let reopened = Store::with_engine(engine, 1, options, StoreDeps::default())
+        .unwrap()
+        .store;
     assert_eq!(reopened.remembered_keys(), 3);
 }
 
@@ -298,12 +308,15 @@ async fn idempotency_keys_expire_at_their_window_by_the_injected_clock() {
     let clock = now.clone();
     let options = StoreOptions {
         idempotency_window: Duration::from_secs(10),
+        ..StoreOptions::default()
+    };
+    let deps = StoreDeps {
         clock: WallClock(Arc::new(move || {
             clock.load(std::sync::atomic::Ordering::SeqCst)
         })),
-        ..StoreOptions::default()
+        ..StoreDeps::default()
     };
-    let s = Store::with_engine(Arc::new(memory::MemoryEngine::new()), 1, options)
+    let s = Store::with_engine(Arc::new(memory::MemoryEngine::new()), 1, options, deps)
         .unwrap()
         .store;
     let key = || Some("k".to_string());
@@ -357,7 +370,7 @@ async fn membership_changes_are_durable_and_published() {
     let s = both.stores.remove(0);
     s.close().await;
     drop(s);
-    let reopened = Store::open(&both.dir, 1, StoreOptions::default())
+    let reopened = Store::open(&both.dir, 1, StoreOptions::default(), StoreDeps::default())
         .unwrap()
         .store;
     assert_eq!(reopened.membership().stamp().version, 1);

@@ -23,8 +23,8 @@ use tracing::{debug, error, warn};
 use super::idempotency::{KeyRecord, Keys};
 use super::plan::{Plan, State, plan};
 use super::{
-    Batch, Committed, Engine, Image, MAX_BATCH, Op, ReplicaId, Shared, StoreError, StoreOptions,
-    WallClock, run_engine,
+    Batch, Committed, Engine, Image, MAX_BATCH, Op, ReplicaId, Shared, StoreDeps, StoreError,
+    StoreOptions, WallClock, run_engine,
 };
 use crate::metrics::Metrics;
 
@@ -100,6 +100,7 @@ impl Writer {
         shared: Arc<Shared>,
         keys: Vec<(String, KeyRecord)>,
         options: &StoreOptions,
+        deps: StoreDeps,
         publish: mpsc::UnboundedSender<Committed>,
     ) -> Self {
         Writer {
@@ -116,8 +117,8 @@ impl Writer {
             capacity: options.idempotency_capacity,
             key_bytes: options.idempotency_bytes,
             publish,
-            metrics: options.metrics.clone(),
-            clock: options.clock.clone(),
+            metrics: deps.metrics,
+            clock: deps.clock,
             episode: None,
         }
     }

@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tally::cluster::Actor;
-use tally::node::{IncrementError, Node, Settings};
+use tally::node::{Deps, IncrementError, Node, Settings};
 use tally::proto::{RequestEnvelope, ResponseEnvelope};
 use tally::storage::logged::{LogEngine, LogLimits, LogOptions, OnDamage};
 use tally::storage::memory::{DiskFault, MemoryEngine};
@@ -449,7 +449,7 @@ async fn run_node(
     settings.min_replicas = plan.min_replicas;
     settings.replica_timeout = REPLICA_TIMEOUT;
     planted.adjust(&mut settings, plan.nodes);
-    let node = Node::start_with(settings, engine, transport.clone())?;
+    let node = Node::start(settings, Deps::new(transport.clone()).with_engine(engine))?;
     apply_disk(&plan, x, &disk);
     tokio::spawn(disk_faults(plan.clone(), x, disk.clone()));
     // How long each request from a peer waits while the node is slow.
@@ -470,7 +470,7 @@ async fn run_node(
                         let wait = lag.lock().unwrap().u64(200..=1500);
                         tokio::time::sleep(Duration::from_millis(wait)).await;
                     }
-                    Reply::Rpc(node.handle_rpc(env).await.map_err(|e| e.to_string()))
+                    Reply::Rpc(node.peers().answer(env).await.map_err(|e| e.to_string()))
                 }
                 Frame::Forged(body) => {
                     if plan.slow(x, now()) {
@@ -481,9 +481,9 @@ async fn run_node(
                         Err(e) => Reply::Rpc(Err(format!("malformed internal message: {e}"))),
                         Ok(env) => match planted.believe(&node, &env).await {
                             Some(believed) => Reply::Rpc(Ok(believed)),
-                            None => {
-                                Reply::Rpc(node.handle_rpc(env).await.map_err(|e| e.to_string()))
-                            }
+                            None => Reply::Rpc(
+                                node.peers().answer(env).await.map_err(|e| e.to_string()),
+                            ),
                         },
                     }
                 }
@@ -493,7 +493,7 @@ async fn run_node(
                 },
                 Frame::Config(actors) => {
                     let actors = tally::cluster::parse_actors(&actors).expect("valid actors");
-                    match node.post_config(actors, Vec::new()).await {
+                    match node.place().post_config(actors, Vec::new()).await {
                         Ok(s) => {
                             // The config this post made, not a concurrent
                             // one that won meanwhile.
@@ -532,7 +532,7 @@ async fn run_node(
                 },
                 Frame::Consistent { name, timeout_ms } => {
                     let deadline = planted.read_deadline(Duration::from_millis(timeout_ms));
-                    match node.consistent_value(&name, deadline).await {
+                    match node.reads().consistent_value(&name, deadline).await {
                         Ok(v) => Reply::Value(Ok(v)),
                         Err(u) => Reply::Unavailable {
                             unreachable: u.unreachable.iter().map(|a| a.to_string()).collect(),

@@ -1,46 +1,46 @@
-//! Answers one peer's call: adopt the membership it carries if that changes
-//! ours, do what it asks, and send our membership back when it would change
-//! the caller's.
+//! The answering half of the internal protocol: a peer's call is checked,
+//! the membership it carries adopted when it changes ours, and what it asks
+//! done: merge a push, page our changes for a pull (the other half of
+//! anti-entropy, in `mod.rs`), read counters for a consistent read, say how
+//! far a leaver's changes are merged. Ours travels back only when it would
+//! change the caller's.
+//!
+//! Nothing a message claims is believed before it is checked (G11): names
+//! are valid, sizes bounded, no count raises this node's own component, no
+//! pull claims to hold more of our changes than we made.
 
 use tracing::warn;
 
-use super::Node;
+use super::Replicator;
+use super::error::AnswerError;
 use crate::crdt::GCounter;
 use crate::input::validate_name;
 use crate::proto::{
     MAX_COMPONENTS_PER_PUSH, MAX_NAMES_PER_MESSAGE, PROTOCOL_VERSION, ReplicaId, Request,
     RequestEnvelope, Response, ResponseEnvelope, WireCounter,
 };
-use crate::storage::{Merge, StoreError};
+use crate::storage::Merge;
 
-/// Errors answering a peer.
-#[derive(Debug, thiserror::Error)]
-pub enum RpcError {
-    #[error("{0}")]
-    BadRequest(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-impl Node {
+impl Replicator {
     /// Answers a peer's call.
-    pub async fn handle_rpc(&self, env: RequestEnvelope) -> Result<ResponseEnvelope, RpcError> {
+    pub async fn answer(&self, env: RequestEnvelope) -> Result<ResponseEnvelope, AnswerError> {
         if env.v != PROTOCOL_VERSION {
-            return Err(RpcError::BadRequest(format!(
-                "protocol {} is not supported; this node speaks {PROTOCOL_VERSION}",
-                env.v
-            )));
+            return Err(AnswerError::Protocol {
+                got: env.v,
+                speaks: PROTOCOL_VERSION,
+            });
         }
+        let store = &self.ctx.store;
         let theirs = env.membership;
         // Most messages carry the membership this node already has: only one
         // that changes ours is validated and stored.
-        let changes_ours = self.store.with_membership(|ours| {
+        let changes_ours = store.with_membership(|ours| {
             ours.merged_with(&theirs)
                 .map(|_| theirs.check_received(ours))
         });
         if let Some(checked) = changes_ours {
-            checked.map_err(|e| RpcError::BadRequest(e.to_string()))?;
-            if let Err(e) = self.messenger.adopt(theirs.clone()).await {
+            checked.map_err(AnswerError::Membership)?;
+            if let Err(e) = self.ctx.messenger.adopt(theirs.clone()).await {
                 // A hand-off is confirmed only by nodes at the leaver's
                 // config, and a poster counts only nodes that stored its
                 // config: refuse those two from an older one.
@@ -59,55 +59,54 @@ impl Node {
                 limit,
             } => self.on_pull(env.from, incarnation, since, limit).await?,
             Request::Read { name } => {
-                validate_name(&name).map_err(|e| RpcError::BadRequest(e.to_string()))?;
+                validate_name(&name)?;
                 Response::Counter {
-                    components: (&self.store.counter(&name).unwrap_or_default()).into(),
+                    components: (&store.counter(&name).unwrap_or_default()).into(),
                 }
             }
             Request::ReadMany { names } => {
                 if names.len() > MAX_NAMES_PER_MESSAGE {
-                    return Err(RpcError::BadRequest(format!(
-                        "at most {MAX_NAMES_PER_MESSAGE} names per message"
-                    )));
+                    return Err(AnswerError::TooMany {
+                        what: "names",
+                        max: MAX_NAMES_PER_MESSAGE,
+                    });
                 }
                 for name in &names {
-                    validate_name(name).map_err(|e| RpcError::BadRequest(e.to_string()))?;
+                    validate_name(name)?;
                 }
                 Response::Counters {
                     counters: names
                         .iter()
-                        .map(|name| (&self.store.counter(name).unwrap_or_default()).into())
+                        .map(|name| (&store.counter(name).unwrap_or_default()).into())
                         .collect(),
                 }
             }
             Request::Mark { incarnation } => Response::Mark {
-                seq: self.store.mark(incarnation).await?,
+                seq: store.mark(incarnation).await?,
             },
         };
-        // Ours travels back only when it would change the caller's.
-        let membership = self
-            .store
-            .with_membership(|ours| theirs.merged_with(ours).is_some().then(|| ours.clone()));
+        let membership =
+            store.with_membership(|ours| theirs.merged_with(ours).is_some().then(|| ours.clone()));
         Ok(ResponseEnvelope {
             v: PROTOCOL_VERSION,
-            from: self.identity,
+            from: store.identity(),
             membership,
             resp,
         })
     }
-}
 
-impl Node {
     /// Counters whose own component changed at the sender.
-    async fn on_push(&self, counters: Vec<WireCounter>) -> Result<Response, RpcError> {
+    async fn on_push(&self, counters: Vec<WireCounter>) -> Result<Response, AnswerError> {
         let counters = validate_counters(counters)?;
-        if let Some((name, claimed, held)) = self.store.raises_own(&counters) {
-            return Err(RpcError::BadRequest(format!(
-                "a push may not raise this node's own component of {name:?} \
-                 (it claims {claimed}, this node counted {held})"
-            )));
+        if let Some((name, claimed, held)) = self.ctx.store.raises_own(&counters) {
+            return Err(AnswerError::RaisesOwn {
+                name: name.to_string(),
+                claimed,
+                held,
+            });
         }
-        self.store
+        self.ctx
+            .store
             .merge(Merge {
                 counters,
                 mark: None,
@@ -124,8 +123,9 @@ impl Node {
         incarnation: u64,
         since: u64,
         limit: usize,
-    ) -> Result<Response, RpcError> {
-        if incarnation != self.identity.incarnation {
+    ) -> Result<Response, AnswerError> {
+        let store = &self.ctx.store;
+        if incarnation != store.identity().incarnation {
             // The asker's mark belongs to another incarnation: tell it who we are first.
             return Ok(Response::Changes {
                 counters: Vec::new(),
@@ -137,15 +137,13 @@ impl Node {
         // The asker has durably merged our changes up to `since`: no
         // further than our head, or it could fake a replica's
         // acknowledgement of increments not made yet.
-        let head = self.store.head();
+        let head = store.head();
         if since > head {
-            return Err(RpcError::BadRequest(format!(
-                "a pull since {since} is past this node's head ({head})"
-            )));
+            return Err(AnswerError::PastHead { since, head });
         }
-        self.peers.note_pulled(from, since);
+        self.note_pulled(from, since);
         let limit = limit.clamp(1, MAX_NAMES_PER_MESSAGE);
-        let changes = match self.store.changes_since(since, limit).await {
+        let changes = match store.changes_since(since, limit).await {
             Ok(changes) => changes,
             Err(e) if e.is_transient() => {
                 // Storage is failing (and being reopened): what this node
@@ -155,14 +153,13 @@ impl Node {
                 // all (a page of them), leaving the asker's mark where it is.
                 tracing::debug!(error = %e, "answering a pull from memory while storage fails");
                 return Ok(Response::Changes {
-                    counters: self
-                        .store
+                    counters: store
                         .list("", None, limit)
                         .into_iter()
                         .map(|(n, c)| WireCounter::new(n, &c))
                         .collect(),
                     next: since,
-                    head: self.store.head(),
+                    head: store.head(),
                     more: false,
                 });
             }
@@ -181,24 +178,26 @@ impl Node {
     }
 }
 
-fn validate_counters(counters: Vec<WireCounter>) -> Result<Vec<(String, GCounter)>, RpcError> {
+fn validate_counters(counters: Vec<WireCounter>) -> Result<Vec<(String, GCounter)>, AnswerError> {
     if counters.len() > MAX_NAMES_PER_MESSAGE {
-        return Err(RpcError::BadRequest(format!(
-            "at most {MAX_NAMES_PER_MESSAGE} counters per message"
-        )));
+        return Err(AnswerError::TooMany {
+            what: "counters",
+            max: MAX_NAMES_PER_MESSAGE,
+        });
     }
     // Checked while decoding too (see `proto`); here for every other way
     // a message reaches this node.
     let components: usize = counters.iter().map(|c| c.components.len()).sum();
     if components > MAX_COMPONENTS_PER_PUSH {
-        return Err(RpcError::BadRequest(format!(
-            "a push carries at most {MAX_COMPONENTS_PER_PUSH} components, not {components}"
-        )));
+        return Err(AnswerError::TooManyComponents {
+            max: MAX_COMPONENTS_PER_PUSH,
+            got: components,
+        });
     }
     counters
         .into_iter()
         .map(|c| {
-            validate_name(&c.name).map_err(|e| RpcError::BadRequest(e.to_string()))?;
+            validate_name(&c.name)?;
             Ok(c.into_parts())
         })
         .collect()
