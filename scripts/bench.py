@@ -17,7 +17,10 @@ Environment (overrides the defaults above, also under --smoke):
                    it must be on the disk being measured, not a tmpfs)
   BENCH_KEEP=1     keep the temporary folder (data and logs) afterwards
   BENCH_ONLY=tls   run only B1 and B3 over TLS, each beside plain HTTP
-                   (they also run, last, in a full run)
+                   (they also run, last, in a full run); BENCH_ONLY=b1, b2
+                   (B2 and B3), b4 (B4-B6) or b7 runs only that part
+  BENCH_TALLY      the tally executable to measure (default
+                   target/release/tally), e.g. one built from an older commit
 
 Every process runs on 127.0.0.1 on free ports with its data in a fresh
 folder, and is stopped (and the folder removed) on exit, on error and on
@@ -53,7 +56,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TALLY = ROOT / "target" / "release" / "tally"
+# BENCH_TALLY measures another build (an older commit, side by side).
+TALLY = Path(os.environ.get("BENCH_TALLY") or ROOT / "target" / "release" / "tally")
 CEILING = ROOT / "target" / "release" / "examples" / "http_ceiling"
 RESULTS = ROOT / "target" / "bench" / "results.json"
 
@@ -1087,38 +1091,38 @@ def rows(res: dict, s: Settings) -> list[Row]:
         add("B3 TLS consistent reads/s, idle", t.get("b3_tls_idle_rps"), "/s", "B3 plain, same rounds",
             t.get("b3_plain_idle_rps"))
         add("B3 TLS p99, idle", t.get("b3_tls_idle_p99_ms"), "ms", "B3 plain p99", t.get("b3_plain_idle_p99_ms"))
-    if "b1" not in res:
-        return out
-    b1 = res["b1"]["median"]
+    b1 = res.get("b1", {}).get("median", {})
     t64 = b1.get("tally64_rps")
-    for anchor, key, limit in [
-        ("Redis always", "redis_always64", 1.0),
-        ("axum ceiling", "ceiling64", 0.7),
-        ("Redis everysec", "redis_everysec64", None),
-    ]:
-        add("B1 increments/s, 64 conn", t64, "/s", f"{anchor}, 64 conn", b1.get(f"{key}_rps"),
-            ">=" if limit else None, limit, on="ratio")
-    for conns in (64, 1):
-        if conns == 1:
-            add("B1 increments/s, 1 conn", b1.get("tally1_rps"), "/s", "Redis always, 1 conn",
-                b1.get("redis_always1_rps"), ">=", 1.0, on="ratio")
-        for pct in ("p50", "p99"):
-            add(f"B1 {pct}, {conns} conn", b1.get(f"tally{conns}_{pct}_ms"), "ms", f"Redis always {pct}",
-                b1.get(f"redis_always{conns}_{pct}_ms"), *(("<=", 5.0) if pct == "p99" else ()))
+    if b1:
+        for anchor, key, limit in [
+            ("Redis always", "redis_always64", 1.0),
+            ("axum ceiling", "ceiling64", 0.7),
+            ("Redis everysec", "redis_everysec64", None),
+        ]:
+            add("B1 increments/s, 64 conn", t64, "/s", f"{anchor}, 64 conn", b1.get(f"{key}_rps"),
+                ">=" if limit else None, limit, on="ratio")
+        for conns in (64, 1):
+            if conns == 1:
+                add("B1 increments/s, 1 conn", b1.get("tally1_rps"), "/s", "Redis always, 1 conn",
+                    b1.get("redis_always1_rps"), ">=", 1.0, on="ratio")
+            for pct in ("p50", "p99"):
+                add(f"B1 {pct}, {conns} conn", b1.get(f"tally{conns}_{pct}_ms"), "ms", f"Redis always {pct}",
+                    b1.get(f"redis_always{conns}_{pct}_ms"), *(("<=", 5.0) if pct == "p99" else ()))
 
-    b2, lag = res["b2"]["median"], res["b2"]["lag_ms"]
-    add("B2 increments/s, 3 nodes", b2.get("b2_rps"), "/s", "B1 tally, 64 conn", t64, ">=", 0.8, on="ratio")
-    add("B2 p99 (worst node)", b2.get("b2_p99_ms"), "ms")
-    add(f"B2 lag p50 ({lag['samples']} samples)", lag["p50"], "ms")
-    add("B2 lag p99 (200 -> on every peer)", lag["p99"], "ms", op="<", limit=50.0)
-    add("B3 consistent reads/s, idle", b2.get("b3_idle_rps"), "/s", op=">=", limit=30_000)
-    add("B3 p99, idle", b2.get("b3_idle_p99_ms"), "ms", op="<", limit=2.0)
-    add("B3 consistent reads/s, under B2", b2.get("b3_loaded_rps"), "/s", "B3 idle", b2.get("b3_idle_rps"))
-    add("B3 p99, under B2", b2.get("b3_loaded_p99_ms"), "ms")
+    if "b2" in res:
+        b2, lag = res["b2"]["median"], res["b2"]["lag_ms"]
+        add("B2 increments/s, 3 nodes", b2.get("b2_rps"), "/s", "B1 tally, 64 conn", t64, ">=", 0.8, on="ratio")
+        add("B2 p99 (worst node)", b2.get("b2_p99_ms"), "ms")
+        add(f"B2 lag p50 ({lag['samples']} samples)", lag["p50"], "ms")
+        add("B2 lag p99 (200 -> on every peer)", lag["p99"], "ms", op="<", limit=50.0)
+        add("B3 consistent reads/s, idle", b2.get("b3_idle_rps"), "/s", op=">=", limit=30_000)
+        add("B3 p99, idle", b2.get("b3_idle_p99_ms"), "ms", op="<", limit=2.0)
+        add("B3 consistent reads/s, under B2", b2.get("b3_loaded_rps"), "/s", "B3 idle", b2.get("b3_idle_rps"))
+        add("B3 p99, under B2", b2.get("b3_loaded_p99_ms"), "ms")
 
     # The B4 and B6 targets are set for 100k and 1M names: checked at those sizes only.
     b4_limits = {100_000: 1.0, FULL_NAMES: 5.0}
-    for size in s.b4_sizes:
+    for size in [size for size in s.b4_sizes if f"b4_{size}" in res]:
         b4 = res[f"b4_{size}"]["median"]
         limit = b4_limits.get(size)
         if limit:
@@ -1129,19 +1133,21 @@ def rows(res: dict, s: Settings) -> list[Row]:
             out[-1].target = "< 1 s at 100k, < 5 s at 1M"
         add("B4 bytes received per name", b4.get("bytes_per_name"), "B/name")
 
-    b5, b6, n = res["b5"]["median"], res["b5"]["b6"], s.b5_size
-    add(f"B5 restart to serving, {fmt(n)} names", b5.get("seconds"), "s", op="<", limit=0.5)
-    add(f"B6 RSS, {fmt(n)} names", b6["rss_bytes"], "MB", op="<" if n == FULL_NAMES else None, limit=300e6)
-    out[-1].target = "< 300 MB at 1M"
-    add("B6 RSS per name", b6["rss_bytes"] / n, "B/name")
-    add("B6 RSS right after the writes", b6["rss_bytes_after_writes"], "MB")
-    add("B6 data folder on disk", b6["disk_bytes"], "MB")
-    add("B6 disk per name", b6["disk_bytes"] / n, "B/name")
+    if "b5" in res:
+        b5, b6, n = res["b5"]["median"], res["b5"]["b6"], s.b5_size
+        add(f"B5 restart to serving, {fmt(n)} names", b5.get("seconds"), "s", op="<", limit=0.5)
+        add(f"B6 RSS, {fmt(n)} names", b6["rss_bytes"], "MB", op="<" if n == FULL_NAMES else None, limit=300e6)
+        out[-1].target = "< 300 MB at 1M"
+        add("B6 RSS per name", b6["rss_bytes"] / n, "B/name")
+        add("B6 RSS right after the writes", b6["rss_bytes_after_writes"], "MB")
+        add("B6 data folder on disk", b6["disk_bytes"], "MB")
+        add("B6 disk per name", b6["disk_bytes"] / n, "B/name")
 
-    b7 = res["b7"]["median"]
-    add("B7 batch increments/s, 16 conn", b7.get("increments_per_s"), "/s", "B1 tally, 64 conn", t64,
-        ">=", 1_000_000)
-    add("B7 batch p99", b7.get("batch_p99_ms"), "ms")
+    if "b7" in res:
+        b7 = res["b7"]["median"]
+        add("B7 batch increments/s, 16 conn", b7.get("increments_per_s"), "/s", "B1 tally, 64 conn", t64,
+            ">=", 1_000_000)
+        add("B7 batch p99", b7.get("batch_p99_ms"), "ms")
     return out
 
 
@@ -1256,8 +1262,8 @@ def main() -> int:
     try:
         res = run.results
         only = os.environ.get("BENCH_ONLY", "").strip()
-        if only not in ("", "tls"):
-            raise BenchError(f"BENCH_ONLY={only}: only BENCH_ONLY=tls is known")
+        if only not in ("", "b1", "b2", "b4", "b7", "tls"):
+            raise BenchError(f"BENCH_ONLY={only}: known parts are b1, b2, b4, b7 and tls")
         wanted = lambda part: not only or part == only  # noqa: E731
         if wanted("b1"):
             res["b1"] = b1_single_node(run)

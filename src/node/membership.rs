@@ -290,7 +290,7 @@ async fn identify(
     place: &Arc<Place>,
     m: &Membership,
     everyone: &[Actor],
-    rx: &mut watch::Receiver<Membership>,
+    rx: &mut watch::Receiver<Arc<Membership>>,
 ) -> Whoami {
     if !m.is_set() {
         return Whoami::Unknown;

@@ -2,8 +2,9 @@
 //! node whose acknowledged increments might be missing here.
 //!
 //! [`ReadRound`](super::read_round::ReadRound) decides; this file only
-//! makes the calls. Every actor the round names is asked in parallel (calls
-//! to one peer are gathered with other reads' in `read_batch.rs`), each
+//! makes the calls, all polled in the request's own task (no task per
+//! read). Every actor the round names is asked in parallel (calls to one
+//! peer are gathered with other reads' in `read_batch.rs`), each
 //! silent one retried with a short pause so a healed network is noticed at
 //! once, until the deadline; answers and memberships learned on the way go
 //! back to the round.
@@ -15,8 +16,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -80,23 +82,21 @@ impl Reads {
         let view = stored.borrow_and_update().clone();
         let local = self.store.counter(name).unwrap_or_default();
         let mut round = ReadRound::start(view, local, self.me(), timeout)?;
-        let mut calls = JoinSet::new();
+        let mut calls = FuturesUnordered::new();
         loop {
             match round.next() {
                 Next::Done(value) => return Ok(value),
                 Next::Restart => {
-                    // Dropping the set aborts the calls of the old round.
-                    calls = JoinSet::new();
+                    // Dropping them cancels the calls of the old round.
+                    calls = FuturesUnordered::new();
                     let local = self.store.counter(name).unwrap_or_default();
                     round.restart(&local, self.me());
                     continue;
                 }
                 Next::Ask { round: r, actors } => {
                     for actor in actors {
-                        let reads = self.clone();
-                        let name = name.to_string();
-                        calls.spawn(async move {
-                            let answer = reads.read_until(&actor, name, deadline).await;
+                        calls.push(async move {
+                            let answer = self.read_until(&actor, name, deadline).await;
                             (r, actor, answer)
                         });
                     }
@@ -104,12 +104,12 @@ impl Reads {
             }
             tokio::select! {
                 biased;
-                joined = calls.join_next() => match joined {
-                    Some(Ok((r, actor, Some((theirs, membership))))) => {
+                answered = calls.next() => match answered {
+                    Some((r, actor, Some((theirs, membership)))) => {
                         round.heard(r, actor, &theirs, membership.as_ref());
                     }
-                    // Gave up at the deadline, or the task failed.
-                    Some(_) => {}
+                    // Gave up at the deadline.
+                    Some((_, _, None)) => {}
                     None => break,
                 },
                 changed = stored.changed() => match changed {
@@ -127,7 +127,7 @@ impl Reads {
     async fn read_until(
         self: &Arc<Self>,
         actor: &Actor,
-        name: String,
+        name: &str,
         deadline: Instant,
     ) -> Option<Answer> {
         let per_call = self.peer_timeout;
@@ -138,7 +138,7 @@ impl Reads {
                 return None;
             }
             if let Ok(answer) = self
-                .read_from(actor, name.clone(), per_call.min(left))
+                .read_from(actor, name.to_string(), per_call.min(left))
                 .await
             {
                 return Some(answer);

@@ -16,6 +16,7 @@
 //! again.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cluster::{Actor, Membership};
@@ -45,9 +46,14 @@ pub enum Next {
 /// One consistent read of one name.
 #[derive(Debug)]
 pub struct ReadRound {
-    view: Membership,
-    /// The read set the answers heard so far were gathered under.
+    /// Shared with storage until the read learns something newer: a read
+    /// copies no membership.
+    view: Arc<Membership>,
+    /// The view's read set, which the answers heard so far were gathered
+    /// under (computed once per view).
     read_set: Vec<Actor>,
+    /// An actor left the read set since this round began.
+    restart: bool,
     merged: GCounter,
     /// Heard during this round; this node itself from the start, when it
     /// knows which actor it is (its own state was read during the request).
@@ -65,7 +71,7 @@ impl ReadRound {
     /// have lost its data folder and with it the list of peers that hold
     /// what it acknowledged. Only a 503 is safe (G1).
     pub fn start(
-        view: Membership,
+        view: Arc<Membership>,
         local: GCounter,
         me: Option<Actor>,
         timeout: Duration,
@@ -81,6 +87,7 @@ impl ReadRound {
         Ok(ReadRound {
             view,
             read_set,
+            restart: false,
             merged: local,
             heard: me.into_iter().collect(),
             asked: BTreeSet::new(),
@@ -91,19 +98,19 @@ impl ReadRound {
 
     /// What to do now.
     pub fn next(&mut self) -> Next {
-        let now_set = self.view.read_set();
-        if self.read_set.iter().any(|a| !now_set.contains(a)) {
+        if self.restart {
             return Next::Restart;
         }
-        self.read_set = now_set;
-        let needed = self.needed();
-        if needed.is_empty() {
+        if self.read_set.iter().all(|a| self.heard.contains(a)) {
             return Next::Done(self.merged.value());
         }
-        let actors = needed
-            .into_iter()
-            .filter(|a| self.asked.insert(a.clone()))
-            .collect();
+        let mut actors = Vec::new();
+        for a in &self.read_set {
+            if !self.heard.contains(a) && !self.asked.contains(a) {
+                self.asked.insert(a.clone());
+                actors.push(a.clone());
+            }
+        }
         Next::Ask {
             round: self.round,
             actors,
@@ -115,7 +122,7 @@ impl ReadRound {
     /// is still true, only not enough).
     pub fn restart(&mut self, local: &GCounter, me: Option<Actor>) {
         self.round += 1;
-        self.read_set = self.view.read_set();
+        self.restart = false;
         self.merged.merge(local);
         self.asked.clear();
         self.heard = me.into_iter().collect();
@@ -143,9 +150,15 @@ impl ReadRound {
     /// A membership learned during the read (stored here, or carried by an
     /// answer): the read goes on under the merge.
     pub fn learned(&mut self, m: &Membership) {
-        if let Some(next) = self.view.merged_with(m) {
-            self.view = next;
-        }
+        let Some(next) = self.view.merged_with(m) else {
+            return;
+        };
+        let now_set = next.read_set();
+        // A node left the read set (its hand-off was confirmed): the
+        // answers heard so far may predate what it handed over.
+        self.restart |= self.read_set.iter().any(|a| !now_set.contains(a));
+        self.read_set = now_set;
+        self.view = Arc::new(next);
     }
 
     /// The deadline passed (or no call is left to wait for): the actors
@@ -213,7 +226,7 @@ mod tests {
     #[test]
     fn a_read_asks_every_other_actor_once_and_sums_what_they_hold() {
         let m = posted(&Membership::default(), &[1, 2, 3]);
-        let mut r = ReadRound::start(m, count(1, 5), Some(actor(1)), T).unwrap();
+        let mut r = ReadRound::start(Arc::new(m), count(1, 5), Some(actor(1)), T).unwrap();
         assert_eq!(r.next(), ask(0, &[2, 3]), "not itself");
         assert_eq!(r.next(), ask(0, &[]), "nobody twice");
         r.heard(0, actor(3), &count(3, 7), None);
@@ -225,14 +238,19 @@ mod tests {
     #[test]
     fn a_node_that_does_not_know_which_actor_it_is_asks_itself_too() {
         let m = posted(&Membership::default(), &[1, 2]);
-        let mut r = ReadRound::start(m, count(1, 5), None, T).unwrap();
+        let mut r = ReadRound::start(Arc::new(m), count(1, 5), None, T).unwrap();
         assert_eq!(r.next(), ask(0, &[1, 2]));
     }
 
     #[test]
     fn without_a_config_only_a_503_is_safe() {
-        let e =
-            ReadRound::start(Membership::default(), count(1, 4), Some(actor(1)), T).unwrap_err();
+        let e = ReadRound::start(
+            Arc::new(Membership::default()),
+            count(1, 4),
+            Some(actor(1)),
+            T,
+        )
+        .unwrap_err();
         assert!(e.reason.contains("POST /config"), "{}", e.reason);
         assert_eq!((e.unreachable, e.best_known_value), (vec![], 4));
     }
@@ -240,7 +258,7 @@ mod tests {
     #[test]
     fn at_the_deadline_the_read_names_who_was_silent_and_the_best_value() {
         let m = posted(&Membership::default(), &[1, 2, 3]);
-        let mut r = ReadRound::start(m, count(1, 5), Some(actor(1)), T).unwrap();
+        let mut r = ReadRound::start(Arc::new(m), count(1, 5), Some(actor(1)), T).unwrap();
         r.next();
         r.heard(0, actor(2), &count(2, 2), None);
         let e = r.give_up();
@@ -254,7 +272,7 @@ mod tests {
         // The prototype's bug: two answers both holding node 2's 4 must
         // count it once; node 3's concurrent 6 must count too.
         let m = posted(&Membership::default(), &[1, 2, 3]);
-        let mut r = ReadRound::start(m, count(2, 4), Some(actor(1)), T).unwrap();
+        let mut r = ReadRound::start(Arc::new(m), count(2, 4), Some(actor(1)), T).unwrap();
         r.next();
         let mut both = count(2, 4);
         both.merge(&count(3, 6));
@@ -267,7 +285,7 @@ mod tests {
     fn a_newer_config_carried_by_an_answer_adds_whom_it_names() {
         let old = posted(&Membership::default(), &[1, 2]);
         let new = posted(&old, &[1, 2, 4]);
-        let mut r = ReadRound::start(old, count(1, 1), Some(actor(1)), T).unwrap();
+        let mut r = ReadRound::start(Arc::new(old), count(1, 1), Some(actor(1)), T).unwrap();
         assert_eq!(r.next(), ask(0, &[2]));
         r.heard(0, actor(2), &count(2, 1), Some(&new));
         assert_eq!(r.next(), ask(0, &[4]), "2's answer still counts");
@@ -279,7 +297,8 @@ mod tests {
     fn a_leaver_is_heard_until_its_hand_off_is_confirmed() {
         let old = posted(&Membership::default(), &[1, 2, 3]);
         let new = posted(&old, &[1, 2]);
-        let mut r = ReadRound::start(new.clone(), count(1, 1), Some(actor(1)), T).unwrap();
+        let mut r =
+            ReadRound::start(Arc::new(new.clone()), count(1, 1), Some(actor(1)), T).unwrap();
         assert_eq!(r.next(), ask(0, &[2, 3]), "3 left but has not handed off");
         r.heard(0, actor(2), &count(2, 1), None);
         assert_eq!(r.next(), ask(0, &[]));
@@ -292,7 +311,7 @@ mod tests {
         let old = posted(&Membership::default(), &[1, 2, 3]);
         let leaving = posted(&old, &[1, 2]);
         let handed = leaving.with_handoff(&actor(3)).expect("a hand-off");
-        let mut r = ReadRound::start(leaving, count(1, 1), Some(actor(1)), T).unwrap();
+        let mut r = ReadRound::start(Arc::new(leaving), count(1, 1), Some(actor(1)), T).unwrap();
         assert_eq!(r.next(), ask(0, &[2, 3]));
         // 2 answered before 3's hand-off reached it; 3 never answers.
         r.heard(0, actor(2), &count(2, 1), None);
@@ -323,7 +342,7 @@ mod tests {
     fn an_older_membership_changes_nothing() {
         let old = posted(&Membership::default(), &[1, 2]);
         let new = posted(&old, &[1, 2, 3]);
-        let mut r = ReadRound::start(new, count(1, 1), Some(actor(1)), T).unwrap();
+        let mut r = ReadRound::start(Arc::new(new), count(1, 1), Some(actor(1)), T).unwrap();
         r.learned(&old);
         assert_eq!(r.next(), ask(0, &[2, 3]));
     }
@@ -331,7 +350,7 @@ mod tests {
     #[test]
     fn a_read_of_a_counter_nobody_holds_is_zero_once_everyone_answered() {
         let m = posted(&Membership::default(), &[1, 2]);
-        let mut r = ReadRound::start(m, GCounter::default(), Some(actor(1)), T).unwrap();
+        let mut r = ReadRound::start(Arc::new(m), GCounter::default(), Some(actor(1)), T).unwrap();
         r.next();
         r.heard(0, actor(2), &GCounter::default(), None);
         assert_eq!(r.next(), Next::Done(0));
@@ -345,7 +364,7 @@ mod tests {
         }]
         .into_iter()
         .collect();
-        let mut r = ReadRound::start(m, gone, Some(actor(1)), T).unwrap();
+        let mut r = ReadRound::start(Arc::new(m), gone, Some(actor(1)), T).unwrap();
         assert_eq!(r.next(), Next::Done(2));
     }
 }

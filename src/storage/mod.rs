@@ -192,7 +192,9 @@ struct Shared {
     /// Held briefly (a map lookup or an insert), never across an await, so a
     /// std lock is cheaper than an async one.
     memory: RwLock<BTreeMap<String, GCounter>>,
-    membership: watch::Sender<Membership>,
+    /// Shared, so a reader (a consistent read, a commit's plan) holds it
+    /// without copying it.
+    membership: watch::Sender<Arc<Membership>>,
     /// Which actor this node is, as last stored.
     me: Mutex<Option<Actor>>,
     /// Count of remembered idempotency keys, for metrics and status.
@@ -258,7 +260,7 @@ impl Store {
         };
         let shared = Arc::new(Shared {
             memory: RwLock::new(loaded.counters),
-            membership: watch::Sender::new(loaded.membership),
+            membership: watch::Sender::new(Arc::new(loaded.membership)),
             me: Mutex::new(loaded.me),
             keys: AtomicUsize::new(loaded.keys.len()),
             head: AtomicU64::new(loaded.head),
@@ -380,7 +382,7 @@ impl Store {
 
     /// The durable membership (config).
     pub fn membership(&self) -> Membership {
-        self.inner.shared.membership.borrow().clone()
+        Membership::clone(&self.inner.shared.membership.borrow())
     }
 
     /// Reads the membership in place, without copying it (the hot path).
@@ -389,7 +391,7 @@ impl Store {
     }
 
     /// Notified after each durable membership change.
-    pub fn watch_membership(&self) -> watch::Receiver<Membership> {
+    pub fn watch_membership(&self) -> watch::Receiver<Arc<Membership>> {
         self.inner.shared.membership.subscribe()
     }
 

@@ -357,7 +357,7 @@ async fn membership_changes_are_durable_and_published() {
             .unwrap()
             .expect("a first config is a change");
         assert!(rx.has_changed().unwrap());
-        assert_eq!(*rx.borrow_and_update(), changed);
+        assert_eq!(**rx.borrow_and_update(), changed);
         let again = crate::cluster::parse_actors(&["10.0.0.1".to_string()]).unwrap();
         assert!(
             s.update_membership(move |m| m.post(again, 1))

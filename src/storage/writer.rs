@@ -247,7 +247,7 @@ impl Writer {
             self.shared.keys.store(self.keys.len(), Ordering::Relaxed);
         }
         if let Some(m) = batch.membership {
-            self.shared.membership.send_replace(m);
+            self.shared.membership.send_replace(Arc::new(m));
         }
         if let Some(me) = batch.me {
             *self.shared.me.lock().unwrap_or_else(|p| p.into_inner()) = Some(me);
@@ -278,7 +278,7 @@ impl Writer {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
-            membership: self.shared.membership.borrow().clone(),
+            membership: (**self.shared.membership.borrow()).clone(),
             me: self
                 .shared
                 .me
@@ -375,8 +375,10 @@ impl Writer {
         }
         self.keys = Keys::new(loaded.keys, self.window, self.capacity, self.key_bytes);
         self.shared.keys.store(self.keys.len(), Ordering::Relaxed);
-        if *self.shared.membership.borrow() != loaded.membership {
-            self.shared.membership.send_replace(loaded.membership);
+        if **self.shared.membership.borrow() != loaded.membership {
+            self.shared
+                .membership
+                .send_replace(Arc::new(loaded.membership));
         }
         self.shared.head.store(head, Ordering::Release);
         if !changed.is_empty() {
