@@ -555,6 +555,28 @@ fn assert_caught(plan: &Plan, bug: Planted, expected: Check, only: bool) -> Vec<
     bad
 }
 
+/// [`assert_caught`] on the first of `seeds` whose plan exposes `bug`.
+/// Whether one seed's interleaving exposes a timing bug (an acknowledgement
+/// before its sync, a log deleted too early) moves with any change to the
+/// node's tasks; the checker must catch the bug on some seed of a few, and
+/// that seed must pass without it. Says which seed it was.
+fn assert_caught_on_some(
+    seeds: std::ops::RangeInclusive<u64>,
+    plan: impl Fn(u64) -> Plan,
+    bug: Planted,
+    expected: Check,
+) {
+    for seed in seeds.clone() {
+        let p = plan(seed);
+        if check(&p, &run(&p, bug)).iter().any(|v| v.check == expected) {
+            eprintln!("{bug:?} caught by {expected:?} on seed {seed}");
+            assert_caught(&p, bug, expected, false);
+            return;
+        }
+    }
+    panic!("{bug:?} went unnoticed by {expected:?} on every seed of {seeds:?}");
+}
+
 /// The prototype's bug: each node's total arrives as if it were the
 /// sender's own component, so a receiver counts what it already holds again
 /// (G2, hundreds of times on this plan; it trips no G1 check).
@@ -1104,24 +1126,40 @@ fn lying_disk(seed: u64) -> Plan {
 
 #[test]
 fn the_checker_catches_appends_that_are_never_synced() {
-    // Seed 1 loses unsynced records too, but each time a later record of
-    // the same name lands (a record holds whole counters), so nothing is
-    // short: the checker rightly finds nothing there.
-    assert_caught(&lying_disk(2), Planted::SkipSync, Check::G1Final, false);
+    // A seed may lose unsynced records and still have nothing short, when
+    // a later record of the same name lands each time (a record holds
+    // whole counters): the checker rightly finds nothing there.
+    assert_caught_on_some(2..=9, lying_disk, Planted::SkipSync, Check::G1Final);
 }
 
 #[test]
 fn the_checker_catches_acknowledgements_before_the_sync() {
-    assert_caught(&lying_disk(5), Planted::LateSync, Check::G1Final, false);
+    assert_caught_on_some(1..=8, lying_disk, Planted::LateSync, Check::G1Final);
+}
+
+/// n1 is cut off and acknowledges increments alone; five times its disk
+/// dies partway (after 0 to 23 changes, by the seed) and it loses power
+/// just before the disk comes back: each is a chance for the disk to die
+/// inside a fold, after the planted bug deleted the log the fold had not
+/// committed yet. About one seed in ten exposes it (seeds 4, 5 and 29 of the
+/// first 30 when this was written), one in thirty with `lying_disk`.
+fn dying_disks(seed: u64) -> Plan {
+    let mut faults = vec![window(2.0, 12.0, Fault::Isolate(0))];
+    for k in 0..5 {
+        let t = 2.5 + 1.8 * k as f64;
+        faults.push(window(t, t + 1.0, Fault::Disk(0, DiskKind::Dying)));
+        faults.push(window(t + 0.8, t + 1.1, Fault::Crash(0)));
+    }
+    logged(seed, faults)
 }
 
 #[test]
 fn the_checker_catches_a_fold_that_deletes_the_log_before_the_b_tree_commits() {
-    assert_caught(
-        &lying_disk(1),
+    assert_caught_on_some(
+        1..=30,
+        dying_disks,
         Planted::DeleteBeforeFold,
         Check::G1Final,
-        false,
     );
 }
 
