@@ -576,6 +576,21 @@ def lua_names(method: str, suffix: str, body: str | None) -> str:
     ) + LUA_DONE
 
 
+# Each connection waits this long before each request: wrk's own pacing.
+LUA_PACE = r"""
+function delay()
+  return %(ms)d
+end
+"""
+PACE_MS = 4
+
+
+def paced_connections(rate: float) -> int:
+    """Connections that, each pausing PACE_MS (plus about half a millisecond
+    of answer) before each request, offer about `rate` requests/s."""
+    return max(1, round(rate * (PACE_MS + 0.5) / 1000))
+
+
 def lua_batch(names: list[str]) -> str:
     """A wrk script that POSTs one fixed batch to the URL's path (/counters)."""
     return (
@@ -721,6 +736,9 @@ class Run:
         self.wrk_runs = 0
         self.increment = Wrk(self, "increment", lua_names("POST", "", "1"))
         self.consistent = Wrk(self, "consistent", lua_names("GET", "/consistent_value", None))
+        self.paced_increment = Wrk(
+            self, "paced-increment", lua_names("POST", "", "1") + LUA_PACE % {"ms": PACE_MS}
+        )
         self.results: dict = {}
         self.commands: dict = {}
 
@@ -827,9 +845,11 @@ def probe_lag(nodes: list[Node], until: float, samples: int, tag: str, out: list
             c.close()
 
 
-def b2_b3_cluster(run: Run) -> dict:
+def b2_b3_cluster(run: Run, b1_max: float | None) -> dict:
     """B2: the B1 load spread over three nodes, with a replication-lag probe.
-    B3: consistent reads on the idle cluster, then under the B2 load."""
+    B3: consistent reads on the idle cluster, under the B2 load, and on node 2
+    while node 1 takes writes at half of B1's maximum (`b1_max`, from this
+    run's B1; without it, measured on node 1 of this cluster first)."""
     secs = run.s.seconds
     nodes = start_cluster(run, 3, "b2")
     lag: list[float] = []
@@ -839,6 +859,21 @@ def b2_b3_cluster(run: Run) -> dict:
     try:
         # Every name exists before the first read.
         write_names(nodes[0].port, [f"n{i}" for i in range(NAMES)], connections=1)
+        wait_replicated(nodes)
+        if not b1_max:
+            b1_max = run.increment(nodes[0].port, 64, secs).rps
+            wait_replicated(nodes)
+        half = b1_max / 2
+        # wrk paces by a pause per request, so the rate offered also
+        # depends on the answers' latency: one short calibration run (with
+        # the reads on) sets the number of connections.
+        paced = paced_connections(half)
+        writer = run.paced_increment.start(nodes[0].port, paced, 3)
+        reader = run.consistent.start(nodes[1].port, 16, 3)
+        Wrk.result(reader)
+        achieved = Wrk.result(writer).rps
+        if achieved > 0:
+            paced = max(1, round(paced * half / achieved))
         wait_replicated(nodes)
         for r in run.rounds("B2/B3"):
             fields = load_fields("b3_idle", run.consistent(nodes[0].port, 16, secs))
@@ -859,6 +894,14 @@ def b2_b3_cluster(run: Run) -> dict:
             fields.update(load_fields("b3_loaded", Wrk.result(reader)))
             fields.update(load_fields("b3_loaded_writes", wrk_sum(writers)))
             wait_replicated(nodes)
+
+            writer = run.paced_increment.start(nodes[0].port, paced, secs)
+            time.sleep(0.2)  # let wrk open its connections
+            reader = run.consistent.start(nodes[1].port, 16, max(1, secs - 1))
+            fields.update(load_fields("b3_paced", Wrk.result(reader)))
+            fields.update(load_fields("b3_paced_writes", Wrk.result(writer)))
+            fields["b3_paced_target_writes_rps"] = half
+            wait_replicated(nodes)
             raw.append(fields)
     finally:
         stop_nodes(nodes)
@@ -877,6 +920,12 @@ def b2_b3_cluster(run: Run) -> dict:
         "/counter/lag-* on each node in turn, then GET .../value on the two others until both say 1"
     )
     run.commands["b3"] = "wrk -t2 -c16 -s consistent.lua on node 1: GET /counter/n<i>/consistent_value"
+    run.commands["b3_paced"] = (
+        f"wrk -t2 -c{paced} -s paced-increment.lua (each connection pauses {PACE_MS} ms before "
+        f"each request; aiming at {half:.0f}/s, half of B1, connections set by a 3 s calibration "
+        "run) on node 1, and "
+        "wrk -t2 -c16 -s consistent.lua on node 2"
+    )
     return out
 
 
@@ -1119,6 +1168,11 @@ def rows(res: dict, s: Settings) -> list[Row]:
         add("B3 p99, idle", b2.get("b3_idle_p99_ms"), "ms", op="<", limit=2.0)
         add("B3 consistent reads/s, under B2", b2.get("b3_loaded_rps"), "/s", "B3 idle", b2.get("b3_idle_rps"))
         add("B3 p99, under B2", b2.get("b3_loaded_p99_ms"), "ms")
+        add("B3 reads/s, node 1 writing at B1/2", b2.get("b3_paced_rps"), "/s", "B3 idle",
+            b2.get("b3_idle_rps"), ">=", 0.5, on="ratio")
+        add("B3 p99, node 1 writing at B1/2", b2.get("b3_paced_p99_ms"), "ms", op="<", limit=5.0)
+        add("B3 those writes, achieved", b2.get("b3_paced_writes_rps"), "/s", "B1/2 aimed at",
+            b2.get("b3_paced_target_writes_rps"))
 
     # The B4 and B6 targets are set for 100k and 1M names: checked at those sizes only.
     b4_limits = {100_000: 1.0, FULL_NAMES: 5.0}
@@ -1268,7 +1322,7 @@ def main() -> int:
         if wanted("b1"):
             res["b1"] = b1_single_node(run)
         if wanted("b2"):
-            res["b2"] = b2_b3_cluster(run)
+            res["b2"] = b2_b3_cluster(run, res.get("b1", {}).get("median", {}).get("tally64_rps"))
         # B5 and B6 reuse the last B4 cluster of their size (s.b5_size is one of b4_sizes).
         for size in s.b4_sizes if wanted("b4") else []:
             keep = size == s.b5_size
