@@ -37,7 +37,8 @@
 #            with small sizes, to check the harness),
 #            BENCH_ROUNDS (3), BENCH_SECONDS (10), BENCH_B4_NAMES (100000), BENCH_FULL (1 adds
 #            the 1M-name runs), BENCH_DIR (data folder parent, default target/bench),
-#            BENCH_KEEP (1 keeps data and logs): read by scripts/bench.py from the environment.
+#            BENCH_KEEP (1 keeps data and logs), BENCH_ONLY (b1, b2, b4, b7 or tls: one part),
+#            BENCH_TALLY (another tally binary to measure): read by scripts/bench.py from the environment.
 #            IMAGE (image name, default tally), COMPOSE (default `docker compose` when it
 #            works, else docker-compose), CLUSTER_PROJECT (compose project, default tally);
 #            docker/compose.yaml lists the cluster's settings (TALLY_NET, TALLY_PORT_1, ...).

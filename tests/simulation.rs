@@ -309,14 +309,16 @@ fn replica_counted_for_a_change_no_push_carried_seeds_20_21892() {
 }
 
 /// Regression: a consistent read on a node whose disk failed went by the
-/// config it held, not by the newer one a peer reported: `Node::call` cannot store
+/// config it held, not by the newer one a peer reported: the call (then `Node::call`,
+/// now `Messenger::call`) cannot store
 /// the newer config (storage refuses writes), only logs it, and the read
 /// extends only when the stored membership changes. Seed 265: n4 (disk
 /// failing) holds the first config {n2, n3, n4}; n3 answers with the next
 /// one naming all five, and the read answers 200 at 3.566 s without
 /// hearing from n1, cut off from it. Seed 293: n3 (disk full) answers 200
 /// at 10.637 s under the first config and misses increments n1 and n5
-/// acknowledged (src/node/mod.rs `Node::call`, src/node/read.rs). Many
+/// acknowledged (then src/node/mod.rs `Node::call` and src/node/read.rs; the read
+/// now goes by `ReadRound`'s view, src/node/read_round.rs). Many
 /// more seeds fail the same way (TESTING.md lists them).
 #[test]
 fn a_read_on_a_failing_disk_ignores_a_newer_config_seeds_265_293() {
@@ -392,7 +394,7 @@ fn conflicting_posts_lose_what_a_leaver_the_loser_re_added_acknowledged_seed_268
 /// Seed 3170 (the log engine): n3, cut off from 1.126 s to 3.843 s,
 /// acknowledges +2 of "b" at 1.441 s; its disk dies at 3.971 s and its
 /// folder is lost at 8.334 s; its peers' pulls in between all failed, and
-/// the converged value lacked the +2 (src/node/rpc.rs `on_pull` answers
+/// the converged value lacked the +2 (`on_pull`, now in src/replication/answer.rs, answers
 /// from memory while storage fails; src/storage/logged.rs serves a pull
 /// past the B-tree's head from the overlay alone).
 #[test]
