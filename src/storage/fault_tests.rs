@@ -120,7 +120,16 @@ async fn a_stalled_disk_costs_callers_one_deadline_and_shows_in_health() {
 
 #[tokio::test]
 async fn a_dead_writer_is_reported_not_hidden() {
-    let engine = Arc::new(memory::MemoryEngine::new());
+    a_dead_writer_is_reported(memory::MemoryEngine::new()).await;
+}
+
+#[tokio::test]
+async fn a_dead_writer_on_its_own_thread_is_reported_not_hidden() {
+    a_dead_writer_is_reported(memory::MemoryEngine::blocking()).await;
+}
+
+async fn a_dead_writer_is_reported(engine: memory::MemoryEngine) {
+    let engine = Arc::new(engine);
     engine.inject(memory::DiskFault::Panic);
     let s = Store::with_engine(engine, 1, StoreOptions::default(), StoreDeps::default())
         .unwrap()
@@ -133,6 +142,31 @@ async fn a_dead_writer_is_reported_not_hidden() {
         .await
         .expect("the store reports its writer's end");
     assert!(reason.contains("panicked"), "{reason}");
+}
+
+/// A disk engine's commits run on the writer's own thread, not on the
+/// runtime's blocking pool nor on one of its workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_engine_commits_on_the_writers_own_thread() {
+    let engine = Arc::new(memory::MemoryEngine::blocking());
+    let s = Store::with_engine(
+        engine.clone(),
+        1,
+        StoreOptions::default(),
+        StoreDeps::default(),
+    )
+    .unwrap()
+    .store;
+    for i in 1..=3 {
+        assert_eq!(s.increment(vec![("a".into(), 1)]).await.unwrap(), vec![i]);
+    }
+    let threads = engine.commit_threads();
+    assert_eq!(threads.len(), 3, "{threads:?}");
+    assert!(
+        threads.iter().all(|t| t.as_deref() == Some("tally-writer")),
+        "{threads:?}"
+    );
+    s.close().await;
 }
 
 #[tokio::test]

@@ -53,11 +53,32 @@ struct State {
 #[derive(Default)]
 pub struct MemoryEngine {
     state: Mutex<State>,
+    /// Says it blocks, as a disk engine does (its writer then runs on a
+    /// thread of its own), and notes which thread each commit ran on.
+    blocks: bool,
+    commit_threads: Mutex<Vec<Option<String>>>,
 }
 
 impl MemoryEngine {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An engine treated as a disk engine: see [`Engine::blocking`].
+    pub fn blocking() -> Self {
+        MemoryEngine {
+            blocks: true,
+            ..Self::default()
+        }
+    }
+
+    /// The names of the threads commits ran on, oldest first (only for an
+    /// engine made by [`MemoryEngine::blocking`]).
+    pub fn commit_threads(&self) -> Vec<Option<String>> {
+        self.commit_threads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Makes every later commit fail as on a full disk (true), or lets the
@@ -116,6 +137,14 @@ impl Engine for MemoryEngine {
     }
 
     fn commit(&self, batch: &Batch) -> Result<u64, StoreError> {
+        if self.blocks {
+            let thread = std::thread::current().name().map(str::to_string);
+            let mut threads = self
+                .commit_threads
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            threads.push(thread);
+        }
         let mut s = self.state();
         if s.poisoned {
             return Err(io(
@@ -218,7 +247,7 @@ impl Engine for MemoryEngine {
     }
 
     fn blocking(&self) -> bool {
-        false
+        self.blocks
     }
 
     fn ready_at(&self) -> Option<Instant> {

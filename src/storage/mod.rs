@@ -24,9 +24,9 @@
 //! writer, after it is durable, and published on a watch channel.
 //! Nodes store on disk through [`logged::LogEngine`]: a write-ahead log in
 //! front of the [`redb::RedbEngine`] B-tree (itself an [`Engine`] too, for
-//! tests), whose calls run on blocking threads. [`memory::MemoryEngine`] is
-//! called inline so simulations stay deterministic, with injectable disk
-//! faults.
+//! tests). The writer calls it from a thread of its own, other callers from
+//! blocking threads. [`memory::MemoryEngine`] is called inline so
+//! simulations stay deterministic, with injectable disk faults.
 //! Left out: compaction of the redb file and online backup.
 
 pub mod check;
@@ -233,7 +233,7 @@ impl Store {
         Self::with_engine(Arc::new(logged::LogEngine::open(dir)?), node, options, deps)
     }
 
-    /// Opens a store over any engine and starts its writer task (so it must
+    /// Opens a store over any engine and starts its writer (so it must
     /// be called inside a tokio runtime).
     pub fn with_engine(
         engine: Arc<dyn Engine>,

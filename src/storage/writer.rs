@@ -1,15 +1,16 @@
-//! The single owner of writes: a task that takes every queued operation,
+//! The single owner of writes: a loop that takes every queued operation,
 //! plans one batch from them, commits it once (group commit), then updates
 //! the in-memory state and answers every caller.
 //!
 //! When a commit fails, nothing of it is acknowledged or published and a
 //! failure episode starts: storage is reported unhealthy, operations that
-//! need a commit are refused at once (the caller answers 503), and the task
+//! need a commit are refused at once (the caller answers 503), and the writer
 //! reopens the database in the background with backoff (redb's remedy for
 //! an I/O error), reloads what the disk holds (a commit reported as failed
 //! may have reached the disk; reloading folds it in rather than counting on
 //! from a lower value), proves the disk takes writes with a probe commit,
-//! and resumes. If the task itself dies, the store says so through
+//! and resumes. For a disk engine the loop runs on a thread of its own (see
+//! [`spawn`]). If the writer itself dies, the store says so through
 //! `Store::stopped`, and the node exits rather than refusing writes forever.
 
 use std::sync::Arc;
@@ -47,6 +48,8 @@ pub(super) struct Writer {
     metrics: Metrics,
     clock: WallClock,
     episode: Option<Episode>,
+    /// On a thread of its own: engine calls run inline (see [`spawn`]).
+    inline: bool,
 }
 
 /// A failure in progress.
@@ -56,7 +59,7 @@ struct Episode {
     next_try: Instant,
 }
 
-/// How the writer task ended.
+/// How the writer ended.
 enum Finish {
     Closed(oneshot::Sender<()>),
     /// Every handle is gone.
@@ -64,20 +67,34 @@ enum Finish {
     Fatal(String),
 }
 
+/// What the writer's end looks like to the watcher: how it finished, or
+/// the payload of its panic.
+type Ended = std::thread::Result<Finish>;
+
 /// Starts the writer and a watcher that reports its unexpected end.
+///
+/// A disk engine's writer runs on a thread of its own and calls the engine
+/// directly: a commit costs no hop to a blocking pool and no wake-up of a
+/// runtime task, and nothing else waits behind an fsync. Engines that do
+/// not block (memory, simulated disk) keep the writer as a task on the
+/// caller's runtime, so that a simulation stays deterministic and paused
+/// time reaches it.
 pub(super) fn spawn(writer: Writer, rx: mpsc::Receiver<Op>) {
     let shared = writer.shared.clone();
-    let task = tokio::spawn(writer.run(rx));
+    let ended = if writer.inline {
+        on_thread(writer, rx)
+    } else {
+        on_task(writer, rx)
+    };
     tokio::spawn(async move {
-        let reason = match task.await {
-            Ok(Finish::Closed(reply)) => {
+        let reason = match ended.await {
+            Ok(Ok(Finish::Closed(reply))) => {
                 let _ = reply.send(());
                 return;
             }
-            Ok(Finish::Dropped) => return,
-            Ok(Finish::Fatal(reason)) => reason,
-            Err(e) if e.is_panic() => {
-                let payload = e.into_panic();
+            Ok(Ok(Finish::Dropped)) => return,
+            Ok(Ok(Finish::Fatal(reason))) => reason,
+            Ok(Err(payload)) => {
                 let message = payload
                     .downcast_ref::<&str>()
                     .map(|s| s.to_string())
@@ -93,6 +110,63 @@ pub(super) fn spawn(writer: Writer, rx: mpsc::Receiver<Op>) {
     });
 }
 
+fn on_task(writer: Writer, rx: mpsc::Receiver<Op>) -> oneshot::Receiver<Ended> {
+    let (tx, ended) = oneshot::channel();
+    let task = tokio::spawn(writer.run(rx));
+    tokio::spawn(async move {
+        match task.await {
+            Ok(finish) => drop(tx.send(Ok(finish))),
+            Err(e) if e.is_panic() => drop(tx.send(Err(e.into_panic()))),
+            // Cancelled: dropping `tx` tells the watcher.
+            Err(_) => {}
+        }
+    });
+    ended
+}
+
+/// Runs the writer on its own thread, under a runtime of its own that only
+/// keeps its timers (the backoff between recovery attempts).
+fn on_thread(writer: Writer, rx: mpsc::Receiver<Op>) -> oneshot::Receiver<Ended> {
+    let (tx, ended) = oneshot::channel();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build();
+    let runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            let _ = tx.send(Ok(Finish::Fatal(format!(
+                "could not start the storage writer's runtime: {e}"
+            ))));
+            return ended;
+        }
+    };
+    let (start_tx, start_rx) =
+        std::sync::mpsc::channel::<(Writer, mpsc::Receiver<Op>, oneshot::Sender<Ended>)>();
+    let spawned = std::thread::Builder::new()
+        .name("tally-writer".into())
+        .spawn(move || {
+            let Ok((writer, rx, tx)) = start_rx.recv() else {
+                return;
+            };
+            let run = std::panic::AssertUnwindSafe(|| runtime.block_on(Writer::run(writer, rx)));
+            let finish: Ended = std::panic::catch_unwind(run);
+            let _ = tx.send(finish);
+        });
+    match spawned {
+        Ok(_) => {
+            // Handed over only once the thread exists, so that a failed
+            // spawn still has the writer's parts to report with.
+            let _ = start_tx.send((writer, rx, tx));
+        }
+        Err(e) => {
+            let _ = tx.send(Ok(Finish::Fatal(format!(
+                "could not start the storage writer's thread: {e}"
+            ))));
+        }
+    }
+    ended
+}
+
 impl Writer {
     pub(super) fn new(
         engine: Arc<dyn Engine>,
@@ -104,7 +178,6 @@ impl Writer {
         publish: mpsc::UnboundedSender<Committed>,
     ) -> Self {
         Writer {
-            engine,
             identity,
             shared,
             keys: Keys::new(
@@ -120,7 +193,24 @@ impl Writer {
             metrics: deps.metrics,
             clock: deps.clock,
             episode: None,
+            inline: engine.blocking(),
+            engine,
         }
+    }
+
+    /// One engine call: inline on the writer's own thread, otherwise as
+    /// any other caller makes it.
+    async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Engine) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        if !self.inline {
+            return run_engine(&self.engine, f).await;
+        }
+        if let Some(at) = self.engine.ready_at() {
+            tokio::time::sleep_until(at).await;
+        }
+        f(&*self.engine)
     }
 
     async fn run(mut self, mut rx: mpsc::Receiver<Op>) -> Finish {
@@ -215,7 +305,7 @@ impl Writer {
         let batch = std::mem::take(&mut plan.batch);
         let started = Instant::now();
         self.shared.health.commit_started();
-        let result = run_engine(&self.engine, move |e| Ok((e.commit(&batch), batch))).await;
+        let result = self.call(move |e| Ok((e.commit(&batch), batch))).await;
         self.shared.health.commit_finished();
         self.metrics
             .commit_seconds
@@ -288,7 +378,7 @@ impl Writer {
             keys: self.keys.records(),
             head: self.shared.head.load(Ordering::Acquire),
         };
-        let head = run_engine(&self.engine, move |e| e.rebuild(&image)).await?;
+        let head = self.call(move |e| e.rebuild(&image)).await?;
         self.shared.head.store(head, Ordering::Release);
         Ok(())
     }
@@ -337,8 +427,8 @@ impl Writer {
     async fn reload(&mut self) -> Result<(), Reload> {
         let node = self.identity.node;
         let reopened = async {
-            run_engine(&self.engine, |e| e.reopen()).await?;
-            run_engine(&self.engine, move |e| e.load(node)).await
+            self.call(|e| e.reopen()).await?;
+            self.call(move |e| e.load(node)).await
         };
         let loaded = match reopened.await {
             Err(StoreError::Corrupt(why)) => {
@@ -348,7 +438,7 @@ impl Writer {
                 error!(damage = %why, "storage damage found while reopening; rebuilding from memory");
                 self.shared.health.damage_found(why);
                 self.rebuild().await?;
-                run_engine(&self.engine, move |e| e.load(node)).await?
+                self.call(move |e| e.load(node)).await?
             }
             other => other?,
         };
@@ -358,7 +448,7 @@ impl Writer {
                 loaded.incarnation, self.identity.incarnation
             )));
         }
-        let head = run_engine(&self.engine, |e| e.commit(&Batch::default())).await?;
+        let head = self.call(|e| e.commit(&Batch::default())).await?;
         let mut changed = Vec::new();
         {
             let mut memory = self
