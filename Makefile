@@ -19,6 +19,9 @@
 #   make demo          a three-node cluster on loopback
 #   make bench         measure tally beside Redis and a bare HTTP server (scripts/bench.py);
 #                      a few minutes; results in target/bench/results.json
+#   make bench-guard   the regression guard (part of make test): B1 beside Redis and B2/B3, short,
+#                      with the packaged binary; fails when a ratio falls below half of the value
+#                      recorded in scripts/bench-guard.json
 #   make bench-micro   criterion micro-benchmarks: CRDT merge, body parser, message codec
 #   make sweep         the deterministic simulation over many seeds (release build):
 #                      SEEDS=N seeds from FIRST=K (defaults 1000 from 1); a line per
@@ -70,7 +73,7 @@ EXE     := challenge/bin/challenge-executable
 # of the same commit are byte-identical.
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 
-.PHONY: all deps package static-check package-test lint test cargo-test demo bench bench-micro soak man clean sweep \
+.PHONY: all deps package static-check package-test lint test cargo-test demo bench bench-guard bench-micro soak man clean sweep \
 	image image-test cluster cluster-tls cluster-down
 
 all: package
@@ -179,6 +182,7 @@ test:
 	$(MAKE) --no-print-directory cargo-test
 	$(MAKE) --no-print-directory package-test
 	$(MAKE) --no-print-directory image-test
+	$(MAKE) --no-print-directory bench-guard
 
 demo:
 	$(CARGO) run $(CARGO_LOCKED) --release --bin tally -- demo $(DEMO_ARGS)
@@ -196,6 +200,12 @@ FIRST ?= 1
 sweep:
 	TALLY_SIM_SEEDS=$(SEEDS) TALLY_SIM_FIRST=$(FIRST) TALLY_SIM_FRESH=0 \
 	  $(CARGO) test $(CARGO_LOCKED) --release --test simulation random_faults -- --nocapture
+
+# Rough: ratios of one short round, so only a 2x regression fails it. The
+# recorded values are this guard's own output on the reference machine (see
+# BENCHMARKS.md); raise them when a change makes tally faster.
+bench-guard: package
+	BENCH_TALLY="$(BIN)" $(PYTHON) scripts/bench.py --guard scripts/bench-guard.json
 
 # Criterion micro-benchmarks (a package of their own: `cargo test` never builds criterion).
 bench-micro:

@@ -7,6 +7,12 @@ only; the load generators are wrk (HTTP) and redis-benchmark (Redis).
 
   scripts/bench.py            3 rounds x 10 s per workload, 100 000 names for B4-B6
   scripts/bench.py --smoke    1 round x 1 s and small sizes: checks the harness
+  scripts/bench.py --guard FILE
+                              the regression guard (`make bench-guard`, part of
+                              `make test`): B1 beside Redis `always` and B2/B3,
+                              1 round x 3 s, without the HTTP ceiling; exits 1
+                              when a ratio of FILE's falls below half its
+                              recorded value, or could not be measured
 
 Environment (overrides the defaults above, also under --smoke):
   BENCH_ROUNDS     rounds per workload (median reported)
@@ -67,6 +73,9 @@ FULL_NAMES = 1_000_000
 HOST = "127.0.0.1"
 APT_TIMEOUT = 600  # seconds for one apt-get step
 LOADAVG_AT_START = 0.0
+# Under --guard: only what the guard's ratios need (no HTTP ceiling, no
+# Redis everysec), so it runs with just the binary `make package` builds.
+GUARD = False
 
 
 class BenchError(Exception):
@@ -158,7 +167,7 @@ def ensure_tools() -> None:
             "redis-server and redis-tools (apt-get install -y wrk redis-server "
             "redis-tools), or run as root to have them installed"
         )
-    for binary in (TALLY, CEILING):
+    for binary in (TALLY,) if GUARD else (TALLY, CEILING):
         if not binary.is_file():
             raise BenchError(
                 f"{binary} is missing: run `make bench`, or `cargo build --release "
@@ -777,11 +786,13 @@ def b1_single_node(run: Run) -> dict:
     always, everysec = Redis(run, "always"), Redis(run, "everysec")
     (ceiling_port,) = free_ports(1)
     ceiling = Proc("http_ceiling", [str(CEILING), f"{HOST}:{ceiling_port}"], run.tmp / "ceiling.log")
-    for p in (always, everysec, ceiling):
+    anchors = [always] if GUARD else [always, everysec, ceiling]
+    for p in anchors:
         p.start()
     always.wait_serving()
-    everysec.wait_serving()
-    wait_until("http_ceiling to answer", 20, lambda: http_once(ceiling_port, "GET", "/counter/x/value")[0])
+    if not GUARD:
+        everysec.wait_serving()
+        wait_until("http_ceiling to answer", 20, lambda: http_once(ceiling_port, "GET", "/counter/x/value")[0])
     run.commands["b1"] = {
         "wrk": "wrk -t2 -c64 (-t1 -c1) -d{s}s --latency -s increment.lua: POST /counter/n<i> body 1, "
         "i cycling over 1000 names".format(s=secs),
@@ -796,6 +807,8 @@ def b1_single_node(run: Run) -> dict:
         ("tally1", lambda: run.increment(node.port, 1, secs)),
         ("redis_always1", lambda: always.bench(1, secs)),
     ]
+    if GUARD:
+        systems = [(name, measure) for name, measure in systems if not name.startswith(("redis_everysec", "ceiling"))]
     raw = []
     try:
         for r in run.rounds("B1"):
@@ -806,7 +819,7 @@ def b1_single_node(run: Run) -> dict:
         batch_sum = metric_sum(node.port, "tally_storage_commit_batch_size_sum")
         batch_count = metric_sum(node.port, "tally_storage_commit_batch_size_count")
     finally:
-        for p in (node, always, everysec, ceiling):
+        for p in (node, *anchors):
             p.stop()
     out = summarize(raw)
     if batch_sum and batch_count:
@@ -1286,12 +1299,83 @@ def cleanup(tmp: Path, keep_logs: bool) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+# ---------------------------------------------------------------------------
+# The regression guard: ratios measured side by side, each against a value
+# recorded in a file; only a fall below half of it fails (the ratios are
+# noisy, the guard only has to catch a 2x regression).
+
+GUARD_RATIOS = {
+    # name: (figure, anchor), both keys of the B1 or B2/B3 medians
+    "b1_64_vs_redis_always_64": ("tally64_rps", "redis_always64_rps"),
+    "b1_1_vs_redis_always_1": ("tally1_rps", "redis_always1_rps"),
+    "b2_vs_b1_64": ("b2_rps", "tally64_rps"),
+    "b3_idle_vs_b1_64": ("b3_idle_rps", "tally64_rps"),
+    "b3_paced_vs_b3_idle": ("b3_paced_rps", "b3_idle_rps"),
+}
+
+
+def guard_ratios(res: dict) -> dict:
+    medians = {**res.get("b1", {}).get("median", {}), **res.get("b2", {}).get("median", {})}
+    out = {}
+    for name, (figure, anchor) in GUARD_RATIOS.items():
+        value, base = medians.get(figure), medians.get(anchor)
+        out[name] = value / base if value and base else None
+    return out
+
+
+def guard_verdict(measured: dict, recorded: dict) -> list[str]:
+    """What fails the guard: a recorded ratio measured below half its value,
+    or not measured at all; an empty list passes."""
+    failures = []
+    for name, value in recorded.items():
+        got = measured.get(name)
+        if got is None:
+            failures.append(f"{name}: not measured (recorded {value:.2f})")
+        elif got < value / 2:
+            failures.append(f"{name}: {got:.2f}, below half of the recorded {value:.2f}")
+    return failures
+
+
+def run_guard(res: dict, path: Path) -> int:
+    recorded = json.loads(path.read_text())["ratios"]
+    unknown = sorted(set(recorded) - set(GUARD_RATIOS))
+    if unknown:
+        log(f"FAILED: {path} records ratios this script does not measure: {', '.join(unknown)}")
+        return 1
+    measured = guard_ratios(res)
+    print(f"\nregression guard against {path} (fails below half of a recorded ratio):")
+    for name, value in recorded.items():
+        got = measured.get(name)
+        shown = f"{got:.2f}" if got is not None else "-"
+        verdict = "ok" if got is not None and got >= value / 2 else "FAIL"
+        print(f"  {name:<28} measured {shown:>6}  recorded {value:.2f}  floor {value / 2:.2f}  {verdict}")
+    failures = guard_verdict(measured, recorded)
+    for f in failures:
+        log(f"regression: {f}")
+    if failures:
+        log(f"FAILED: {len(failures)} ratio(s) fell below half their recorded value")
+        return 1
+    log("regression guard passed")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--smoke", action="store_true", help="1 round x 1 s and small sizes")
+    parser.add_argument("--guard", type=Path, metavar="FILE",
+                        help="regression guard: B1 and B2/B3 only, ratios checked against FILE")
     args = parser.parse_args()
+    if args.guard:
+        global GUARD
+        GUARD = True
+        if not args.guard.is_file():
+            log(f"FAILED: {args.guard}: no such file")
+            return 1
+        os.environ.setdefault("BENCH_ROUNDS", "1")
+        os.environ.setdefault("BENCH_SECONDS", "3")
+        os.environ["BENCH_ONLY"] = "guard"
 
     def on_signal(signum, _frame):
         raise KeyboardInterrupt(f"signal {signum}")
@@ -1316,9 +1400,9 @@ def main() -> int:
     try:
         res = run.results
         only = os.environ.get("BENCH_ONLY", "").strip()
-        if only not in ("", "b1", "b2", "b4", "b7", "tls"):
+        if only not in ("", "b1", "b2", "b4", "b7", "tls", "guard"):
             raise BenchError(f"BENCH_ONLY={only}: known parts are b1, b2, b4, b7 and tls")
-        wanted = lambda part: not only or part == only  # noqa: E731
+        wanted = lambda part: not only or part == only or (only == "guard" and part in ("b1", "b2"))  # noqa: E731
         if wanted("b1"):
             res["b1"] = b1_single_node(run)
         if wanted("b2"):
@@ -1358,8 +1442,9 @@ def main() -> int:
         "table": [{**r.__dict__, "ratio": r.ratio} for r in table],
         "elapsed_seconds": time.monotonic() - started,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    results = RESULTS.with_name("guard.json") if args.guard else RESULTS
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps(report, indent=2) + "\n")
     m = report["machine"]
     print(f"\n{m['tally_version']} at {m['git_commit'][:12]}; {m['cpu']}, {m['nproc']} cpus, "
           f"Linux {m['kernel']}, data on {m['data_filesystem']} ({m['data_device']}); "
@@ -1369,7 +1454,9 @@ def main() -> int:
     for key, command in run.commands.items():
         for name, text in (command.items() if isinstance(command, dict) else [("", command)]):
             print(f"  {key} {name}: {text}".replace("  :", ":").replace(" :", ":"))
-    print(f"\nraw rounds: {RESULTS.relative_to(ROOT)}")
+    print(f"\nraw rounds: {results.relative_to(ROOT)}")
+    if args.guard:
+        return run_guard(res, args.guard)
     return 0
 
 

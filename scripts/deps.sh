@@ -22,6 +22,8 @@
 #                       library), binutils (`readelf`), file, curl
 #   image-test          a running Docker and a compose tool (Debian's
 #                       docker.io and docker-compose when missing)
+#   bench-guard         wrk, redis-server and redis-tools (Redis is the
+#                       anchor the guard's B1 ratios are measured against)
 set -euo pipefail
 
 check_only=0
@@ -83,6 +85,10 @@ if ! have chromium && ! have chromium-browser && ! have google-chrome && [[ -z "
 fi
 need file /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf fonts-dejavu-core \
     "the console's screenshot shows boxes for text"
+guard_why="the regression guard (make bench-guard) fails"
+need cmd wrk wrk "$guard_why"
+need cmd redis-server redis-server "$guard_why"
+need cmd redis-benchmark redis-tools "$guard_why"
 container_why="the container test (make image-test) fails (TALLY_CONTAINER_SKIP=1 skips it, and says so)"
 need cmd docker docker.io "$container_why"
 if ! { have docker && docker compose version >/dev/null 2>&1; } && ! have docker-compose; then
