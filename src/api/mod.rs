@@ -99,18 +99,20 @@ pub fn router(node: Arc<Node>, access: Arc<Access>) -> Router {
     } else {
         routes
     };
+    // One layer, not two: each `from_fn` layer costs every request a boxed
+    // service and a boxed future.
     routes
-        .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn_with_state(node.clone(), observe))
         .with_state(ApiState { node, access })
 }
 
-/// Counts every request by method, route and status, and times it.
+/// Every response's last step: errors as JSON (see [`json_errors`]), then
+/// counted by method, route and status, and timed.
 async fn observe(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
     let route = Route::of(req.uri().path()).template();
     let method = crate::metrics::method_label(req.method().as_str());
     let started = tokio::time::Instant::now();
-    let resp = next.run(req).await;
+    let resp = json_errors(next.run(req).await).await;
     let m = node.metrics();
     m.requests
         .get_or_create(&RouteStatus {
@@ -127,8 +129,8 @@ async fn observe(State(node): State<Arc<Node>>, req: Request, next: Next) -> Res
 
 /// Rewrites any error response that is not already JSON (axum's own
 /// rejections, 404s, 405s) into `{"error": "..."}`.
-async fn json_errors(req: Request, next: Next) -> Response {
-    let mut resp = json_error_body(next.run(req).await).await;
+async fn json_errors(resp: Response) -> Response {
+    let mut resp = json_error_body(resp).await;
     // A refused credential ends the connection: a client without one
     // cannot keep its connection, and its place in the budget, open.
     if matches!(
