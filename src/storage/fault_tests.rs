@@ -23,6 +23,13 @@ fn faulty() -> (Store, Arc<memory::MemoryEngine>) {
     (store, engine)
 }
 
+/// A store over `engine` with the default options.
+fn open(engine: Arc<dyn Engine>) -> Store {
+    Store::with_engine(engine, 1, StoreOptions::default(), StoreDeps::default())
+        .unwrap()
+        .store
+}
+
 /// Waits (in paused time) until storage reports itself healthy.
 async fn healed(s: &Store) -> bool {
     for _ in 0..100 {
@@ -131,9 +138,7 @@ async fn a_dead_writer_on_its_own_thread_is_reported_not_hidden() {
 async fn a_dead_writer_is_reported(engine: memory::MemoryEngine) {
     let engine = Arc::new(engine);
     engine.inject(memory::DiskFault::Panic);
-    let s = Store::with_engine(engine, 1, StoreOptions::default(), StoreDeps::default())
-        .unwrap()
-        .store;
+    let s = open(engine);
     assert!(matches!(
         s.increment(vec![("a".into(), 1)]).await,
         Err(StoreError::Closed)
@@ -149,14 +154,7 @@ async fn a_dead_writer_is_reported(engine: memory::MemoryEngine) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocking_engine_commits_on_the_writers_own_thread() {
     let engine = Arc::new(memory::MemoryEngine::blocking());
-    let s = Store::with_engine(
-        engine.clone(),
-        1,
-        StoreOptions::default(),
-        StoreDeps::default(),
-    )
-    .unwrap()
-    .store;
+    let s = open(engine.clone());
     for i in 1..=3 {
         assert_eq!(s.increment(vec![("a".into(), 1)]).await.unwrap(), vec![i]);
     }
@@ -173,14 +171,7 @@ async fn a_blocking_engine_commits_on_the_writers_own_thread() {
 async fn a_disk_store_reopens_with_everything_it_held() {
     let dir = temp_dir("reopen-engine");
     let engine = Arc::new(redb::RedbEngine::open(&dir).unwrap());
-    let s = Store::with_engine(
-        engine.clone(),
-        1,
-        StoreOptions::default(),
-        StoreDeps::default(),
-    )
-    .unwrap()
-    .store;
+    let s = open(engine.clone());
     s.increment(vec![("a".into(), 3)]).await.unwrap();
     engine.reopen().unwrap();
     assert_eq!(engine.load(1).unwrap().counters["a"].value(), 3);

@@ -781,6 +781,56 @@ mod tests {
         assert_eq!(engine.tree.log_lsn().unwrap(), 3, "the checkpoint ran");
     }
 
+    /// A data folder a newer tally wrote (a log block of a newer format) is
+    /// refused even though the node salvages damage by default: salvaging
+    /// would drop what the newer version wrote. Nothing in it changes.
+    #[test]
+    fn a_folder_of_a_newer_format_is_refused_not_salvaged() {
+        let dir = temp_dir();
+        let engine = LogEngine::open(&dir).unwrap();
+        engine.load(1).unwrap();
+        for name in ["a", "b", "c"] {
+            engine.commit(&one(name, 1)).unwrap();
+        }
+        drop(engine);
+        let segment = std::fs::read_dir(log_dir(&dir))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|x| x == "wal"))
+            .expect("a log segment");
+        let mut data = std::fs::read(&segment).unwrap();
+        journal::reframe(&mut data, 1, 3);
+        std::fs::write(&segment, &data).unwrap();
+        let before = files(&dir);
+        let err = LogEngine::open(&dir)
+            .and_then(|e| e.load(1))
+            .err()
+            .expect("refused");
+        assert!(matches!(err, StoreError::NewerFormat { .. }), "{err}");
+        assert!(err.to_string().contains("log format 3"), "{err}");
+        assert_eq!(files(&dir), before, "no file added or set aside");
+        assert!(
+            std::fs::read(&segment).unwrap() == data,
+            "the log is untouched"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The paths of every file below `dir`, sorted.
+    fn files(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                out.extend(files(&path));
+            } else {
+                out.push(path);
+            }
+        }
+        out.sort();
+        out
+    }
+
     /// A crash after a checkpoint committed but before it deleted the log
     /// it covered: the old records are in the B-tree already and must not
     /// be given new sequence numbers again.
