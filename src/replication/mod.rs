@@ -11,7 +11,7 @@
 //! before the increments are acknowledged, and fanned out to the peers by a
 //! dispatcher task), and sends their counters in one batch with one call at
 //! a time, so a paused peer holds at most one call and one timeout. Pushes
-//! to one peer start at most every [`PUSH_INTERVAL`], so that under a
+//! to one peer start at most every `PUSH_INTERVAL` (5 ms), so that under a
 //! steady write load each carries many commits' names.
 //!
 //! The *pull* task asks the peer, every sync interval, for the names it
