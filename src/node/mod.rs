@@ -448,4 +448,98 @@ mod tests {
         assert_eq!(node.store.value("a"), 1, "and change nothing");
         node.shutdown().await;
     }
+
+    /// A peer that takes every push at once and records the names of each;
+    /// its pull pages are empty.
+    #[derive(Default)]
+    struct Recorder {
+        pushes: Mutex<Vec<Vec<String>>>,
+    }
+
+    impl Transport for Recorder {
+        fn call(&self, _: &Actor, env: &RequestEnvelope, _: Duration) -> CallFuture {
+            use crate::proto::{PROTOCOL_VERSION, Request, Response, ResponseEnvelope};
+            let resp = match &env.req {
+                Request::Push { counters } => {
+                    let names = counters.iter().map(|c| c.name.clone()).collect();
+                    self.pushes.lock().unwrap().push(names);
+                    Response::Ack
+                }
+                Request::Pull { since, .. } => Response::Changes {
+                    counters: Vec::new(),
+                    next: *since,
+                    head: *since,
+                    more: false,
+                },
+                _ => return Box::pin(async { Err(CallError::Unreachable("not here".into())) }),
+            };
+            let from = crate::crdt::ReplicaId {
+                node: 2,
+                incarnation: 1,
+            };
+            Box::pin(async move {
+                Ok(ResponseEnvelope {
+                    v: PROTOCOL_VERSION,
+                    from,
+                    membership: None,
+                    resp,
+                })
+            })
+        }
+    }
+
+    /// Under a steady write load, one push carries several commits: 100
+    /// increments 1 ms apart (the timer's resolution) reach the peer in
+    /// about one push per push interval, not one per increment, and every
+    /// name arrives.
+    #[tokio::test(start_paused = true)]
+    async fn pushes_under_steady_writes_carry_many_commits() {
+        let peer = Arc::new(Recorder::default());
+        let settings = Settings::new(1, "127.0.0.1:7777".parse().unwrap(), "unused".into());
+        let deps = Deps::new(peer.clone()).with_engine(Arc::new(MemoryEngine::new()));
+        let node = Node::start(settings, deps).unwrap();
+        let actors = vec![
+            Actor::parse("127.0.0.1:7777").unwrap(),
+            Actor::parse("10.9.9.2:7777").unwrap(),
+        ];
+        node.store
+            .update_membership(move |m| m.post(actors, 1))
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while node.me().is_none() {
+            assert!(Instant::now() < deadline, "the node never found itself");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let started = Instant::now();
+        for i in 0..100 {
+            node.increment(vec![(format!("n{i}"), 1)], None, None)
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let writing = started.elapsed();
+        let pushed = |peer: &Recorder| {
+            let pushes = peer.pushes.lock().unwrap();
+            let names: std::collections::BTreeSet<String> =
+                pushes.iter().flatten().cloned().collect();
+            (pushes.len(), names.len())
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while pushed(&peer).1 < 100 {
+            assert!(Instant::now() < deadline, "pushed {:?}", pushed(&peer));
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let (pushes, names) = pushed(&peer);
+        assert_eq!(names, 100);
+        // One push per 5 ms interval of writing, the first at once, and the
+        // last after the writes.
+        let most = writing.as_millis() as usize / 5 + 2;
+        assert!(most < 50, "{writing:?} of writing is not a steady load");
+        assert!(
+            pushes <= most,
+            "{pushes} pushes for 100 increments in {writing:?}"
+        );
+        node.shutdown().await;
+    }
 }
