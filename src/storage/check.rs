@@ -136,7 +136,15 @@ fn tree_summary(dir: &Path) -> Result<Option<(TreeSummary, bool, Vec<Salvage>)>,
             )),
             e => e,
         })?;
-        let (node, incarnation, names, expected, salvaged) = tree.summary()?;
+        let (node, incarnation, names, expected, salvaged) =
+            tree.summary().map_err(|e| match e {
+                StoreError::NewerFormat { found, reads, .. } => StoreError::NewerFormat {
+                    file: file.clone(),
+                    found,
+                    reads,
+                },
+                e => e,
+            })?;
         Ok(Some((
             TreeSummary {
                 node,

@@ -39,14 +39,15 @@ pub enum StoreError {
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     /// A log block whose checksum holds but whose format is newer than
-    /// this binary's: a newer tally wrote the folder. Refused whatever
-    /// `--on-damage` says, since salvaging would drop what it wrote.
+    /// this binary's, or a B-tree that records such a log: a newer tally
+    /// wrote the folder. Refused whatever `--on-damage` says, since
+    /// salvaging would drop what it wrote.
     #[error(
         "{}: written in log format {found} by a newer tally; this one reads format {reads}, so it \
          refuses the data folder and changes nothing in it (run the newer version)",
         file.display()
     )]
-    NewerFormat { file: PathBuf, found: u8, reads: u8 },
+    NewerFormat { file: PathBuf, found: u64, reads: u64 },
     /// Damage found when opening, with the node set to refuse rather than
     /// salvage (`--on-damage refuse`); nothing was changed.
     #[error("{0}")]

@@ -689,8 +689,8 @@ pub fn replay(
         if let Some(newer) = newer_format(&data).filter(|_| !seg.legacy) {
             return Err(StoreError::NewerFormat {
                 file: disk.display(&seg.path),
-                found: newer,
-                reads: FORMAT,
+                found: newer.into(),
+                reads: FORMAT.into(),
             });
         }
         out.read.push(seg.path.clone());
@@ -1146,7 +1146,7 @@ mod tests {
             .expect("refused");
         assert!(
             matches!(err, StoreError::NewerFormat { found, reads, .. }
-                if found == FORMAT + 1 && reads == FORMAT),
+                if found == u64::from(FORMAT) + 1 && reads == u64::from(FORMAT)),
             "{err}"
         );
         assert!(err.to_string().contains("newer tally"), "{err}");

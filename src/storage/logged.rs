@@ -725,6 +725,7 @@ mod tests {
 
     use super::*;
     use crate::crdt::{GCounter, ReplicaId};
+    use crate::storage::redb::WAL_FORMAT;
     use crate::storage::simdisk::{SimDisk, SimFault};
 
     fn temp_dir() -> PathBuf {
@@ -815,6 +816,48 @@ mod tests {
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    /// The same when the B-tree records a log of a newer format: this
+    /// binary would not replay that log, so it must not start on it either.
+    /// Nothing in the folder changes, and the newer version finds it whole.
+    #[test]
+    fn a_folder_whose_tree_records_a_newer_log_is_refused() {
+        let dir = temp_dir();
+        let engine = LogEngine::open(&dir).unwrap();
+        engine.load(1).unwrap();
+        for name in ["a", "b", "c"] {
+            engine.commit(&one(name, 1)).unwrap();
+        }
+        engine.tree.set_log_format(WAL_FORMAT_NEWER).unwrap();
+        drop(engine);
+        let before = files(&dir);
+        let err = LogEngine::open(&dir)
+            .and_then(|e| e.load(1))
+            .err()
+            .expect("refused");
+        assert!(
+            matches!(err, StoreError::NewerFormat { found: WAL_FORMAT_NEWER, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("newer tally"), "{err}");
+        assert_eq!(files(&dir), before, "no file added or set aside");
+        // `tally check` says the same of it.
+        let checked = crate::storage::check::check(&dir).err().expect("refused");
+        assert!(
+            matches!(&checked, StoreError::NewerFormat { file, .. } if file.starts_with(&dir)),
+            "{checked}"
+        );
+        // Nothing was lost: as the newer format's reader, the counts are there.
+        let engine = LogEngine::open(&dir).unwrap();
+        engine.tree.set_log_format(WAL_FORMAT).unwrap();
+        let loaded = engine.load(1).unwrap();
+        assert_eq!(loaded.counters.len(), 3, "{:?}", loaded.counters);
+        drop(engine);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The `wal` format after this binary's.
+    const WAL_FORMAT_NEWER: u64 = WAL_FORMAT + 1;
 
     /// The paths of every file below `dir`, sorted.
     fn files(dir: &Path) -> Vec<PathBuf> {

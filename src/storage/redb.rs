@@ -49,7 +49,7 @@ const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency_key
 /// The B-tree's file in the data folder.
 pub const DB_FILE: &str = "tally.redb";
 /// The log format whose presence the B-tree records under `wal`.
-const WAL_FORMAT: u64 = 2;
+pub(super) const WAL_FORMAT: u64 = 2;
 /// Salvage events kept in the folder (the oldest are forgotten).
 const MAX_SALVAGE_EVENTS: usize = 16;
 /// redb's page cache. Every counter is also held in the store's memory, so
@@ -218,6 +218,16 @@ impl RedbEngine {
             txn.open_table(BY_SEQ).map_err(engine)?;
             txn.open_table(MARKS).map_err(engine)?;
             txn.open_table(KEYS).map_err(engine)?;
+            // A newer tally's folder is refused before anything is written:
+            // this binary would not read the log it records.
+            let wal = read_u64(&meta, "wal")?;
+            if wal > WAL_FORMAT {
+                return Err(StoreError::NewerFormat {
+                    file: self.file.clone(),
+                    found: wal,
+                    reads: WAL_FORMAT,
+                });
+            }
             let found = read_u64(&meta, "node_id")?;
             if found != 0 && found != node {
                 return Err(StoreError::WrongNode {
@@ -657,6 +667,13 @@ impl RedbEngine {
                 Err(redb::TableError::TableDoesNotExist(_)) => 0,
                 Err(e) => return Err(engine(e)),
             };
+            if wal > WAL_FORMAT {
+                return Err(StoreError::NewerFormat {
+                    file: self.file.clone(),
+                    found: wal,
+                    reads: WAL_FORMAT,
+                });
+            }
             Ok((node, incarnation, names, wal == WAL_FORMAT, salvaged))
         };
         self.located(read())
@@ -666,6 +683,13 @@ impl RedbEngine {
     /// (false for a new folder, or one from before that format).
     pub fn log_expected(&self) -> Result<bool, StoreError> {
         Ok(self.meta_u64("wal")? == WAL_FORMAT)
+    }
+
+    /// Records `wal` as a tally of another log format would have.
+    #[cfg(test)]
+    pub fn set_log_format(&self, format: u64) -> Result<(), StoreError> {
+        let write = self.write(|t| t.put_u64("wal", format));
+        self.located(write)
     }
 
     /// Records that the log in the current format exists (once it does).
