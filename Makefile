@@ -22,6 +22,9 @@
 #   make bench-guard   the regression guard (part of make test): B1 beside Redis and B2/B3, short,
 #                      with the packaged binary; fails when a ratio falls below half of the value
 #                      recorded in scripts/bench-guard.json
+#   make upgrade-from  the older tally the rolling-upgrade test starts from (part of make test):
+#                      built once from the commit scripts/upgrade-from.sh names, cached outside
+#                      the clone (~/.cache/tally/upgrade-from/<commit>/tally)
 #   make bench-micro   criterion micro-benchmarks: CRDT merge, body parser, message codec
 #   make sweep         the deterministic simulation over many seeds (release build):
 #                      SEEDS=N seeds from FIRST=K (defaults 1000 from 1); a line per
@@ -73,7 +76,7 @@ EXE     := challenge/bin/challenge-executable
 # of the same commit are byte-identical.
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 
-.PHONY: all deps package static-check package-test lint test cargo-test demo bench bench-guard bench-micro soak man clean sweep \
+.PHONY: all deps package static-check package-test lint test cargo-test demo bench bench-guard bench-micro soak man clean sweep upgrade-from \
 	image image-test cluster cluster-tls cluster-down
 
 all: package
@@ -171,6 +174,11 @@ lint:
 cargo-test:
 	$(CARGO) test $(CARGO_LOCKED) --no-fail-fast $(CARGO_TEST_ARGS)
 
+# The older binary of the rolling-upgrade test (tests/chaos.rs), built here
+# so that its one build shows in the log rather than inside a test.
+upgrade-from:
+	@echo "upgrade-from: $$(bash scripts/upgrade-from.sh)"
+
 # What the tests need from the system (scripts/deps.sh says what it does).
 deps:
 	bash scripts/deps.sh $(DEPS_ARGS)
@@ -179,6 +187,7 @@ deps:
 test:
 	$(MAKE) --no-print-directory deps
 	$(MAKE) --no-print-directory lint
+	$(MAKE) --no-print-directory upgrade-from
 	$(MAKE) --no-print-directory cargo-test
 	$(MAKE) --no-print-directory package-test
 	$(MAKE) --no-print-directory image-test

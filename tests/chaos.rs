@@ -42,6 +42,17 @@ fn chaos_min_replicas_wipes() {
     run::chaos(run::Profile::Replicas);
 }
 
+/// A rolling upgrade under the workload and plain faults: 3 nodes started
+/// from the tally that `scripts/upgrade-from.sh` names (built once and
+/// cached), upgraded one by one to this build, one rolled back to the older
+/// binary on the folder the newer one wrote, then upgraded again. Every
+/// guarantee is checked throughout, with each node's stop and start as its
+/// fault. `TALLY_UPGRADE_FROM` names another older binary.
+#[test]
+fn chaos_rolling_upgrade() {
+    run::chaos(run::Profile::Upgrade);
+}
+
 /// The membership change that used to lose increments a removed node had
 /// acknowledged alone, replayed step by step (see `chaos/scenario.rs`).
 #[test]

@@ -47,7 +47,11 @@ pub enum StoreError {
          refuses the data folder and changes nothing in it (run the newer version)",
         file.display()
     )]
-    NewerFormat { file: PathBuf, found: u64, reads: u64 },
+    NewerFormat {
+        file: PathBuf,
+        found: u64,
+        reads: u64,
+    },
     /// Damage found when opening, with the node set to refuse rather than
     /// salvage (`--on-damage refuse`); nothing was changed.
     #[error("{0}")]

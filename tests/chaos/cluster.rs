@@ -5,12 +5,15 @@
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use super::eintr;
 use super::net::sh;
 
 pub struct Nodes {
-    pub bin: PathBuf,
+    /// The binary each node is started from, index 0 = node 1 (the
+    /// rolling-upgrade run changes them one by one).
+    bins: Vec<PathBuf>,
     pub work: PathBuf,
     /// Where each node's log goes (outside `work`, so a full working
     /// folder does not take the logs with it).
@@ -27,7 +30,7 @@ impl Nodes {
     pub fn new(bin: PathBuf, work: PathBuf, logs: PathBuf, namespaces: Vec<String>) -> Self {
         let children = namespaces.iter().map(|_| None).collect();
         Nodes {
-            bin,
+            bins: namespaces.iter().map(|_| bin.clone()).collect(),
             work,
             logs,
             env: Vec::new(),
@@ -58,7 +61,7 @@ impl Nodes {
             .map_err(|e| format!("cannot clone node {id}'s log: {e}"))?;
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.namespaces[id - 1]])
-            .arg(&self.bin)
+            .arg(&self.bins[id - 1])
             .arg(id.to_string())
             .args(["--listen", "0.0.0.0:7777"])
             .current_dir(&self.work)
@@ -81,6 +84,16 @@ impl Nodes {
         self.children[id - 1] = Some(child);
         self.spawns += 1;
         Ok(())
+    }
+
+    /// The binary node `id` is started from.
+    pub fn binary(&self, id: usize) -> &Path {
+        &self.bins[id - 1]
+    }
+
+    /// Starts node `id` from `bin` from its next start on.
+    pub fn set_binary(&mut self, id: usize, bin: PathBuf) {
+        self.bins[id - 1] = bin;
     }
 
     pub fn pid(&self, id: usize) -> Option<u32> {
@@ -111,6 +124,36 @@ impl Nodes {
         let _ = sh("kill", &["-KILL", &child.id().to_string()]);
         eintr::wait(&mut child).map_err(|e| format!("cannot reap node {id}: {e}"))?;
         Ok(())
+    }
+
+    /// SIGTERM, as an operator stops a node, and reap it. A node that has
+    /// not exited within `bound` is killed, and that is the error.
+    pub fn stop(&mut self, id: usize, bound: Duration) -> Result<(), String> {
+        let mut child = self.children[id - 1]
+            .take()
+            .ok_or_else(|| format!("node {id} is not running"))?;
+        let pid = child.id().to_string();
+        let _ = sh("kill", &["-CONT", &pid]);
+        sh("kill", &["-TERM", &pid])?;
+        let deadline = Instant::now() + bound;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) if status.success() => return Ok(()),
+                Ok(Some(status)) => {
+                    return Err(format!("node {id} exited with {status} on SIGTERM"));
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                _ => {
+                    let _ = sh("kill", &["-KILL", &pid]);
+                    let _ = eintr::wait(&mut child);
+                    return Err(format!(
+                        "node {id} did not exit within {bound:?} of SIGTERM (killed)"
+                    ));
+                }
+            }
+        }
     }
 
     /// Whether node `id` has exited on its own; returns its status if so.

@@ -2,8 +2,9 @@
 //! and the fault schedule side by side, heals, measures recovery, and hands
 //! the history to the checker.
 
+use std::collections::VecDeque;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -60,6 +61,11 @@ pub enum Profile {
     /// on (one of them right after the node was cut off), and no excuse for
     /// anything a wipe takes.
     Replicas,
+    /// `chaos_rolling_upgrade`: 3 nodes started from an older tally (see
+    /// `upgrade_from`), upgraded one by one to this build under the
+    /// workload and plain faults, one rolled back to the older binary and
+    /// upgraded again; the strict checker.
+    Upgrade,
 }
 
 impl Profile {
@@ -67,6 +73,7 @@ impl Profile {
         match self {
             Profile::Default => "chaos_real_network",
             Profile::Replicas => "chaos_min_replicas_wipes",
+            Profile::Upgrade => "chaos_rolling_upgrade",
         }
     }
 }
@@ -125,6 +132,7 @@ impl Params {
         let (default_nodes, default_secs) = match profile {
             Profile::Default => (5, 60),
             Profile::Replicas => (3, 30),
+            Profile::Upgrade => (3, 60),
         };
         let nodes = match std::env::var("TALLY_CHAOS_NODES") {
             Ok(raw) => raw
@@ -173,6 +181,17 @@ impl Params {
                     min_replicas: 1,
                 }
             }
+            Profile::Upgrade => Params {
+                profile,
+                seed,
+                nodes,
+                secs,
+                ci: env_flag("CI"),
+                wipe: false,
+                membership: false,
+                disk: env_on("TALLY_CHAOS_DISK", true),
+                min_replicas: 0,
+            },
         }
     }
 
@@ -193,7 +212,7 @@ impl Params {
 
     pub fn replay(&self) -> String {
         let mut flags = String::new();
-        if self.profile == Profile::Default {
+        if self.profile != Profile::Replicas {
             if self.wipe {
                 flags.push_str(" TALLY_CHAOS_WIPE=1");
             }
@@ -266,6 +285,41 @@ struct World {
     changes: Mutex<Vec<ConfigChange>>,
     disk_recoveries: Mutex<Vec<DiskRecovery>>,
     final_configs: Mutex<Vec<(usize, Option<ConfigView>)>>,
+    /// The rolling upgrade of `Profile::Upgrade`.
+    upgrade: Option<Upgrade>,
+}
+
+/// A rolling upgrade: every node starts from `old`; the steps move one
+/// node at a time to `new` (or back to `old`).
+struct Upgrade {
+    old: PathBuf,
+    new: PathBuf,
+    /// The steps not yet taken, in order: (node, back to the old binary).
+    steps: Mutex<VecDeque<(usize, bool)>>,
+}
+
+impl Upgrade {
+    /// Upgrade two nodes, roll the first back while the second runs the new
+    /// binary and the third the old, then upgrade it again and the third:
+    /// every mix of versions serves, and the run ends on the new one.
+    fn plan(old: PathBuf, new: PathBuf, rng: &mut Rng, n: usize) -> Upgrade {
+        let order: Vec<usize> = rng.subset(n, n).into_iter().map(|i| i + 1).collect();
+        let mut steps: VecDeque<(usize, bool)> = VecDeque::new();
+        steps.push_back((order[0], false));
+        if n >= 2 {
+            steps.push_back((order[1], false));
+        }
+        steps.push_back((order[0], true));
+        steps.push_back((order[0], false));
+        for &i in order.iter().skip(2) {
+            steps.push_back((i, false));
+        }
+        Upgrade {
+            old,
+            new,
+            steps: Mutex::new(steps),
+        }
+    }
 }
 
 fn bits(nodes: &[usize]) -> u64 {
@@ -901,6 +955,23 @@ fn faults(h: &Harness, world: &World, mut rng: Rng) -> Result<(), String> {
                 return Err(format!("node {i} exited on its own ({status})"));
             }
         }
+        // Every other slot, from the first, is the next step of a rolling
+        // upgrade: versions mix under the faults between them.
+        if let Some(up) = &world.upgrade
+            && slot % 2 == 0
+        {
+            let next = lock(&up.steps).front().copied();
+            if let Some((id, back)) = next {
+                let finish_by = world.deadline.checked_sub(FINAL_HOLD);
+                if finish_by.is_none_or(|t| Instant::now() + START_BOUND / 2 > t) {
+                    break;
+                }
+                upgrade_step(h, world, &client, up, id, back)?;
+                lock(&up.steps).pop_front();
+                std::thread::sleep(Duration::from_millis(rng.range(300, 1500)));
+                continue;
+            }
+        }
         let ctx = PickCtx {
             only: only_kinds(),
             n,
@@ -1085,6 +1156,127 @@ fn plain_fault(
         },
     );
     Ok(())
+}
+
+/// Bound on a node exiting after SIGTERM (G6: shutdown is bounded too).
+const STOP_BOUND: Duration = Duration::from_secs(20);
+/// Bound on a consistent read answering 200 on every node after an upgrade
+/// step, the network whole.
+const MIXED_READ_BOUND: Duration = Duration::from_secs(10);
+
+/// One step of a rolling upgrade: node `id` stopped as an operator stops
+/// it (SIGTERM), then started on its folder from the other binary.
+fn upgrade_step(
+    h: &Harness,
+    world: &World,
+    client: &Client,
+    up: &Upgrade,
+    id: usize,
+    back: bool,
+) -> Result<(), String> {
+    let (bin, label) = if back {
+        (&up.old, format!("roll back n{id} to the older build"))
+    } else {
+        (&up.new, format!("upgrade n{id} to this build"))
+    };
+    let begin = world.now();
+    eprintln!("chaos: {:>8.3}s {label}", begin as f64 / 1e6);
+    if let Err(e) = h.nodes().stop(id, STOP_BOUND) {
+        world.problem(format!("G6: stopping n{id} for the {label}: {e}"));
+    }
+    let active_from = world.now();
+    h.nodes().set_binary(id, bin.clone());
+    let active_until = world.now();
+    restart(h, world, client, id)?;
+    check_exe(h, id)?;
+    expect_config_back(world, client, id, false);
+    // The network is whole and every node runs: whatever mix of versions
+    // this step made must serve consistent reads on every node (G5), which
+    // needs each node to understand every other.
+    for i in 1..=world.ips.len() {
+        let mut last = None;
+        let served = poll(MIXED_READ_BOUND, || {
+            let r = consistent(client, world, i, 0, 3000);
+            let ok = matches!(r, ReadResult::Value(_));
+            last = Some(r);
+            ok.then_some(())
+        });
+        if served.is_none() {
+            world.problem(format!(
+                "G5: after the step \"{label}\", the network whole, a consistent read on n{i} did not answer 200 within {MIXED_READ_BOUND:?}: last {last:?}"
+            ));
+        }
+    }
+    record(
+        world,
+        FaultRec {
+            label,
+            begin,
+            active_from,
+            active_until,
+            end: world.now(),
+            down: vec![id],
+            ..FaultRec::default()
+        },
+    );
+    Ok(())
+}
+
+/// Node `id`'s process runs the binary it was started from: `ip netns
+/// exec` must exec the node, so that signals reach it, and an upgrade must
+/// really have changed the binary.
+fn check_exe(h: &Harness, id: usize) -> Result<(), String> {
+    let nodes = h.nodes();
+    let pid = nodes
+        .pid(id)
+        .ok_or_else(|| format!("node {id} is not running"))?;
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+    let bin = nodes.binary(id);
+    let want = std::fs::canonicalize(bin).unwrap_or(bin.to_path_buf());
+    if exe != want {
+        return Err(format!(
+            "pid {pid} of node {id} runs {}, not {}",
+            exe.display(),
+            want.display()
+        ));
+    }
+    Ok(())
+}
+
+/// The older tally a rolling-upgrade run starts from: `TALLY_UPGRADE_FROM`
+/// when set, else the binary `scripts/upgrade-from.sh` built (once) from the
+/// commit it names and cached.
+fn upgrade_from() -> PathBuf {
+    if let Some(chosen) = std::env::var_os("TALLY_UPGRADE_FROM").filter(|v| !v.is_empty()) {
+        let chosen = PathBuf::from(chosen);
+        assert!(
+            chosen.is_file(),
+            "TALLY_UPGRADE_FROM={} is not a file",
+            chosen.display()
+        );
+        return chosen;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/upgrade-from.sh");
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "{} failed ({}): no older binary to upgrade from",
+        script.display(),
+        out.status
+    );
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let path = PathBuf::from(path);
+    assert!(
+        path.is_file(),
+        "{} printed {}, which is not a file",
+        script.display(),
+        path.display()
+    );
+    path
 }
 
 fn wipe_folder(h: &Harness, i: usize) -> Result<(), String> {
@@ -1698,6 +1890,11 @@ pub fn chaos(profile: Profile) {
     );
     let bin = node_binary();
     eprintln!("chaos: node binary {}", bin.display());
+    let old = (profile == Profile::Upgrade).then(|| {
+        let old = upgrade_from();
+        eprintln!("chaos: older binary to upgrade from {}", old.display());
+        old
+    });
     let setup_started = Instant::now();
     let mut node_env = Vec::new();
     if params.min_replicas > 0 {
@@ -1759,11 +1956,19 @@ pub fn chaos(profile: Profile) {
         changes: Mutex::new(Vec::new()),
         disk_recoveries: Mutex::new(Vec::new()),
         final_configs: Mutex::new(Vec::new()),
+        upgrade: old.as_ref().map(|old| {
+            // Its own stream, so that the plan moves no other choice of the seed.
+            let mut plan_rng = Rng::new(params.seed ^ 0x005e_ed0f_0a9e_u64);
+            Upgrade::plan(old.clone(), bin.clone(), &mut plan_rng, n)
+        }),
     };
     let client = Client::new();
 
     // Start the nodes, post the config once, wait until the cluster is whole.
     for i in 1..=n {
+        if let Some(old) = &old {
+            h.nodes().set_binary(i, old.clone());
+        }
         h.nodes().spawn(i).unwrap_or_else(|e| panic!("{e}"));
     }
     for i in 1..=n {
@@ -1773,14 +1978,7 @@ pub fn chaos(profile: Profile) {
                 h.logs(40)
             );
         }
-        // `ip netns exec` must exec the node, so that signals reach it.
-        let pid = h.nodes().pid(i).expect("just started");
-        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
-        let want = std::fs::canonicalize(&bin).unwrap_or(bin.clone());
-        assert_eq!(
-            exe, want,
-            "pid {pid} of node {i} is not the node binary; signals would miss it"
-        );
+        check_exe(&h, i).unwrap_or_else(|e| panic!("{e}; signals would miss it"));
     }
     // The first config, posted once to node 1; nodes outside it run without one.
     let first = world.initial_actors.clone();
@@ -1884,6 +2082,15 @@ pub fn chaos(profile: Profile) {
     };
     if let Some(e) = &fault_error {
         world.problem(format!("fault injection stopped: {e}"));
+    }
+    if let Some(up) = &world.upgrade {
+        let left = lock(&up.steps).clone();
+        if !left.is_empty() {
+            world.problem(format!(
+                "the rolling upgrade did not finish within {}s: steps (node, roll back) left {left:?}",
+                params.secs
+            ));
+        }
     }
 
     // Final heal and recovery.
