@@ -12,7 +12,9 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use crate::cluster::{Actor, Membership};
-use crate::proto::{PROTOCOL_VERSION, Request, RequestEnvelope, ResponseEnvelope};
+use crate::proto::{
+    PROTOCOL_JSON, PROTOCOL_VERSION, Request, RequestEnvelope, ResponseEnvelope, speaks,
+};
 use crate::storage::{ReplicaId, Store, StoreError};
 use crate::transport::{CallError, Transport};
 
@@ -77,9 +79,9 @@ impl Messenger {
         timeout: Duration,
     ) -> Result<ResponseEnvelope, CallError> {
         let resp = self.transport.call(to, env, timeout).await?;
-        if resp.v != PROTOCOL_VERSION {
+        if !speaks(resp.v) {
             return Err(CallError::Protocol(format!(
-                "peer speaks protocol {}, this node {PROTOCOL_VERSION}",
+                "peer speaks protocol {}, this node {PROTOCOL_JSON} and {PROTOCOL_VERSION}",
                 resp.v
             )));
         }

@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use common::{Cluster, Resp, STEP, eintr, eventually};
 
 const RPC: &str = "/_internal/v1/rpc";
+const RPC_V3: &str = "/_internal/v3/rpc";
 /// An address where nothing listens.
 const NOWHERE: &str = "127.0.0.1:1";
 /// The sender a forged message names when it does not pose as a real node.
@@ -74,6 +75,20 @@ fn rpc(c: &Cluster, i: usize, from: (u64, u64), membership: Value, req: Value) -
         "req": req,
     });
     c.http.post(&c.url(i, RPC), &envelope.to_string())
+}
+
+/// The same request in protocol 3 (binary).
+fn rpc_v3(c: &Cluster, i: usize, from: (u64, u64), membership: Value, req: Value) -> Resp {
+    let envelope = json!({
+        "v": 3,
+        "from": { "node": from.0, "incarnation": from.1 },
+        "membership": membership,
+        "req": req,
+    });
+    let env: tally::proto::RequestEnvelope =
+        serde_json::from_value(envelope).expect("a request envelope");
+    let bytes = tally::proto::binary::encode_request(&env);
+    c.http.request("POST", &c.url(i, RPC_V3), Some(&bytes))
 }
 
 fn is_client_error(r: &Resp) -> bool {
@@ -186,7 +201,8 @@ fn a_forged_config_cannot_take_over_the_membership_for_good() {
 /// peer can never hold more of that component than node 1 does. Neither
 /// u64::MAX (which would make every later increment overflow) nor a
 /// plausible 1000 is taken; the value stays 5, the next increment answers
-/// 200 with 6, and node 2 converges to 6 as well.
+/// 200 with 6, and node 2 converges to 6 as well. The same in protocol 3
+/// (binary), where bytes that are no message at all are refused too.
 #[test]
 fn a_push_cannot_raise_this_nodes_own_component() {
     let c = Cluster::start_configured("own-component", 2, &[]);
@@ -195,8 +211,14 @@ fn a_push_cannot_raise_this_nodes_own_component() {
     let (id, incarnation) = identity(&c, 0);
     let peer = identity(&c, 1);
 
-    for count in [u64::MAX, 1000] {
-        let r = rpc(
+    type Send = fn(&Cluster, usize, (u64, u64), Value, Value) -> Resp;
+    for (send, count) in [
+        (rpc as Send, u64::MAX),
+        (rpc, 1000),
+        (rpc_v3, u64::MAX),
+        (rpc_v3, 1000),
+    ] {
+        let r = send(
             &c,
             0,
             peer,
@@ -219,6 +241,17 @@ fn a_push_cannot_raise_this_nodes_own_component() {
             "the push of {count} changed the value"
         );
     }
+    for junk in [
+        &b"TLY\x03"[..],
+        b"TLY\x03\xff\xff",
+        b"{\"v\":2}",
+        &[0u8; 64],
+    ] {
+        let r = c.http.request("POST", &c.url(0, RPC_V3), Some(junk));
+        assert_eq!(r.status, 400, "{junk:?} was not refused: {r:?}");
+        assert!(r.body.contains("malformed internal message"), "{r:?}");
+    }
+    assert_eq!(c.value(0, "own"), 5);
     assert_eq!(c.incr(0, "own", 1), 6);
     c.wait_value(1, "own", 6, Duration::from_secs(20));
 }

@@ -32,7 +32,12 @@ use crate::auth::{Event, Scope};
 pub fn needed(method: &Method, path: &str) -> Option<Scope> {
     let writes = *method == Method::POST;
     match Route::of(path) {
-        Route::Livez | Route::Readyz | Route::Console | Route::ConsoleAsset | Route::Rpc => None,
+        Route::Livez
+        | Route::Readyz
+        | Route::Console
+        | Route::ConsoleAsset
+        | Route::Rpc
+        | Route::RpcV3 => None,
         Route::Config => Some(Scope::Admin),
         Route::Counters | Route::Counter(_) if writes => Some(Scope::Write),
         _ => Some(Scope::Read),
@@ -106,6 +111,7 @@ mod tests {
             (&get, "/", None),
             (&get, "/console/console.js", None),
             (&post, "/_internal/v1/rpc", None),
+            (&post, "/_internal/v3/rpc", None),
             (&post, "/config", Some(Scope::Admin)),
             (&post, "/counter/x", Some(Scope::Write)),
             (&post, "/counters", Some(Scope::Write)),

@@ -15,7 +15,7 @@ use super::types::{
 use super::{ApiError, authorize, read_body};
 use crate::cluster::{Actor, Membership, parse_actors};
 use crate::node::{ConfigOutcome, Node};
-use crate::proto::RequestEnvelope;
+use crate::proto::{self, RequestEnvelope};
 use crate::tls::speaks_for;
 use crate::transport::MAX_RPC_BODY;
 
@@ -88,6 +88,26 @@ pub(super) async fn rpc(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    serve_rpc(&node, conn, &headers, body, false).await
+}
+
+/// The internal route of protocol 3: the same messages, binary.
+pub(super) async fn rpc_v3(
+    State(node): State<Arc<Node>>,
+    conn: Option<Extension<ConnInfo>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    serve_rpc(&node, conn, &headers, body, true).await
+}
+
+async fn serve_rpc(
+    node: &Node,
+    conn: Option<Extension<ConnInfo>>,
+    headers: &HeaderMap,
+    body: Body,
+    binary: bool,
+) -> Result<Response, ApiError> {
     // A caller that presented a certificate of the cluster's CA speaks for
     // the node id it names, and needs no secret. Without one: refused when
     // the node has TLS only, else checked for the secret.
@@ -99,11 +119,17 @@ pub(super) async fn rpc(
                 "the internal route answers only peers with a certificate of the cluster's CA",
             ));
         }
-        authorize(&node, &headers)?;
+        authorize(node, headers)?;
     }
     let bytes = read_body(body, MAX_RPC_BODY).await?;
-    let env: RequestEnvelope = crate::proto::decode_request(&bytes)
-        .map_err(|e| ApiError::bad_request(format!("malformed internal message: {e}")))?;
+    let malformed = |e: &dyn std::fmt::Display| {
+        ApiError::bad_request(format!("malformed internal message: {e}"))
+    };
+    let env: RequestEnvelope = if binary {
+        proto::binary::decode_request(&bytes).map_err(|e| malformed(&e))?
+    } else {
+        proto::decode_request(&bytes).map_err(|e| malformed(&e))?
+    };
     if let Some(cert) = cert
         && !speaks_for(&cert.0, env.from.node)
     {
@@ -116,7 +142,12 @@ pub(super) async fn rpc(
         ));
     }
     let resp = node.peers().answer(env).await?;
-    Ok(axum::Json(resp).into_response())
+    if binary {
+        let bytes = proto::binary::encode_response(&resp);
+        Ok(([(header::CONTENT_TYPE, proto::BINARY_TYPE)], bytes).into_response())
+    } else {
+        Ok(axum::Json(resp).into_response())
+    }
 }
 
 pub(super) async fn status(State(node): State<Arc<Node>>) -> Response {

@@ -37,7 +37,7 @@ use axum::extract::FromRef;
 use crate::auth::{Audit, SharedTokens};
 use crate::metrics::{Route as MetricRoute, RouteStatus};
 use crate::node::Node;
-use crate::proto::RPC_PATH;
+use crate::proto::{RPC_PATH, RPC_PATH_V3};
 use crate::tls::ClientTls;
 pub use error::ApiError;
 use types::{BODY_TIMEOUT, MAX_BODY, Route, SECRET_HEADER, paths};
@@ -78,6 +78,7 @@ pub fn router(node: Arc<Node>, access: Arc<Access>) -> Router {
         .route(paths::CONSOLE_ASSET, get(console::asset))
         .route(paths::CONFIG, post(admin::post_config))
         .route(RPC_PATH, post(admin::rpc))
+        .route(RPC_PATH_V3, post(admin::rpc_v3))
         .route(paths::STATUS, get(admin::status))
         .route(paths::CLUSTER_STATUS, get(probes::cluster_status))
         .route(paths::LIVEZ, get(probes::livez))

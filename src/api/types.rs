@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::crdt::Component;
 use crate::node;
-use crate::proto::RPC_PATH;
+use crate::proto::{RPC_PATH, RPC_PATH_V3};
 use crate::replication::peer::PeerView;
 use crate::storage::{HealthView, Salvage, ScrubView};
 
@@ -108,6 +108,7 @@ pub enum Route<'a> {
     Metrics,
     Counters,
     Rpc,
+    RpcV3,
     /// `/counter/<raw segment>`
     Counter(&'a str),
     Value(&'a str),
@@ -130,6 +131,7 @@ impl<'a> Route<'a> {
             paths::METRICS => Route::Metrics,
             paths::COUNTERS => Route::Counters,
             RPC_PATH => Route::Rpc,
+            RPC_PATH_V3 => Route::RpcV3,
             _ => {
                 let Some(rest) = path.strip_prefix(paths::COUNTER_PREFIX) else {
                     return Route::Unknown;
@@ -158,6 +160,7 @@ impl<'a> Route<'a> {
             Route::Metrics => paths::METRICS,
             Route::Counters => paths::COUNTERS,
             Route::Rpc => RPC_PATH,
+            Route::RpcV3 => RPC_PATH_V3,
             Route::Counter(_) => "/counter/{name}",
             Route::Value(_) => "/counter/{name}/value",
             Route::ConsistentValue(_) => "/counter/{name}/consistent_value",
@@ -352,6 +355,9 @@ pub struct PeerReport {
     pub member: bool,
     /// How far (in this node's sequence) the peer is known to hold our changes.
     pub stored_seq: u64,
+    /// The protocol of its last answer to a pull: 3 (binary), or 2 (JSON)
+    /// for a peer of a version before protocol 3; `null` before one.
+    pub protocol: Option<u32>,
 }
 
 impl From<PeerView> for PeerReport {
@@ -367,6 +373,7 @@ impl From<PeerView> for PeerReport {
             pending_push: p.pending_push,
             member: p.member,
             stored_seq: p.stored_seq,
+            protocol: p.protocol,
         }
     }
 }
@@ -543,6 +550,7 @@ mod tests {
         assert_eq!(Route::of("/").template(), "/");
         assert_eq!(Route::of("/config"), Route::Config);
         assert_eq!(Route::of(RPC_PATH), Route::Rpc);
+        assert_eq!(Route::of(RPC_PATH_V3), Route::RpcV3);
         assert_eq!(Route::of("/counter/a%2Fb"), Route::Counter("a%2Fb"));
         assert_eq!(Route::of("/counter/x/value"), Route::Value("x"));
         assert_eq!(
@@ -618,6 +626,7 @@ mod tests {
                 pending_push: 2,
                 member: false,
                 stored_seq: 9,
+                protocol: Some(3),
             },
             PeerView {
                 actor: Actor::parse("10.0.0.2:7777").unwrap(),
@@ -629,6 +638,7 @@ mod tests {
                 pending_push: 0,
                 member: true,
                 stored_seq: 0,
+                protocol: None,
             },
         ];
         let health = HealthView {
@@ -685,10 +695,10 @@ mod tests {
                 r#""config":{"version":0,"origin":0,"actors":[],"leaving":[],"read_set":[]},"#,
                 r#""peers":[{"actor":"10.0.0.1:7777","reachable":false,"last_contact_ms_ago":1500,"#,
                 r#""last_error":"refused","node":1,"incarnation":"0000000000000abc","lag_changes":4,"#,
-                r#""pending_push":2,"member":false,"stored_seq":9},"#,
+                r#""pending_push":2,"member":false,"stored_seq":9,"protocol":3},"#,
                 r#"{"actor":"10.0.0.2:7777","reachable":null,"last_contact_ms_ago":null,"#,
                 r#""last_error":null,"node":null,"incarnation":null,"lag_changes":0,"#,
-                r#""pending_push":0,"member":true,"stored_seq":0}],"#,
+                r#""pending_push":0,"member":true,"stored_seq":0,"protocol":null}],"#,
                 r#""names":12,"idempotency_keys":1,"#,
                 r#""storage":{"healthy":false,"problem":"disk full","unhealthy_for_ms":5,"#,
                 r#""last_error":"disk full","last_error_ms_ago":7,"errors":2,"recoveries":1,"#,

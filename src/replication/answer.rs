@@ -17,19 +17,20 @@ use crate::crdt::GCounter;
 use crate::input::validate_name;
 use crate::proto::{
     MAX_COMPONENTS_PER_PUSH, MAX_NAMES_PER_MESSAGE, PROTOCOL_VERSION, ReplicaId, Request,
-    RequestEnvelope, Response, ResponseEnvelope, WireCounter,
+    RequestEnvelope, Response, ResponseEnvelope, WireCounter, speaks,
 };
 use crate::storage::Merge;
 
 impl Replicator {
     /// Answers a peer's call.
     pub async fn answer(&self, env: RequestEnvelope) -> Result<ResponseEnvelope, AnswerError> {
-        if env.v != PROTOCOL_VERSION {
+        if !speaks(env.v) {
             return Err(AnswerError::Protocol {
                 got: env.v,
                 speaks: PROTOCOL_VERSION,
             });
         }
+        let v = env.v;
         let store = &self.ctx.store;
         let theirs = env.membership;
         // Most messages carry the membership this node already has: only one
@@ -88,7 +89,7 @@ impl Replicator {
         let membership =
             store.with_membership(|ours| theirs.merged_with(ours).is_some().then(|| ours.clone()));
         Ok(ResponseEnvelope {
-            v: PROTOCOL_VERSION,
+            v,
             from: store.identity(),
             membership,
             resp,

@@ -49,7 +49,7 @@ impl From<StoreError> for PullError {
 /// Why a peer's message was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum AnswerError {
-    #[error("protocol {got} is not supported; this node speaks {speaks}")]
+    #[error("protocol {got} is not supported; this node speaks 2 and {speaks}")]
     Protocol { got: u32, speaks: u32 },
     /// The membership it carries may not be merged (see
     /// `Membership::check_received`).

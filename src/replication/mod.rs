@@ -453,6 +453,7 @@ async fn pull_round(r: &Replicator, peer: &Peer) -> Result<bool, PullError> {
             limit: MAX_NAMES_PER_MESSAGE,
         };
         let env = r.ctx.messenger.call(actor, req, r.ctx.peer_timeout).await?;
+        peer.state().answered_in(env.v);
         let Response::Changes {
             counters,
             next,

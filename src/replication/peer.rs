@@ -62,6 +62,8 @@ pub struct PeerState {
     /// Who acknowledged those pushes: only a pull by the same incarnation
     /// of the peer closes the gap in front of them.
     delivered_to: Option<ReplicaId>,
+    /// The protocol of its last answer to a pull.
+    protocol: Option<u32>,
 }
 
 /// Names to push, taken out of `dirty`.
@@ -127,6 +129,8 @@ pub struct PeerView {
     pub member: bool,
     /// How far (in this node's sequence) the peer is known to hold our changes.
     pub stored_seq: u64,
+    /// The protocol of its last answer to a pull (3 binary, 2 JSON).
+    pub protocol: Option<u32>,
 }
 
 impl PeerState {
@@ -148,6 +152,7 @@ impl PeerState {
             gap: head,
             delivered: head,
             delivered_to: None,
+            protocol: None,
         }
     }
 
@@ -367,7 +372,13 @@ impl PeerState {
             pending_push: self.dirty.len(),
             member: self.member,
             stored_seq: self.stored,
+            protocol: self.protocol,
         }
+    }
+
+    /// Notes the protocol a pull was answered in.
+    pub fn answered_in(&mut self, protocol: u32) {
+        self.protocol = Some(protocol);
     }
 }
 

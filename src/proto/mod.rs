@@ -1,5 +1,14 @@
-//! The node-to-node protocol: one request/response pair per call, JSON over
-//! `POST /_internal/v1/rpc`.
+//! The node-to-node protocol: one request/response pair per call, in one
+//! of two encodings of the same messages:
+//! - protocol 3, binary ([`binary`]), over `POST /_internal/v3/rpc`;
+//! - protocol 2, JSON, over `POST /_internal/v1/rpc`, which every version
+//!   since e3a8b29 speaks.
+//!
+//! A node answers both. It calls a peer in protocol 3 and, when the peer
+//! does not know that route (404 or 405: a node of an older version), in
+//! protocol 2 from then on, trying 3 again now and then (see
+//! [`crate::transport`]): two nodes speak the newest version both know,
+//! through a rolling upgrade and a roll-back alike.
 //!
 //! Every request carries the protocol version, who sent it and the sender's
 //! membership (config plus what is known of hand-offs), and every response
@@ -13,13 +22,27 @@ use crate::cluster::Membership;
 pub use crate::crdt::ReplicaId;
 use crate::crdt::{Component, GCounter};
 
-pub const PROTOCOL_VERSION: u32 = 2;
+pub mod binary;
+
+/// The newest version this node speaks: [`binary`].
+pub const PROTOCOL_VERSION: u32 = binary::VERSION;
+/// The JSON version, the newest that versions before protocol 3 speak.
+pub const PROTOCOL_JSON: u32 = 2;
+
+/// Whether this node speaks protocol `v`.
+pub fn speaks(v: u32) -> bool {
+    v == PROTOCOL_JSON || v == PROTOCOL_VERSION
+}
 /// The prefix of every internal route; it cannot collide with the public API.
 /// The server counts a connection whose first request is under it against
 /// the peer budget (see [`crate::server`]).
 pub const INTERNAL_PREFIX: &str = "/_internal/";
-/// The path of the one internal route, under [`INTERNAL_PREFIX`].
+/// The path of the internal route of protocol 2 (JSON), under [`INTERNAL_PREFIX`].
 pub const RPC_PATH: &str = "/_internal/v1/rpc";
+/// The path of the internal route of protocol 3 (binary).
+pub const RPC_PATH_V3: &str = "/_internal/v3/rpc";
+/// The media type of protocol 3's messages.
+pub const BINARY_TYPE: &str = "application/x-tally-3";
 /// Header carrying the cluster secret on `/config` and internal calls.
 pub const SECRET_HEADER: &str = "x-tally-secret";
 /// Most names in one push or one pull page.
@@ -112,6 +135,25 @@ pub struct ResponseEnvelope {
     pub from: ReplicaId,
     pub membership: Option<Membership>,
     pub resp: Response,
+}
+
+/// Encodes a request in protocol 2 (JSON), whatever version it was made
+/// for: the messages are the same.
+pub fn encode_request_json(env: &RequestEnvelope) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Json<'a> {
+        v: u32,
+        from: ReplicaId,
+        membership: &'a Membership,
+        req: &'a Request,
+    }
+    serde_json::to_vec(&Json {
+        v: PROTOCOL_JSON,
+        from: env.from,
+        membership: &env.membership,
+        req: &env.req,
+    })
+    .expect("requests serialize")
 }
 
 /// Decodes a request envelope: the same answer as `serde_json::from_slice`,
@@ -282,7 +324,7 @@ mod tests {
             })
             .collect();
         serde_json::to_string(&RequestEnvelope {
-            v: PROTOCOL_VERSION,
+            v: PROTOCOL_JSON,
             from: ReplicaId {
                 node: 2,
                 incarnation: 1,
