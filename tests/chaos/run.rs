@@ -1222,6 +1222,49 @@ fn upgrade_step(
     Ok(())
 }
 
+/// Once every node runs this build, each calls every peer in the newest
+/// protocol (3), within the time a node waits before it tries 3 again on a
+/// peer that did not know it: the upgrade really moved the cluster to it.
+fn expect_newest_protocol(client: &Client, world: &World) {
+    let n = world.ips.len();
+    let protocols = |i: usize| -> Option<Vec<(String, serde_json::Value)>> {
+        let status = status_json(client, world, i)?;
+        let peers = status["peers"].as_array()?;
+        Some(
+            peers
+                .iter()
+                .map(|p| {
+                    (
+                        p["actor"].as_str().unwrap_or("").to_string(),
+                        p["protocol"].clone(),
+                    )
+                })
+                .collect(),
+        )
+    };
+    for i in 1..=n {
+        let mut last = None;
+        let all_3 = poll(PROTOCOL_BOUND, || {
+            let seen = protocols(i);
+            let ok = seen
+                .as_ref()
+                .is_some_and(|p| p.len() == n - 1 && p.iter().all(|(_, v)| v == 3));
+            last = seen;
+            ok.then_some(())
+        });
+        if all_3.is_none() {
+            world.problem(format!(
+                "n{i} does not call every peer in protocol 3 within {PROTOCOL_BOUND:?} of the end of the upgrade: {last:?}"
+            ));
+        }
+    }
+}
+
+/// Bound on every node calling every peer in protocol 3 after the upgrade:
+/// the node's wait before it tries 3 again on a peer that did not know it
+/// (30 s), and a few pulls.
+const PROTOCOL_BOUND: Duration = Duration::from_secs(40);
+
 /// Node `id`'s process runs the binary it was started from: `ip netns
 /// exec` must exec the node, so that signals reach it, and an upgrade must
 /// really have changed the binary.
@@ -2106,6 +2149,9 @@ pub fn chaos(profile: Profile) {
             }
         }
     };
+    if world.upgrade.is_some() {
+        expect_newest_protocol(&client, &world);
+    }
     let finals = if recovery.converged.is_some() {
         final_values(&world)
     } else {
