@@ -33,7 +33,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tally::cluster::Actor;
 use tally::node::{Deps, IncrementError, Node, Settings};
-use tally::proto::{RequestEnvelope, ResponseEnvelope};
+use tally::proto::{RequestEnvelope, ResponseEnvelope, binary};
 use tally::storage::logged::{LogEngine, LogLimits, LogOptions, OnDamage};
 use tally::storage::memory::{DiskFault, MemoryEngine};
 use tally::storage::simdisk::{SimDisk, SimFault, SimStats};
@@ -76,7 +76,11 @@ const CLIENTS: usize = 3;
 /// What the simulated clients and peers send to a node.
 #[derive(Serialize, Deserialize)]
 enum Frame {
+    /// A call from the liar's own identity, as an envelope.
     Rpc(RequestEnvelope),
+    /// A node-to-node call in protocol 3's bytes, as the HTTP transport
+    /// sends it, decoded by the product's decoder as the server decodes it.
+    Rpc3(Vec<u8>),
     Config(Vec<String>),
     Increment {
         name: String,
@@ -140,6 +144,8 @@ pub struct NodeStatus {
 #[derive(Serialize, Deserialize, Debug)]
 enum Reply {
     Rpc(Result<ResponseEnvelope, String>),
+    /// The answer to an `Rpc3`, in protocol 3's bytes.
+    Rpc3(Result<Vec<u8>, String>),
     Value(Result<u128, String>),
     Refused {
         kind: Refusal,
@@ -212,12 +218,13 @@ async fn exchange(to: &str, req: RequestEnvelope) -> Result<ResponseEnvelope, Ca
     let mut s = turmoil::net::TcpStream::connect(to)
         .await
         .map_err(|e| CallError::Unreachable(e.to_string()))?;
-    write_frame(&mut s, &Frame::Rpc(req))
+    write_frame(&mut s, &Frame::Rpc3(binary::encode_request(&req)))
         .await
         .map_err(|e| CallError::Unreachable(e.to_string()))?;
     match read_frame::<Reply>(&mut s).await {
-        Ok(Reply::Rpc(Ok(env))) => Ok(env),
-        Ok(Reply::Rpc(Err(e))) => Err(CallError::Refused {
+        Ok(Reply::Rpc3(Ok(bytes))) => binary::decode_response(&bytes)
+            .map_err(|e| CallError::Protocol(format!("malformed answer ({e})"))),
+        Ok(Reply::Rpc3(Err(e))) => Err(CallError::Refused {
             status: 400,
             bytes: e.len(),
         }),
@@ -471,6 +478,19 @@ async fn run_node(
                         tokio::time::sleep(Duration::from_millis(wait)).await;
                     }
                     Reply::Rpc(node.peers().answer(env).await.map_err(|e| e.to_string()))
+                }
+                Frame::Rpc3(bytes) => {
+                    if plan.slow(x, now()) {
+                        let wait = lag.lock().unwrap().u64(200..=1500);
+                        tokio::time::sleep(Duration::from_millis(wait)).await;
+                    }
+                    Reply::Rpc3(match binary::decode_request(&bytes) {
+                        Err(e) => Err(format!("malformed internal message: {e}")),
+                        Ok(env) => match node.peers().answer(env).await {
+                            Ok(resp) => Ok(binary::encode_response(&resp)),
+                            Err(e) => Err(e.to_string()),
+                        },
+                    })
                 }
                 Frame::Forged(body) => {
                     if plan.slow(x, now()) {
