@@ -66,25 +66,25 @@ fn membership_of(c: &Cluster, i: usize) -> Value {
     )
 }
 
-/// Sends node `i` one internal request with the given sender and membership.
-fn rpc(c: &Cluster, i: usize, from: (u64, u64), membership: Value, req: Value) -> Resp {
-    let envelope = json!({
-        "v": 2,
+/// An internal request of protocol `v` as JSON.
+fn envelope(v: u32, from: (u64, u64), membership: Value, req: Value) -> Value {
+    json!({
+        "v": v,
         "from": { "node": from.0, "incarnation": from.1 },
         "membership": membership,
         "req": req,
-    });
+    })
+}
+
+/// Sends node `i` one internal request with the given sender and membership.
+fn rpc(c: &Cluster, i: usize, from: (u64, u64), membership: Value, req: Value) -> Resp {
+    let envelope = envelope(2, from, membership, req);
     c.http.post(&c.url(i, RPC), &envelope.to_string())
 }
 
 /// The same request in protocol 3 (binary).
 fn rpc_v3(c: &Cluster, i: usize, from: (u64, u64), membership: Value, req: Value) -> Resp {
-    let envelope = json!({
-        "v": 3,
-        "from": { "node": from.0, "incarnation": from.1 },
-        "membership": membership,
-        "req": req,
-    });
+    let envelope = envelope(3, from, membership, req);
     let env: tally::proto::RequestEnvelope =
         serde_json::from_value(envelope).expect("a request envelope");
     let bytes = tally::proto::binary::encode_request(&env);

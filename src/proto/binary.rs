@@ -539,8 +539,10 @@ mod tests {
             prop_assert_eq!(json(&back), json(&env));
         }
 
-        /// A message cut short, or with a byte changed, is refused or reads
-        /// as some message; it never panics.
+        /// A request cut short is refused (the encoding is prefix-free: a
+        /// decoder reads a message to its end and wants nothing after it).
+        /// Cut short or with a byte changed, it may read as some answer, or
+        /// the changed one as another request; nothing ever panics.
         #[test]
         fn damaged_messages_are_refused_or_read_never_a_panic(
             from in replica(),
@@ -552,7 +554,7 @@ mod tests {
             let bytes = encode_request(&request_env(from, req));
             let short = &bytes[..cut.index(bytes.len())];
             prop_assert!(decode_request(short).is_err());
-            prop_assert!(decode_response(short).is_err());
+            let _ = decode_response(short);
             let mut flipped = bytes.clone();
             let i = flip.index(flipped.len());
             flipped[i] ^= xor;
@@ -571,18 +573,7 @@ mod tests {
     }
 
     fn push_of(names: usize, components_each: usize) -> Vec<u8> {
-        let counters = (0..names)
-            .map(|n| WireCounter {
-                name: format!("n{n}"),
-                components: (0..components_each as u64)
-                    .map(|i| Component {
-                        node: i + 1,
-                        incarnation: 1,
-                        count: 1,
-                    })
-                    .collect(),
-            })
-            .collect();
+        let counters = super::super::wide_counters(names, components_each);
         encode_request(&request_env(nobody(), Request::Push { counters }))
     }
 

@@ -306,23 +306,29 @@ where
     d.deserialize_seq(Visit::<T, MAX>(std::marker::PhantomData))
 }
 
+/// `names` counters of `components_each` components: a push at a bound.
+#[cfg(test)]
+fn wide_counters(names: usize, components_each: usize) -> Vec<WireCounter> {
+    (0..names)
+        .map(|n| WireCounter {
+            name: format!("n{n}"),
+            components: (0..components_each as u64)
+                .map(|i| Component {
+                    node: i + 1,
+                    incarnation: 1,
+                    count: 1,
+                })
+                .collect(),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn push_of(names: usize, components_each: usize) -> String {
-        let counters: Vec<WireCounter> = (0..names)
-            .map(|n| WireCounter {
-                name: format!("n{n}"),
-                components: (0..components_each as u64)
-                    .map(|i| Component {
-                        node: i + 1,
-                        incarnation: 1,
-                        count: 1,
-                    })
-                    .collect(),
-            })
-            .collect();
+        let counters = wide_counters(names, components_each);
         serde_json::to_string(&RequestEnvelope {
             v: PROTOCOL_JSON,
             from: ReplicaId {
