@@ -34,12 +34,14 @@ impl std::fmt::Display for ReplicaId {
 
 /// One grow-only counter.
 ///
-/// Its components are a vector sorted by replica, with no zero counts: a
+/// Its components are a slice sorted by replica, with no zero counts: a
 /// counter has one to a few components, and a node holds every counter in
 /// memory, so a map's node per counter would cost several times the data.
+/// A boxed slice rather than a vector: it has no room it does not use, and
+/// it is 16 bytes in each map entry instead of 24 (B6: RSS per name).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GCounter {
-    components: Vec<(ReplicaId, u64)>,
+    components: Box<[(ReplicaId, u64)]>,
 }
 
 /// Returned when an increment would overflow the replica's own `u64` component.
@@ -80,7 +82,13 @@ impl GCounter {
     fn set(&mut self, replica: ReplicaId, count: u64) {
         match self.find(replica) {
             Ok(i) => self.components[i].1 = count,
-            Err(i) => self.components.insert(i, (replica, count)),
+            Err(i) => {
+                // Exactly one more (a vector would grow to room for four).
+                let mut v = std::mem::take(&mut self.components).into_vec();
+                v.reserve_exact(1);
+                v.insert(i, (replica, count));
+                self.components = v.into_boxed_slice();
+            }
         }
     }
 
@@ -101,9 +109,9 @@ impl GCounter {
     pub fn of(replica: ReplicaId, count: u64) -> GCounter {
         GCounter {
             components: if count > 0 {
-                vec![(replica, count)]
+                Box::new([(replica, count)])
             } else {
-                Vec::new()
+                Box::default()
             },
         }
     }
@@ -136,7 +144,9 @@ impl GCounter {
         }
         let mine = std::mem::take(&mut self.components);
         let theirs = &other.components;
-        let mut out = Vec::with_capacity(mine.len() + theirs.len());
+        // Sized to the union, not the sum, so that boxing it does not
+        // copy it again.
+        let mut out = Vec::with_capacity(union_len(&mine, theirs));
         let (mut i, mut j) = (0, 0);
         while i < mine.len() && j < theirs.len() {
             let ((ra, ca), (rb, cb)) = (mine[i], theirs[j]);
@@ -160,7 +170,7 @@ impl GCounter {
         out.extend_from_slice(&theirs[j..]);
         // A zero count is never an entry: one from a peer is dropped here.
         out.retain(|&(_, c)| c > 0);
-        self.components = out;
+        self.components = out.into_boxed_slice();
         true
     }
 
@@ -212,8 +222,22 @@ impl GCounter {
         }
         // A zero count is the default, never an entry.
         components.retain(|&(_, c)| c > 0);
-        Ok(Self { components })
+        Ok(Self {
+            components: components.into_boxed_slice(),
+        })
     }
+}
+
+/// How many replicas two sorted component lists hold between them.
+fn union_len(a: &[(ReplicaId, u64)], b: &[(ReplicaId, u64)]) -> usize {
+    let (mut i, mut j, mut n) = (0, 0, 0);
+    while i < a.len() && j < b.len() {
+        let (ra, rb) = (a[i].0, b[j].0);
+        i += usize::from(ra <= rb);
+        j += usize::from(rb <= ra);
+        n += 1;
+    }
+    n + (a.len() - i) + (b.len() - j)
 }
 
 /// The wire form of a counter: a list of components.
@@ -258,7 +282,9 @@ impl FromIterator<Component> for GCounter {
         components.reverse();
         components.dedup_by_key(|&mut (r, _)| r);
         components.reverse();
-        GCounter { components }
+        GCounter {
+            components: components.into_boxed_slice(),
+        }
     }
 }
 
