@@ -191,7 +191,7 @@ pub struct Store {
 struct Shared {
     /// Held briefly (a map lookup or an insert), never across an await, so a
     /// std lock is cheaper than an async one.
-    memory: RwLock<BTreeMap<String, GCounter>>,
+    memory: RwLock<BTreeMap<Box<str>, GCounter>>,
     /// Shared, so a reader (a consistent read, a commit's plan) holds it
     /// without copying it.
     membership: watch::Sender<Arc<Membership>>,
@@ -259,7 +259,15 @@ impl Store {
             incarnation: loaded.incarnation,
         };
         let shared = Arc::new(Shared {
-            memory: RwLock::new(loaded.counters),
+            // Boxed names: 16 bytes in each of the map's entries instead
+            // of 24, for as long as the name exists (B6: RSS per name).
+            memory: RwLock::new(
+                loaded
+                    .counters
+                    .into_iter()
+                    .map(|(name, c)| (name.into_boxed_str(), c))
+                    .collect(),
+            ),
             membership: watch::Sender::new(Arc::new(loaded.membership)),
             me: Mutex::new(loaded.me),
             keys: AtomicUsize::new(loaded.keys.len()),
@@ -344,19 +352,19 @@ impl Store {
     pub fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> Vec<(String, GCounter)> {
         use std::ops::Bound;
         let start = match after {
-            Some(a) if a >= prefix => Bound::Excluded(a.to_string()),
-            _ => Bound::Included(prefix.to_string()),
+            Some(a) if a >= prefix => Bound::Excluded(a),
+            _ => Bound::Included(prefix),
         };
         self.read(|m| {
-            m.range((start, Bound::Unbounded))
+            m.range::<str, _>((start, Bound::Unbounded))
                 .take_while(|(k, _)| k.starts_with(prefix))
                 .take(limit)
-                .map(|(k, v)| (k.clone(), v.clone()))
+                .map(|(k, v)| (k.to_string(), v.clone()))
                 .collect()
         })
     }
 
-    fn read<T>(&self, f: impl FnOnce(&BTreeMap<String, GCounter>) -> T) -> T {
+    fn read<T>(&self, f: impl FnOnce(&BTreeMap<Box<str>, GCounter>) -> T) -> T {
         f(&self
             .inner
             .shared

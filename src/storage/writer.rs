@@ -330,7 +330,14 @@ impl Writer {
             .memory
             .write()
             .unwrap_or_else(|p| p.into_inner());
-        memory.extend(batch.counters);
+        for (name, c) in batch.counters {
+            match memory.get_mut(name.as_str()) {
+                Some(held) => *held = c,
+                None => {
+                    memory.insert(name.into_boxed_str(), c);
+                }
+            }
+        }
         drop(memory);
         if !batch.keys_put.is_empty() || !batch.keys_del.is_empty() {
             self.keys.apply(&batch.keys_del, batch.keys_put);
@@ -366,7 +373,7 @@ impl Writer {
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
                 .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
+                .map(|(k, v)| (k.to_string(), v.clone()))
                 .collect(),
             membership: (**self.shared.membership.borrow()).clone(),
             me: self
@@ -457,7 +464,7 @@ impl Writer {
                 .write()
                 .unwrap_or_else(|p| p.into_inner());
             for (name, theirs) in loaded.counters {
-                let mine = memory.entry(name.clone()).or_default();
+                let mine = memory.entry(name.as_str().into()).or_default();
                 if mine.merge(&theirs) {
                     changed.push(name);
                 }
