@@ -55,7 +55,7 @@ const MAX_SALVAGE_EVENTS: usize = 16;
 /// redb's page cache. Every counter is also held in the store's memory, so
 /// the cache serves only checkpoints and peers' pulls; redb's default (1 GiB)
 /// would keep a copy of the whole file after the load at startup.
-const CACHE_BYTES: usize = 32 << 20;
+const CACHE_BYTES: usize = 16 << 20;
 
 /// Opens the B-tree file, verifying every page of its committed trees; a
 /// file that fails the check, or that makes redb panic, is damage.
