@@ -1188,7 +1188,7 @@ def rows(res: dict, s: Settings) -> list[Row]:
             b2.get("b3_paced_target_writes_rps"))
 
     # The B4 and B6 targets are set for 100k and 1M names: checked at those sizes only.
-    b4_limits = {100_000: 1.0, FULL_NAMES: 5.0}
+    b4_limits = {100_000: 1.0, FULL_NAMES: 3.0}
     for size in [size for size in s.b4_sizes if f"b4_{size}" in res]:
         b4 = res[f"b4_{size}"]["median"]
         limit = b4_limits.get(size)
@@ -1197,16 +1197,18 @@ def rows(res: dict, s: Settings) -> list[Row]:
                 shown=f"< {limit:.0f} s")
         else:
             add(f"B4 convergence, {fmt(size)} names", b4.get("seconds"), "s")
-            out[-1].target = "< 1 s at 100k, < 5 s at 1M"
-        add("B4 bytes received per name", b4.get("bytes_per_name"), "B/name")
+            out[-1].target = "< 1 s at 100k, < 3 s at 1M"
+        add("B4 bytes received per name", b4.get("bytes_per_name"), "B/name", op="<", limit=60)
 
     if "b5" in res:
         b5, b6, n = res["b5"]["median"], res["b5"]["b6"], s.b5_size
         add(f"B5 restart to serving, {fmt(n)} names", b5.get("seconds"), "s", op="<", limit=0.5)
-        add(f"B6 RSS, {fmt(n)} names", b6["rss_bytes"], "MB", op="<" if n == FULL_NAMES else None, limit=300e6)
-        out[-1].target = "< 300 MB at 1M"
+        op_1m = "<" if n == FULL_NAMES else None
+        add(f"B6 RSS, {fmt(n)} names", b6["rss_bytes"], "MB", op=op_1m, limit=200e6)
+        out[-1].target = "< 200 MB at 1M"
         add("B6 RSS per name", b6["rss_bytes"] / n, "B/name")
-        add("B6 RSS right after the writes", b6["rss_bytes_after_writes"], "MB")
+        add("B6 RSS right after the writes", b6["rss_bytes_after_writes"], "MB", op=op_1m, limit=200e6)
+        out[-1].target = "< 200 MB at 1M"
         add("B6 data folder on disk", b6["disk_bytes"], "MB")
         add("B6 disk per name", b6["disk_bytes"] / n, "B/name")
 
