@@ -275,9 +275,8 @@ impl RedbEngine {
         txn.commit().map_err(engine)?;
         let txn = db.begin_read().map_err(engine)?;
         let table = txn.open_table(COUNTERS).map_err(engine)?;
-        // Rows come sorted by name. Collected first and built in one go,
-        // the map's nodes are full; inserted one by one in order, each node
-        // split would stay about half full (~40 bytes more per name).
+        // Rows come sorted by name: the map is built from them in one go
+        // (a bulk build, linear), rather than one insert per row.
         let mut rows = Vec::new();
         let mut unchecked = Vec::new();
         for entry in table.iter().map_err(engine)? {
