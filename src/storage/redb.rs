@@ -493,10 +493,12 @@ impl<'t> Tables<'t> {
     }
 
     /// Stores `counter` at sequence `seq`, dropping the name's older index entry.
+    /// One descent of the counters' B-tree: the insert hands back the row
+    /// it replaced, checked like any row read.
     fn put_counter(&mut self, name: &str, seq: u64, counter: &GCounter) -> Result<(), StoreError> {
         let old = self
             .counters
-            .get(name)
+            .insert(name, encode_row(name, seq, counter).as_slice())
             .map_err(engine)?
             .map(|row| decode_row(name, row.value()).map(|(lseq, _, _)| lseq))
             .transpose()?;
@@ -504,9 +506,6 @@ impl<'t> Tables<'t> {
             self.by_seq.remove(old).map_err(engine)?;
         }
         self.by_seq.insert(seq, name).map_err(engine)?;
-        self.counters
-            .insert(name, encode_row(name, seq, counter).as_slice())
-            .map_err(engine)?;
         Ok(())
     }
 
