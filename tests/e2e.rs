@@ -1331,3 +1331,60 @@ fn sigterm_exits_zero_promptly_and_keeps_data() {
         );
     }
 }
+
+/// Names received by anti-entropy on node `i`, per peer.
+fn pulled_per_peer(c: &Cluster, i: usize) -> Vec<u64> {
+    let body = c.http.get(&c.url(i, "/metrics")).body;
+    body.lines()
+        .filter(|l| l.starts_with("tally_replication_pulled_names_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .collect()
+}
+
+/// A node that comes back far behind both of its peers fetches the backlog
+/// from one of them at a time: when it first holds every name, the other
+/// peer has sent it about a page (fetched before the turn was taken), not
+/// the backlog a second time. Pulled from both at once, as before the
+/// turn, each peer sends nearly all of it by then.
+#[test]
+fn a_node_far_behind_catches_up_from_one_peer_at_a_time() {
+    const PAGE: u64 = 10_000;
+    const NAMES: u64 = 8 * PAGE;
+    let mut c = Cluster::start_configured("catch-up", 3, &[]);
+    c.incr(0, "before", 1);
+    c.wait_value(2, "before", 1, Duration::from_secs(10));
+    let base = c.status(2)["names"].as_u64().expect("names");
+    c.nodes[2].kill();
+    for b in 0..NAMES / 1000 {
+        let items: Vec<String> = (0..1000)
+            .map(|i| format!(r#"{{"name":"far-{b}-{i}","amount":1}}"#))
+            .collect();
+        let body = format!(r#"{{"increments":[{}]}}"#, items.join(","));
+        let r = c.http.post(&c.url(0, "/counters"), &body);
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    let held = |c: &Cluster, i| c.status(i)["names"].as_u64().unwrap_or(0);
+    assert!(
+        wait_until(Duration::from_secs(60), || held(&c, 1) >= base + NAMES),
+        "node 2 did not get the names"
+    );
+
+    c.restart(2);
+    assert!(
+        wait_until(Duration::from_secs(120), || held(&c, 2) >= base + NAMES),
+        "node 3 did not catch up"
+    );
+    let pulled = pulled_per_peer(&c, 2);
+    assert_eq!(pulled.len(), 2, "a count per peer: {pulled:?}");
+    let fewest = *pulled.iter().min().expect("two peers");
+    let most = *pulled.iter().max().expect("two peers");
+    assert!(
+        most >= NAMES - PAGE,
+        "the backlog came from one peer: {pulled:?}"
+    );
+    assert!(
+        fewest <= 3 * PAGE,
+        "both peers sent the backlog: {pulled:?} names pulled per peer"
+    );
+}

@@ -22,6 +22,10 @@
 //! reach every node through any path. The mark is stored in the same commit
 //! as the merged counters, so a crash cannot skip changes.
 //!
+//! A pull that finds more than a page waiting fetches the rest only with
+//! the catch-up turn ([`catch_up`]), so a node far behind fetches its
+//! backlog from one peer at a time instead of once from each at once.
+//!
 //! Members pull from every actor of the config and from every leaver whose
 //! hand-off is not confirmed (that pull is the hand-off), and push only to
 //! actors. Increments that must reach K other actors before they are
@@ -32,6 +36,7 @@
 //! adaptive intervals.
 
 mod answer;
+mod catch_up;
 mod error;
 pub mod peer;
 
@@ -55,6 +60,7 @@ use crate::proto::{
     MAX_COMPONENTS_PER_PUSH, MAX_NAMES_PER_MESSAGE, ReplicaId, Request, Response, WireCounter,
 };
 use crate::storage::{Committed, Merge, PeerMark, Store};
+use catch_up::{CatchUp, Turn};
 use peer::{PeerState, PeerView, PullAnswer, PullStep, Push, Reachability};
 
 /// Most pull pages fetched in one round; a round that stops there with
@@ -95,6 +101,8 @@ pub struct Replicator {
     /// Taken by the dispatcher while it runs, put back when it stops, so
     /// the last flush finds what it had not dispatched yet.
     committed: Mutex<Option<mpsc::UnboundedReceiver<Committed>>>,
+    /// The turn to pull while far behind.
+    catch_up: CatchUp,
 }
 
 struct Peer {
@@ -121,6 +129,7 @@ impl Replicator {
             peers: Mutex::new(BTreeMap::new()),
             stored_changed: Notify::new(),
             committed: Mutex::new(Some(committed)),
+            catch_up: CatchUp::default(),
         });
         // Tracked but not cancelled from outside: it stops itself on the
         // shutdown token and hands its receiver back.
@@ -400,9 +409,13 @@ async fn push_once(r: &Replicator, peer: &Peer, timeout: Duration, force: bool) 
 
 async fn pull_loop(r: Arc<Replicator>, peer: Arc<Peer>) {
     let interval = r.ctx.sync_interval;
+    let mut turn = None;
     loop {
-        let result = pull_round(&r, &peer).await;
+        let result = pull_round(&r, &peer, &mut turn).await;
         let behind = matches!(result, Ok(true));
+        if !(behind && turn.as_mut().is_some_and(Turn::keep)) {
+            turn = None;
+        }
         let outcome = if result.is_ok() { "ok" } else { "error" };
         r.ctx
             .metrics
@@ -443,9 +456,22 @@ fn check_page(store: &Store, counters: &[(String, GCounter)]) -> Result<(), Pull
 }
 
 /// One anti-entropy round; `Ok(true)` when it stopped with pages left.
-async fn pull_round(r: &Replicator, peer: &Peer) -> Result<bool, PullError> {
+/// Pages after the first are fetched with the catch-up `turn`, taken here
+/// unless its holder stalls.
+async fn pull_round(
+    r: &Replicator,
+    peer: &Peer,
+    turn: &mut Option<Turn>,
+) -> Result<bool, PullError> {
     let actor = &peer.actor;
+    let (mut far_behind, mut waited) = (false, false);
     for _ in 0..MAX_PAGES_PER_ROUND {
+        if far_behind && turn.is_none() && !waited {
+            waited = true;
+            // The longest a holder may take over one page: a call and a merge.
+            let stall = r.ctx.peer_timeout + r.ctx.store.deadline();
+            *turn = r.catch_up.take(stall).await;
+        }
         let PeerMark { incarnation, seq } = peer.state().pull_request();
         let req = Request::Pull {
             incarnation,
@@ -505,9 +531,13 @@ async fn pull_round(r: &Replicator, peer: &Peer) -> Result<bool, PullError> {
                 if n > 0 {
                     debug!(peer = %peer.label.peer, names = n, "pulled");
                 }
+                if turn.is_some() {
+                    r.catch_up.progressed();
+                }
                 if !more {
                     return Ok(false);
                 }
+                far_behind = true;
             }
         }
     }

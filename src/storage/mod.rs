@@ -314,6 +314,11 @@ impl Store {
         self.inner.identity
     }
 
+    /// The deadline of one call to the writer (a commit, a merge).
+    pub fn deadline(&self) -> Duration {
+        self.inner.timeout
+    }
+
     /// The data folder, if the engine has one.
     pub fn dir(&self) -> Option<&Path> {
         self.inner.engine.location()
