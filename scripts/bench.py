@@ -297,6 +297,12 @@ def rss_bytes(pid: int) -> int:
     raise BenchError(f"no VmRSS for pid {pid}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def disk_usage(path: Path) -> tuple[int, int]:
     """(allocated bytes, apparent bytes) of every file under `path`."""
     allocated = apparent = 0
@@ -999,12 +1005,15 @@ def b4_convergence(run: Run, size: int, keep_last: bool):
             # Node 2 catches up first, so node 3's catch-up is measured alone.
             wait_until(f"node 2 to hold {size} names", 60 + size / 10_000,
                        lambda: (nodes[1].status() or {}).get("names", 0) >= base + size, 0.02)
+            peers_cpu = [cpu_seconds(n.pid) for n in nodes[:2]]
             started = down.start()
             first_status = down.wait_serving()
             done = wait_until(
                 f"restarted node 3 to hold {size} names", 60 + size / 10_000,
                 lambda: (down.status() or {}).get("names", 0) >= base + size and time.monotonic(), 0.01,
             )
+            # CPU of the whole cluster while node 3 catches up (node 3's from its start).
+            cpu = [cpu_seconds(n.pid) - c for n, c in zip(nodes[:2], peers_cpu)] + [cpu_seconds(down.pid)]
             if down.value(names[-1]) != b"1" or down.value(names[0]) != b"1":
                 raise BenchError("node 3 counts every name but not their values")
             received = metric_sum(down.port, "tally_peer_bytes_received_total")
@@ -1017,6 +1026,10 @@ def b4_convergence(run: Run, size: int, keep_last: bool):
                 "peer_bytes_received": received,
                 "bytes_per_name": received / size if received is not None else None,
                 "node1_rss_after_writes": rss_after_writes,
+                "cpu_seconds_node1": cpu[0],
+                "cpu_seconds_node2": cpu[1],
+                "cpu_seconds_node3": cpu[2],
+                "cpu_seconds_catching_up": sum(cpu),
                 "sigterm_exit_code": code,
             })
         finally:
@@ -1199,6 +1212,7 @@ def rows(res: dict, s: Settings) -> list[Row]:
             add(f"B4 convergence, {fmt(size)} names", b4.get("seconds"), "s")
             out[-1].target = "< 1 s at 100k, < 3 s at 1M"
         add("B4 bytes received per name", b4.get("bytes_per_name"), "B/name", op="<", limit=60)
+        add(f"B4 CPU of the 3 nodes while catching up, {fmt(size)} names", b4.get("cpu_seconds_catching_up"), "s")
 
     if "b5" in res:
         b5, b6, n = res["b5"]["median"], res["b5"]["b6"], s.b5_size
