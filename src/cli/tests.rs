@@ -1,6 +1,10 @@
 //! Flags: what parses, what is refused, and that the defaults are the code's.
 
 use super::*;
+use crate::daemon::defaults;
+use crate::node::{OnDamage, Settings};
+use crate::server::Limits;
+use crate::tls::PlainHttp;
 use clap::CommandFactory;
 
 fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
