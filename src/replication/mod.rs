@@ -23,7 +23,7 @@
 //! as the merged counters, so a crash cannot skip changes.
 //!
 //! A pull that finds more than a page waiting fetches the rest only with
-//! the catch-up turn ([`catch_up`]), so a node far behind fetches its
+//! the catch-up turn (`catch_up.rs`), so a node far behind fetches its
 //! backlog from one peer at a time instead of once from each at once.
 //!
 //! Members pull from every actor of the config and from every leaver whose
