@@ -161,6 +161,7 @@ pub async fn run(
         );
     }
     let metrics = Metrics::default();
+    metrics.watch_folder(&settings.data_dir);
     let transport = Arc::new(HttpTransport::new(
         settings.connect_timeout,
         settings.secret.clone(),

@@ -13,7 +13,8 @@
 //! Labels are bounded: routes are templates, methods a fixed few, peers
 //! are config actors.
 
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -120,6 +121,8 @@ pub struct Metrics {
     pub replica_waits: Family<Outcome, Counter>,
     pub connections: Family<ConnectionClass, Gauge>,
     pub connections_refused: Family<ConnectionClass, Counter>,
+    /// The data folder whose file system `tally_storage_free_bytes` reports.
+    folder: Arc<Mutex<Option<PathBuf>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -164,11 +167,13 @@ impl Metrics {
             replica_waits: Family::default(),
             connections: Family::default(),
             connections_refused: Family::default(),
+            folder: Arc::default(),
         };
         let mut root = Registry::default();
         root.register_collector(Box::new(Process {
             started: std::time::SystemTime::now(),
         }));
+        root.register_collector(Box::new(Folder(m.folder.clone())));
         let r = root.sub_registry_with_prefix("tally");
         r.register(
             "build",
@@ -209,6 +214,11 @@ impl Metrics {
             registry: Arc::new(root),
             ..m
         }
+    }
+
+    /// Reports the free space of the file system that holds `dir`.
+    pub fn watch_folder(&self, dir: &Path) {
+        *self.folder.lock().unwrap_or_else(|p| p.into_inner()) = Some(dir.to_path_buf());
     }
 
     /// The OpenMetrics text of every metric.
@@ -310,6 +320,53 @@ impl Collector for Process {
     }
 }
 
+/// The space of the file system that holds the data folder, read at each
+/// scrape (`statvfs`): what the node's user may still write, and the size.
+#[derive(Debug)]
+struct Folder(Arc<Mutex<Option<PathBuf>>>);
+
+impl Folder {
+    /// (bytes available to an unprivileged user, bytes in all).
+    fn space(dir: &Path) -> Option<(f64, f64)> {
+        use std::os::unix::ffi::OsStrExt as _;
+        let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+        // SAFETY: statvfs reads a NUL-terminated path and only writes the
+        // struct it is given.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+            return None;
+        }
+        let unit = st.f_frsize as f64;
+        Some((st.f_bavail as f64 * unit, st.f_blocks as f64 * unit))
+    }
+}
+
+impl Collector for Folder {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let dir = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some((free, size)) = dir.as_deref().and_then(Self::space) else {
+            return Ok(());
+        };
+        let gauges = [
+            (
+                "tally_storage_free_bytes",
+                "Bytes the node may still write on the file system of its data folder",
+                free,
+            ),
+            (
+                "tally_storage_size_bytes",
+                "Size in bytes of the file system of the data folder",
+                size,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let m = ConstGauge::new(value);
+            m.encode(encoder.encode_descriptor(name, help, None, m.metric_type())?)?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -359,5 +416,25 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    /// The free space of the data folder's file system, once the folder is
+    /// known, and not before.
+    #[test]
+    fn the_data_folders_free_space_is_reported() {
+        let value = |text: &str, name: &str| -> Option<f64> {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .and_then(|v| v.parse().ok())
+        };
+        let m = Metrics::new();
+        assert_eq!(value(&m.encode(), "tally_storage_free_bytes"), None);
+        m.watch_folder(&std::env::temp_dir());
+        let text = m.encode();
+        let free = value(&text, "tally_storage_free_bytes").expect(&text);
+        let size = value(&text, "tally_storage_size_bytes").expect(&text);
+        assert!(size > 0.0 && free <= size, "free {free} of {size}");
+        m.watch_folder(Path::new("/no/such/folder/anywhere"));
+        assert_eq!(value(&m.encode(), "tally_storage_free_bytes"), None);
     }
 }
