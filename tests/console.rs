@@ -30,12 +30,6 @@ const PAGE_BOUND: Duration = Duration::from_secs(90);
 /// is pending, so slow answers cannot eat it).
 const VIRTUAL_MS: u32 = 3000;
 
-fn env_flag(key: &str) -> bool {
-    std::env::var(key)
-        .map(|v| !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false"))
-        .unwrap_or(false)
-}
-
 /// Where screenshots go: `target/test-output/`.
 fn output_dir() -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))

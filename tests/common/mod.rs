@@ -45,6 +45,14 @@ pub fn announce(line: &str) {
 // ---------------------------------------------------------------------------
 // Waiting
 
+/// Whether the environment variable `key` is set to something other than
+/// empty, `0` or `false`.
+pub fn env_flag(key: &str) -> bool {
+    std::env::var(key)
+        .map(|v| !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false"))
+        .unwrap_or(false)
+}
+
 /// Polls `cond` every [`STEP`] until it holds or `bound` passes; returns
 /// whether it held.
 pub fn wait_until(bound: Duration, mut cond: impl FnMut() -> bool) -> bool {
