@@ -24,6 +24,7 @@
 #                       docker.io and docker-compose when missing)
 #   bench-guard         wrk, redis-server and redis-tools (Redis is the
 #                       anchor the guard's B1 ratios are measured against)
+#   monitoring          promtool (taken out of Debian's prometheus package)
 set -euo pipefail
 
 check_only=0
@@ -106,6 +107,30 @@ if ((${#missing_pkgs[@]})) && ((root && !check_only)) && have apt-get; then
     say "installed: ${missing_pkgs[*]}"
     missing_pkgs=()
     missing_why=()
+fi
+
+# promtool, for the monitoring test (`promtool check rules` and `test rules`
+# on docs/monitoring/): Debian ships it in the `prometheus` package, whose
+# installation would also start a Prometheus server. So only its promtool is
+# taken out of the package, into /usr/local/bin.
+promtool_why="the monitoring test fails (TALLY_MONITORING_SKIP=1 skips it, and says so)"
+if ! have promtool && ((root && !check_only)) && have apt-get && have dpkg-deb; then
+    say "installing promtool (from Debian's prometheus package, nothing else of it)"
+    unpack=$(mktemp -d)
+    (
+        cd "$unpack"
+        timeout 600 apt-get download -q prometheus </dev/null >/dev/null 2>&1 || {
+            timeout 600 apt-get update -q </dev/null >/dev/null
+            timeout 600 apt-get download -q prometheus </dev/null >/dev/null
+        }
+        dpkg-deb -x prometheus_*.deb root
+        install -m 0755 root/usr/bin/promtool /usr/local/bin/promtool
+    ) || say "could not install promtool: $promtool_why"
+    rm -rf "$unpack"
+fi
+if ! have promtool; then
+    missing_pkgs+=("prometheus (promtool)")
+    missing_why+=("$promtool_why")
 fi
 
 if ((${#missing_pkgs[@]})); then
