@@ -121,7 +121,7 @@ if ! have promtool && ((root && !check_only)) && have apt-get && have dpkg-deb; 
         cd "$unpack"
         timeout 600 apt-get download -q prometheus </dev/null >/dev/null 2>&1 || {
             timeout 600 apt-get update -q </dev/null >/dev/null
-            timeout 600 apt-get download -q prometheus </dev/null >/dev/null
+            timeout 600 apt-get download -q prometheus </dev/null >/dev/null 2>&1
         }
         dpkg-deb -x prometheus_*.deb root
         install -m 0755 root/usr/bin/promtool /usr/local/bin/promtool
