@@ -13,8 +13,9 @@
 //! Labels are bounded: routes are templates, methods a fixed few, peers
 //! are config actors.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -121,8 +122,9 @@ pub struct Metrics {
     pub replica_waits: Family<Outcome, Counter>,
     pub connections: Family<ConnectionClass, Gauge>,
     pub connections_refused: Family<ConnectionClass, Counter>,
-    /// The data folder whose file system `tally_storage_free_bytes` reports.
-    folder: Arc<Mutex<Option<PathBuf>>>,
+    /// The last sample of the data folder's file system, which
+    /// `tally_storage_free_bytes` reports.
+    folder: Arc<Mutex<Space>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -216,9 +218,44 @@ impl Metrics {
         }
     }
 
-    /// Reports the free space of the file system that holds `dir`.
+    /// Reports the free space of the file system that holds `dir`, sampled
+    /// every [`SPACE_EVERY`] by a thread of its own (see [`Space`]).
     pub fn watch_folder(&self, dir: &Path) {
-        *self.folder.lock().unwrap_or_else(|p| p.into_inner()) = Some(dir.to_path_buf());
+        self.watch_folder_with(dir, Arc::new(statvfs_space), SPACE_EVERY);
+    }
+
+    fn watch_folder_with(&self, dir: &Path, stat: Arc<StatFn>, every: Duration) {
+        let generation = {
+            let mut space = self.folder.lock().unwrap_or_else(|p| p.into_inner());
+            space.generation += 1;
+            space.sample = None;
+            space.generation
+        };
+        let slot = Arc::downgrade(&self.folder);
+        let dir = dir.to_path_buf();
+        let sampler = move || {
+            loop {
+                // Nothing held while the file system is asked: a stuck call
+                // blocks this thread only, and the metrics can go away.
+                let sample = stat(&dir).map(|(free, size)| (free, size, Instant::now()));
+                let Some(slot) = slot.upgrade() else { return };
+                {
+                    let mut space = slot.lock().unwrap_or_else(|p| p.into_inner());
+                    if space.generation != generation {
+                        return;
+                    }
+                    space.sample = sample;
+                }
+                drop(slot);
+                std::thread::sleep(every);
+            }
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name("tally-space".into())
+            .spawn(sampler)
+        {
+            tracing::warn!(error = %e, "cannot sample the data folder's free space");
+        }
     }
 
     /// The OpenMetrics text of every metric.
@@ -320,31 +357,47 @@ impl Collector for Process {
     }
 }
 
-/// The space of the file system that holds the data folder, read at each
-/// scrape (`statvfs`): what the node's user may still write, and the size.
-#[derive(Debug)]
-struct Folder(Arc<Mutex<Option<PathBuf>>>);
+/// How often the data folder's file system is sampled.
+pub const SPACE_EVERY: Duration = Duration::from_secs(5);
 
-impl Folder {
-    /// (bytes available to an unprivileged user, bytes in all).
-    fn space(dir: &Path) -> Option<(f64, f64)> {
-        use std::os::unix::ffi::OsStrExt as _;
-        let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-        // SAFETY: statvfs reads a NUL-terminated path and only writes the
-        // struct it is given.
-        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
-            return None;
-        }
-        let unit = st.f_frsize as f64;
-        Some((st.f_bavail as f64 * unit, st.f_blocks as f64 * unit))
-    }
+/// How the space of a folder's file system is read: (bytes available to an
+/// unprivileged user, bytes in all).
+type StatFn = dyn Fn(&Path) -> Option<(f64, f64)> + Send + Sync;
+
+/// The space of the file system that holds the data folder. A thread asks
+/// the file system (`statvfs`) every [`SPACE_EVERY`] and leaves its answer
+/// here; a scrape reports the last answer and its age. A scrape never asks
+/// the file system itself: on a stalled file system (a dead network mount,
+/// a failing disk) the call can block for as long as the kernel likes, and
+/// a scrape must answer (G6). A stalled sampler shows as an age that grows.
+#[derive(Debug, Default)]
+struct Space {
+    /// (free, size, when read) from the last call that succeeded.
+    sample: Option<(f64, f64, Instant)>,
+    /// Bumped by each `watch_folder`: the sampler of an older one stops.
+    generation: u64,
 }
+
+fn statvfs_space(dir: &Path) -> Option<(f64, f64)> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs reads a NUL-terminated path and only writes the
+    // struct it is given.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    let unit = st.f_frsize as f64;
+    Some((st.f_bavail as f64 * unit, st.f_blocks as f64 * unit))
+}
+
+#[derive(Debug)]
+struct Folder(Arc<Mutex<Space>>);
 
 impl Collector for Folder {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let dir = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let Some((free, size)) = dir.as_deref().and_then(Self::space) else {
+        let sample = self.0.lock().unwrap_or_else(|p| p.into_inner()).sample;
+        let Some((free, size, at)) = sample else {
             return Ok(());
         };
         let gauges = [
@@ -357,6 +410,11 @@ impl Collector for Folder {
                 "tally_storage_size_bytes",
                 "Size in bytes of the file system of the data folder",
                 size,
+            ),
+            (
+                "tally_storage_space_age_seconds",
+                "Age of the last reading of the free space: grows while the file system does not answer",
+                at.elapsed().as_secs_f64(),
             ),
         ];
         for (name, help, value) in gauges {
@@ -418,23 +476,72 @@ mod tests {
         assert!(text.ends_with("# EOF\n"));
     }
 
+    fn value(text: &str, name: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.parse().ok())
+    }
+
+    /// Encodes until `ok` holds of the text, for at most 30 s.
+    fn encode_until(m: &Metrics, ok: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = m.encode();
+            if ok(&text) || Instant::now() > deadline {
+                return text;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// The free space of the data folder's file system, once the folder is
     /// known, and not before.
     #[test]
     fn the_data_folders_free_space_is_reported() {
-        let value = |text: &str, name: &str| -> Option<f64> {
-            text.lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-                .and_then(|v| v.parse().ok())
-        };
         let m = Metrics::new();
         assert_eq!(value(&m.encode(), "tally_storage_free_bytes"), None);
         m.watch_folder(&std::env::temp_dir());
-        let text = m.encode();
+        let text = encode_until(&m, |t| value(t, "tally_storage_free_bytes").is_some());
         let free = value(&text, "tally_storage_free_bytes").expect(&text);
         let size = value(&text, "tally_storage_size_bytes").expect(&text);
         assert!(size > 0.0 && free <= size, "free {free} of {size}");
         m.watch_folder(Path::new("/no/such/folder/anywhere"));
         assert_eq!(value(&m.encode(), "tally_storage_free_bytes"), None);
+    }
+
+    /// A file system that stops answering (a dead mount) blocks the
+    /// sampler, never a scrape: the scrape reports the last reading, and
+    /// its age grows.
+    #[test]
+    fn a_stuck_file_system_does_not_block_a_scrape() {
+        let release = Arc::new(Mutex::new(()));
+        let held = release.lock().unwrap();
+        let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let stat: Arc<StatFn> = Arc::new({
+            let (release, calls) = (release.clone(), calls.clone());
+            move |_: &Path| {
+                if calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) > 0 {
+                    // Every call after the first hangs until the test ends.
+                    drop(release.lock());
+                }
+                Some((1.0, 2.0))
+            }
+        });
+        let m = Metrics::new();
+        m.watch_folder_with(Path::new("/"), stat, Duration::from_millis(10));
+        let text = encode_until(&m, |t| {
+            value(t, "tally_storage_space_age_seconds").is_some_and(|age| age >= 0.5)
+        });
+        assert_eq!(
+            value(&text, "tally_storage_free_bytes"),
+            Some(1.0),
+            "{text}"
+        );
+        assert!(
+            value(&text, "tally_storage_space_age_seconds").is_some_and(|age| age >= 0.5),
+            "the age of a reading the file system cannot renew grows: {text}"
+        );
+        assert!(calls.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+        drop(held);
     }
 }
