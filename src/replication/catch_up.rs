@@ -21,7 +21,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 /// Rounds (of up to 64 pages each) a pull keeps the turn for.
 pub const MAX_TURN_ROUNDS: u32 = 4;
@@ -30,7 +30,9 @@ pub const MAX_TURN_ROUNDS: u32 = 4;
 #[derive(Clone)]
 pub struct CatchUp {
     turn: Arc<Semaphore>,
-    progress: Arc<Notify>,
+    /// Pages merged by holders: a count, so that a waiter misses no
+    /// progress made while it was not polling.
+    progress: Arc<watch::Sender<u64>>,
 }
 
 /// A pull's hold on the turn: the rounds it has had.
@@ -43,7 +45,7 @@ impl Default for CatchUp {
     fn default() -> Self {
         CatchUp {
             turn: Arc::new(Semaphore::new(1)),
-            progress: Arc::new(Notify::new()),
+            progress: Arc::new(watch::Sender::new(0)),
         }
     }
 }
@@ -54,14 +56,15 @@ impl CatchUp {
     pub async fn take(&self, stall: Duration) -> Option<Turn> {
         let acquire = self.turn.clone().acquire_owned();
         tokio::pin!(acquire);
+        let mut progress = self.progress.subscribe();
         loop {
-            let progress = self.progress.notified();
             tokio::select! {
                 permit = &mut acquire => {
                     // The semaphore is never closed.
                     return permit.ok().map(|p| Turn { _permit: p, rounds: 0 });
                 }
-                _ = progress => {}
+                // The sender lives as long as `self`.
+                _ = progress.changed() => {}
                 _ = tokio::time::sleep(stall) => return None,
             }
         }
@@ -69,7 +72,8 @@ impl CatchUp {
 
     /// The holder merged a page: waiters keep waiting.
     pub fn progressed(&self) {
-        self.progress.notify_waiters();
+        self.progress
+            .send_modify(|pages| *pages = pages.wrapping_add(1));
     }
 }
 
