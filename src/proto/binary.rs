@@ -26,8 +26,8 @@ use crate::cluster::Membership;
 use crate::crdt::Component;
 
 use super::{
-    MAX_COMPONENTS_PER_PUSH, MAX_NAMES_PER_MESSAGE, ReplicaId, Request, RequestEnvelope, Response,
-    ResponseEnvelope, WireCounter,
+    MAX_COMPONENTS_PER_PUSH, MAX_LIST, MAX_NAMES_PER_MESSAGE, ReplicaId, Request, RequestEnvelope,
+    Response, ResponseEnvelope, WireCounter,
 };
 
 /// The version this encoding is.
@@ -55,12 +55,14 @@ mod tag {
     pub const READ_MANY: u8 = 4;
     pub const CONFIG: u8 = 5;
     pub const MARK: u8 = 6;
+    pub const LIST: u8 = 7;
 
     pub const ACK: u8 = 0;
     pub const CHANGES: u8 = 1;
     pub const COUNTER: u8 = 2;
     pub const COUNTERS: u8 = 3;
     pub const MARK_SEQ: u8 = 4;
+    pub const PAGE: u8 = 5;
 }
 
 /// Encodes a request.
@@ -98,6 +100,11 @@ pub fn encode_request(env: &RequestEnvelope) -> Vec<u8> {
             w.byte(tag::MARK);
             w.u64(*incarnation);
         }
+        Request::List { after, limit } => {
+            w.byte(tag::LIST);
+            w.str(after);
+            w.varint(*limit as u64);
+        }
     }
     w.0
 }
@@ -133,6 +140,11 @@ pub fn encode_response(env: &ResponseEnvelope) -> Vec<u8> {
         Response::Mark { seq } => {
             w.byte(tag::MARK_SEQ);
             w.varint(*seq);
+        }
+        Response::Page { counters, more } => {
+            w.byte(tag::PAGE);
+            w.counters(counters);
+            w.byte(u8::from(*more));
         }
     }
     w.0
@@ -173,6 +185,10 @@ pub fn decode_request(bytes: &[u8]) -> Result<RequestEnvelope, DecodeError> {
         tag::MARK => Request::Mark {
             incarnation: r.u64()?,
         },
+        tag::LIST => Request::List {
+            after: r.str()?,
+            limit: usize::try_from(r.varint()?).map_err(|_| r.error("a limit past usize"))?,
+        },
         other => return Err(r.error(&format!("unknown request {other}"))),
     };
     r.end()?;
@@ -194,12 +210,18 @@ pub fn decode_response(bytes: &[u8]) -> Result<ResponseEnvelope, DecodeError> {
             counters: r.counters()?,
             next: r.varint()?,
             head: r.varint()?,
-            more: match r.byte()? {
-                0 => false,
-                1 => true,
-                other => return Err(r.error(&format!("{other} is not a flag"))),
-            },
+            more: r.flag()?,
         },
+        tag::PAGE => {
+            let counters = r.counters()?;
+            if counters.len() > MAX_LIST {
+                return Err(r.error(&format!("a page of more than {MAX_LIST} counters")));
+            }
+            Response::Page {
+                counters,
+                more: r.flag()?,
+            }
+        }
         tag::COUNTER => Response::Counter {
             components: r.components()?,
         },
@@ -309,6 +331,14 @@ impl Reader<'_> {
 
     fn byte(&mut self) -> Result<u8, DecodeError> {
         Ok(self.take(1)?[0])
+    }
+
+    fn flag(&mut self) -> Result<bool, DecodeError> {
+        match self.byte()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            other => Err(self.error(&format!("{other} is not a flag"))),
+        }
     }
 
     fn u64(&mut self) -> Result<u64, DecodeError> {
@@ -475,6 +505,10 @@ mod tests {
             prop::collection::vec(name(), 0..5).prop_map(|names| Request::ReadMany { names }),
             Just(Request::Config),
             any::<u64>().prop_map(|incarnation| Request::Mark { incarnation }),
+            (name(), any::<u32>()).prop_map(|(after, limit)| Request::List {
+                after,
+                limit: limit as usize
+            }),
         ]
     }
 
@@ -494,6 +528,8 @@ mod tests {
             prop::collection::vec(prop::collection::vec(component(), 0..3), 0..4)
                 .prop_map(|counters| Response::Counters { counters }),
             any::<u64>().prop_map(|seq| Response::Mark { seq }),
+            (counters(), any::<bool>())
+                .prop_map(|(counters, more)| Response::Page { counters, more }),
         ]
     }
 

@@ -98,7 +98,14 @@ pub enum Request {
     /// asker's own sequence, for this incarnation of the asker): a leaving
     /// node confirms its hand-off with it.
     Mark { incarnation: u64 },
+    /// The responder's counters with names after `after` (all of them when
+    /// empty), in name order, at most `limit` (at most
+    /// [`MAX_LIST`]): a page of a consistent listing (backups).
+    List { after: String, limit: usize },
 }
+
+/// Most counters in one `List` page.
+pub const MAX_LIST: usize = 1000;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -118,6 +125,11 @@ pub enum Response {
     },
     Mark {
         seq: u64,
+    },
+    /// The answer to `List`: `more` when counters past the last one exist.
+    Page {
+        counters: Vec<WireCounter>,
+        more: bool,
     },
 }
 
@@ -242,6 +254,16 @@ pub fn decode_response(bytes: &[u8]) -> serde_json::Result<ResponseEnvelope> {
                 head,
                 more,
             }
+        }
+        "page" => {
+            #[derive(Deserialize)]
+            struct Page {
+                #[serde(deserialize_with = "bounded::<_, _, MAX_LIST>")]
+                counters: Vec<WireCounter>,
+                more: bool,
+            }
+            let Page { counters, more } = serde_json::from_str(json)?;
+            Response::Page { counters, more }
         }
         "counters" => {
             #[derive(Deserialize)]

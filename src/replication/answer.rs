@@ -16,7 +16,7 @@ use super::error::AnswerError;
 use crate::crdt::GCounter;
 use crate::input::validate_name;
 use crate::proto::{
-    MAX_COMPONENTS_PER_PUSH, MAX_NAMES_PER_MESSAGE, PROTOCOL_VERSION, ReplicaId, Request,
+    MAX_COMPONENTS_PER_PUSH, MAX_LIST, MAX_NAMES_PER_MESSAGE, PROTOCOL_VERSION, ReplicaId, Request,
     RequestEnvelope, Response, ResponseEnvelope, WireCounter, speaks,
 };
 use crate::storage::Merge;
@@ -85,6 +85,29 @@ impl Replicator {
             Request::Mark { incarnation } => Response::Mark {
                 seq: store.mark(incarnation).await?,
             },
+            Request::List { after, limit } => {
+                if !after.is_empty() {
+                    validate_name(&after)?;
+                }
+                if limit == 0 || limit > MAX_LIST {
+                    return Err(AnswerError::TooMany {
+                        what: "counters in a page (and at least 1)",
+                        max: MAX_LIST,
+                    });
+                }
+                let after = (!after.is_empty()).then_some(after.as_str());
+                // One more than asked: whether there is more.
+                let mut page = store.list("", after, limit + 1);
+                let more = page.len() > limit;
+                page.truncate(limit);
+                Response::Page {
+                    counters: page
+                        .into_iter()
+                        .map(|(n, c)| WireCounter::new(n, &c))
+                        .collect(),
+                    more,
+                }
+            }
         };
         let membership =
             store.with_membership(|ours| theirs.merged_with(ours).is_some().then(|| ours.clone()));

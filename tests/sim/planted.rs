@@ -392,7 +392,7 @@ fn totals_by_maximum(env: &mut ResponseEnvelope) {
                 collapse(components);
             }
         }
-        Response::Changes { counters, .. } => {
+        Response::Changes { counters, .. } | Response::Page { counters, .. } => {
             for c in counters {
                 collapse(&mut c.components);
             }
