@@ -25,8 +25,8 @@ use tokio_util::task::TaskTracker;
 
 use super::Whoami;
 use super::read_batch::{Answer, ReadBatcher};
-use super::read_round::{Incomplete, Next, ReadRound};
-use crate::cluster::Actor;
+use super::read_round::{Gathered, Incomplete, Next, ReadRound};
+use crate::cluster::{Actor, Membership};
 use crate::messenger::Messenger;
 use crate::metrics::{Metrics, Outcome};
 use crate::storage::Store;
@@ -78,10 +78,45 @@ impl Reads {
         timeout: Duration,
     ) -> Result<u128, Incomplete> {
         let deadline = Instant::now() + timeout;
+        let local = || self.store.counter(name).unwrap_or_default();
+        let round = self.start_round(local(), timeout)?;
+        self.run_round(round, deadline, local, |actor| async move {
+            let answer = self.read_until(&actor, name, deadline).await;
+            (actor, answer)
+        })
+        .await
+        .map_err(|round| round.give_up())
+    }
+
+    /// A round under the stored membership, from this node's own state.
+    pub(super) fn start_round<S: Gathered>(
+        &self,
+        local: S,
+        timeout: Duration,
+    ) -> Result<ReadRound<S>, Incomplete> {
+        let view = self.store.watch_membership().borrow().clone();
+        ReadRound::start(view, local, self.me(), timeout)
+    }
+
+    /// Runs `round` until it completes or `deadline` passes (then the
+    /// round is handed back, to say what it lacks). `ask` calls one actor
+    /// until it answers or the deadline passes; `local` reads this node's
+    /// own state again when the round restarts.
+    pub(super) async fn run_round<S, Ask, Fut>(
+        &self,
+        mut round: ReadRound<S>,
+        deadline: Instant,
+        local: impl Fn() -> S,
+        ask: Ask,
+    ) -> Result<S::Value, ReadRound<S>>
+    where
+        S: Gathered,
+        Ask: Fn(Actor) -> Fut,
+        Fut: Future<Output = (Actor, Option<(S, Option<Membership>)>)>,
+    {
         let mut stored = self.store.watch_membership();
-        let view = stored.borrow_and_update().clone();
-        let local = self.store.counter(name).unwrap_or_default();
-        let mut round = ReadRound::start(view, local, self.me(), timeout)?;
+        stored.borrow_and_update();
+        round.learned(&stored.borrow());
         let mut calls = FuturesUnordered::new();
         loop {
             match round.next() {
@@ -89,27 +124,24 @@ impl Reads {
                 Next::Restart => {
                     // Dropping them cancels the calls of the old round.
                     calls = FuturesUnordered::new();
-                    let local = self.store.counter(name).unwrap_or_default();
-                    round.restart(&local, self.me());
+                    round.restart(&local(), self.me());
                     continue;
                 }
                 Next::Ask { round: r, actors } => {
                     for actor in actors {
-                        calls.push(async move {
-                            let answer = self.read_until(&actor, name, deadline).await;
-                            (r, actor, answer)
-                        });
+                        let call = ask(actor);
+                        calls.push(async move { (r, call.await) });
                     }
                 }
             }
             tokio::select! {
                 biased;
                 answered = calls.next() => match answered {
-                    Some((r, actor, Some((theirs, membership)))) => {
+                    Some((r, (actor, Some((theirs, membership))))) => {
                         round.heard(r, actor, &theirs, membership.as_ref());
                     }
                     // Gave up at the deadline.
-                    Some((_, _, None)) => {}
+                    Some((_, (_, None))) => {}
                     None => break,
                 },
                 changed = stored.changed() => match changed {
@@ -119,7 +151,7 @@ impl Reads {
                 _ = tokio::time::sleep_until(deadline) => break,
             }
         }
-        Err(round.give_up())
+        Err(round)
     }
 
     /// Calls `actor` until it answers or `deadline` passes. The pause between

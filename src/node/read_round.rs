@@ -30,11 +30,38 @@ pub struct Incomplete {
     pub best_known_value: u128,
 }
 
+/// What a round gathers from each actor it hears from, merged as the
+/// answers come: one counter for a consistent read, a page of counters for
+/// a consistent listing (`backup.rs`).
+pub trait Gathered {
+    /// What a complete round answers.
+    type Value: std::fmt::Debug + PartialEq;
+    /// Adds what one actor said: a merge, never a sum of totals.
+    fn gather(&mut self, theirs: &Self);
+    /// The answer, once every actor of the read set was heard from.
+    fn value(&self) -> Self::Value;
+    /// The sum of what was heard, for a round that cannot complete.
+    fn best_known_value(&self) -> u128;
+}
+
+impl Gathered for GCounter {
+    type Value = u128;
+    fn gather(&mut self, theirs: &Self) {
+        self.merge(theirs);
+    }
+    fn value(&self) -> u128 {
+        GCounter::value(self)
+    }
+    fn best_known_value(&self) -> u128 {
+        GCounter::value(self)
+    }
+}
+
 /// What the read does next.
 #[derive(Debug, PartialEq)]
-pub enum Next {
+pub enum Next<V = u128> {
     /// Every actor of the read set was heard from: the value.
-    Done(u128),
+    Done(V),
     /// Ask these actors (none: wait for the answers already asked for).
     /// Their answers are tagged with `round`.
     Ask { round: u64, actors: Vec<Actor> },
@@ -43,9 +70,9 @@ pub enum Next {
     Restart,
 }
 
-/// One consistent read of one name.
+/// One consistent read of one name (or of what else `S` gathers).
 #[derive(Debug)]
-pub struct ReadRound {
+pub struct ReadRound<S = GCounter> {
     /// Shared with storage until the read learns something newer: a read
     /// copies no membership.
     view: Arc<Membership>,
@@ -54,17 +81,20 @@ pub struct ReadRound {
     read_set: Vec<Actor>,
     /// An actor left the read set since this round began.
     restart: bool,
-    merged: GCounter,
+    merged: S,
     /// Heard during this round; this node itself from the start, when it
     /// knows which actor it is (its own state was read during the request).
     heard: BTreeSet<Actor>,
     asked: BTreeSet<Actor>,
+    /// Not waited for: the caller chose to go on without them (a partial
+    /// backup). Never set for a consistent read.
+    excused: BTreeSet<Actor>,
     /// Bumped by every restart; answers to an older round are not believed.
     round: u64,
     timeout: Duration,
 }
 
-impl ReadRound {
+impl<S: Gathered> ReadRound<S> {
     /// Starts a read under the stored membership with this node's own
     /// state of the counter, read during the request. Without a config
     /// this node cannot know whom to hear from: it may be new, or it may
@@ -72,15 +102,15 @@ impl ReadRound {
     /// what it acknowledged. Only a 503 is safe (G1).
     pub fn start(
         view: Arc<Membership>,
-        local: GCounter,
+        local: S,
         me: Option<Actor>,
         timeout: Duration,
-    ) -> Result<ReadRound, Incomplete> {
+    ) -> Result<ReadRound<S>, Incomplete> {
         if !view.is_set() {
             return Err(Incomplete {
                 reason: "this node has no cluster config yet; POST /config first".into(),
                 unreachable: Vec::new(),
-                best_known_value: local.value(),
+                best_known_value: local.best_known_value(),
             });
         }
         let read_set = view.read_set();
@@ -91,22 +121,23 @@ impl ReadRound {
             merged: local,
             heard: me.into_iter().collect(),
             asked: BTreeSet::new(),
+            excused: BTreeSet::new(),
             round: 0,
             timeout,
         })
     }
 
     /// What to do now.
-    pub fn next(&mut self) -> Next {
+    pub fn next(&mut self) -> Next<S::Value> {
         if self.restart {
             return Next::Restart;
         }
-        if self.read_set.iter().all(|a| self.heard.contains(a)) {
+        if self.needed().is_empty() {
             return Next::Done(self.merged.value());
         }
         let mut actors = Vec::new();
         for a in &self.read_set {
-            if !self.heard.contains(a) && !self.asked.contains(a) {
+            if !self.heard.contains(a) && !self.asked.contains(a) && !self.excused.contains(a) {
                 self.asked.insert(a.clone());
                 actors.push(a.clone());
             }
@@ -120,27 +151,21 @@ impl ReadRound {
     /// Starts over under the current view: nobody heard, nobody asked,
     /// this node's own state read again (merged in: what was heard before
     /// is still true, only not enough).
-    pub fn restart(&mut self, local: &GCounter, me: Option<Actor>) {
+    pub fn restart(&mut self, local: &S, me: Option<Actor>) {
         self.round += 1;
         self.restart = false;
-        self.merged.merge(local);
+        self.merged.gather(local);
         self.asked.clear();
         self.heard = me.into_iter().collect();
     }
 
     /// `actor` answered a call of `round` with its state of the counter
     /// and, when it differs from the caller's, its membership.
-    pub fn heard(
-        &mut self,
-        round: u64,
-        actor: Actor,
-        theirs: &GCounter,
-        membership: Option<&Membership>,
-    ) {
+    pub fn heard(&mut self, round: u64, actor: Actor, theirs: &S, membership: Option<&Membership>) {
         if round != self.round {
             return;
         }
-        self.merged.merge(theirs);
+        self.merged.gather(theirs);
         self.heard.insert(actor);
         if let Some(m) = membership {
             self.learned(m);
@@ -169,14 +194,21 @@ impl ReadRound {
         Incomplete {
             reason: format!("could not hear from every node within {:?}", self.timeout),
             unreachable,
-            best_known_value: self.merged.value(),
+            best_known_value: self.merged.best_known_value(),
         }
     }
 
-    fn needed(&self) -> Vec<Actor> {
+    /// Goes on without `actors`: the round completes without hearing
+    /// from them (what they hold may be missing from its value).
+    pub fn excuse(&mut self, actors: impl IntoIterator<Item = Actor>) {
+        self.excused.extend(actors);
+    }
+
+    /// The actors of the read set not heard from yet (and not excused).
+    pub fn needed(&self) -> Vec<Actor> {
         self.read_set
             .iter()
-            .filter(|a| !self.heard.contains(*a))
+            .filter(|a| !self.heard.contains(*a) && !self.excused.contains(*a))
             .cloned()
             .collect()
     }
