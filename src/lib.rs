@@ -22,6 +22,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod backup;
 pub mod cli;
 pub mod client;
 pub mod cluster;

@@ -297,6 +297,23 @@ fn a_tls_cluster_serves_https_and_refuses_plain_http_and_foreign_peers() {
     // Nothing of the above changed the counter.
     let after = curl(&c, &url(ports[0], "/counter/x/consistent_value"));
     assert_eq!((after.status, after.body.as_str()), (200, "5"), "{after:?}");
+    // The backup tools speak TLS: a backup over HTTPS, restored over HTTPS.
+    let file = dir.path().join("tls.tallybak");
+    let https = url(ports[1], "");
+    tally(&[
+        "backup",
+        "--node",
+        &https,
+        "--cacert",
+        s(&ca),
+        "-o",
+        s(&file),
+    ]);
+    let restored = tally(&["restore", s(&file), "--node", &https, "--cacert", s(&ca)]);
+    assert!(
+        restored.contains("merged 1 counters; 0 of them changed"),
+        "{restored}"
+    );
 }
 
 #[test]
@@ -522,6 +539,34 @@ fn tokens_gate_each_route_by_scope_and_rotate_on_sighup() {
             .then_some(())
             .ok_or(log)
     });
+
+    // Backups and restores need an admin token, through the client flags.
+    let file = dir.path().join("tokens.tallybak");
+    let node = format!("http://127.0.0.1:{port}");
+    let backup = |token: &str| {
+        output(Command::new(BIN).args([
+            "backup",
+            "--node",
+            &node,
+            "-o",
+            s(&file),
+            "--token",
+            token,
+        ]))
+    };
+    let refused = backup(&reader);
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("403"),
+        "{refused:?}"
+    );
+    assert!(!file.exists());
+    assert!(backup(&admin).status.success());
+    let restore = |token: &str| {
+        output(Command::new(BIN).args(["restore", s(&file), "--node", &node, "--token", token]))
+    };
+    assert_eq!(restore(&writer).status.code(), Some(1));
+    assert!(restore(&admin).status.success());
 
     // Rotation: the writer's token is replaced; SIGHUP puts the file in force.
     let (writer2, writer2_line) = new_token("writer2", "write");

@@ -38,7 +38,7 @@ pub fn needed(method: &Method, path: &str) -> Option<Scope> {
         | Route::ConsoleAsset
         | Route::Rpc
         | Route::RpcV3 => None,
-        Route::Config => Some(Scope::Admin),
+        Route::Config | Route::Backup | Route::Restore => Some(Scope::Admin),
         Route::Counters | Route::Counter(_) if writes => Some(Scope::Write),
         _ => Some(Scope::Read),
     }
@@ -113,6 +113,8 @@ mod tests {
             (&post, "/_internal/v1/rpc", None),
             (&post, "/_internal/v3/rpc", None),
             (&post, "/config", Some(Scope::Admin)),
+            (&get, "/backup", Some(Scope::Admin)),
+            (&post, "/restore", Some(Scope::Admin)),
             (&post, "/counter/x", Some(Scope::Write)),
             (&post, "/counters", Some(Scope::Write)),
             (&get, "/counter/x", Some(Scope::Read)),

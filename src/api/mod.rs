@@ -16,6 +16,7 @@
 
 mod access;
 mod admin;
+mod backup;
 mod console;
 mod counters;
 pub mod error;
@@ -88,6 +89,8 @@ pub fn router(node: Arc<Node>, access: Arc<Access>) -> Router {
             get(counters::list).post(counters::batch_increment),
         )
         .route(paths::METRICS, get(admin::metrics))
+        .route(paths::BACKUP, get(backup::page))
+        .route(paths::RESTORE, post(backup::restore))
         .fallback(counters::counter_routes);
     // The token check only where tokens are configured (the file is read
     // again on SIGHUP, but whether there is one is fixed at start): an open

@@ -58,6 +58,10 @@ pub mod paths {
     pub const METRICS: &str = "/metrics";
     pub const COUNTERS: &str = "/counters";
     pub const COUNTER_PREFIX: &str = "/counter/";
+    /// One consistent page of every counter with its components (admin).
+    pub const BACKUP: &str = "/backup";
+    /// Merges counters with their components into the cluster (admin).
+    pub const RESTORE: &str = "/restore";
 
     /// `/counter/<name>`, the name percent-encoded into one segment.
     pub fn counter(name: &str) -> String {
@@ -107,6 +111,8 @@ pub enum Route<'a> {
     Readyz,
     Metrics,
     Counters,
+    Backup,
+    Restore,
     Rpc,
     RpcV3,
     /// `/counter/<raw segment>`
@@ -130,6 +136,8 @@ impl<'a> Route<'a> {
             paths::READYZ => Route::Readyz,
             paths::METRICS => Route::Metrics,
             paths::COUNTERS => Route::Counters,
+            paths::BACKUP => Route::Backup,
+            paths::RESTORE => Route::Restore,
             RPC_PATH => Route::Rpc,
             RPC_PATH_V3 => Route::RpcV3,
             _ => {
@@ -159,6 +167,8 @@ impl<'a> Route<'a> {
             Route::Readyz => paths::READYZ,
             Route::Metrics => paths::METRICS,
             Route::Counters => paths::COUNTERS,
+            Route::Backup => paths::BACKUP,
+            Route::Restore => paths::RESTORE,
             Route::Rpc => RPC_PATH,
             Route::RpcV3 => RPC_PATH_V3,
             Route::Counter(_) => "/counter/{name}",
@@ -251,6 +261,49 @@ pub struct Listing {
     pub counters: Vec<NamedValue>,
     /// Pass as `after` for the next page; `None` on the last.
     pub next: Option<String>,
+}
+
+/// One counter with its components, as `GET /backup` lists it and
+/// `POST /restore` takes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredCounter {
+    pub name: String,
+    pub components: Vec<Component>,
+}
+
+/// `GET /backup?after=&limit=&timeout=&without=`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackupPage {
+    pub counters: Vec<StoredCounter>,
+    /// Pass as `after` for the next page; `None` on the last.
+    pub next: Option<String>,
+    /// The actors the page went without (`?without=`): what they alone
+    /// hold may be missing.
+    pub without: Vec<String>,
+}
+
+/// The body of `POST /restore`: at most [`MAX_RESTORE`] counters.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreRequest {
+    pub counters: Vec<StoredCounter>,
+}
+
+/// Most counters in one `POST /restore`.
+pub const MAX_RESTORE: usize = 1000;
+/// Largest body of `POST /restore`: a full page of the longest names with
+/// a few components each.
+pub const MAX_RESTORE_BODY: usize = 4 * 1024 * 1024;
+
+/// The answer to `POST /restore`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RestoreAnswer {
+    /// Counters in the request.
+    pub counters: usize,
+    /// Of them, those the node's state changed for (0 when all it said was
+    /// already known: a restore repeated, or into the cluster it came from).
+    pub changed: usize,
 }
 
 /// The body of `POST /config`.

@@ -4,6 +4,7 @@
 //! Every node setting is a flag with a `TALLY_*` environment variable and a
 //! default in code; `tally --help` lists them all.
 
+mod backup;
 mod cert;
 mod check;
 mod demo;
@@ -220,6 +221,73 @@ pub enum Commands {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Back up every counter of the cluster, with all its components, into a
+    /// file, while the cluster serves (GET /backup, admin scope).
+    ///
+    /// The counters are read in pages of names, each heard from every node of
+    /// the config, as a consistent read is: the file holds every increment
+    /// acknowledged anywhere before the backup began, and of those made while
+    /// it runs, some or none. It is versioned and checksummed, written to
+    /// FILE.partial and renamed to FILE once complete. When a node cannot be
+    /// heard from, the backup fails naming it (exit 3), unless --allow-partial:
+    /// then it goes on without it and marks the file partial, naming what it
+    /// lacks (exit 3 too). `tally backup verify FILE` checks a file offline.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    Backup {
+        #[command(subcommand)]
+        command: Option<BackupCommand>,
+        /// The file to write (`-`: standard output, written as it comes).
+        #[arg(short = 'o', long = "output", value_name = "FILE", required = true)]
+        output: Option<PathBuf>,
+        /// Go on without nodes that cannot be heard from; the file says it is partial.
+        #[arg(long)]
+        allow_partial: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Merge a backup into a running cluster, new or old (POST /restore, admin scope).
+    ///
+    /// Checks the whole file first, then sends it page by page. Components merge
+    /// by maximum: restoring twice is restoring once, and restoring into the
+    /// cluster the backup came from changes nothing newer. A page that would raise
+    /// a running node's own component past what that node counted is refused.
+    /// Every node of the config must answer (each page is checked against them).
+    /// An interrupted restore says how far it got: run it again with --after NAME,
+    /// or from the start.
+    Restore {
+        /// The backup file (from `tally backup`).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Skip the counters up to and including NAME (resume an interrupted restore).
+        #[arg(long, value_name = "NAME")]
+        after: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Write every counter with its components as JSON lines, read consistently
+    /// like a backup (GET /backup, admin scope):
+    /// {"name": ..., "value": ..., "components": [{"node": ..., "incarnation": ..., "count": ...}]}
+    Export {
+        /// Where to write (`-`: standard output).
+        #[arg(short = 'o', long = "output", value_name = "FILE", default_value = "-")]
+        output: PathBuf,
+        /// Go on without nodes that cannot be heard from (exit 3 at the end).
+        #[arg(long)]
+        allow_partial: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Merge JSON lines (as `tally export` writes them) into the cluster
+    /// (POST /restore, admin scope). Components merge by maximum, so importing
+    /// again changes nothing; it never applies increments. Every line is checked
+    /// (a "value" must be the sum of the components) before anything is sent.
+    Import {
+        /// The file of JSON lines (`-`: standard input, read whole first).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// List counters with this node's local values, one page at a time (GET /counters).
     Ls {
         /// Only names starting with PREFIX.
@@ -232,6 +300,22 @@ pub enum Commands {
         after: Option<String>,
         #[command(flatten)]
         client: ClientArgs,
+    },
+}
+
+/// `tally backup verify`.
+#[derive(Subcommand, Debug)]
+pub enum BackupCommand {
+    /// Check a backup file without a cluster: every frame's checksum, the order
+    /// of names, the counts and the SHA-256 in its trailer. Prints what it holds;
+    /// exits 0 when sound, 1 when damaged (naming the byte offset), 2 when it
+    /// cannot be read.
+    Verify {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -348,6 +432,36 @@ pub fn main(cli: Cli) -> ExitCode {
         Some(Commands::Man) => return man(),
         Some(Commands::Cert { command }) => return cert::run(command),
         Some(Commands::Check { dir, json }) => return check::run(&dir, json),
+        Some(Commands::Backup {
+            command: Some(BackupCommand::Verify { file, json }),
+            ..
+        }) => return backup::verify(&file, json),
+        Some(Commands::Backup {
+            command: None,
+            output,
+            allow_partial,
+            client,
+        }) => {
+            let output = output.unwrap_or_else(|| PathBuf::from("-"));
+            return with_conn(client, |conn| backup::backup(&output, allow_partial, conn));
+        }
+        Some(Commands::Restore {
+            file,
+            after,
+            client,
+        }) => {
+            return with_conn(client, |conn| {
+                backup::restore(&file, after.as_deref(), conn)
+            });
+        }
+        Some(Commands::Export {
+            output,
+            allow_partial,
+            client,
+        }) => return with_conn(client, |conn| backup::export(&output, allow_partial, conn)),
+        Some(Commands::Import { file, client }) => {
+            return with_conn(client, |conn| backup::import(&file, conn));
+        }
         Some(Commands::Token { command }) => return token::run(command),
         Some(Commands::Config {
             actors,
@@ -372,6 +486,18 @@ pub fn main(cli: Cli) -> ExitCode {
     let _ = init_logging("warn", LogFormat::Text);
     match args.conn() {
         Ok(conn) => client::run(action, conn),
+        Err(e) => {
+            say(&e);
+            ExitCode::from(client::EXIT_UNREACHABLE)
+        }
+    }
+}
+
+/// Runs a client command that needs its connection settings.
+fn with_conn(args: ClientArgs, run: impl FnOnce(&Conn) -> ExitCode) -> ExitCode {
+    let _ = init_logging("warn", LogFormat::Text);
+    match args.conn() {
+        Ok(conn) => run(&conn),
         Err(e) => {
             say(&e);
             ExitCode::from(client::EXIT_UNREACHABLE)

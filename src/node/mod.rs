@@ -14,6 +14,7 @@
 //! let the storage writer commit what is queued and stop. The whole
 //! sequence is bounded.
 
+mod backup;
 mod membership;
 mod read;
 mod read_batch;
@@ -30,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
+pub use backup::{ConsistentPage, RestoreError, Restored};
 pub use membership::{ConfigOutcome, Place, PostConfigError, Role, Whoami};
 pub use read::Reads;
 pub use read_round::Incomplete;
