@@ -32,6 +32,7 @@ const LAYERS: &[&str] = &[
     "server",
     "daemon",
     "client",
+    "backup",
     "cli",
 ];
 
@@ -44,6 +45,8 @@ const LAYERS: &[&str] = &[
 const NEVER: &[(&str, &str)] = &[
     ("client", "storage"),
     ("client", "replication"),
+    ("backup", "storage"),
+    ("backup", "replication"),
     ("cli", "storage"),
     ("cli", "replication"),
     ("storage", "replication"),

@@ -38,14 +38,16 @@ use node::{run_node, stop_signal};
         Post the cluster's addresses to any node with\n  \
         tally config 10.0.0.1 10.0.0.2 10.0.0.3 --node 10.0.0.1\n\
         `tally demo` starts a three-node cluster on loopback.\n\n\
-        The client commands (inc, get, ls, status, health, config) talk to the node\n\
+        The client commands (inc, get, ls, status, health, config, backup, restore,\n\
+        export, import) talk to the node\n\
         given by --node, TALLY_NODES or TALLY_NODE (default http://127.0.0.1:7777;\n\
         with several, a command asks the next when one cannot be reached, except\n\
         inc) and send --secret or TALLY_SECRET as the x-tally-secret header;\n\
         `tally <COMMAND> --help` lists their flags. Client exit codes: 0 success,\n\
         1 the node answered an error, 2 the node could not be reached (or bad\n\
         usage), 3 a consistent read could not hear from every node (or, for\n\
-        status --cluster, some node could not be asked); health exits 0 or 1 only.\n\n\
+        status --cluster, some node could not be asked; for backup and export,\n\
+        some node could not be heard from); health exits 0 or 1 only.\n\n\
         Durations are written 500ms, 2s, 1m30s, 24h or as decimal seconds.",
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true
