@@ -509,6 +509,7 @@ fn calm(seed: u64) -> Plan {
     Plan {
         faults: Vec::new(),
         fail_rate: 0.0,
+        walks: false,
         ..Plan::random(seed, Flavor::default())
     }
 }
@@ -607,6 +608,19 @@ fn the_checker_catches_a_read_that_skips_a_node() {
     let plan = with_faults(13, vec![window(2.0, 12.0, Fault::Isolate(1))]);
     let bad = assert_caught(&plan, Planted::ReadSkips(1), Check::G1Read, false);
     // And those reads answered 200 while n2 was cut off from them throughout.
+    assert!(bad.iter().any(|v| v.check == Check::G5Unheard), "{bad:#?}");
+}
+
+/// The same for a backup: n2 is cut off and keeps acknowledging; walks
+/// elsewhere "hear" an empty page from it and complete without its
+/// increments.
+#[test]
+fn the_checker_catches_a_backup_that_skips_a_node() {
+    let plan = Plan {
+        walks: true,
+        ..with_faults(13, vec![window(2.0, 12.0, Fault::Isolate(1))])
+    };
+    let bad = assert_caught(&plan, Planted::PageSkips(1), Check::G1Read, false);
     assert!(bad.iter().any(|v| v.check == Check::G5Unheard), "{bad:#?}");
 }
 

@@ -98,6 +98,12 @@ enum Frame {
     Components {
         name: String,
     },
+    /// A backup's walk of consistent pages of `limit` names from the
+    /// start, within `timeout_ms` in all: every name's value.
+    Walk {
+        limit: usize,
+        timeout_ms: u64,
+    },
     /// A forged internal message from the liar: the JSON body of the
     /// internal route, embedded as it is and decoded by the product's own
     /// decoder as the HTTP server decodes it (whose bounds on names and
@@ -160,6 +166,7 @@ enum Reply {
     },
     Status(NodeStatus),
     Components(Vec<tally::crdt::Component>),
+    Walked(Vec<(String, u128)>),
 }
 
 async fn write_frame<T: Serialize>(
@@ -563,6 +570,39 @@ async fn run_node(
                 Frame::Components { name } => {
                     Reply::Components((&node.store().counter(&name).unwrap_or_default()).into())
                 }
+                Frame::Walk { limit, timeout_ms } => {
+                    let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+                    let mut after: Option<String> = None;
+                    let mut values = Vec::new();
+                    loop {
+                        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                        match node
+                            .reads()
+                            .consistent_page(after.as_deref(), limit, left, Vec::new())
+                            .await
+                        {
+                            Ok(page) => {
+                                values.extend(
+                                    page.counters.iter().map(|(n, c)| (n.clone(), c.value())),
+                                );
+                                match page.next {
+                                    Some(n) => after = Some(n),
+                                    None => break Reply::Walked(values),
+                                }
+                            }
+                            Err(u) => {
+                                break Reply::Unavailable {
+                                    unreachable: u
+                                        .unreachable
+                                        .iter()
+                                        .map(|a| a.to_string())
+                                        .collect(),
+                                    best: 0,
+                                };
+                            }
+                        }
+                    }
+                }
                 Frame::Status => {
                     let m = node.membership();
                     Reply::Status(NodeStatus {
@@ -643,6 +683,25 @@ impl Break {
 /// lose messages silently, which would be indistinguishable from a node
 /// that does not answer), so `TimedOut` always means the node did not answer.
 async fn ask(host: &str, frame: Frame, timeout: Duration, brk: Break) -> Outcome {
+    match call_node(host, frame, timeout, brk).await {
+        Err(outcome) => outcome,
+        Ok(Reply::Value(Ok(v))) => Outcome::Ok(v),
+        Ok(Reply::Value(Err(e))) => Outcome::Refused(Refusal::Other, e),
+        Ok(Reply::Refused { kind, message }) => Outcome::Refused(kind, message),
+        Ok(Reply::Unavailable { unreachable, best }) => Outcome::Unavailable { unreachable, best },
+        Ok(Reply::Posted { stamp }) => Outcome::Posted(stamp),
+        Ok(Reply::Status(status)) => Outcome::Status(status),
+        Ok(other) => Outcome::Refused(Refusal::Other, format!("unexpected reply {other:?}")),
+    }
+}
+
+/// A client's call to a node: the reply, or what became of the call.
+async fn call_node(
+    host: &str,
+    frame: Frame,
+    timeout: Duration,
+    brk: Break,
+) -> Result<Reply, Outcome> {
     let exchange = async {
         let lost = |e: std::io::Error| Outcome::Lost(e.to_string());
         let mut s = turmoil::net::TcpStream::connect((host, PORT))
@@ -668,17 +727,8 @@ async fn ask(host: &str, frame: Frame, timeout: Duration, brk: Break) -> Outcome
         read_frame::<Reply>(&mut s).await.map_err(lost)
     };
     match tokio::time::timeout(timeout, exchange).await {
-        Err(_) => Outcome::TimedOut,
-        Ok(Err(outcome)) => outcome,
-        Ok(Ok(Reply::Value(Ok(v)))) => Outcome::Ok(v),
-        Ok(Ok(Reply::Value(Err(e)))) => Outcome::Refused(Refusal::Other, e),
-        Ok(Ok(Reply::Refused { kind, message })) => Outcome::Refused(kind, message),
-        Ok(Ok(Reply::Unavailable { unreachable, best })) => {
-            Outcome::Unavailable { unreachable, best }
-        }
-        Ok(Ok(Reply::Posted { stamp })) => Outcome::Posted(stamp),
-        Ok(Ok(Reply::Status(status))) => Outcome::Status(status),
-        Ok(Ok(other)) => Outcome::Refused(Refusal::Other, format!("unexpected reply {other:?}")),
+        Err(_) => Err(Outcome::TimedOut),
+        Ok(result) => result,
     }
 }
 
@@ -856,6 +906,8 @@ pub struct History {
     pub liar: bool,
     /// Every forged message the liar sent, and what became of it.
     pub forged: Vec<Forged>,
+    /// Backup walks that completed (each also recorded as reads).
+    pub walks: usize,
 }
 
 // ---------------------------------------------------------------- the run
@@ -1273,6 +1325,62 @@ async fn consistent_read(
         after_heal,
     });
     outcome
+}
+
+/// A backup's walk through `node` (pages of two names, so a walk of the
+/// four names takes three pages), recorded when it completes as one
+/// consistent read per name that started and ended with the walk: the
+/// checks of a successful consistent read (G1, G2, G5's unheard node)
+/// apply to each. A walk that fails is not recorded: unlike a read, a
+/// walk's pages each wait on the cluster, and nothing bounds how many.
+async fn walk(history: &Mutex<History>, node: usize, timeout: Duration) {
+    let start = now();
+    let reply = call_node(
+        &host(node),
+        Frame::Walk {
+            limit: 2,
+            timeout_ms: timeout.as_millis() as u64,
+        },
+        timeout + Duration::from_secs(3),
+        Break::No,
+    )
+    .await;
+    let Ok(Reply::Walked(values)) = reply else {
+        return;
+    };
+    let end = now();
+    let mut h = history.lock().unwrap();
+    h.walks += 1;
+    for name in NAMES {
+        let value = values
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(0, |(_, v)| *v);
+        h.reads.push(Read {
+            name: name.to_string(),
+            node,
+            consistent: true,
+            timeout,
+            client_timeout: timeout + Duration::from_secs(3),
+            start,
+            end,
+            outcome: Outcome::Ok(value),
+            after_heal: false,
+        });
+    }
+}
+
+/// Backups now and then, from a random named node, until the heal; a
+/// random stream of its own, so the clients' choices stay as they were.
+async fn walker(w: Shared) {
+    let plan = &w.plan;
+    let mut rng = fastrand::Rng::with_seed(plan.seed ^ 0x5bd1_e995_0b0c_0a11);
+    while now() < plan.heal_at {
+        tokio::time::sleep(Duration::from_millis(rng.u64(300..1500))).await;
+        let named = w.named();
+        let node = named[rng.usize(0..named.len())];
+        walk(&w.history, node, CONSISTENT_TIMEOUT * 2).await;
+    }
 }
 
 /// What the workload shares between its tasks.
@@ -1833,6 +1941,14 @@ async fn workload(plan: Plan, history: Arc<Mutex<History>>) {
     let clients: Vec<_> = (0..CLIENTS)
         .map(|c| tokio::spawn(client(c, w.clone())))
         .collect();
+    let walker = tokio::spawn({
+        let w = w.clone();
+        async move {
+            if w.plan.walks {
+                walker(w).await;
+            }
+        }
+    });
     let recoveries: Vec<_> = (0..plan.nodes)
         .flat_map(|x| plan.disk_recoveries(x).into_iter().map(move |at| (x, at)))
         .map(|(x, at)| tokio::spawn(probe_recovery(x, at, w.clone())))
@@ -1854,7 +1970,7 @@ async fn workload(plan: Plan, history: Arc<Mutex<History>>) {
         })
         .collect();
     let _ = poster.await;
-    for t in clients.into_iter().chain(recoveries) {
+    for t in clients.into_iter().chain(recoveries).chain([walker]) {
         let _ = t.await;
     }
     let finals_of: Vec<usize> = final_config(&history.lock().unwrap().posts)
@@ -2020,11 +2136,12 @@ pub fn summary(h: &History) -> String {
         })
         .collect();
     format!(
-        "{} increments ({acked} acked; refused: {} storage, {} not a member, {} short of replicas), {consistent} consistent reads ({ok} ok, {unavailable} 503), {broken} connections broken by clients, {} wipes, {} disk recoveries probed, posts [{}], converged at {:?}",
+        "{} increments ({acked} acked; refused: {} storage, {} not a member, {} short of replicas), {consistent} consistent reads ({ok} ok, {unavailable} 503), {broken} connections broken by clients, {} backup walks, {} wipes, {} disk recoveries probed, posts [{}], converged at {:?}",
         h.incs.len(),
         refused(Refusal::Storage),
         refused(Refusal::NotMember),
         refused(Refusal::Replicas),
+        h.walks,
         h.wipes.len(),
         h.recoveries.len(),
         posts.join("; "),

@@ -189,6 +189,10 @@ pub struct Plan {
     /// message every 200–500 ms from the start until the heal (see
     /// `sim::liar`); every node must refuse each of them (G11).
     pub liar: bool,
+    /// Backups walk the cluster now and then until the heal (see
+    /// `sim::walker`); every completed walk is checked like consistent
+    /// reads. Off in the scripted scenarios, whose checks count reads.
+    pub walks: bool,
 }
 
 /// One end of a link: a node (by index), the workload's client host, or
@@ -511,6 +515,7 @@ impl Plan {
             log: flavor.log,
             wipe_victim,
             liar: flavor.liar,
+            walks: true,
         }
     }
 

@@ -64,6 +64,10 @@ pub enum Planted {
     /// (a leaver) are answered with an empty counter: reads that ask only
     /// the config's actors.
     SkipLeavers,
+    /// `List` calls to this node (by index) are answered with an empty
+    /// last page without asking it: a backup's walk "hears" from everyone
+    /// but misses that node's increments.
+    PageSkips(usize),
     /// Configs newer than the first are stripped from every message: a
     /// post reaches only the node it was posted to.
     ConfigStuck,
@@ -196,6 +200,23 @@ impl Planted {
                     },
                     membership: None,
                     resp: nothing_read(read),
+                };
+                Some(Box::pin(async move { Ok(env) }))
+            }
+            (Planted::PageSkips(k), Request::List { .. })
+                if to.as_str() == format!("{}:{PORT}", host(k)) =>
+            {
+                let env = ResponseEnvelope {
+                    v: PROTOCOL_VERSION,
+                    from: ReplicaId {
+                        node: k as u64 + 1,
+                        incarnation: 1,
+                    },
+                    membership: None,
+                    resp: Response::Page {
+                        counters: Vec::new(),
+                        more: false,
+                    },
                 };
                 Some(Box::pin(async move { Ok(env) }))
             }
