@@ -166,13 +166,13 @@ cluster-down:
 
 lint:
 	$(CARGO) fmt --all --check
-	$(CARGO) clippy $(CARGO_LOCKED) --all-targets -- -D warnings
-	RUSTDOCFLAGS="-D warnings" $(CARGO) doc $(CARGO_LOCKED) --no-deps
+	$(CARGO) clippy $(CARGO_LOCKED) --workspace --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc $(CARGO_LOCKED) --workspace --no-deps
 
 # Plain `cargo test` runs unit, integration and doc tests; --no-fail-fast
 # runs every test binary even after one fails, so CI reports all failures.
 cargo-test:
-	$(CARGO) test $(CARGO_LOCKED) --no-fail-fast $(CARGO_TEST_ARGS)
+	$(CARGO) test $(CARGO_LOCKED) --workspace --no-fail-fast $(CARGO_TEST_ARGS)
 
 # The older binary of the rolling-upgrade test (tests/chaos.rs), built here
 # so that its one build shows in the log rather than inside a test.

@@ -241,12 +241,7 @@ fn union_len(a: &[(ReplicaId, u64)], b: &[(ReplicaId, u64)]) -> usize {
 }
 
 /// The wire form of a counter: a list of components.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Component {
-    pub node: u64,
-    pub incarnation: u64,
-    pub count: u64,
-}
+pub use tally_client::types::Component;
 
 impl From<&GCounter> for Vec<Component> {
     fn from(c: &GCounter) -> Self {

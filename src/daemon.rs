@@ -150,7 +150,7 @@ pub async fn run(
     }
     settings.peer_tls = tls.is_some() && !settings.plain_http.accepted();
     let client_tls = match &tls {
-        Some(tls) if settings.plain_http.calls_tls() => ClientTls::Node(tls.clone()),
+        Some(tls) if settings.plain_http.calls_tls() => ClientTls::Reloading(tls.clone()),
         _ => ClientTls::None,
     };
     if tls.is_some() && settings.plain_http.accepted() {

@@ -3,6 +3,10 @@
 //!
 //! Layers, bottom to top; each uses only the ones above it in this list
 //! (`tests/layering.rs` checks it):
+//! - Below them all, the crate `tally_client`: the public vocabulary
+//!   (`tally_client::types`), one HTTP request to a node's public routes
+//!   (`tally_client::exchange`) and the client side of TLS, shared with
+//!   every client.
 //! - [`crdt`]: the G-Counter; [`input`]: what a client may send; [`cluster`]:
 //!   actor addresses, configs, membership and hand-offs. All pure.
 //! - [`metrics`]: Prometheus metrics recorded by every layer.
@@ -12,13 +16,13 @@
 //! - [`storage`]: durable redb store with group commit, a change index, and
 //!   recovery from disk faults.
 //! - [`proto`] and [`transport`]: the node-to-node messages and the seam
-//!   that carries them; [`messenger`]: a call with this node's envelope;
-//!   [`exchange`]: one HTTP request to a node's public routes.
+//!   that carries them; [`messenger`]: a call with this node's envelope.
 //! - [`replication`]: a pure per-peer core and the push/pull tasks around it.
 //! - [`node`]: increments, consistent reads, membership, peers' calls, shutdown.
 //! - [`api`]: HTTP routes, the public vocabulary and error mapping;
 //!   [`server`]: the accept loop and its limits; [`daemon`]: one process.
-//! - [`client`]: the command-line client; [`cli`]: flags, environment, `demo`.
+//! - [`client`]: the command-line client; [`backup`]: the backup file;
+//!   [`cli`]: flags, environment, `demo`.
 
 pub mod api;
 pub mod auth;
@@ -28,7 +32,6 @@ pub mod client;
 pub mod cluster;
 pub mod crdt;
 pub mod daemon;
-pub mod exchange;
 pub mod input;
 pub mod messenger;
 pub mod metrics;

@@ -219,7 +219,7 @@ impl Metrics {
     }
 
     /// Reports the free space of the file system that holds `dir`, sampled
-    /// every [`SPACE_EVERY`] by a thread of its own (see [`Space`]).
+    /// every [`SPACE_EVERY`] by a thread of its own.
     pub fn watch_folder(&self, dir: &Path) {
         self.watch_folder_with(dir, Arc::new(statvfs_space), SPACE_EVERY);
     }

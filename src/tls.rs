@@ -21,20 +21,17 @@
 //! use keep theirs. A bundle of several CAs is trusted as a whole, which is
 //! how a CA is rotated without an outage (see the README).
 
-use std::path::{Path, PathBuf};
-use std::pin::Pin;
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use hyper::Uri;
-use hyper::rt::{Read, ReadBufCursor, Write};
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
-use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
-use tokio::net::TcpStream;
+use rustls::{ClientConfig, ServerConfig};
+pub use tally_client::tls::{
+    ALPN_HTTP1, ClientTls, ConfigSource, Connector, MaybeTls, PeerCert, TlsError, client_config,
+};
+use tally_client::tls::{certificates, provider, read_err, roots};
 use tracing::{info, warn};
 
 /// How often the certificate files are checked for a change.
@@ -85,27 +82,6 @@ impl PlainHttp {
 /// that also takes plain HTTP tells the two apart.
 pub const HANDSHAKE_RECORD: u8 = 0x16;
 
-/// The certificate a peer presented on a connection: on the server side in
-/// each request's extensions, on the client side in each response's.
-#[derive(Clone, Debug)]
-pub struct PeerCert(pub Arc<CertificateDer<'static>>);
-
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    #[error("cannot read {path}: {why}")]
-    Read { path: PathBuf, why: String },
-    #[error("{path} holds no certificate")]
-    NoCertificate { path: PathBuf },
-    #[error("the CA bundle {path} is unusable: {why}")]
-    BadCa { path: PathBuf, why: String },
-    #[error("the certificate {cert} and key {key} do not make a TLS config: {why}")]
-    BadPair {
-        cert: PathBuf,
-        key: PathBuf,
-        why: String,
-    },
-}
-
 /// The files of a node's TLS: its certificate chain, its key, and the CA
 /// bundle its peers' certificates (and its own) are issued by.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,60 +89,6 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub ca: PathBuf,
-}
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-fn read_err(path: &Path, why: impl std::fmt::Display) -> TlsError {
-    TlsError::Read {
-        path: path.to_path_buf(),
-        why: why.to_string(),
-    }
-}
-
-/// Every certificate of a PEM file, in order.
-fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| read_err(path, e))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| read_err(path, e))?;
-    if certs.is_empty() {
-        return Err(TlsError::NoCertificate {
-            path: path.to_path_buf(),
-        });
-    }
-    Ok(certs)
-}
-
-/// The CA bundle as trust anchors.
-fn roots(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
-    let mut roots = RootCertStore::empty();
-    for cert in certificates(path)? {
-        roots.add(cert).map_err(|e| TlsError::BadCa {
-            path: path.to_path_buf(),
-            why: e.to_string(),
-        })?;
-    }
-    Ok(Arc::new(roots))
-}
-
-const ALPN_HTTP1: &[u8] = b"http/1.1";
-
-/// A client config that trusts the CA bundle at `ca` and presents no
-/// certificate: what the command-line client uses with `--cacert`.
-pub fn client_config(ca: &Path) -> Result<Arc<ClientConfig>, TlsError> {
-    let mut config = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::BadCa {
-            path: ca.to_path_buf(),
-            why: e.to_string(),
-        })?
-        .with_root_certificates(roots(ca)?)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
-    Ok(Arc::new(config))
 }
 
 /// What one reading of the files made.
@@ -313,146 +235,8 @@ impl Tls {
     }
 }
 
-/// Where a [`Connector`] takes its client config from.
-#[derive(Clone, Debug)]
-pub enum ClientTls {
-    /// Plain TCP: `http://` only.
-    None,
-    /// A node's own, reloaded with its files.
-    Node(Arc<Tls>),
-    /// A fixed one (the command-line client's `--cacert`).
-    Fixed(Arc<ClientConfig>),
-}
-
-impl ClientTls {
-    fn config(&self) -> Option<Arc<ClientConfig>> {
-        match self {
-            ClientTls::None => None,
-            ClientTls::Node(tls) => Some(tls.client_config()),
-            ClientTls::Fixed(c) => Some(c.clone()),
-        }
-    }
-
-    pub fn is_some(&self) -> bool {
-        !matches!(self, ClientTls::None)
-    }
-}
-
-/// Opens TCP connections for hyper's client, and wraps `https://` ones in
-/// TLS, keeping the certificate the server presented for its answers
-/// ([`PeerCert`] in each response's extensions).
-#[derive(Clone)]
-pub struct Connector {
-    http: HttpConnector,
-    tls: ClientTls,
-}
-
-impl Connector {
-    pub fn new(mut http: HttpConnector, tls: ClientTls) -> Connector {
-        http.enforce_http(false);
-        Connector { http, tls }
-    }
-}
-
-/// A connection a [`Connector`] opened.
-pub enum MaybeTls {
-    Plain(TokioIo<TcpStream>),
-    Tls(
-        Box<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>,
-        PeerCert,
-    ),
-}
-
-impl tower_service::Service<Uri> for Connector {
-    type Response = MaybeTls;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-    type Future = Pin<Box<dyn std::future::Future<Output = Result<MaybeTls, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.http.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let https = uri.scheme_str() == Some("https");
-        let config = self.tls.config();
-        let host = uri
-            .host()
-            .unwrap_or_default()
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        let connecting = self.http.call(uri);
-        Box::pin(async move {
-            let tcp = connecting.await?;
-            if !https {
-                return Ok(MaybeTls::Plain(tcp));
-            }
-            let config = config.ok_or("https:// needs a CA bundle (--cacert or --tls-ca)")?;
-            let name = ServerName::try_from(host)?;
-            let tls = tokio_rustls::TlsConnector::from(config)
-                .connect(name, tcp.into_inner())
-                .await?;
-            let cert = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .ok_or("the server presented no certificate")?
-                .clone()
-                .into_owned();
-            Ok(MaybeTls::Tls(
-                Box::new(TokioIo::new(tls)),
-                PeerCert(Arc::new(cert)),
-            ))
-        })
-    }
-}
-
-impl Connection for MaybeTls {
-    fn connected(&self) -> Connected {
-        match self {
-            MaybeTls::Plain(s) => s.connected(),
-            MaybeTls::Tls(s, cert) => s.inner().get_ref().0.connected().extra(cert.clone()),
-        }
-    }
-}
-
-impl Read for MaybeTls {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: ReadBufCursor<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            MaybeTls::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            MaybeTls::Tls(s, _) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl Write for MaybeTls {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            MaybeTls::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            MaybeTls::Tls(s, _) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            MaybeTls::Plain(s) => Pin::new(s).poll_flush(cx),
-            MaybeTls::Tls(s, _) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            MaybeTls::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            MaybeTls::Tls(s, _) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
+impl ConfigSource for Tls {
+    fn client_config(&self) -> Arc<ClientConfig> {
+        Tls::client_config(self)
     }
 }

@@ -34,6 +34,7 @@ use crate::proto::{
     BINARY_TYPE, RPC_PATH, RPC_PATH_V3, RequestEnvelope, ResponseEnvelope, SECRET_HEADER, binary,
 };
 use crate::tls::{ClientTls, Connector, PeerCert, speaks_for};
+pub use tally_client::exchange::error_chain;
 
 /// Largest internal response body accepted.
 pub const MAX_RPC_BODY: usize = 64 * 1024 * 1024;
@@ -325,21 +326,5 @@ fn refused_reason(status: u16) -> &'static str {
         413 => " (the message is too large for it)",
         503 => " (it is overloaded or its storage is unavailable)",
         _ => "",
-    }
-}
-
-/// The causes of an error, most specific last, without a generic outer
-/// message (hyper-util's "client error (Connect)") when there is a cause.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut parts = Vec::new();
-    let mut source = e.source();
-    while let Some(s) = source {
-        parts.push(s.to_string());
-        source = s.source();
-    }
-    if parts.is_empty() {
-        e.to_string()
-    } else {
-        parts.join(": ")
     }
 }

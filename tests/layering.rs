@@ -25,7 +25,6 @@ const LAYERS: &[&str] = &[
     "proto",
     "transport",
     "messenger",
-    "exchange",
     "replication",
     "node",
     "api",
@@ -242,4 +241,50 @@ fn a_planted_forbidden_use_is_caught() {
         forbidden("cli", "cli/x.rs", grouped),
         vec!["cli/x.rs:3: cli uses storage, which it must never use"]
     );
+}
+
+/// The client crate pulls in nothing of a node: no storage engine, no
+/// server framework, not tally itself (`cargo tree` of its normal
+/// dependencies, from the lock file, offline).
+#[test]
+fn the_client_crate_depends_on_no_part_of_a_node() {
+    let out = std::process::Command::new(env!("CARGO"))
+        .args([
+            "tree",
+            "-p",
+            "tally-client",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+            "--locked",
+            "--offline",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run cargo tree");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tree = String::from_utf8_lossy(&out.stdout);
+    let crates: Vec<&str> = tree
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(crates.contains(&"hyper"), "not a dependency tree: {tree}");
+    for node_only in [
+        "redb",
+        "axum",
+        "tally",
+        "prometheus-client",
+        "clap",
+        "rcgen",
+    ] {
+        assert!(
+            !crates.contains(&node_only),
+            "tally-client depends on {node_only}:\n{tree}"
+        );
+    }
 }

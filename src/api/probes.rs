@@ -22,9 +22,9 @@ use tokio::time::Instant;
 
 use super::types::{ClusterNode, ClusterStatus, NotReady, Probe, Status, paths};
 use super::{Access, ApiError, admin, timeout_param};
-use crate::exchange::{Req, SendError, parse_node, send};
 use crate::node::{Node, Role};
 use crate::tls::ClientTls;
+use tally_client::exchange::{Req, SendError, parse_node, send};
 
 /// Deadline of each actor's `/status` unless `?timeout=` says otherwise.
 pub const DEFAULT_CLUSTER_TIMEOUT: Duration = Duration::from_secs(2);

@@ -35,13 +35,13 @@ use crate::api::types::{
     ConfigSummary, IDEMPOTENCY_HEADER, Listing, Probe, SECRET_HEADER, Status, Unavailable,
     encode_query, paths,
 };
-pub use crate::exchange::{Answer, Req, SendError, parse_node, send};
 use crate::tls::ClientTls;
 use format::{
     excerpt, format_cluster, format_config, format_page, format_status, printable, shell_quote,
     status_line,
 };
 pub use format::{human_bytes, human_duration};
+pub use tally_client::exchange::{Answer, Req, SendError, parse_node, send};
 
 /// Exit code when the node answered an error.
 pub const EXIT_FAILED: u8 = 1;

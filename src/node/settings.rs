@@ -14,6 +14,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use tally_client::types::Budgets;
+
 use crate::metrics::Metrics;
 use crate::storage::Engine;
 use crate::tls::{PlainHttp, TlsFiles};
@@ -72,19 +74,6 @@ pub struct Settings {
     pub scrub_rate: u64,
     /// The server's connection budgets, as `/status` reports them.
     pub budgets: Budgets,
-}
-
-/// The connection budgets the server runs with, after they were fitted to
-/// the open-files limit.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Budgets {
-    pub max_connections: u64,
-    pub max_peer_connections: u64,
-    pub max_pending_connections: u64,
-    /// The process's open-files limit (0: unknown).
-    pub open_files_limit: u64,
-    /// Seconds a write of an answer may stay blocked before the connection is closed.
-    pub write_timeout_secs: f64,
 }
 
 /// Every default of a node, once: [`Settings::new`] and the flags read them.

@@ -18,6 +18,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use tally_client::types::{INTERNAL_PREFIX, RPC_PATH, RPC_PATH_V3, SECRET_HEADER};
+
 use crate::cluster::Membership;
 pub use crate::crdt::ReplicaId;
 use crate::crdt::{Component, GCounter};
@@ -33,18 +35,8 @@ pub const PROTOCOL_JSON: u32 = 2;
 pub fn speaks(v: u32) -> bool {
     v == PROTOCOL_JSON || v == PROTOCOL_VERSION
 }
-/// The prefix of every internal route; it cannot collide with the public API.
-/// The server counts a connection whose first request is under it against
-/// the peer budget (see [`crate::server`]).
-pub const INTERNAL_PREFIX: &str = "/_internal/";
-/// The path of the internal route of protocol 2 (JSON), under [`INTERNAL_PREFIX`].
-pub const RPC_PATH: &str = "/_internal/v1/rpc";
-/// The path of the internal route of protocol 3 (binary).
-pub const RPC_PATH_V3: &str = "/_internal/v3/rpc";
 /// The media type of protocol 3's messages.
 pub const BINARY_TYPE: &str = "application/x-tally-3";
-/// Header carrying the cluster secret on `/config` and internal calls.
-pub const SECRET_HEADER: &str = "x-tally-secret";
 /// Most names in one push or one pull page.
 pub const MAX_NAMES_PER_MESSAGE: usize = 10_000;
 /// Most components in one push, all its counters together. A push is

@@ -1,5 +1,5 @@
 //! The demo's requests to its nodes, each to a node's own port and each
-//! with a deadline, through the one HTTP exchange (`crate::exchange`):
+//! with a deadline, through the one HTTP exchange (`tally_client::exchange`):
 //! plain HTTP, or HTTPS trusting the demo's CA when it runs with `--tls`.
 
 use std::net::SocketAddr;
@@ -7,8 +7,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::api::types::{ErrorBody, IDEMPOTENCY_HEADER, Status, paths};
-use crate::exchange;
 use crate::tls::ClientTls;
+use tally_client::exchange;
 
 /// Deadline of a local read.
 const READ_TIMEOUT: Duration = Duration::from_secs(1);
@@ -160,7 +160,7 @@ pub fn error_message(body: &str) -> String {
     serde_json::from_str::<ErrorBody>(body).map_or_else(|_| body.trim().to_string(), |e| e.error)
 }
 
-/// One request to a node's own port, through the one HTTP exchange (`crate::exchange`).
+/// One request to a node's own port, through the one HTTP exchange (`tally_client::exchange`).
 pub async fn http(
     client: &Client,
     method: hyper::Method,

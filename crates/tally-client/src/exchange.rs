@@ -1,19 +1,20 @@
 //! One HTTP exchange with a node's public routes: a request with a deadline
-//! over the whole exchange, and the node address it goes to. The
-//! command-line client sends every request through it, and a node uses it
-//! to gather its peers' `/status` for `GET /status/cluster`.
+//! over the whole exchange, and the node address it goes to. [`Client`]
+//! and the command-line client send every request through it, and a node
+//! uses it to gather its peers' `/status` for `GET /status/cluster`.
+//!
+//! [`Client`]: crate::Client
 
 use std::time::Duration;
 
-use axum::body::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
 use hyper::header::{CONTENT_TYPE, HeaderName, HeaderValue};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use crate::tls::{ClientTls, Connector};
-use crate::transport::error_chain;
 
 /// Largest answer read from a node.
 const MAX_ANSWER: usize = 64 * 1024 * 1024;
@@ -170,6 +171,22 @@ pub async fn send(
             reason: format!("no answer within {timeout:?}"),
             maybe_sent: true,
         })?
+}
+
+/// The causes of an error, most specific last, without a generic outer
+/// message (hyper-util's "client error (Connect)") when there is a cause.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts = Vec::new();
+    let mut source = e.source();
+    while let Some(s) = source {
+        parts.push(s.to_string());
+        source = s.source();
+    }
+    if parts.is_empty() {
+        e.to_string()
+    } else {
+        parts.join(": ")
+    }
 }
 
 #[cfg(test)]
