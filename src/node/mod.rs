@@ -518,6 +518,41 @@ mod tests {
         node.shutdown().await;
     }
 
+    /// The sampler's task: a sample a second from the node's own counts,
+    /// rates over the second that passed, and nothing after the shutdown.
+    #[tokio::test(start_paused = true)]
+    async fn the_node_samples_its_rates_once_a_second() {
+        let settings = Settings::new(1, "127.0.0.1:7777".parse().unwrap(), "unused".into());
+        let deps = Deps::new(Arc::new(Nowhere)).with_engine(Arc::new(MemoryEngine::new()));
+        let node = Node::start(settings, deps).unwrap();
+        // The first reading is taken at start; five increments in the
+        // first second.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for _ in 0..5 {
+            node.increment(vec![("a".into(), 1)], None, None)
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let h = node.history();
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h[0].increments_per_sec, 5.0, "{h:?}");
+        assert!(h[0].storage_healthy);
+        assert!(h[0].peers.is_empty(), "no config, no peers");
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let h = node.history();
+        assert_eq!(h.len(), 11, "one a second");
+        assert_eq!(h[10].increments_per_sec, 0.0, "idle since");
+        node.shutdown().await;
+        let stopped = node.history().len();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(
+            node.history().len(),
+            stopped,
+            "sampling ended with the node"
+        );
+    }
+
     /// A peer that takes every push at once and records the names of each;
     /// its pull pages are empty.
     #[derive(Default)]
