@@ -602,6 +602,23 @@ fn the_console_shows_the_cluster_in_a_browser() {
         }
         Ok(())
     });
+    // The history's lag chart names the paused peer unreachable too.
+    browser.eventually(
+        "the paused peer unreachable in the lag chart",
+        &url,
+        |dom| {
+            let charts = dom.by_id("charts")?;
+            let lag = charts
+                .find("path", "data-series=\"lag_changes\"")
+                .into_iter()
+                .find(|p| p.attr("data-peer").as_deref() == Some(paused.as_str()))
+                .ok_or_else(|| format!("no lag line of {paused}: {}", charts.0))?;
+            match lag.attr("data-reachable").as_deref() {
+                Some("false") => Ok(()),
+                other => Err(format!("{paused}'s lag line: data-reachable {other:?}")),
+            }
+        },
+    );
     let shot = output_dir().join("console.png");
     browser.screenshot(&url, &shot);
     eprintln!("screenshot: {}", shot.display());

@@ -484,7 +484,8 @@
     { key: "latency", title: "consistent read latency, mean (ms)", lines: (h) => [
       { series: "consistent_read_ms", label: "mean", values: h.consistent_read_ms, color: 3 }] },
     { key: "lag", title: "replication lag per peer (changes not merged)", lines: (h) =>
-      (h.peers || []).map((p, i) => ({ series: "lag_changes", peer: p.actor, label: p.actor, values: p.lag_changes, color: i % 6 })) },
+      (h.peers || []).map((p, i) => ({ series: "lag_changes", peer: p.actor, label: p.actor, values: p.lag_changes,
+        reachable: p.reachable, color: i % 6 })) },
     { key: "storage", title: "storage healthy", bands: true, lines: (h) => [
       { series: "storage_healthy", label: "healthy", values: (h.storage_healthy || []).map((b) => b ? 1 : 0), color: 2 }] },
   ];
@@ -574,6 +575,12 @@
         item.appendChild(el("span", null, "swatch c" + l.color));
         const shown = def.bands ? (last === null ? "?" : last ? "yes" : "no") : (last === null ? "–" : num(last));
         item.appendChild(el("span", l.label + " " + shown, l.peer !== undefined ? "mono" : null));
+        if (l.reachable) {
+          // A peer's reachability at the newest sample that names it.
+          const r = l.reachable.filter((v) => v !== null && v !== undefined).pop();
+          path.dataset.reachable = r === undefined ? "" : String(r);
+          if (r === false) item.appendChild(el("span", " unreachable", "bad"));
+        }
         legends.appendChild(item);
       }
       if (def.bands && lines.length) {
