@@ -17,7 +17,8 @@
 #   chaos, disk         root, iproute2 (`ip`, `tc`), nftables, mount
 #                       (`mount`, `umount`, `losetup`), e2fsprogs
 #                       (`mkfs.ext4`), util-linux (`fsfreeze`)
-#   console             chromium and fonts-dejavu-core
+#   console             chromium, chromium-driver (`chromedriver`, which
+#                       drives the page over WebDriver) and fonts-dejavu-core
 #   package-test        root (chroot), make, libc6-dev (glibc's static
 #                       library), binutils (`readelf`), file, curl
 #   image-test          a running Docker and a compose tool (Debian's
@@ -83,6 +84,10 @@ need cmd fsfreeze util-linux "the disk suite's stalled-disk test fails (TALLY_CH
 # would be boxes.
 if ! have chromium && ! have chromium-browser && ! have google-chrome && [[ -z "${TALLY_CHROMIUM:-}" ]]; then
     need cmd chromium chromium "the console test fails (TALLY_CONSOLE_SKIP=1 skips it, and says so)"
+fi
+if ! have chromedriver && [[ -z "${TALLY_CHROMEDRIVER:-}" ]]; then
+    need cmd chromedriver chromium-driver \
+        "the console's driven test (forms, buttons, charts) fails (TALLY_CONSOLE_SKIP=1 skips it, and says so)"
 fi
 need file /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf fonts-dejavu-core \
     "the console's screenshot shows boxes for text"

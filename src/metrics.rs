@@ -14,6 +14,7 @@
 //! are config actors.
 
 use std::path::Path;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -110,6 +111,10 @@ pub struct Metrics {
     pub peer_lag: Family<Peer, Gauge>,
     pub consistent_reads: Family<Outcome, Counter>,
     pub consistent_seconds: Histogram,
+    /// The sum of `consistent_seconds`, which the histogram does not give
+    /// back: the node's history takes the mean read duration from it. Not
+    /// exported (the histogram's `_sum` is).
+    pub consistent_seconds_sum: Counter<f64, AtomicU64>,
     pub names: Gauge,
     pub idempotency_keys: Gauge,
     pub storage_healthy: Gauge,
@@ -157,6 +162,7 @@ impl Metrics {
             peer_lag: Family::default(),
             consistent_reads: Family::default(),
             consistent_seconds: latency_histogram(),
+            consistent_seconds_sum: Counter::default(),
             names: Gauge::default(),
             idempotency_keys: Gauge::default(),
             storage_healthy: Gauge::default(),

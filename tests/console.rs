@@ -10,6 +10,8 @@
 //! never under `CI`). See TESTING.md ("Web console").
 
 mod common;
+#[path = "console/webdriver.rs"]
+mod webdriver;
 
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
@@ -43,6 +45,23 @@ fn output_dir() -> PathBuf {
 // ---------------------------------------------------------------------------
 // The browser
 
+/// A tool the test needs is missing: fails, unless the person running the
+/// tests opted out with `TALLY_CONSOLE_SKIP=1` (never under CI), in which
+/// case it says so past the harness's capture and returns `None`.
+fn missing<T>(test: &str, why: &str) -> Option<T> {
+    if env_flag("CI") || !env_flag("TALLY_CONSOLE_SKIP") {
+        panic!(
+            "{test} cannot run: {why}; set TALLY_CONSOLE_SKIP=1 to skip it knowingly \
+             (ignored under CI)"
+        );
+    }
+    announce(&format!(
+        "\n!!! {test} SKIPPED (not a pass, TALLY_CONSOLE_SKIP=1): {why}\n\
+         !!! the web console was not tested in a browser.\n"
+    ));
+    None
+}
+
 struct Browser {
     exe: PathBuf,
 }
@@ -52,38 +71,19 @@ impl Browser {
     /// running the tests opted out with `TALLY_CONSOLE_SKIP=1` (never under
     /// CI, where a missing browser fails the test).
     fn find(test: &str) -> Option<Browser> {
-        let chosen = std::env::var_os("TALLY_CHROMIUM").filter(|p| !p.is_empty());
-        let candidates: Vec<PathBuf> = match &chosen {
-            Some(p) => vec![PathBuf::from(p)],
-            _ => ["chromium", "chromium-browser", "google-chrome"]
-                .iter()
-                .flat_map(|name| {
-                    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-                        .map(move |dir| dir.join(name))
-                        .collect::<Vec<_>>()
-                })
-                .collect(),
-        };
-        if let Some(exe) = candidates.into_iter().find(|p| p.is_file()) {
-            return Some(Browser { exe });
+        let chosen = std::env::var_os("TALLY_CHROMIUM")
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from);
+        match webdriver::executable(chosen, &["chromium", "chromium-browser", "google-chrome"]) {
+            Ok(exe) => Some(Browser { exe }),
+            Err(why) => missing(
+                test,
+                &format!(
+                    "{why} (install the Debian package `chromium`, or point TALLY_CHROMIUM \
+                     at a Chrome or Chromium executable)"
+                ),
+            ),
         }
-        let why = match &chosen {
-            Some(p) => format!("TALLY_CHROMIUM={} is not a file", p.to_string_lossy()),
-            None => "no chromium on PATH (install the Debian package `chromium`, \
-                     or point TALLY_CHROMIUM at a Chrome or Chromium executable)"
-                .to_string(),
-        };
-        if env_flag("CI") || !env_flag("TALLY_CONSOLE_SKIP") {
-            panic!(
-                "{test} cannot run: {why}; set TALLY_CONSOLE_SKIP=1 to skip it knowingly \
-                 (ignored under CI)"
-            );
-        }
-        announce(&format!(
-            "\n!!! {test} SKIPPED (not a pass, TALLY_CONSOLE_SKIP=1): {why}\n\
-             !!! the web console was not tested in a browser.\n"
-        ));
-        None
     }
 
     /// Loads `url` headless and returns the DOM after the page's script ran,
@@ -602,6 +602,23 @@ fn the_console_shows_the_cluster_in_a_browser() {
         }
         Ok(())
     });
+    // The history's lag chart names the paused peer unreachable too.
+    browser.eventually(
+        "the paused peer unreachable in the lag chart",
+        &url,
+        |dom| {
+            let charts = dom.by_id("charts")?;
+            let lag = charts
+                .find("path", "data-series=\"lag_changes\"")
+                .into_iter()
+                .find(|p| p.attr("data-peer").as_deref() == Some(paused.as_str()))
+                .ok_or_else(|| format!("no lag line of {paused}: {}", charts.0))?;
+            match lag.attr("data-reachable").as_deref() {
+                Some("false") => Ok(()),
+                other => Err(format!("{paused}'s lag line: data-reachable {other:?}")),
+            }
+        },
+    );
     let shot = output_dir().join("console.png");
     browser.screenshot(&url, &shot);
     eprintln!("screenshot: {}", shot.display());
@@ -761,4 +778,282 @@ impl Drop for StandIn {
             let _ = t.join();
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// The page driven over WebDriver: forms, buttons and the charts
+
+/// The history route, read directly: this node's samples, one a second.
+fn history(c: &Cluster, i: usize) -> serde_json::Value {
+    let r = c.http.get(&c.url(i, "/status/history"));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.content_type.starts_with("application/json"), "{r:?}");
+    r.json()
+}
+
+/// What the charts show: for each line, its data- attributes.
+#[derive(Debug, Clone, PartialEq)]
+struct Line {
+    series: String,
+    peer: Option<String>,
+    points: usize,
+    last: Option<f64>,
+    max: Option<f64>,
+}
+
+/// Every chart line the page shows, and how many samples it drew from.
+fn chart_lines(driver: &webdriver::Driver) -> Result<(usize, Vec<Line>), String> {
+    let v = driver.run(
+        r#"const box = document.getElementById("charts");
+           const lines = [...box.querySelectorAll("figure.chart path[data-series]")].map((p) => ({
+             series: p.dataset.series, peer: p.dataset.peer === undefined ? null : p.dataset.peer,
+             points: p.dataset.points, last: p.dataset.last, max: p.dataset.max }));
+           return { samples: box.dataset.samples, lines };"#,
+        serde_json::json!([]),
+    )?;
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    let number = |v: &serde_json::Value| text(v).parse::<f64>().ok();
+    let samples = text(&v["samples"]).parse().unwrap_or(0);
+    let lines = v["lines"]
+        .as_array()
+        .ok_or_else(|| format!("no lines in {v}"))?
+        .iter()
+        .map(|l| Line {
+            series: text(&l["series"]),
+            peer: l["peer"].as_str().map(str::to_string),
+            points: text(&l["points"]).parse().unwrap_or(0),
+            last: number(&l["last"]),
+            max: number(&l["max"]),
+        })
+        .collect();
+    Ok((samples, lines))
+}
+
+fn line<'a>(lines: &'a [Line], series: &str) -> Result<&'a Line, String> {
+    lines
+        .iter()
+        .find(|l| l.series == series)
+        .ok_or_else(|| format!("no {series} line in {lines:?}"))
+}
+
+/// The page's text of `css`, and a data- attribute of it.
+fn shown(driver: &webdriver::Driver, css: &str, attr: &str) -> Result<(String, String), String> {
+    let v = driver.run(
+        "const e = document.querySelector(arguments[0]); \
+         return e ? [e.textContent, e.getAttribute(arguments[1]) || \"\"] : null;",
+        serde_json::json!([css, attr]),
+    )?;
+    match v.as_array().map(Vec::as_slice) {
+        Some([text, value]) => Ok((
+            text.as_str().unwrap_or_default().to_string(),
+            value.as_str().unwrap_or_default().to_string(),
+        )),
+        _ => Err(format!("nothing matches {css}")),
+    }
+}
+
+/// The console driven like a user would, in headless Chromium over
+/// WebDriver: the increment form adds to a counter and the page shows the
+/// new value; the consistent-read button shows the cluster-wide value
+/// (including an increment this node has not necessarily merged); the
+/// charts of `/status/history` are there from the first load, each line with
+/// points, and the increments chart goes from idle to the writes that
+/// follow. Keeps a screenshot in `target/test-output/console-charts.png`.
+#[test]
+fn the_console_is_driven_and_charts_the_nodes_history() {
+    const TEST: &str = "the_console_is_driven_and_charts_the_nodes_history";
+    let Some(browser) = Browser::find(TEST) else {
+        return;
+    };
+    let chosen = std::env::var_os("TALLY_CHROMEDRIVER")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from);
+    let chromedriver = match webdriver::executable(chosen, &["chromedriver"]) {
+        Ok(exe) => exe,
+        Err(why) => {
+            let why = format!(
+                "{why} (install the Debian package `chromium-driver`, or point \
+                 TALLY_CHROMEDRIVER at a chromedriver matching the browser)"
+            );
+            let _skipped: Option<()> = missing(TEST, &why);
+            return;
+        }
+    };
+    let c = Cluster::start_configured("console-driven", 3, &[]);
+    let addrs = c.addrs();
+    c.incr(1, "clicks", 3);
+    c.wait_value(0, "clicks", 3, Duration::from_secs(10));
+
+    // The route: this node's samples, a bounded ring, columns of one length.
+    let h = eventually("a first sample", Duration::from_secs(10), || {
+        let h = history(&c, 0);
+        match h["at_ms"].as_array().map(Vec::len) {
+            Some(n) if n >= 1 => Ok(h),
+            _ => Err(format!("{h}")),
+        }
+    });
+    assert_eq!(h["node"], 1, "{h}");
+    assert_eq!(h["interval_ms"], 1000, "{h}");
+    assert_eq!(h["capacity"], 600, "{h}");
+    let n = h["at_ms"].as_array().map_or(0, Vec::len);
+    for column in [
+        "increments_per_sec",
+        "consistent_ok_per_sec",
+        "consistent_failed_per_sec",
+        "consistent_read_ms",
+        "storage_healthy",
+    ] {
+        assert_eq!(h[column].as_array().map(Vec::len), Some(n), "{column}: {h}");
+    }
+
+    let driver = webdriver::Driver::start(&chromedriver, &browser.exe, 1280, 1100);
+    driver.goto(&c.url(0, "/"));
+    eventually("the page's first refresh", PAGE_BOUND, || {
+        let (text, failed) = shown(&driver, "#updated", "data-failed")?;
+        if failed == "false" && text.starts_with("updated ") {
+            Ok(())
+        } else {
+            Err(format!("{text:?}, failed {failed:?}"))
+        }
+    });
+
+    // The increment form: 4 more on this node, whose value was 3.
+    driver
+        .type_into("#incr-name", "clicks")
+        .expect("type a name");
+    driver
+        .type_into("#incr-amount", "4")
+        .expect("type an amount");
+    driver
+        .click("#increment button[type=submit]")
+        .expect("submit the form");
+    eventually("the increment's answer", PAGE_BOUND, || {
+        let (text, _) = shown(&driver, "#incr-result", "class")?;
+        let (value, data) = shown(
+            &driver,
+            r#"#counters tr[data-name="clicks"] td.value"#,
+            "data-value",
+        )?;
+        if text == "clicks is now 7 on this node" && value == "7" && data == "7" {
+            Ok(())
+        } else {
+            Err(format!("result {text:?}, row shows {value:?} ({data:?})"))
+        }
+    });
+    assert_eq!(c.http.get(&c.url(0, "/counter/clicks/value")).number(), 7);
+
+    // The consistent-read button: 5 more on node 3 first, so the value
+    // shown is the cluster's, not only what node 1 holds.
+    c.incr(2, "clicks", 5);
+    driver
+        .click(r#"#counters tr[data-name="clicks"] button"#)
+        .expect("click the consistent-read button");
+    eventually("the consistent read's value", PAGE_BOUND, || {
+        let (text, state) = shown(
+            &driver,
+            r#"#counters tr[data-name="clicks"] .consistent-result"#,
+            "data-state",
+        )?;
+        if state == "ok" && text == "12" {
+            Ok(())
+        } else {
+            Err(format!("{state:?} {text:?}"))
+        }
+    });
+
+    // The charts: every line there with points; the increments chart idle
+    // (its last second without writes) before the writes below.
+    let (samples_before, points_before) = eventually("idle charts", PAGE_BOUND, || {
+        let (samples, lines) = chart_lines(&driver)?;
+        let inc = line(&lines, "increments_per_sec")?;
+        if inc.points == 0 || inc.last != Some(0.0) {
+            return Err(format!("increments line not idle yet: {inc:?}"));
+        }
+        Ok((samples, inc.points))
+    });
+    // Writes (and consistent reads) until the page shows them: each round
+    // is a few requests, and the rounds are bounded by PAGE_BOUND.
+    let started = Instant::now();
+    let mut written = 0u64;
+    let (samples, lines) = loop {
+        for _ in 0..10 {
+            c.incr(0, "load", 1);
+            written += 1;
+        }
+        assert_eq!(
+            c.http
+                .get(&c.url(0, "/counter/load/consistent_value"))
+                .number(),
+            u128::from(written)
+        );
+        let (samples, lines) = chart_lines(&driver).expect("read the charts");
+        let inc = line(&lines, "increments_per_sec").expect("an increments line");
+        let ok = line(&lines, "consistent_ok_per_sec").expect("a consistent reads line");
+        if inc.last.is_some_and(|v| v > 0.0) && ok.max.is_some_and(|v| v > 0.0) {
+            break (samples, lines);
+        }
+        assert!(
+            started.elapsed() < PAGE_BOUND,
+            "the increments chart did not move within {PAGE_BOUND:?} of {written} writes: {lines:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!(
+        "charts moved after {written} writes, {:?}: {lines:?}",
+        started.elapsed()
+    );
+    let inc = line(&lines, "increments_per_sec").unwrap();
+    assert!(
+        samples > samples_before && inc.points > points_before,
+        "no new points: {samples_before} -> {samples} samples, {points_before} -> {} points",
+        inc.points
+    );
+    assert!(line(&lines, "consistent_failed_per_sec").unwrap().points > 0);
+    let latency = line(&lines, "consistent_read_ms").unwrap();
+    assert!(
+        latency.points > 0 && latency.max.is_some_and(|v| v > 0.0),
+        "{latency:?}"
+    );
+    let storage = line(&lines, "storage_healthy").unwrap();
+    assert!(
+        storage.points > 0 && storage.last == Some(1.0),
+        "{storage:?}"
+    );
+    // A lag line per peer of node 1: the other two actors.
+    let mut peers: Vec<String> = lines
+        .iter()
+        .filter(|l| l.series == "lag_changes" && l.points > 0)
+        .filter_map(|l| l.peer.clone())
+        .collect();
+    peers.sort();
+    let mut want = addrs[1..].to_vec();
+    want.sort();
+    assert_eq!(peers, want, "{lines:?}");
+
+    // For the screenshot, a few more seconds of a varying load: until the
+    // page shows 15 samples, bounded like the rest.
+    let started = Instant::now();
+    let mut round = 0u64;
+    loop {
+        round += 1;
+        for _ in 0..(round % 4 + 1) * 4 {
+            c.incr(0, "load", 1);
+        }
+        let _ = c.http.get(&c.url(0, "/counter/load/consistent_value"));
+        let (samples, _) = chart_lines(&driver).expect("read the charts");
+        if samples >= 15 {
+            break;
+        }
+        assert!(
+            started.elapsed() < PAGE_BOUND,
+            "the page shows {samples} samples after {:?}",
+            started.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let shot = output_dir().join("console-charts.png");
+    let png = driver.screenshot().expect("a screenshot");
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    std::fs::write(&shot, png).expect("write the screenshot");
+    eprintln!("screenshot: {}", shot.display());
 }

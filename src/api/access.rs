@@ -2,7 +2,8 @@
 //!
 //! Each route needs one scope: reads (values, consistent values, the
 //! listing, a counter's JSON view) and the operator views (`/status`,
-//! `/status/cluster`, `/metrics`) need `read`; increments `write`;
+//! `/status/cluster`, `/status/history`, `/metrics`) need `read`;
+//! increments `write`;
 //! `POST /config` `admin`. Open to all: `/livez` and `/readyz` (probes
 //! carry no token), and the console's page and assets (static files; the
 //! console asks for a token when its first request gets a 401). The
@@ -123,6 +124,7 @@ mod tests {
             (&get, "/counters", Some(Scope::Read)),
             (&get, "/status", Some(Scope::Read)),
             (&get, "/status/cluster", Some(Scope::Read)),
+            (&get, "/status/history", Some(Scope::Read)),
             (&get, "/metrics", Some(Scope::Read)),
             (&post, "/counter/x/value", Some(Scope::Read)),
             (&get, "/nowhere", Some(Scope::Read)),

@@ -1,4 +1,5 @@
-//! The operator routes: `POST /config`, `GET /status`, `GET /metrics`, and
+//! The operator routes: `POST /config`, `GET /status`, `GET /status/history`,
+//! `GET /metrics`, and
 //! the one internal route other nodes call.
 
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::types::{
     ConfigRequest, ConfigSummary, ConnInfo, Leaver, MAX_BODY, PeerReport, Status, StatusConfig,
+    history_of,
 };
 use super::{ApiError, authorize, read_body};
 use crate::cluster::{Actor, Membership, parse_actors};
@@ -189,6 +191,12 @@ pub(super) async fn status_of(node: &Node) -> Status {
         data_bytes: store.disk_bytes().await,
         connections: Some(node.settings().budgets.clone()),
     }
+}
+
+/// `GET /status/history`: the node's samples of the last minutes.
+pub(super) async fn status_history(State(node): State<Arc<Node>>) -> Response {
+    let samples = node.history();
+    axum::Json(history_of(node.identity().node, &samples)).into_response()
 }
 
 pub(super) async fn metrics(State(node): State<Arc<Node>>) -> Response {

@@ -465,6 +465,150 @@
     }
   }
 
+  // ---------------------------------------------------------------- history
+
+  // The charts: inline SVG drawn from `/status/history` (this node's samples,
+  // one a second, oldest first, as columns). Each line is a <path> that
+  // carries its series for whoever reads the page: data-series (and
+  // data-peer for a peer's lag), data-points (samples with a value),
+  // data-last (the newest value) and data-max.
+  const W = 600, H = 100;
+  // A short history is drawn over a minute at least, so it grows from the right.
+  const MIN_SPAN_MS = 60000;
+  const CHARTS = [
+    { key: "increments", title: "increments/s", lines: (h) => [
+      { series: "increments_per_sec", label: "applied", values: h.increments_per_sec, color: 0 }] },
+    { key: "consistent", title: "consistent reads/s", lines: (h) => [
+      { series: "consistent_ok_per_sec", label: "200", values: h.consistent_ok_per_sec, color: 2 },
+      { series: "consistent_failed_per_sec", label: "503", values: h.consistent_failed_per_sec, color: 1 }] },
+    { key: "latency", title: "consistent read latency, mean (ms)", lines: (h) => [
+      { series: "consistent_read_ms", label: "mean", values: h.consistent_read_ms, color: 3 }] },
+    { key: "lag", title: "replication lag per peer (changes not merged)", lines: (h) =>
+      (h.peers || []).map((p, i) => ({ series: "lag_changes", peer: p.actor, label: p.actor, values: p.lag_changes,
+        reachable: p.reachable, color: i % 6 })) },
+    { key: "storage", title: "storage healthy", bands: true, lines: (h) => [
+      { series: "storage_healthy", label: "healthy", values: (h.storage_healthy || []).map((b) => b ? 1 : 0), color: 2 }] },
+  ];
+
+  function num(v) {
+    v = Number(v);
+    if (!isFinite(v)) return "?";
+    if (v === 0 || Math.abs(v) >= 100) return v.toFixed(0);
+    return String(Number(v.toPrecision(3)));
+  }
+
+  // 1, 2 or 5 times a power of ten, at least `v` (1 for nothing).
+  function niceMax(v) {
+    if (!(v > 0)) return 1;
+    const p = Math.pow(10, Math.floor(Math.log10(v)));
+    for (const m of [1, 2, 5, 10]) if (m * p >= v) return m * p;
+    return 10 * p;
+  }
+
+  function chartFigure(def) {
+    const id = "chart-" + def.key;
+    let fig = $(id);
+    if (fig) return fig;
+    fig = $("chart-template").content.firstElementChild.cloneNode(true);
+    fig.id = id;
+    fig.dataset.chart = def.key;
+    fig.querySelector(".title").textContent = def.title;
+    $("charts").appendChild(fig);
+    return fig;
+  }
+
+  function svgChild(parent, tag, attrs, cls) {
+    const e = document.createElementNS(parent.namespaceURI, tag);
+    for (const k of Object.keys(attrs)) e.setAttribute(k, String(attrs[k]));
+    if (cls) e.setAttribute("class", cls);
+    parent.appendChild(e);
+    return e;
+  }
+
+  function renderHistory(h) {
+    const at = h.at_ms || [];
+    const n = at.length;
+    const box = $("charts");
+    box.dataset.samples = String(n);
+    box.dataset.node = String(h.node);
+    const end = n ? Number(at[n - 1]) : 0;
+    const step = Number(h.interval_ms) || 1000;
+    const span = Math.max(MIN_SPAN_MS, n ? end - Number(at[0]) + step : 0);
+    const x = (t) => (W - (end - Number(t)) / span * W).toFixed(1);
+    $("history-span").textContent = n
+      ? n + " sample" + (n === 1 ? "" : "s") + " up to " + clock(new Date(end))
+      : "no samples yet";
+    for (const def of CHARTS) {
+      const fig = chartFigure(def);
+      const lines = def.lines(h);
+      let max = 0;
+      for (const l of lines) {
+        for (const v of l.values || []) if (v !== null && Number(v) > max) max = Number(v);
+      }
+      const top = def.bands ? 1 : niceMax(max);
+      const y = (v) => (H - 2 - Number(v) / top * (H - 4)).toFixed(1);
+      const svg = fig.querySelector("svg");
+      const group = svg.querySelector(".lines"), bands = svg.querySelector(".bands");
+      const legends = fig.querySelector(".legends");
+      clear(group); clear(bands); clear(legends);
+      for (const l of lines) {
+        const values = l.values || [];
+        let d = "", pen = false, points = 0, last = null, lineMax = null;
+        for (let i = 0; i < n; i++) {
+          const v = values[i];
+          if (v === null || v === undefined) { pen = false; continue; }
+          // A run's first point is also a dot (a round cap on a segment of
+          // no length), so a value between two gaps shows.
+          d += pen ? "L" + x(at[i]) + " " + y(v) : "M" + x(at[i]) + " " + y(v) + "l0 0";
+          pen = true;
+          points++;
+          last = Number(v);
+          lineMax = lineMax === null ? last : Math.max(lineMax, last);
+        }
+        const path = svgChild(group, "path", { d: d || "M0 0" }, "line c" + l.color);
+        path.dataset.series = l.series;
+        if (l.peer !== undefined) path.dataset.peer = l.peer;
+        path.dataset.points = String(points);
+        path.dataset.last = last === null ? "" : String(last);
+        path.dataset.max = lineMax === null ? "" : String(lineMax);
+        const item = el("span", null, "legend");
+        item.appendChild(el("span", null, "swatch c" + l.color));
+        const shown = def.bands ? (last === null ? "?" : last ? "yes" : "no") : (last === null ? "–" : num(last));
+        item.appendChild(el("span", l.label + " " + shown, l.peer !== undefined ? "mono" : null));
+        if (l.reachable) {
+          // A peer's reachability at the newest sample that names it.
+          const r = l.reachable.filter((v) => v !== null && v !== undefined).pop();
+          path.dataset.reachable = r === undefined ? "" : String(r);
+          if (r === false) item.appendChild(el("span", " unreachable", "bad"));
+        }
+        legends.appendChild(item);
+      }
+      if (def.bands && lines.length) {
+        // A band per run of equal values: green healthy, red not.
+        const values = lines[0].values || [];
+        let from = 0;
+        for (let i = 1; i <= n; i++) {
+          if (i < n && values[i] === values[from]) continue;
+          const x0 = Number(x(Number(at[from]) - step)), x1 = Number(x(at[i - 1]));
+          svgChild(bands, "rect", { x: Math.max(0, x0), y: 0, width: Math.max(0, x1 - Math.max(0, x0)), height: H },
+            "band " + (values[from] ? "ok" : "bad"));
+          from = i;
+        }
+      }
+      if (!lines.length) legends.appendChild(el("span", "no peers", "muted"));
+      fig.querySelector(".from").textContent = "−" + duration(span / 1000);
+      fig.querySelector(".top").textContent = def.bands ? "" : "top " + num(top);
+    }
+  }
+
+  async function refreshHistory() {
+    const r = await call("/status/history");
+    if (r.status !== 200 || !r.json) {
+      throw new Error("this node answered " + r.status + " to /status/history: " + (r.json && r.json.error || r.text.slice(0, 200)));
+    }
+    renderHistory(r.json);
+  }
+
   // ---------------------------------------------------------------- refresh
 
   let timer = null;
@@ -482,6 +626,7 @@
     await Promise.all([
       refreshCluster().catch((e) => errors.push(e.message)),
       refreshCounters().catch((e) => errors.push(e.message)),
+      refreshHistory().catch((e) => errors.push(e.message)),
     ]);
     const now = new Date();
     const u = $("updated");

@@ -4,9 +4,11 @@
 //! The page (`console.html`, `console.css`, `console.js`) loads nothing
 //! else: no build step, no CDN, no fonts from elsewhere, so it works on a
 //! node with no way out. Its script polls this node's JSON routes
-//! (`/status/cluster`, `/counters`, `/counter/<name>` and, on demand,
-//! `/counter/<name>/consistent_value`) every 2 s and writes what they say
-//! with `textContent` only.
+//! (`/status/cluster`, `/status/history`, `/counters`, `/counter/<name>`
+//! and, on demand, `/counter/<name>/consistent_value`) every 2 s and writes
+//! what they say with `textContent` only; its charts are inline SVG that it
+//! draws itself from `/status/history`, the node's own samples of the last
+//! ten minutes.
 //!
 //! Every answer carries a Content-Security-Policy that allows the node's own
 //! script and style sheet, same-origin fetches and nothing else: no inline
@@ -14,7 +16,8 @@
 //! assets are referred to by relative paths, so the console also works
 //! behind a proxy that serves the node under a path prefix. Left out:
 //! authentication (the routes the page reads are open, as they are to
-//! `curl`) and any history beyond what the page has seen since it was opened.
+//! `curl`), and charts of the other nodes (each keeps its own history; the
+//! page shows the one of the node that served it).
 
 use axum::extract::Path;
 use axum::http::{StatusCode, header};

@@ -10,9 +10,9 @@
 //! headers, limits, bodies) is in [`types`], shared with the client.
 //!
 //! One file per kind of route: `counters` (the counter routes, batches and
-//! listing), `admin` (config, status, metrics and the internal route),
-//! `probes` (health probes and the cluster-wide status) and `console` (the
-//! web console at `/`).
+//! listing), `admin` (config, status and its history, metrics and the
+//! internal route), `probes` (health probes and the cluster-wide status)
+//! and `console` (the web console at `/`).
 
 mod access;
 mod admin;
@@ -82,6 +82,7 @@ pub fn router(node: Arc<Node>, access: Arc<Access>) -> Router {
         .route(RPC_PATH_V3, post(admin::rpc_v3))
         .route(paths::STATUS, get(admin::status))
         .route(paths::CLUSTER_STATUS, get(probes::cluster_status))
+        .route(paths::STATUS_HISTORY, get(admin::status_history))
         .route(paths::LIVEZ, get(probes::livez))
         .route(paths::READYZ, get(probes::readyz))
         .route(

@@ -92,6 +92,49 @@ impl From<Salvage> for SalvageReport {
     }
 }
 
+/// The columns of `samples`, taken by node `node`.
+pub fn history_of(node: u64, samples: &[node::Sample]) -> StatusHistory {
+    // Three decimals: the rates are counts over about a second.
+    let round = |v: f64| (v * 1000.0).round() / 1000.0;
+    let mut out = StatusHistory {
+        node,
+        interval_ms: node::HISTORY_INTERVAL.as_millis() as u64,
+        capacity: node::HISTORY_SAMPLES,
+        ..StatusHistory::default()
+    };
+    for (i, s) in samples.iter().enumerate() {
+        out.at_ms.push(s.at_ms);
+        out.increments_per_sec.push(round(s.increments_per_sec));
+        out.consistent_ok_per_sec
+            .push(round(s.consistent_ok_per_sec));
+        out.consistent_failed_per_sec
+            .push(round(s.consistent_failed_per_sec));
+        out.consistent_read_ms.push(s.consistent_read_ms.map(round));
+        out.storage_healthy.push(s.storage_healthy);
+        for p in &s.peers {
+            let column = match out.peers.iter().position(|h| *h.actor == *p.actor) {
+                Some(at) => &mut out.peers[at],
+                None => {
+                    out.peers.push(PeerHistory {
+                        actor: p.actor.to_string(),
+                        lag_changes: vec![None; i],
+                        reachable: vec![None; i],
+                    });
+                    out.peers.last_mut().expect("just pushed")
+                }
+            };
+            column.lag_changes.push(Some(p.lag_changes));
+            column.reachable.push(p.reachable);
+        }
+        // Peers this sample does not name.
+        for column in &mut out.peers {
+            column.lag_changes.resize(i + 1, None);
+            column.reachable.resize(i + 1, None);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +163,8 @@ mod tests {
         assert_eq!(Route::of("/livez"), Route::Livez);
         assert_eq!(Route::of("/readyz").template(), "/readyz");
         assert_eq!(Route::of("/status/cluster"), Route::ClusterStatus);
+        assert_eq!(Route::of("/status/history"), Route::StatusHistory);
+        assert_eq!(Route::of("/status/history").template(), "/status/history");
         assert_eq!(Route::of("/counter/x").template(), "/counter/{name}");
     }
 
@@ -280,6 +325,54 @@ mod tests {
                 r#""last_error_ms_ago":null,"errors":0,"recoveries":0,"damage_found":0}"#,
             )
         );
+    }
+
+    /// Samples become columns of equal length; a peer that some samples do
+    /// not name has `null` there.
+    #[test]
+    fn a_history_is_columns_of_its_samples() {
+        use crate::node::{PeerLag, Sample};
+        let peer = |actor: &str, lag| PeerLag {
+            actor: actor.into(),
+            lag_changes: lag,
+            reachable: Some(true),
+        };
+        let sample = |at_ms, peers| Sample {
+            at_ms,
+            increments_per_sec: 1.0 / 3.0,
+            consistent_ok_per_sec: 2.0,
+            consistent_failed_per_sec: 0.0,
+            consistent_read_ms: (at_ms == 2).then_some(1.5),
+            storage_healthy: at_ms != 3,
+            peers,
+        };
+        let samples = vec![
+            sample(1, vec![peer("a", 1)]),
+            sample(2, vec![peer("a", 2), peer("b", 5)]),
+            sample(3, vec![peer("b", 6)]),
+        ];
+        let h = history_of(7, &samples);
+        assert_eq!(h.node, 7);
+        assert_eq!(h.interval_ms, 1000);
+        assert_eq!(h.at_ms, vec![1, 2, 3]);
+        assert_eq!(h.increments_per_sec, vec![0.333; 3]);
+        assert_eq!(h.consistent_read_ms, vec![None, Some(1.5), None]);
+        assert_eq!(h.storage_healthy, vec![true, true, false]);
+        let lags: Vec<(&str, Vec<Option<u64>>)> = h
+            .peers
+            .iter()
+            .map(|p| (p.actor.as_str(), p.lag_changes.clone()))
+            .collect();
+        assert_eq!(
+            lags,
+            vec![
+                ("a", vec![Some(1), Some(2), None]),
+                ("b", vec![None, Some(5), Some(6)]),
+            ]
+        );
+        assert!(h.peers.iter().all(|p| p.reachable.len() == 3));
+        let json = serde_json::to_string(&h).unwrap();
+        assert_eq!(serde_json::from_str::<StatusHistory>(&json).unwrap(), h);
     }
 
     #[test]

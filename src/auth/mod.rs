@@ -40,8 +40,8 @@
 //!
 //! - read: reads (`GET /counter/<name>/value`, `consistent_value`,
 //!   `GET /counters`, the JSON view `GET /counter/<name>`), and `/status`,
-//!   `/status/cluster` and `/metrics`, which show names and counts, not
-//!   secrets.
+//!   `/status/cluster`, `/status/history` and `/metrics`, which show names
+//!   and counts, not secrets.
 //! - write: increments (`POST /counter/<name>`, the batch `POST /counters`).
 //! - admin: `POST /config`.
 //! - none: `/livez` and `/readyz` stay open, so that probes need no

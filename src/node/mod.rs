@@ -4,8 +4,10 @@
 //! One file per job, each with a narrow context of what it needs of the
 //! node: `membership` ([`Place`]) keeps "who am I, whom do I replicate
 //! with, have I handed off" in step with the config, `read` ([`Reads`])
-//! runs consistent reads as `read_round` decides them; this file wires
-//! them, starts and stops the node and runs increments. Peers' calls are
+//! runs consistent reads as `read_round` decides them, `history`
+//! ([`History`]) keeps the last minutes of the node's rates for the
+//! console; this file wires them, starts and stops the node and runs
+//! increments. Peers' calls are
 //! answered by replication ([`Replicator::answer`]).
 //!
 //! Shutdown order: stop accepting connections and let in-flight requests
@@ -15,6 +17,7 @@
 //! sequence is bounded.
 
 mod backup;
+mod history;
 mod membership;
 mod read;
 mod read_batch;
@@ -32,6 +35,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 pub use backup::{ConsistentPage, RestoreError, Restored};
+pub use history::{HISTORY_INTERVAL, HISTORY_SAMPLES, History, PeerLag, Reading, Sample};
 pub use membership::{ConfigOutcome, Place, PostConfigError, Role, Whoami};
 pub use read::Reads;
 pub use read_round::Incomplete;
@@ -98,6 +102,12 @@ pub struct Node {
     reads: Arc<Reads>,
     /// Shared by every layer of this node.
     metrics: Metrics,
+    /// The last minutes, one sample a second (see [`sample_loop`]). A std
+    /// mutex: held only to push one sample or to copy the ring, never
+    /// across an `.await`.
+    history: Mutex<History>,
+    /// The time of each sample.
+    clock: WallClock,
 }
 
 impl Node {
@@ -122,7 +132,7 @@ impl Node {
         };
         let store_deps = StoreDeps {
             metrics: metrics.clone(),
-            clock,
+            clock: clock.clone(),
         };
         let opened = Store::with_engine(engine, settings.id, settings.store.clone(), store_deps)?;
         let identity = opened.store.identity();
@@ -200,10 +210,13 @@ impl Node {
             reads,
             metrics,
             settings,
+            history: Mutex::new(History::default()),
+            clock,
         });
         node.spawn(membership::membership_loop(node.place.clone()));
         node.spawn(membership::handoff_loop(node.place.clone()));
         node.spawn(watch_writer(node.clone()));
+        node.spawn(sample_loop(node.clone()));
         if let Some(every) = node.settings.scrub_interval {
             node.spawn(scrub_loop(node.clone(), every));
         }
@@ -253,6 +266,39 @@ impl Node {
     /// Consistent reads.
     pub fn reads(&self) -> &Arc<Reads> {
         &self.reads
+    }
+
+    /// The samples of the last minutes, oldest first.
+    pub fn history(&self) -> Vec<Sample> {
+        let h = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        h.samples().cloned().collect()
+    }
+
+    /// The node's cumulative counts now, as [`sample_loop`] reads them.
+    fn reading(&self) -> Reading {
+        let m = &self.metrics;
+        let reads = |outcome: &'static str| {
+            m.consistent_reads
+                .get(&Outcome { outcome })
+                .map_or(0, |c| c.get())
+        };
+        Reading {
+            increments: m.increments.get(),
+            consistent_ok: reads("ok"),
+            consistent_failed: reads("unavailable") + reads("no_config"),
+            consistent_seconds: m.consistent_seconds_sum.get(),
+            storage_healthy: self.store.health().healthy,
+            peers: self
+                .peers
+                .report()
+                .into_iter()
+                .map(|p| PeerLag {
+                    actor: Arc::from(p.actor.to_string()),
+                    lag_changes: p.lag_changes,
+                    reachable: p.reachable,
+                })
+                .collect(),
+        }
     }
 
     pub fn uptime(&self) -> Duration {
@@ -365,6 +411,27 @@ async fn scrub_loop(node: Arc<Node>, every: Duration) {
     }
 }
 
+/// A sample of the node's rates every [`HISTORY_INTERVAL`], into its
+/// history; ends with the node (see [`Node::spawn`]). A late tick is taken
+/// late, not twice: rates are over the time that really passed.
+async fn sample_loop(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(HISTORY_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    let mut before = (Instant::now(), node.reading());
+    loop {
+        tick.tick().await;
+        let now = (Instant::now(), node.reading());
+        let at_ms = node.clock.now_ms();
+        let sample = Sample::between(&before.1, &now.1, now.0 - before.0, at_ms);
+        node.history
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(sample);
+        before = now;
+    }
+}
+
 /// Stops the node if the storage writer dies: it could never write again,
 /// and a node that refuses every write forever is worse than one that exits.
 async fn watch_writer(node: Arc<Node>) {
@@ -449,6 +516,41 @@ mod tests {
         }
         assert_eq!(node.store.value("a"), 1, "and change nothing");
         node.shutdown().await;
+    }
+
+    /// The sampler's task: a sample a second from the node's own counts,
+    /// rates over the second that passed, and nothing after the shutdown.
+    #[tokio::test(start_paused = true)]
+    async fn the_node_samples_its_rates_once_a_second() {
+        let settings = Settings::new(1, "127.0.0.1:7777".parse().unwrap(), "unused".into());
+        let deps = Deps::new(Arc::new(Nowhere)).with_engine(Arc::new(MemoryEngine::new()));
+        let node = Node::start(settings, deps).unwrap();
+        // The first reading is taken at start; five increments in the
+        // first second.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for _ in 0..5 {
+            node.increment(vec![("a".into(), 1)], None, None)
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let h = node.history();
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h[0].increments_per_sec, 5.0, "{h:?}");
+        assert!(h[0].storage_healthy);
+        assert!(h[0].peers.is_empty(), "no config, no peers");
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let h = node.history();
+        assert_eq!(h.len(), 11, "one a second");
+        assert_eq!(h[10].increments_per_sec, 0.0, "idle since");
+        node.shutdown().await;
+        let stopped = node.history().len();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(
+            node.history().len(),
+            stopped,
+            "sampling ended with the node"
+        );
     }
 
     /// A peer that takes every push at once and records the names of each;

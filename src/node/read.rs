@@ -63,8 +63,9 @@ impl Reads {
         };
         let m = &self.metrics;
         m.consistent_reads.get_or_create(&Outcome { outcome }).inc();
-        m.consistent_seconds
-            .observe(started.elapsed().as_secs_f64());
+        let secs = started.elapsed().as_secs_f64();
+        m.consistent_seconds.observe(secs);
+        m.consistent_seconds_sum.inc_by(secs);
         result
     }
 

@@ -70,6 +70,8 @@ pub mod paths {
     pub const CONFIG: &str = "/config";
     pub const STATUS: &str = "/status";
     pub const CLUSTER_STATUS: &str = "/status/cluster";
+    /// The node's last minutes, one sample a second (the console's charts).
+    pub const STATUS_HISTORY: &str = "/status/history";
     pub const LIVEZ: &str = "/livez";
     pub const READYZ: &str = "/readyz";
     pub const METRICS: &str = "/metrics";
@@ -124,6 +126,7 @@ pub enum Route<'a> {
     Config,
     Status,
     ClusterStatus,
+    StatusHistory,
     Livez,
     Readyz,
     Metrics,
@@ -149,6 +152,7 @@ impl<'a> Route<'a> {
             paths::CONFIG => Route::Config,
             paths::STATUS => Route::Status,
             paths::CLUSTER_STATUS => Route::ClusterStatus,
+            paths::STATUS_HISTORY => Route::StatusHistory,
             paths::LIVEZ => Route::Livez,
             paths::READYZ => Route::Readyz,
             paths::METRICS => Route::Metrics,
@@ -180,6 +184,7 @@ impl<'a> Route<'a> {
             Route::Config => paths::CONFIG,
             Route::Status => paths::STATUS,
             Route::ClusterStatus => paths::CLUSTER_STATUS,
+            Route::StatusHistory => paths::STATUS_HISTORY,
             Route::Livez => paths::LIVEZ,
             Route::Readyz => paths::READYZ,
             Route::Metrics => paths::METRICS,
@@ -521,6 +526,43 @@ pub struct ClusterNode {
     pub rtt_ms: Option<f64>,
     /// Its own `/status`.
     pub status: Option<Status>,
+}
+
+/// `GET /status/history`: this node's last minutes, one sample every
+/// `interval_ms`, oldest first, as columns: the `n`-th entry of every list
+/// belongs to the `n`-th sample. Rates are per second over the interval
+/// that ended at `at_ms` (Unix milliseconds).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct StatusHistory {
+    /// The id of the node that took the samples.
+    pub node: u64,
+    pub interval_ms: u64,
+    /// Most samples kept; older ones are dropped.
+    pub capacity: usize,
+    pub at_ms: Vec<u64>,
+    pub increments_per_sec: Vec<f64>,
+    /// Consistent reads answered 200, per second.
+    pub consistent_ok_per_sec: Vec<f64>,
+    /// Consistent reads answered 503 (or without a config), per second.
+    pub consistent_failed_per_sec: Vec<f64>,
+    /// Mean duration of the consistent reads that ended in the interval;
+    /// `null` when none did.
+    pub consistent_read_ms: Vec<Option<f64>>,
+    pub storage_healthy: Vec<bool>,
+    /// Every peer that some sample names, in the order they first appear.
+    pub peers: Vec<PeerHistory>,
+}
+
+/// One peer's column of [`StatusHistory`]; `null` where a sample does not
+/// name the peer (before it joined, after it left).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct PeerHistory {
+    pub actor: String,
+    /// Changes the peer had that this node had not merged at its last pull.
+    pub lag_changes: Vec<Option<u64>>,
+    pub reachable: Vec<Option<bool>>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
