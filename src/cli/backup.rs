@@ -50,6 +50,17 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failed> {
         .map_err(|e| failed(format!("cannot start the runtime: {e}")))
 }
 
+/// Runs `work` and prints what it reports.
+fn print_report(work: impl Future<Output = Result<String, Failed>>) -> ExitCode {
+    match runtime().and_then(|rt| rt.block_on(work)) {
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(f) => f.exit(),
+    }
+}
+
 /// `tally backup -o FILE`.
 pub fn backup(output: &Path, allow_partial: bool, conn: &Conn) -> ExitCode {
     match runtime().and_then(|rt| rt.block_on(take_backup(output, allow_partial, conn))) {
@@ -186,13 +197,7 @@ pub fn restore(file: &Path, after: Option<&str>, conn: &Conn) -> ExitCode {
         progress.done();
         Ok::<_, Failed>(sender.report())
     };
-    match runtime().and_then(|rt| rt.block_on(run)) {
-        Ok(report) => {
-            println!("{report}");
-            ExitCode::SUCCESS
-        }
-        Err(f) => f.exit(),
-    }
+    print_report(run)
 }
 
 /// One line of `tally export`, and of what `tally import` reads.
@@ -274,13 +279,7 @@ pub fn import(file: &Path, conn: &Conn) -> ExitCode {
         progress.done();
         Ok::<_, Failed>(sender.report())
     };
-    match runtime().and_then(|rt| rt.block_on(run)) {
-        Ok(report) => {
-            println!("{report}");
-            ExitCode::SUCCESS
-        }
-        Err(f) => f.exit(),
-    }
+    print_report(run)
 }
 
 fn read_lines(file: &Path) -> Result<Vec<StoredCounter>, Failed> {
