@@ -796,6 +796,8 @@ fn history(c: &Cluster, i: usize) -> serde_json::Value {
 struct Line {
     series: String,
     peer: Option<String>,
+    /// Another node's line (`None`: the page's own node).
+    node: Option<String>,
     points: usize,
     last: Option<f64>,
     max: Option<f64>,
@@ -807,6 +809,7 @@ fn chart_lines(driver: &webdriver::Driver) -> Result<(usize, Vec<Line>), String>
         r#"const box = document.getElementById("charts");
            const lines = [...box.querySelectorAll("figure.chart path[data-series]")].map((p) => ({
              series: p.dataset.series, peer: p.dataset.peer === undefined ? null : p.dataset.peer,
+             node: p.dataset.node === undefined ? null : p.dataset.node,
              points: p.dataset.points, last: p.dataset.last, max: p.dataset.max }));
            return { samples: box.dataset.samples, lines };"#,
         serde_json::json!([]),
@@ -821,6 +824,7 @@ fn chart_lines(driver: &webdriver::Driver) -> Result<(usize, Vec<Line>), String>
         .map(|l| Line {
             series: text(&l["series"]),
             peer: l["peer"].as_str().map(str::to_string),
+            node: l["node"].as_str().map(str::to_string),
             points: text(&l["points"]).parse().unwrap_or(0),
             last: number(&l["last"]),
             max: number(&l["max"]),
@@ -829,10 +833,11 @@ fn chart_lines(driver: &webdriver::Driver) -> Result<(usize, Vec<Line>), String>
     Ok((samples, lines))
 }
 
+/// The page's own node's line of `series`.
 fn line<'a>(lines: &'a [Line], series: &str) -> Result<&'a Line, String> {
     lines
         .iter()
-        .find(|l| l.series == series)
+        .find(|l| l.series == series && l.node.is_none())
         .ok_or_else(|| format!("no {series} line in {lines:?}"))
 }
 
@@ -1019,6 +1024,32 @@ fn the_console_is_driven_and_charts_the_nodes_history() {
         storage.points > 0 && storage.last == Some(1.0),
         "{storage:?}"
     );
+    // The other nodes' lines (from `/status/cluster/history`) beside node
+    // 1's own, each with points: per node, increments, consistent reads
+    // and their latency.
+    for series in [
+        "increments_per_sec",
+        "consistent_ok_per_sec",
+        "consistent_read_ms",
+    ] {
+        let mut nodes: Vec<String> = lines
+            .iter()
+            .filter(|l| l.series == series && l.points > 0)
+            .filter_map(|l| l.node.clone())
+            .collect();
+        nodes.sort();
+        let mut want = addrs[1..].to_vec();
+        want.sort();
+        if series == "consistent_read_ms" {
+            // Only nodes that served consistent reads have a latency.
+            assert!(
+                nodes.iter().all(|n| want.contains(n)),
+                "{series}: {lines:?}"
+            );
+        } else {
+            assert_eq!(nodes, want, "{series}: {lines:?}");
+        }
+    }
     // A lag line per peer of node 1: the other two actors.
     let mut peers: Vec<String> = lines
         .iter()

@@ -124,6 +124,7 @@ mod tests {
             (&get, "/counters", Some(Scope::Read)),
             (&get, "/status", Some(Scope::Read)),
             (&get, "/status/cluster", Some(Scope::Read)),
+            (&get, "/status/cluster/history", Some(Scope::Read)),
             (&get, "/status/history", Some(Scope::Read)),
             (&get, "/metrics", Some(Scope::Read)),
             (&post, "/counter/x/value", Some(Scope::Read)),

@@ -476,19 +476,30 @@
   // A short history is drawn over a minute at least, so it grows from the right.
   const MIN_SPAN_MS = 60000;
   const CHARTS = [
-    { key: "increments", title: "increments/s", lines: (h) => [
-      { series: "increments_per_sec", label: "applied", values: h.increments_per_sec, color: 0 }] },
-    { key: "consistent", title: "consistent reads/s", lines: (h) => [
+    { key: "increments", title: "increments/s per node", lines: (h, others) => [
+      { series: "increments_per_sec", label: "this node", values: h.increments_per_sec, color: 0 }]
+      .concat(perNode(others, "increments_per_sec")) },
+    { key: "consistent", title: "consistent reads/s per node", lines: (h, others) => [
       { series: "consistent_ok_per_sec", label: "200", values: h.consistent_ok_per_sec, color: 2 },
-      { series: "consistent_failed_per_sec", label: "503", values: h.consistent_failed_per_sec, color: 1 }] },
-    { key: "latency", title: "consistent read latency, mean (ms)", lines: (h) => [
-      { series: "consistent_read_ms", label: "mean", values: h.consistent_read_ms, color: 3 }] },
+      { series: "consistent_failed_per_sec", label: "503", values: h.consistent_failed_per_sec, color: 1 }]
+      .concat(perNode(others, "consistent_ok_per_sec", " 200")) },
+    { key: "latency", title: "consistent read latency, mean (ms)", lines: (h, others) => [
+      { series: "consistent_read_ms", label: "this node", values: h.consistent_read_ms, color: 3 }]
+      .concat(perNode(others, "consistent_read_ms")) },
     { key: "lag", title: "replication lag per peer (changes not merged)", lines: (h) =>
       (h.peers || []).map((p, i) => ({ series: "lag_changes", peer: p.actor, label: p.actor, values: p.lag_changes,
         reachable: p.reachable, color: i % 6 })) },
     { key: "storage", title: "storage healthy", bands: true, lines: (h) => [
       { series: "storage_healthy", label: "healthy", values: (h.storage_healthy || []).map((b) => b ? 1 : 0), color: 2 }] },
   ];
+
+  // The other nodes' lines of one series: each on its own samples' times
+  // (data-node names it); a node that did not answer has an empty line.
+  function perNode(others, series, suffix) {
+    return others.map((o, i) => ({
+      series, node: o.actor, label: o.actor + (suffix || "") + (o.h ? "" : " (no answer)"),
+      values: o.h ? o.h[series] : [], at: o.h ? o.h.at_ms : [], color: (i + 4) % 6 }));
+  }
 
   function num(v) {
     v = Number(v);
@@ -525,7 +536,7 @@
     return e;
   }
 
-  function renderHistory(h) {
+  function renderHistory(h, others) {
     const at = h.at_ms || [];
     const n = at.length;
     const box = $("charts");
@@ -540,7 +551,7 @@
       : "no samples yet";
     for (const def of CHARTS) {
       const fig = chartFigure(def);
-      const lines = def.lines(h);
+      const lines = def.lines(h, others);
       let max = 0;
       for (const l of lines) {
         for (const v of l.values || []) if (v !== null && Number(v) > max) max = Number(v);
@@ -554,12 +565,13 @@
       for (const l of lines) {
         const values = l.values || [];
         let d = "", pen = false, points = 0, last = null, lineMax = null;
-        for (let i = 0; i < n; i++) {
+        const times = l.at || at;
+        for (let i = 0; i < times.length; i++) {
           const v = values[i];
           if (v === null || v === undefined) { pen = false; continue; }
           // A run's first point is also a dot (a round cap on a segment of
           // no length), so a value between two gaps shows.
-          d += pen ? "L" + x(at[i]) + " " + y(v) : "M" + x(at[i]) + " " + y(v) + "l0 0";
+          d += pen ? "L" + x(times[i]) + " " + y(v) : "M" + x(times[i]) + " " + y(v) + "l0 0";
           pen = true;
           points++;
           last = Number(v);
@@ -568,13 +580,14 @@
         const path = svgChild(group, "path", { d: d || "M0 0" }, "line c" + l.color);
         path.dataset.series = l.series;
         if (l.peer !== undefined) path.dataset.peer = l.peer;
+        if (l.node !== undefined) path.dataset.node = l.node;
         path.dataset.points = String(points);
         path.dataset.last = last === null ? "" : String(last);
         path.dataset.max = lineMax === null ? "" : String(lineMax);
         const item = el("span", null, "legend");
         item.appendChild(el("span", null, "swatch c" + l.color));
         const shown = def.bands ? (last === null ? "?" : last ? "yes" : "no") : (last === null ? "–" : num(last));
-        item.appendChild(el("span", l.label + " " + shown, l.peer !== undefined ? "mono" : null));
+        item.appendChild(el("span", l.label + " " + shown, l.peer !== undefined || l.node !== undefined ? "mono" : null));
         if (l.reachable) {
           // A peer's reachability at the newest sample that names it.
           const r = l.reachable.filter((v) => v !== null && v !== undefined).pop();
@@ -602,11 +615,15 @@
   }
 
   async function refreshHistory() {
-    const r = await call("/status/history");
+    const [r, c] = await Promise.all([call("/status/history"), call("/status/cluster/history").catch(() => null)]);
     if (r.status !== 200 || !r.json) {
       throw new Error("this node answered " + r.status + " to /status/history: " + (r.json && r.json.error || r.text.slice(0, 200)));
     }
-    renderHistory(r.json);
+    // The other nodes' histories, gathered by this node: charted beside its
+    // own when they come; this node's charts do not wait on them.
+    const others = c && c.status === 200 && c.json && c.json.nodes
+      ? c.json.nodes.filter((n) => !n.me).map((n) => ({ actor: n.actor, h: n.history })) : [];
+    renderHistory(r.json, others);
   }
 
   // ---------------------------------------------------------------- refresh

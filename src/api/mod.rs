@@ -82,6 +82,7 @@ pub fn router(node: Arc<Node>, access: Arc<Access>) -> Router {
         .route(RPC_PATH_V3, post(admin::rpc_v3))
         .route(paths::STATUS, get(admin::status))
         .route(paths::CLUSTER_STATUS, get(probes::cluster_status))
+        .route(paths::CLUSTER_HISTORY, get(probes::cluster_history))
         .route(paths::STATUS_HISTORY, get(admin::status_history))
         .route(paths::LIVEZ, get(probes::livez))
         .route(paths::READYZ, get(probes::readyz))

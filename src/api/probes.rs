@@ -20,7 +20,10 @@ use axum::response::{IntoResponse, Response};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::types::{ClusterNode, ClusterStatus, NotReady, Probe, Status, paths};
+use super::types::{
+    ClusterHistory, ClusterNode, ClusterStatus, NodeHistory, NotReady, Probe, Status,
+    StatusHistory, history_of, paths,
+};
 use super::{Access, ApiError, admin, timeout_param};
 use crate::node::{Node, Role};
 use crate::tls::ClientTls;
@@ -140,90 +143,181 @@ pub async fn gather(
     timeout: Duration,
     tls: &ClientTls,
 ) -> Vec<ClusterNode> {
-    let mut rows: Vec<ClusterNode> = actors
+    let own = own.filter(|_| me.is_some());
+    let names: Vec<String> = actors.iter().map(|(a, _)| a.clone()).collect();
+    let answers = fan_out(&names, me, paths::STATUS, timeout, tls).await;
+    actors
         .iter()
-        .map(|(actor, leaving)| ClusterNode {
-            actor: actor.clone(),
-            me: me == Some(actor.as_str()),
-            leaving: *leaving,
-            ..ClusterNode::default()
+        .zip(answers)
+        .map(|((actor, leaving), answer)| {
+            let mut row = ClusterNode {
+                actor: actor.clone(),
+                me: me == Some(actor.as_str()),
+                leaving: *leaving,
+                ..ClusterNode::default()
+            };
+            match answer {
+                Some(Ok((status, rtt))) => {
+                    row.reachable = true;
+                    row.rtt_ms = Some(rtt.as_secs_f64() * 1000.0);
+                    row.status = Some(status);
+                }
+                Some(Err(e)) => row.error = Some(e),
+                None => {
+                    row.reachable = own.is_some();
+                    row.status = own.clone();
+                }
+            }
+            row
         })
+        .collect()
+}
+
+/// Asks each of `actors` but `me` for `path`, all at once (at most
+/// [`MAX_CLUSTER_ASKS`] at a time), each within `timeout`: the answer and
+/// how long it took, or why there is none, in the order of `actors`
+/// (`None` for `me`).
+async fn fan_out<T: serde::de::DeserializeOwned + Send + 'static>(
+    actors: &[String],
+    me: Option<&str>,
+    path: &'static str,
+    timeout: Duration,
+    tls: &ClientTls,
+) -> Vec<Option<Result<(T, Duration), String>>> {
+    let mut out: Vec<Option<Result<(T, Duration), String>>> = actors
+        .iter()
+        .map(|a| (me != Some(a.as_str())).then(|| Err(format!("no answer within {timeout:?}"))))
         .collect();
     let mut asks = JoinSet::new();
     let turns = Arc::new(tokio::sync::Semaphore::new(MAX_CLUSTER_ASKS));
-    for (i, row) in rows.iter_mut().enumerate() {
-        if let (true, Some(own)) = (row.me, &own) {
-            row.reachable = true;
-            row.status = Some(own.clone());
+    for (i, actor) in actors.iter().enumerate() {
+        if out[i].is_none() {
             continue;
         }
-        let actor = row.actor.clone();
-        let (turns, tls) = (turns.clone(), tls.clone());
+        let (actor, turns, tls) = (actor.clone(), turns.clone(), tls.clone());
         asks.spawn(async move {
             let _turn = turns.acquire_owned().await;
-            (i, ask(&actor, timeout, &tls).await)
+            (i, ask(&actor, path, timeout, &tls).await)
         });
     }
     // Each ask ends within its own deadline; this bound only guards it.
-    let all = tokio::time::timeout(timeout + Duration::from_secs(1), async {
+    let _ = tokio::time::timeout(timeout + Duration::from_secs(1), async {
         while let Some(done) = asks.join_next().await {
             if let Ok((i, answer)) = done {
-                let row = &mut rows[i];
-                match answer {
-                    Ok((status, rtt)) => {
-                        row.reachable = true;
-                        row.rtt_ms = Some(rtt.as_secs_f64() * 1000.0);
-                        row.status = Some(status);
-                    }
-                    Err(e) => row.error = Some(e),
-                }
+                out[i] = Some(answer);
             }
         }
-    });
-    if all.await.is_err() {
-        for row in rows
-            .iter_mut()
-            .filter(|r| !r.reachable && r.error.is_none())
-        {
-            row.error = Some(format!("no answer within {timeout:?}"));
-        }
-    }
-    rows
+    })
+    .await;
+    out
 }
 
-/// One actor's `/status` and how long it took.
-async fn ask(
+/// One actor's answer to `GET path` and how long it took.
+async fn ask<T: serde::de::DeserializeOwned>(
     actor: &str,
+    path: &str,
     timeout: Duration,
     tls: &ClientTls,
-) -> Result<(Status, Duration), String> {
+) -> Result<(T, Duration), String> {
     let scheme = if tls.is_some() { "https" } else { "http" };
     let base = parse_node(&format!("{scheme}://{actor}"))?;
     let req = Req {
         method: hyper::Method::GET,
-        path: paths::STATUS.into(),
+        path: path.into(),
         headers: Vec::new(),
         body: Vec::new(),
         content_type: "text/plain; charset=utf-8",
     };
     let started = Instant::now();
-    let answer = send(&req, &format!("{base}{}", paths::STATUS), timeout, tls)
+    let answer = send(&req, &format!("{base}{path}"), timeout, tls)
         .await
         .map_err(|e| match e {
             SendError::Invalid(reason) | SendError::Unreachable { reason, .. } => reason,
         })?;
     let rtt = started.elapsed();
     if answer.status != 200 {
-        return Err(format!("/status answered {}", answer.status));
+        return Err(format!("{path} answered {}", answer.status));
     }
     // The error names where the answer went wrong, not what it said.
-    let status = serde_json::from_str(&answer.body).map_err(|e| {
+    let value = serde_json::from_str(&answer.body).map_err(|e| {
         format!(
-            "/status answered something else than a status ({:?} error at line {} column {})",
+            "{path} answered something else than expected ({:?} error at line {} column {})",
             e.classify(),
             e.line(),
             e.column()
         )
     })?;
-    Ok((status, rtt))
+    Ok((value, rtt))
+}
+
+/// `GET /status/cluster/history[?timeout=2s]`: every actor's
+/// `/status/history` (this node's own read here), in config order, so the
+/// console can chart each node.
+pub(super) async fn cluster_history(
+    State(node): State<Arc<Node>>,
+    State(access): State<Arc<Access>>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let timeout = timeout_param(
+        req.uri().query(),
+        DEFAULT_CLUSTER_TIMEOUT,
+        MAX_CLUSTER_TIMEOUT,
+    )?;
+    let Ok(_turn) = CLUSTER_GATHERS.try_acquire() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{MAX_CLUSTER_GATHERS} cluster requests are already in progress; retry"),
+        ));
+    };
+    let m = node.membership();
+    // The config's actors, then the leavers it still hears from.
+    let mut actors: Vec<String> = m.config.actors.iter().map(|a| a.to_string()).collect();
+    for a in m.read_set() {
+        let a = a.to_string();
+        if !actors.contains(&a) {
+            actors.push(a);
+        }
+    }
+    let me = node.me().map(|a| a.to_string());
+    let own = history_of(node.identity().node, &node.history());
+    let answers = fan_out::<StatusHistory>(
+        &actors,
+        me.as_deref(),
+        paths::STATUS_HISTORY,
+        timeout,
+        &access.client_tls,
+    )
+    .await;
+    let nodes = actors
+        .into_iter()
+        .zip(answers)
+        .map(|(actor, answer)| {
+            let me = me.as_deref() == Some(actor.as_str());
+            match answer {
+                None => NodeHistory {
+                    actor,
+                    me,
+                    error: None,
+                    history: Some(own.clone()),
+                },
+                Some(Ok((h, _))) => NodeHistory {
+                    actor,
+                    me,
+                    error: None,
+                    history: Some(h),
+                },
+                Some(Err(e)) => NodeHistory {
+                    actor,
+                    me,
+                    error: Some(e),
+                    history: None,
+                },
+            }
+        })
+        .collect();
+    Ok(axum::Json(ClusterHistory {
+        from: node.identity().node,
+        nodes,
+    })
+    .into_response())
 }

@@ -72,6 +72,8 @@ pub mod paths {
     pub const CLUSTER_STATUS: &str = "/status/cluster";
     /// The node's last minutes, one sample a second (the console's charts).
     pub const STATUS_HISTORY: &str = "/status/history";
+    /// Every actor's `/status/history`, gathered by the node asked.
+    pub const CLUSTER_HISTORY: &str = "/status/cluster/history";
     pub const LIVEZ: &str = "/livez";
     pub const READYZ: &str = "/readyz";
     pub const METRICS: &str = "/metrics";
@@ -127,6 +129,7 @@ pub enum Route<'a> {
     Status,
     ClusterStatus,
     StatusHistory,
+    ClusterHistory,
     Livez,
     Readyz,
     Metrics,
@@ -153,6 +156,7 @@ impl<'a> Route<'a> {
             paths::STATUS => Route::Status,
             paths::CLUSTER_STATUS => Route::ClusterStatus,
             paths::STATUS_HISTORY => Route::StatusHistory,
+            paths::CLUSTER_HISTORY => Route::ClusterHistory,
             paths::LIVEZ => Route::Livez,
             paths::READYZ => Route::Readyz,
             paths::METRICS => Route::Metrics,
@@ -185,6 +189,7 @@ impl<'a> Route<'a> {
             Route::Status => paths::STATUS,
             Route::ClusterStatus => paths::CLUSTER_STATUS,
             Route::StatusHistory => paths::STATUS_HISTORY,
+            Route::ClusterHistory => paths::CLUSTER_HISTORY,
             Route::Livez => paths::LIVEZ,
             Route::Readyz => paths::READYZ,
             Route::Metrics => paths::METRICS,
@@ -552,6 +557,27 @@ pub struct StatusHistory {
     pub storage_healthy: Vec<bool>,
     /// Every peer that some sample names, in the order they first appear.
     pub peers: Vec<PeerHistory>,
+}
+
+/// `GET /status/cluster/history`: each actor's [`StatusHistory`], in the
+/// order of the asked node's config (leavers it still hears from after).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct ClusterHistory {
+    /// The id of the node asked.
+    pub from: u64,
+    pub nodes: Vec<NodeHistory>,
+}
+
+/// One actor's history, or why it could not be had.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct NodeHistory {
+    pub actor: String,
+    /// The node asked.
+    pub me: bool,
+    pub error: Option<String>,
+    pub history: Option<StatusHistory>,
 }
 
 /// One peer's column of [`StatusHistory`]; `null` where a sample does not
