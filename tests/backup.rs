@@ -347,7 +347,8 @@ fn a_count_its_owner_never_acknowledged_is_refused() {
 }
 
 /// Under load, with a node paused part of the time, a backup holds every
-/// increment acknowledged before it began and nothing never sent.
+/// increment acknowledged before it began and nothing never sent; it
+/// restores into a fresh cluster, and restoring it again changes nothing.
 #[test]
 fn a_backup_under_load_and_a_pause_holds_what_was_acknowledged_before_it() {
     let c = Arc::new(Cluster::start_configured("backup-load", 3, &[]));
@@ -410,6 +411,10 @@ fn a_backup_under_load_and_a_pause_holds_what_was_acknowledged_before_it() {
         "restore",
     );
     let restored = export(&r.url(0, ""));
+    // Restored again: nothing changes.
+    let again = tally(&["restore", path_str(&file), "--node", &r.url(0, "")]);
+    assert!(ok(&again, "restore again").contains("0 of them changed"));
+    assert_eq!(export(&r.url(0, "")), restored);
     let sent = sent.lock().unwrap().clone();
     assert_eq!(restored.len(), filled.len());
     for (name, base) in &filled {

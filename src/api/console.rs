@@ -8,7 +8,7 @@
 //! and, on demand, `/counter/<name>/consistent_value`) every 2 s and writes
 //! what they say with `textContent` only; its charts are inline SVG that it
 //! draws itself from `/status/history`, the node's own samples of the last
-//! ten minutes.
+//! ten minutes, and `/status/cluster/history`, every node's.
 //!
 //! Every answer carries a Content-Security-Policy that allows the node's own
 //! script and style sheet, same-origin fetches and nothing else: no inline
