@@ -244,6 +244,12 @@ impl Metrics {
                 // Nothing held while the file system is asked: a stuck call
                 // blocks this thread only, and the metrics can go away.
                 let sample = stat(&dir).map(|(free, size)| (free, size, Instant::now()));
+                // A folder not there yet (the node creates it after this
+                // starts) is looked for again soon.
+                let pause = match sample {
+                    Some(_) => every,
+                    None => every.min(Duration::from_millis(100)),
+                };
                 let Some(slot) = slot.upgrade() else { return };
                 {
                     let mut space = slot.lock().unwrap_or_else(|p| p.into_inner());
@@ -253,7 +259,7 @@ impl Metrics {
                     space.sample = sample;
                 }
                 drop(slot);
-                std::thread::sleep(every);
+                std::thread::sleep(pause);
             }
         };
         if let Err(e) = std::thread::Builder::new()
@@ -513,6 +519,24 @@ mod tests {
         assert!(size > 0.0 && free <= size, "free {free} of {size}");
         m.watch_folder(Path::new("/no/such/folder/anywhere"));
         assert_eq!(value(&m.encode(), "tally_storage_free_bytes"), None);
+    }
+
+    /// A folder that does not exist yet when it is named (a node creates
+    /// its data folder after its metrics start) is reported soon after it
+    /// appears, not a whole sampling period later.
+    #[test]
+    fn a_folder_made_after_it_is_watched_is_reported_soon() {
+        let dir = std::env::temp_dir().join(format!("tally-space-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let m = Metrics::new();
+        m.watch_folder(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let started = Instant::now();
+        let text = encode_until(&m, |t| value(t, "tally_storage_free_bytes").is_some());
+        let took = started.elapsed();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(value(&text, "tally_storage_free_bytes").is_some(), "{text}");
+        assert!(took < SPACE_EVERY, "reported after {took:?}");
     }
 
     /// A file system that stops answering (a dead mount) blocks the

@@ -251,6 +251,16 @@ fn fill_one(c: &Cluster) -> BTreeMap<String, u128> {
 fn a_node_that_cannot_be_heard_fails_the_backup_or_marks_it_partial() {
     let mut a = Cluster::start_configured("backup-partial", 3, &[]);
     let ledger = fill(&a);
+    // Every name reached nodes 1 and 2 before node 3 goes: then what the
+    // partial backup lacks is only node 3's later state, here nothing.
+    for i in 0..2 {
+        eventually("every name replicated", Duration::from_secs(30), || {
+            let names = a.status(i)["names"].as_u64().unwrap_or(0);
+            (names == ledger.len() as u64)
+                .then_some(())
+                .ok_or(format!("node {} holds {names}", i + 1))
+        });
+    }
     let silent = a.addrs()[2].clone();
     a.nodes[2].kill();
     let file = a.dir().join("b.tallybak");
@@ -283,8 +293,8 @@ fn a_node_that_cannot_be_heard_fails_the_backup_or_marks_it_partial() {
     let report: Value = serde_json::from_str(&ok(&v, "verify")).unwrap();
     assert_eq!(report["trailer"]["partial"], true);
     assert_eq!(report["trailer"]["without"], json!([silent]));
-    // What the other two hold is there: every name of the ledger was
-    // written on node 1 or 2 too, or replicated to them before the kill.
+    // What the other two hold is there: every name, replicated to them
+    // before the kill.
     assert_eq!(report["trailer"]["counters"], ledger.len());
 }
 
