@@ -13,6 +13,7 @@ use std::time::Duration;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::{Deserialize, Serialize};
 
+use crate::auth::Scope;
 use crate::crdt::Component;
 use crate::node;
 use crate::proto::{RPC_PATH, RPC_PATH_V3};
@@ -44,7 +45,9 @@ pub const MAX_BATCH_ITEMS: usize = 1000;
 pub const MAX_PAGE: usize = 1000;
 pub const DEFAULT_PAGE: usize = 100;
 
-/// Every public path.
+/// Every public path. Each operation on them, and the scope it needs, is
+/// in [`ENDPOINTS`]; `docs/openapi.json` describes them all (served at
+/// [`paths::OPENAPI`]), and `tests/openapi.rs` keeps the two equal.
 pub mod paths {
     /// The web console, and its script and style sheet under `/console/`.
     pub const CONSOLE: &str = "/";
@@ -57,7 +60,13 @@ pub mod paths {
     pub const READYZ: &str = "/readyz";
     pub const METRICS: &str = "/metrics";
     pub const COUNTERS: &str = "/counters";
+    /// The OpenAPI document of these routes.
+    pub const OPENAPI: &str = "/openapi.json";
     pub const COUNTER_PREFIX: &str = "/counter/";
+    /// The templates of the routes under [`COUNTER_PREFIX`].
+    pub const COUNTER: &str = "/counter/{name}";
+    pub const VALUE: &str = "/counter/{name}/value";
+    pub const CONSISTENT_VALUE: &str = "/counter/{name}/consistent_value";
 
     /// `/counter/<name>`, the name percent-encoded into one segment.
     pub fn counter(name: &str) -> String {
@@ -95,6 +104,63 @@ pub fn encode_query(value: &str) -> String {
     utf8_percent_encode(value, SEGMENT).to_string()
 }
 
+/// One operation of the public API: a method on a path template (as in
+/// [`Route::template`]), and the scope a client token needs for it, `None`
+/// for the routes open to all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint {
+    pub method: &'static str,
+    pub template: &'static str,
+    pub scope: Option<Scope>,
+}
+
+const fn endpoint(method: &'static str, template: &'static str, scope: Option<Scope>) -> Endpoint {
+    Endpoint {
+        method,
+        template,
+        scope,
+    }
+}
+
+const OPEN: Option<Scope> = None;
+const READ: Option<Scope> = Some(Scope::Read);
+const WRITE: Option<Scope> = Some(Scope::Write);
+const ADMIN: Option<Scope> = Some(Scope::Admin);
+
+/// Every public operation, in one place: the router serves these and no
+/// other (see `api::router`), the token check takes each one's scope from
+/// here, and `tests/openapi.rs` checks that `docs/openapi.json` documents
+/// exactly these. A `GET` also answers `HEAD`. The internal routes under
+/// `/_internal/` are not public and not here.
+pub const ENDPOINTS: &[Endpoint] = &[
+    endpoint("GET", paths::CONSOLE, OPEN),
+    endpoint("GET", paths::CONSOLE_ASSET, OPEN),
+    endpoint("GET", paths::OPENAPI, OPEN),
+    endpoint("GET", paths::LIVEZ, OPEN),
+    endpoint("GET", paths::READYZ, OPEN),
+    endpoint("POST", paths::CONFIG, ADMIN),
+    endpoint("GET", paths::STATUS, READ),
+    endpoint("GET", paths::CLUSTER_STATUS, READ),
+    endpoint("GET", paths::METRICS, READ),
+    endpoint("GET", paths::COUNTERS, READ),
+    endpoint("POST", paths::COUNTERS, WRITE),
+    endpoint("GET", paths::COUNTER, READ),
+    endpoint("POST", paths::COUNTER, WRITE),
+    endpoint("GET", paths::VALUE, READ),
+    endpoint("GET", paths::CONSISTENT_VALUE, READ),
+];
+
+/// The methods [`ENDPOINTS`] lists for `template`, as an `Allow` header
+/// says them (`GET, POST`).
+pub fn allowed_methods(template: &str) -> String {
+    ENDPOINTS
+        .iter()
+        .filter(|e| e.template == template)
+        .map(|e| e.method)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// What a request path is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route<'a> {
@@ -107,6 +173,7 @@ pub enum Route<'a> {
     Readyz,
     Metrics,
     Counters,
+    OpenApi,
     Rpc,
     RpcV3,
     /// `/counter/<raw segment>`
@@ -130,6 +197,7 @@ impl<'a> Route<'a> {
             paths::READYZ => Route::Readyz,
             paths::METRICS => Route::Metrics,
             paths::COUNTERS => Route::Counters,
+            paths::OPENAPI => Route::OpenApi,
             RPC_PATH => Route::Rpc,
             RPC_PATH_V3 => Route::RpcV3,
             _ => {
@@ -159,11 +227,12 @@ impl<'a> Route<'a> {
             Route::Readyz => paths::READYZ,
             Route::Metrics => paths::METRICS,
             Route::Counters => paths::COUNTERS,
+            Route::OpenApi => paths::OPENAPI,
             Route::Rpc => RPC_PATH,
             Route::RpcV3 => RPC_PATH_V3,
-            Route::Counter(_) => "/counter/{name}",
-            Route::Value(_) => "/counter/{name}/value",
-            Route::ConsistentValue(_) => "/counter/{name}/consistent_value",
+            Route::Counter(_) => paths::COUNTER,
+            Route::Value(_) => paths::VALUE,
+            Route::ConsistentValue(_) => paths::CONSISTENT_VALUE,
             Route::BadCounterPath | Route::Unknown => "other",
         }
     }
@@ -564,6 +633,29 @@ mod tests {
         assert_eq!(Route::of("/readyz").template(), "/readyz");
         assert_eq!(Route::of("/status/cluster"), Route::ClusterStatus);
         assert_eq!(Route::of("/counter/x").template(), "/counter/{name}");
+    }
+
+    /// Each endpoint's template is what its paths are counted and
+    /// checked under, and no operation is listed twice.
+    #[test]
+    fn endpoints_name_templates_that_paths_parse_to() {
+        for (i, e) in ENDPOINTS.iter().enumerate() {
+            let path = e
+                .template
+                .replace("{name}", "visits")
+                .replace("{asset}", "console.js");
+            assert_eq!(Route::of(&path).template(), e.template, "{path}");
+            assert!(
+                !ENDPOINTS[..i]
+                    .iter()
+                    .any(|o| (o.method, o.template) == (e.method, e.template)),
+                "{} {} listed twice",
+                e.method,
+                e.template
+            );
+        }
+        assert_eq!(allowed_methods(paths::COUNTER), "GET, POST");
+        assert_eq!(allowed_methods(paths::VALUE), "GET");
     }
 
     #[test]
