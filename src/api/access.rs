@@ -1,12 +1,14 @@
 //! Who may do what, when the node has a tokens file (see [`crate::auth`]).
 //!
-//! Each route needs one scope: reads (values, consistent values, the
+//! Each route needs one scope, listed beside it in
+//! [`ENDPOINTS`]: reads (values, consistent values, the
 //! listing, a counter's JSON view) and the operator views (`/status`,
 //! `/status/cluster`, `/status/history`, `/metrics`) need `read`;
 //! increments `write`;
 //! `POST /config` `admin`. Open to all: `/livez` and `/readyz` (probes
-//! carry no token), and the console's page and assets (static files; the
-//! console asks for a token when its first request gets a 401). The
+//! carry no token), the console's page and assets (static files; the
+//! console asks for a token when its first request gets a 401), and
+//! `/openapi.json` (the API's description, the same on every node). The
 //! internal route takes no token: peers prove who they are with mutual TLS
 //! or the cluster secret (see `admin::rpc`).
 //!
@@ -26,22 +28,33 @@ use tokio::time::Instant;
 
 use super::Access;
 use super::ApiError;
-use super::types::{ConnInfo, Route};
+use super::types::{ConnInfo, ENDPOINTS, Route};
 use crate::auth::{Event, Scope};
 
-/// The scope a request needs, or `None` for the routes open to all.
+/// The scope a request needs, or `None` for the routes open to all: the
+/// scope [`ENDPOINTS`] gives the operation (`HEAD`
+/// as `GET`). A method the path does not answer (a 405 to come) needs the
+/// least scope of the path's operations, and an unknown path (a 404)
+/// `read`, so that neither tells a client without a token more than a 401.
+/// The internal routes need none: peers prove who they are otherwise.
 pub fn needed(method: &Method, path: &str) -> Option<Scope> {
-    let writes = *method == Method::POST;
-    match Route::of(path) {
-        Route::Livez
-        | Route::Readyz
-        | Route::Console
-        | Route::ConsoleAsset
-        | Route::Rpc
-        | Route::RpcV3 => None,
-        Route::Config | Route::Backup | Route::Restore => Some(Scope::Admin),
-        Route::Counters | Route::Counter(_) if writes => Some(Scope::Write),
-        _ => Some(Scope::Read),
+    let route = Route::of(path);
+    if matches!(route, Route::Rpc | Route::RpcV3) {
+        return None;
+    }
+    let template = route.template();
+    let method = if *method == Method::HEAD {
+        "GET"
+    } else {
+        method.as_str()
+    };
+    let on_path = || ENDPOINTS.iter().filter(|e| e.template == template);
+    match on_path().find(|e| e.method == method) {
+        Some(e) => e.scope,
+        None => on_path()
+            .map(|e| e.scope)
+            .min()
+            .unwrap_or(Some(Scope::Read)),
     }
 }
 
@@ -111,6 +124,11 @@ mod tests {
             (&get, "/readyz", None),
             (&get, "/", None),
             (&get, "/console/console.js", None),
+            (&get, "/openapi.json", None),
+            (&Method::HEAD, "/counter/x", Some(Scope::Read)),
+            (&Method::PUT, "/counter/x", Some(Scope::Read)),
+            (&get, "/config", Some(Scope::Admin)),
+            (&Method::DELETE, "/livez", None),
             (&post, "/_internal/v1/rpc", None),
             (&post, "/_internal/v3/rpc", None),
             (&post, "/config", Some(Scope::Admin)),

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use super::types::{
     BatchAnswer, BatchRequest, CounterView, DEFAULT_PAGE, IDEMPOTENCY_HEADER, Listing,
     MAX_BATCH_ITEMS, MAX_BODY, MAX_PAGE, NamedValue, REPLAYED_HEADER, Route, Unavailable,
+    allowed_methods, paths,
 };
 use super::{ApiError, query_param, query_value, read_body, text, timeout_param};
 use crate::input::{self, parse_amount, validate_key, validate_name};
@@ -21,7 +22,8 @@ fn decode_name(raw: &str) -> Result<String, ApiError> {
     input::decode_name(raw).map_err(ApiError::bad_request)
 }
 
-/// Every path under `/counter/` (and every unknown path).
+/// Every path under `/counter/` (and every unknown path). The methods each
+/// answers are those [`ENDPOINTS`](super::types::ENDPOINTS) lists.
 pub(super) async fn counter_routes(
     State(node): State<Arc<Node>>,
     req: Request,
@@ -29,14 +31,16 @@ pub(super) async fn counter_routes(
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     let reads = method == Method::GET || method == Method::HEAD;
-    let allow = |methods: &'static str| -> Result<Response, ApiError> {
+    let allow = |template: &str| -> Result<Response, ApiError> {
+        let methods = allowed_methods(template);
         let mut resp = ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("{method} is not allowed on {path}; use {methods}"),
         )
         .into_response();
-        resp.headers_mut()
-            .insert(header::ALLOW, header::HeaderValue::from_static(methods));
+        if let Ok(value) = header::HeaderValue::from_str(&methods) {
+            resp.headers_mut().insert(header::ALLOW, value);
+        }
         Ok(resp)
     };
     match Route::of(&path) {
@@ -47,13 +51,14 @@ pub(super) async fn counter_routes(
         Route::Counter(raw) if method == Method::POST => {
             increment(&node, decode_name(raw)?, req).await
         }
-        Route::Counter(_) => allow("GET, POST"),
+        Route::Counter(_) => allow(paths::COUNTER),
         Route::Value(raw) if reads => Ok(text(node.store().value(&decode_name(raw)?))),
         Route::ConsistentValue(raw) if reads => {
             let timeout = read_deadline(&node, req.uri().query())?;
             consistent(&node, &decode_name(raw)?, timeout).await
         }
-        Route::Value(_) | Route::ConsistentValue(_) => allow("GET"),
+        Route::Value(_) => allow(paths::VALUE),
+        Route::ConsistentValue(_) => allow(paths::CONSISTENT_VALUE),
         Route::BadCounterPath => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("no route {path}; counter names are one path segment (encode '/' as %2F)"),

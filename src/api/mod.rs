@@ -11,15 +11,22 @@
 //!
 //! One file per kind of route: `counters` (the counter routes, batches and
 //! listing), `admin` (config, status and its history, metrics and the
-//! internal route), `probes` (health probes and the cluster-wide status)
-//! and `console` (the web console at `/`).
+//! internal route), `backup` (backups and restores), `probes` (health
+//! probes and the cluster-wide status and history), `console` (the web
+//! console at `/`) and [`openapi`] (the API's OpenAPI document, at
+//! `/openapi.json`).
+//!
+//! The public operations are one table, [`types::ENDPOINTS`]: the router
+//! is built from it, the token check ([`access`]) reads each operation's
+//! scope from it, and `tests/openapi.rs` holds `docs/openapi.json` to it.
 
-mod access;
+pub mod access;
 mod admin;
 mod backup;
 mod console;
 mod counters;
 pub mod error;
+pub mod openapi;
 pub mod probes;
 pub mod types;
 
@@ -31,7 +38,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 
 use axum::extract::FromRef;
 
@@ -41,7 +48,7 @@ use crate::node::Node;
 use crate::proto::{RPC_PATH, RPC_PATH_V3};
 use crate::tls::ClientTls;
 pub use error::ApiError;
-use types::{BODY_TIMEOUT, MAX_BODY, Route, SECRET_HEADER, paths};
+use types::{BODY_TIMEOUT, ENDPOINTS, Endpoint, MAX_BODY, Route, SECRET_HEADER, paths};
 
 /// Who may call the node, and how it calls others' public routes: the
 /// API's business, handed to [`router`] beside the node.
@@ -74,25 +81,28 @@ impl FromRef<ApiState> for Arc<Access> {
 }
 
 pub fn router(node: Arc<Node>, access: Arc<Access>) -> Router {
-    let routes = Router::new()
-        .route(paths::CONSOLE, get(console::page))
-        .route(paths::CONSOLE_ASSET, get(console::asset))
-        .route(paths::CONFIG, post(admin::post_config))
+    // Every public operation comes from the one table; the counter routes
+    // (one segment of any bytes, then a verb) are served by the fallback,
+    // which also answers every unknown path.
+    let mut routes = Router::new();
+    let mut templates: Vec<&'static str> = Vec::new();
+    for e in ENDPOINTS {
+        if !e.template.starts_with(paths::COUNTER_PREFIX) && !templates.contains(&e.template) {
+            templates.push(e.template);
+        }
+    }
+    for template in templates {
+        let methods = ENDPOINTS
+            .iter()
+            .filter(|e| e.template == template)
+            .map(handler)
+            .reduce(MethodRouter::merge)
+            .expect("a template of the table has an operation");
+        routes = routes.route(template, methods);
+    }
+    let routes = routes
         .route(RPC_PATH, post(admin::rpc))
         .route(RPC_PATH_V3, post(admin::rpc_v3))
-        .route(paths::STATUS, get(admin::status))
-        .route(paths::CLUSTER_STATUS, get(probes::cluster_status))
-        .route(paths::CLUSTER_HISTORY, get(probes::cluster_history))
-        .route(paths::STATUS_HISTORY, get(admin::status_history))
-        .route(paths::LIVEZ, get(probes::livez))
-        .route(paths::READYZ, get(probes::readyz))
-        .route(
-            paths::COUNTERS,
-            get(counters::list).post(counters::batch_increment),
-        )
-        .route(paths::METRICS, get(admin::metrics))
-        .route(paths::BACKUP, get(backup::page))
-        .route(paths::RESTORE, post(backup::restore))
         .fallback(counters::counter_routes);
     // The token check only where tokens are configured (the file is read
     // again on SIGHUP, but whether there is one is fixed at start): an open
@@ -110,6 +120,31 @@ pub fn router(node: Arc<Node>, access: Arc<Access>) -> Router {
     routes
         .layer(middleware::from_fn_with_state(node.clone(), observe))
         .with_state(ApiState { node, access })
+}
+
+/// The handler of one operation of [`ENDPOINTS`] outside `/counter/`. An
+/// operation added to the table without a handler here stops every node
+/// (and every test) at its start, and a handler here that the table does
+/// not list is never served.
+fn handler(e: &Endpoint) -> MethodRouter<ApiState> {
+    match (e.method, e.template) {
+        ("GET", paths::CONSOLE) => get(console::page),
+        ("GET", paths::CONSOLE_ASSET) => get(console::asset),
+        ("GET", paths::OPENAPI) => get(openapi::document),
+        ("GET", paths::LIVEZ) => get(probes::livez),
+        ("GET", paths::READYZ) => get(probes::readyz),
+        ("POST", paths::CONFIG) => post(admin::post_config),
+        ("GET", paths::STATUS) => get(admin::status),
+        ("GET", paths::CLUSTER_STATUS) => get(probes::cluster_status),
+        ("GET", paths::STATUS_HISTORY) => get(admin::status_history),
+        ("GET", paths::CLUSTER_HISTORY) => get(probes::cluster_history),
+        ("GET", paths::BACKUP) => get(backup::page),
+        ("POST", paths::RESTORE) => post(backup::restore),
+        ("GET", paths::METRICS) => get(admin::metrics),
+        ("GET", paths::COUNTERS) => get(counters::list),
+        ("POST", paths::COUNTERS) => post(counters::batch_increment),
+        (method, template) => panic!("no handler for {method} {template}"),
+    }
 }
 
 /// Every response's last step: errors as JSON (see [`json_errors`]), then

@@ -6,9 +6,71 @@
 
 pub use tally_client::types::*;
 
+use crate::auth::Scope;
 use crate::node;
 use crate::replication::peer::PeerView;
 use crate::storage::{HealthView, Salvage, ScrubView};
+
+/// One operation of the public API: a method on a path template (as in
+/// [`Route::template`]), and the scope a client token needs for it, `None`
+/// for the routes open to all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint {
+    pub method: &'static str,
+    pub template: &'static str,
+    pub scope: Option<Scope>,
+}
+
+const fn endpoint(method: &'static str, template: &'static str, scope: Option<Scope>) -> Endpoint {
+    Endpoint {
+        method,
+        template,
+        scope,
+    }
+}
+
+const OPEN: Option<Scope> = None;
+const READ: Option<Scope> = Some(Scope::Read);
+const WRITE: Option<Scope> = Some(Scope::Write);
+const ADMIN: Option<Scope> = Some(Scope::Admin);
+
+/// Every public operation, in one place: the router serves these and no
+/// other (see `api::router`), the token check takes each one's scope from
+/// here, and `tests/openapi.rs` checks that `docs/openapi.json` documents
+/// exactly these. A `GET` also answers `HEAD`. The internal routes under
+/// `/_internal/` are not public and not here.
+pub const ENDPOINTS: &[Endpoint] = &[
+    endpoint("GET", paths::CONSOLE, OPEN),
+    endpoint("GET", paths::CONSOLE_ASSET, OPEN),
+    endpoint("GET", paths::OPENAPI, OPEN),
+    endpoint("GET", paths::LIVEZ, OPEN),
+    endpoint("GET", paths::READYZ, OPEN),
+    endpoint("POST", paths::CONFIG, ADMIN),
+    endpoint("GET", paths::STATUS, READ),
+    endpoint("GET", paths::CLUSTER_STATUS, READ),
+    endpoint("GET", paths::STATUS_HISTORY, READ),
+    endpoint("GET", paths::CLUSTER_HISTORY, READ),
+    endpoint("GET", paths::BACKUP, ADMIN),
+    endpoint("POST", paths::RESTORE, ADMIN),
+    endpoint("GET", paths::METRICS, READ),
+    endpoint("GET", paths::COUNTERS, READ),
+    endpoint("POST", paths::COUNTERS, WRITE),
+    endpoint("GET", paths::COUNTER, READ),
+    endpoint("POST", paths::COUNTER, WRITE),
+    endpoint("GET", paths::VALUE, READ),
+    endpoint("GET", paths::CONSISTENT_VALUE, READ),
+];
+
+/// The methods [`ENDPOINTS`] lists for `template`, as an `Allow` header
+/// says them (`GET, POST`).
+pub fn allowed_methods(template: &str) -> String {
+    ENDPOINTS
+        .iter()
+        .filter(|e| e.template == template)
+        .map(|e| e.method)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// What every request of a connection carries in its extensions (the
 /// server puts it there): the client's address and, over TLS, the
@@ -166,6 +228,29 @@ mod tests {
         assert_eq!(Route::of("/status/history"), Route::StatusHistory);
         assert_eq!(Route::of("/status/history").template(), "/status/history");
         assert_eq!(Route::of("/counter/x").template(), "/counter/{name}");
+    }
+
+    /// Each endpoint's template is what its paths are counted and
+    /// checked under, and no operation is listed twice.
+    #[test]
+    fn endpoints_name_templates_that_paths_parse_to() {
+        for (i, e) in ENDPOINTS.iter().enumerate() {
+            let path = e
+                .template
+                .replace("{name}", "visits")
+                .replace("{asset}", "console.js");
+            assert_eq!(Route::of(&path).template(), e.template, "{path}");
+            assert!(
+                !ENDPOINTS[..i]
+                    .iter()
+                    .any(|o| (o.method, o.template) == (e.method, e.template)),
+                "{} {} listed twice",
+                e.method,
+                e.template
+            );
+        }
+        assert_eq!(allowed_methods(paths::COUNTER), "GET, POST");
+        assert_eq!(allowed_methods(paths::VALUE), "GET");
     }
 
     #[test]

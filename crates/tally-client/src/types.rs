@@ -61,7 +61,9 @@ pub const MAX_BATCH_ITEMS: usize = 1000;
 pub const MAX_PAGE: usize = 1000;
 pub const DEFAULT_PAGE: usize = 100;
 
-/// Every public path.
+/// Every public path. Each operation on them, and the scope it needs, is
+/// in the node's table of endpoints; `docs/openapi.json` describes them all
+/// (served at [`paths::OPENAPI`]), and the node's tests keep the two equal.
 pub mod paths {
     /// The web console, and its script and style sheet under `/console/`.
     pub const CONSOLE: &str = "/";
@@ -78,7 +80,13 @@ pub mod paths {
     pub const READYZ: &str = "/readyz";
     pub const METRICS: &str = "/metrics";
     pub const COUNTERS: &str = "/counters";
+    /// The OpenAPI document of these routes.
+    pub const OPENAPI: &str = "/openapi.json";
     pub const COUNTER_PREFIX: &str = "/counter/";
+    /// The templates of the routes under [`COUNTER_PREFIX`].
+    pub const COUNTER: &str = "/counter/{name}";
+    pub const VALUE: &str = "/counter/{name}/value";
+    pub const CONSISTENT_VALUE: &str = "/counter/{name}/consistent_value";
     /// One consistent page of every counter with its components (admin).
     pub const BACKUP: &str = "/backup";
     /// Merges counters with their components into the cluster (admin).
@@ -134,6 +142,7 @@ pub enum Route<'a> {
     Readyz,
     Metrics,
     Counters,
+    OpenApi,
     Backup,
     Restore,
     Rpc,
@@ -161,6 +170,7 @@ impl<'a> Route<'a> {
             paths::READYZ => Route::Readyz,
             paths::METRICS => Route::Metrics,
             paths::COUNTERS => Route::Counters,
+            paths::OPENAPI => Route::OpenApi,
             paths::BACKUP => Route::Backup,
             paths::RESTORE => Route::Restore,
             RPC_PATH => Route::Rpc,
@@ -194,13 +204,14 @@ impl<'a> Route<'a> {
             Route::Readyz => paths::READYZ,
             Route::Metrics => paths::METRICS,
             Route::Counters => paths::COUNTERS,
+            Route::OpenApi => paths::OPENAPI,
             Route::Backup => paths::BACKUP,
             Route::Restore => paths::RESTORE,
             Route::Rpc => RPC_PATH,
             Route::RpcV3 => RPC_PATH_V3,
-            Route::Counter(_) => "/counter/{name}",
-            Route::Value(_) => "/counter/{name}/value",
-            Route::ConsistentValue(_) => "/counter/{name}/consistent_value",
+            Route::Counter(_) => paths::COUNTER,
+            Route::Value(_) => paths::VALUE,
+            Route::ConsistentValue(_) => paths::CONSISTENT_VALUE,
             Route::BadCounterPath | Route::Unknown => "other",
         }
     }
