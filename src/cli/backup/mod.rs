@@ -7,27 +7,25 @@
 //! JSON lines. Every request goes to the first `--node` that answers, so a
 //! node that goes away part way is replaced by the next.
 
-use std::io::{BufRead, BufReader, BufWriter, IsTerminal, Write};
+use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
-use crate::api::types::{
-    BackupPage, MAX_RESTORE, RestoreAnswer, RestoreRequest, Status, StoredCounter, Unavailable,
-    encode_query, paths,
-};
+use crate::api::types::{MAX_RESTORE, StoredCounter};
 use crate::backup::{self, BackupError, FORMAT, Header, Summary, Writer};
-use crate::client::{
-    self, Answer, Conn, DEFAULT_TIMEOUT, EXIT_FAILED, EXIT_INCOMPLETE, EXIT_UNREACHABLE, Req, send,
-    server_deadline,
-};
+use crate::client::{Conn, EXIT_FAILED, EXIT_INCOMPLETE, EXIT_UNREACHABLE};
 use crate::crdt::{Component, GCounter};
 use crate::input::validate_name;
 
 use super::say;
+
+mod progress;
+mod remote;
+
+use progress::Progress;
+use remote::{Sender, status, walk};
 
 /// A failed command: what to say, and the exit code.
 struct Failed(u8, String);
@@ -317,209 +315,6 @@ fn read_lines(file: &Path) -> Result<Vec<StoredCounter>, Failed> {
     Ok(out)
 }
 
-/// Sends counters to `POST /restore` in pages, skipping those up to
-/// `after` (a resumed restore), and says how far it got when it stops.
-struct Sender<'a> {
-    conn: &'a Conn,
-    after: Option<String>,
-    queued: Vec<StoredCounter>,
-    progress: &'a Progress,
-    sent: u64,
-    changed: u64,
-    last: Option<String>,
-}
-
-impl<'a> Sender<'a> {
-    fn new(conn: &'a Conn, after: Option<&str>, progress: &'a Progress) -> Sender<'a> {
-        Sender {
-            conn,
-            after: after.map(str::to_string),
-            queued: Vec::new(),
-            progress,
-            sent: 0,
-            changed: 0,
-            last: None,
-        }
-    }
-
-    /// Keeps `page` to send with the next [`Sender::flush`].
-    fn queue(&mut self, page: Vec<StoredCounter>) {
-        let after = self.after.as_deref();
-        self.queued.extend(
-            page.into_iter()
-                .filter(|c| after.is_none_or(|a| c.name.as_str() > a)),
-        );
-    }
-
-    async fn flush(&mut self) -> Result<(), Failed> {
-        while !self.queued.is_empty() {
-            let n = self.queued.len().min(MAX_RESTORE);
-            let counters: Vec<StoredCounter> = self.queued.drain(..n).collect();
-            let last = counters.last().map(|c| c.name.clone());
-            let body = serde_json::to_vec(&RestoreRequest { counters })
-                .map_err(|e| failed(format!("cannot encode: {e}")))?;
-            let answer = call(
-                self.conn,
-                hyper::Method::POST,
-                &timed(self.conn, paths::RESTORE),
-                body,
-            )
-            .await
-            .map_err(|f| self.stopped(f))?;
-            let done: RestoreAnswer = match answer.status {
-                200 => serde_json::from_str(&answer.body)
-                    .map_err(|e| self.stopped(failed(format!("unexpected answer: {e}"))))?,
-                _ => return Err(self.stopped(refused("restore", &answer))),
-            };
-            self.sent += done.counters as u64;
-            self.changed += done.changed as u64;
-            self.last = last;
-            self.progress.add(done.counters as u64);
-        }
-        Ok(())
-    }
-
-    /// `f`, with where to resume.
-    fn stopped(&self, f: Failed) -> Failed {
-        let resume = match &self.last {
-            Some(l) => format!(
-                "; {} counters were merged, up to {l:?}: run again with --after '{l}' \
-                 to go on from there (or from the start: merging again changes nothing)",
-                self.sent
-            ),
-            None => "; nothing was merged".into(),
-        };
-        Failed(f.0, format!("{}{resume}", f.1))
-    }
-
-    fn report(&self) -> String {
-        format!(
-            "merged {} counters; {} of them changed the cluster's state",
-            self.sent, self.changed
-        )
-    }
-}
-
-/// Walks every consistent page from the start, handing each to `each`.
-/// With `allow_partial`, nodes that cannot be heard from are left out
-/// (from the page they failed on, for the rest of the walk) and returned;
-/// without, the walk fails naming them.
-async fn walk(
-    conn: &Conn,
-    allow_partial: bool,
-    progress: &Progress,
-    mut each: impl FnMut(BackupPage) -> Result<(), Failed>,
-) -> Result<Vec<String>, Failed> {
-    let mut after: Option<String> = None;
-    let mut without: Vec<String> = Vec::new();
-    loop {
-        let mut query = vec![format!("limit={}", crate::proto::MAX_LIST)];
-        if let Some(a) = &after {
-            query.push(format!("after={}", encode_query(a)));
-        }
-        if !without.is_empty() {
-            query.push(format!("without={}", encode_query(&without.join(","))));
-        }
-        let path = timed(conn, &format!("{}?{}", paths::BACKUP, query.join("&")));
-        let answer = call(conn, hyper::Method::GET, &path, Vec::new()).await?;
-        match answer.status {
-            200 => {}
-            503 => {
-                let u: Unavailable =
-                    serde_json::from_str(&answer.body).map_err(|_| refused("backup", &answer))?;
-                if u.unreachable.is_empty() {
-                    return Err(refused("backup", &answer));
-                }
-                if !allow_partial {
-                    return Err(Failed(
-                        EXIT_INCOMPLETE,
-                        format!(
-                            "could not hear from {} ({}); nothing was written. \
-                             --allow-partial writes a backup marked partial without them",
-                            u.unreachable.join(", "),
-                            u.error
-                        ),
-                    ));
-                }
-                progress.note(&format!("going on without {}", u.unreachable.join(", ")));
-                without.extend(u.unreachable);
-                without.sort();
-                without.dedup();
-                continue;
-            }
-            _ => return Err(refused("backup", &answer)),
-        }
-        let page: BackupPage = serde_json::from_str(&answer.body)
-            .map_err(|e| failed(format!("unexpected answer to a backup page: {e}")))?;
-        progress.add(page.counters.len() as u64);
-        let next = page.next.clone();
-        each(page)?;
-        match next {
-            Some(n) if after.as_ref().is_none_or(|a| n > *a) => after = Some(n),
-            Some(n) => return Err(failed(format!("the node went back to {n:?}"))),
-            None => return Ok(without),
-        }
-    }
-}
-
-/// `path` with `?timeout=` (or `&timeout=`) a little under the client's.
-fn timed(conn: &Conn, path: &str) -> String {
-    let t = server_deadline(conn.timeout.unwrap_or(DEFAULT_TIMEOUT));
-    let sep = if path.contains('?') { '&' } else { '?' };
-    format!("{path}{sep}timeout={}ms", t.as_millis())
-}
-
-/// One request to the first node that answers.
-async fn call(
-    conn: &Conn,
-    method: hyper::Method,
-    path: &str,
-    body: Vec<u8>,
-) -> Result<Answer, Failed> {
-    let mut req = Req {
-        method,
-        path: path.to_string(),
-        headers: Vec::new(),
-        body,
-        content_type: "application/json",
-    };
-    if let Some(token) = &conn.token {
-        req.headers
-            .push(("authorization", format!("Bearer {token}")));
-    }
-    let timeout = conn.timeout.unwrap_or(DEFAULT_TIMEOUT);
-    let mut reasons = Vec::new();
-    for node in &conn.nodes {
-        match send(&req, &format!("{node}{path}"), timeout, &conn.tls).await {
-            Ok(answer) => return Ok(answer),
-            Err(client::SendError::Invalid(reason)) => return Err(failed(reason)),
-            Err(client::SendError::Unreachable { reason, .. }) => {
-                reasons.push(format!("{node}: {reason}"));
-            }
-        }
-    }
-    Err(Failed(
-        EXIT_UNREACHABLE,
-        format!("cannot reach a node: {}", reasons.join("; ")),
-    ))
-}
-
-async fn status(conn: &Conn) -> Result<Status, Failed> {
-    let answer = call(conn, hyper::Method::GET, paths::STATUS, Vec::new()).await?;
-    if answer.status != 200 {
-        return Err(refused("status", &answer));
-    }
-    serde_json::from_str(&answer.body).map_err(|e| failed(format!("unexpected status: {e}")))
-}
-
-fn refused(what: &str, answer: &Answer) -> Failed {
-    let message = serde_json::from_str::<serde_json::Value>(&answer.body)
-        .ok()
-        .and_then(|v| v.get("error")?.as_str().map(str::to_string))
-        .unwrap_or_else(|| answer.body.clone());
-    failed(format!("{what} refused ({}): {message}", answer.status))
-}
-
 /// Reads and checks a backup file, handing on each checked page.
 fn read_file(
     file: &Path,
@@ -584,71 +379,4 @@ fn durable_rename(temp: &Path, output: &Path) -> std::io::Result<()> {
         _ => Path::new("."),
     };
     std::fs::File::open(dir)?.sync_all()
-}
-
-/// A progress bar on a terminal; a plain line now and then in a pipe.
-struct Progress {
-    bar: Option<ProgressBar>,
-    what: &'static str,
-    done: std::cell::Cell<u64>,
-    said: std::cell::Cell<Instant>,
-}
-
-impl Progress {
-    fn new(what: &'static str, expect: u64) -> Progress {
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = ProgressBar::new(expect.max(1));
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "{prefix} [{bar:40}] {pos}/{len} counters, {per_sec}, {elapsed}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-            );
-            bar.set_prefix(what);
-            bar
-        });
-        Progress {
-            bar,
-            what,
-            done: std::cell::Cell::new(0),
-            said: std::cell::Cell::new(Instant::now()),
-        }
-    }
-
-    fn add(&self, n: u64) {
-        self.done.set(self.done.get() + n);
-        match &self.bar {
-            Some(bar) => {
-                // The node's count of names is an estimate: others may hold more.
-                if self.done.get() > bar.length().unwrap_or(0) {
-                    bar.set_length(self.done.get());
-                }
-                bar.inc(n);
-            }
-            None if self.said.get().elapsed() >= Duration::from_secs(2) => {
-                self.said.set(Instant::now());
-                say(&format!(
-                    "{}: {} counters so far",
-                    self.what,
-                    self.done.get()
-                ));
-            }
-            None => {}
-        }
-    }
-
-    fn note(&self, message: &str) {
-        match &self.bar {
-            Some(bar) => bar.println(format!("tally: {}: {message}", self.what)),
-            None => say(&format!("{}: {message}", self.what)),
-        }
-    }
-
-    fn done(&self) {
-        match &self.bar {
-            Some(bar) => bar.finish_and_clear(),
-            None => say(&format!("{}: {} counters", self.what, self.done.get())),
-        }
-    }
 }
