@@ -6,8 +6,11 @@
 //! [`LogLimits`]) the overlay is folded into the B-tree in one transaction
 //! — each name once, however many commits changed it — together with the
 //! position in the log it reaches, and the log segments it covers are
-//! deleted. Opening replays the log after that position. Reads (changes
-//! for a peer, peer marks) combine the B-tree and the overlay.
+//! deleted. The fold runs on a thread of its own while the writer appends
+//! into a fresh overlay ([`LogOptions::background`]; see `overlay.rs` for
+//! the layers and how a failed fold is put back). Opening replays the log
+//! after that position. Reads (changes for a peer, peer marks) combine the
+//! B-tree and the overlays.
 //!
 //! Sequence numbers are given exactly as the B-tree alone would give them,
 //! so peers' marks stay valid across checkpoints and restarts.
@@ -45,7 +48,6 @@
 //! The engine runs on the [`Disk`] seam: the real folder, or a simulated
 //! disk that loses, tears and flips what it holds.
 
-use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -54,7 +56,8 @@ use tracing::{error, warn};
 
 use super::disk::{Disk, OsDisk, set_aside};
 use super::journal::{self, Journal, Replayed};
-use super::redb::{Checkpoint, DB_FILE, RedbEngine};
+use super::overlay::{Frozen, Layers, Overlay};
+use super::redb::{DB_FILE, RedbEngine};
 use super::{Batch, Changes, Engine, Image, Loaded, Salvage, ScrubAt, Scrubbed, StoreError};
 
 /// When the overlay is folded into the B-tree: whichever comes first.
@@ -102,6 +105,10 @@ pub struct LogOptions {
     pub on_damage: OnDamage,
     /// How far a log segment grows with zeros at a time.
     pub step: u64,
+    /// Folds run on a thread of their own while the writer goes on into
+    /// a fresh overlay (`false`: inside the commit that finds one due, as
+    /// the simulation runs them, deterministically).
+    pub background: bool,
     #[doc(hidden)]
     pub planted: Planted,
 }
@@ -112,117 +119,48 @@ impl Default for LogOptions {
             limits: LogLimits::default(),
             on_damage: OnDamage::default(),
             step: journal::STEP,
+            background: true,
             planted: Planted::default(),
         }
     }
 }
 
-/// What the log holds beyond the B-tree.
-#[derive(Default)]
-struct Overlay {
-    /// The last sequence number given out.
-    head: u64,
-    /// The head the B-tree holds: every change after it is here.
-    base: u64,
-    counters: HashMap<String, (u64, crate::crdt::GCounter)>,
-    by_seq: BTreeMap<u64, String>,
-    marks: HashMap<u64, u64>,
-    membership: Option<crate::cluster::Membership>,
-    me: Option<crate::cluster::Actor>,
-    keys: BTreeMap<String, Option<super::idempotency::KeyRecord>>,
-    /// The last record applied.
-    lsn: u64,
-    /// Log bytes since the last checkpoint.
-    bytes: u64,
-}
-
-impl Overlay {
-    /// Applies one batch; sequences continue from `head` in the batch's order.
-    fn apply(&mut self, lsn: u64, batch: Batch, bytes: u64) {
-        for (name, counter) in batch.counters {
-            self.head += 1;
-            if let Some((old, _)) = self.counters.get(&name) {
-                self.by_seq.remove(old);
-            }
-            self.by_seq.insert(self.head, name.clone());
-            self.counters.insert(name, (self.head, counter));
-        }
-        for mark in batch.marks {
-            let slot = self.marks.entry(mark.incarnation).or_insert(0);
-            *slot = (*slot).max(mark.seq);
-        }
-        if batch.membership.is_some() {
-            self.membership = batch.membership;
-        }
-        if batch.me.is_some() {
-            self.me = batch.me;
-        }
-        for k in batch.keys_del {
-            self.keys.insert(k, None);
-        }
-        for (k, r) in batch.keys_put {
-            self.keys.insert(k, Some(r));
-        }
-        self.lsn = lsn;
-        self.bytes += bytes;
-    }
-
-    /// Empties the overlay into a checkpoint.
-    fn take(&mut self) -> Checkpoint {
-        self.by_seq.clear();
-        self.bytes = 0;
-        Checkpoint {
-            counters: std::mem::take(&mut self.counters).into_iter().collect(),
-            head: self.head,
-            marks: std::mem::take(&mut self.marks),
-            membership: self.membership.take(),
-            me: self.me.take(),
-            keys: std::mem::take(&mut self.keys),
-            lsn: self.lsn,
-            salvage: None,
-        }
-    }
-
-    /// Adds what the log holds to what the B-tree held.
-    fn onto(&self, loaded: &mut Loaded) {
-        for (name, (_, counter)) in &self.counters {
-            loaded.counters.insert(name.clone(), counter.clone());
-        }
-        if let Some(m) = &self.membership {
-            loaded.membership = m.clone();
-        }
-        if let Some(me) = &self.me {
-            loaded.me = Some(me.clone());
-        }
-        if !self.keys.is_empty() {
-            let mut keys: BTreeMap<_, _> = std::mem::take(&mut loaded.keys).into_iter().collect();
-            for (k, r) in &self.keys {
-                match r {
-                    Some(r) => keys.insert(k.clone(), r.clone()),
-                    None => keys.remove(k),
-                };
-            }
-            loaded.keys = keys.into_iter().collect();
-        }
-        loaded.head = self.head;
-    }
+/// A fold running on a thread of its own, and the layer it writes.
+struct Fold {
+    thread: std::thread::JoinHandle<Result<(), StoreError>>,
+    frozen: Arc<Frozen>,
 }
 
 pub struct LogEngine {
     disk: Arc<dyn Disk>,
-    tree: RedbEngine,
+    tree: Arc<RedbEngine>,
     /// Only the writer appends; `None` until the first `load`.
     journal: Mutex<Option<Journal>>,
-    /// Readers hold it for a whole read, and a checkpoint holds it for
-    /// writing while the B-tree commits, so a read sees the B-tree and the
-    /// overlay from the same moment.
-    overlay: RwLock<Overlay>,
+    /// Readers hold it for a whole read. An inline fold holds it for
+    /// writing while the B-tree commits; a fold in the background keeps
+    /// its layer readable until it is reaped, so either way a read sees
+    /// every name in the B-tree or in a layer above it.
+    layers: RwLock<Layers>,
+    /// The fold running in the background, if any; taken with `journal`
+    /// held.
+    pending: Mutex<Option<Fold>>,
     options: LogOptions,
     /// Why the B-tree was set aside when the engine opened (taken by the
     /// first load, which salvages).
     tree_damage: Mutex<Option<String>>,
     /// The last record the B-tree is known to hold.
     folded: AtomicU64,
+    /// Holds background folds before they write, for tests.
+    #[cfg(test)]
+    gate: Option<Arc<tests::Gate>>,
+}
+
+impl Drop for LogEngine {
+    /// A fold still running ends before the B-tree closes; the next open
+    /// deletes the log it covered, or replays it if it failed.
+    fn drop(&mut self) {
+        self.abandon();
+    }
 }
 
 impl LogEngine {
@@ -263,12 +201,15 @@ impl LogEngine {
         };
         Ok(LogEngine {
             disk,
-            tree,
+            tree: Arc::new(tree),
             journal: Mutex::new(None),
-            overlay: RwLock::new(Overlay::default()),
+            layers: RwLock::new(Layers::default()),
+            pending: Mutex::new(None),
             options,
             tree_damage: Mutex::new(tree_damage),
             folded: AtomicU64::new(0),
+            #[cfg(test)]
+            gate: None,
         })
     }
 
@@ -276,12 +217,16 @@ impl LogEngine {
         self.journal.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn read(&self) -> RwLockReadGuard<'_, Overlay> {
-        self.overlay.read().unwrap_or_else(|p| p.into_inner())
+    fn read(&self) -> RwLockReadGuard<'_, Layers> {
+        self.layers.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, Overlay> {
-        self.overlay.write().unwrap_or_else(|p| p.into_inner())
+    fn write(&self) -> RwLockWriteGuard<'_, Layers> {
+        self.layers.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn pending(&self) -> MutexGuard<'_, Option<Fold>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Reopens the B-tree, which verifies it; one that comes back older
@@ -307,26 +252,123 @@ impl LogEngine {
         Ok(journal)
     }
 
-    /// Folds the overlay into the B-tree and deletes the log it covered.
+    /// Folds every layer into the B-tree now and deletes the log it
+    /// covered; a fold running in the background ends first. Readers wait
+    /// while the B-tree commits.
     fn checkpoint(&self, journal: &mut Journal) -> Result<(), StoreError> {
-        // Records from now on go to a new segment, which the checkpoint
-        // does not cover and which therefore survives it.
+        self.settle(Some(journal))?;
+        self.rotate(journal)?;
+        let mut layers = self.write();
+        let frozen = layers.live.take();
+        if let Err(e) = self.tree.checkpoint(&frozen.checkpoint) {
+            // Nothing was folded in: the overlay keeps it all.
+            layers.live.unfreeze(frozen);
+            return Err(e);
+        }
+        layers.live.base = frozen.checkpoint.head;
+        self.folded.store(frozen.checkpoint.lsn, Ordering::Release);
+        drop(layers);
+        journal.drop_older()
+    }
+
+    /// Starts a fold of the live overlay: in the background (the writer
+    /// waits only for the previous one, if it has not ended), or inline.
+    fn fold_due(&self, journal: &mut Journal) -> Result<(), StoreError> {
+        if !self.options.background {
+            return self.checkpoint(journal);
+        }
+        self.settle(Some(journal))?;
+        self.rotate(journal)?;
+        // The live overlay becomes the frozen layer under one lock, so
+        // that no reader sees it in neither.
+        let mut layers = self.write();
+        let frozen = Arc::new(layers.live.take());
+        let tree = self.tree.clone();
+        let folding = frozen.clone();
+        #[cfg(test)]
+        let gate = self.gate.clone();
+        let spawned = std::thread::Builder::new()
+            .name("tally-fold".into())
+            .spawn(move || {
+                #[cfg(test)]
+                if let Some(gate) = gate {
+                    gate.pass();
+                }
+                tree.checkpoint(&folding.checkpoint)
+            });
+        match spawned {
+            Ok(thread) => {
+                layers.frozen = Some(frozen.clone());
+                *self.pending() = Some(Fold { thread, frozen });
+                Ok(())
+            }
+            Err(e) => {
+                let frozen = Arc::try_unwrap(frozen).unwrap_or_else(|f| (*f).clone());
+                layers.live.unfreeze(frozen);
+                drop(layers);
+                warn!(error = %e, "no thread for a fold; folding inline");
+                self.checkpoint(journal)
+            }
+        }
+    }
+
+    /// Starts a new log segment, which the next fold does not cover and
+    /// which therefore survives it.
+    fn rotate(&self, journal: &mut Journal) -> Result<(), StoreError> {
         journal.rotate()?;
         if self.options.planted.delete_before_fold {
             journal.drop_older()?;
         }
-        let mut overlay = self.write();
-        let bytes = overlay.bytes;
-        let checkpoint = overlay.take();
-        if let Err(e) = self.tree.checkpoint(&checkpoint) {
-            // Nothing was folded in: the overlay keeps it all.
-            restore(&mut overlay, checkpoint, bytes);
-            return Err(e);
+        Ok(())
+    }
+
+    /// Ends the background fold, if one runs: waits for it, then drops its
+    /// layer and the log it covers, or puts the layer back if it failed.
+    fn settle(&self, journal: Option<&Journal>) -> Result<(), StoreError> {
+        let Some(fold) = self.pending().take() else {
+            return Ok(());
+        };
+        let result = fold.thread.join().unwrap_or_else(|_| {
+            Err(StoreError::engine(
+                "the thread folding the log into the B-tree panicked",
+            ))
+        });
+        let mut layers = self.write();
+        layers.frozen = None;
+        match result {
+            Ok(()) => {
+                layers.live.base = fold.frozen.checkpoint.head;
+                self.folded
+                    .store(fold.frozen.checkpoint.lsn, Ordering::Release);
+                drop(layers);
+                journal.map_or(Ok(()), Journal::drop_older)
+            }
+            Err(e) => {
+                // Nobody else holds it now: readers borrow it under the lock.
+                let frozen = Arc::try_unwrap(fold.frozen).unwrap_or_else(|f| (*f).clone());
+                layers.live.unfreeze(frozen);
+                Err(e)
+            }
         }
-        overlay.base = checkpoint.head;
-        self.folded.store(checkpoint.lsn, Ordering::Release);
-        drop(overlay);
-        journal.drop_older()
+    }
+
+    /// Settles a background fold that has ended, without waiting.
+    fn reap(&self, journal: &Journal) -> Result<(), StoreError> {
+        let ended = (self.pending().as_ref()).is_some_and(|f| f.thread.is_finished());
+        if ended {
+            self.settle(Some(journal))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Ends the background fold, if one runs, for a caller that goes on
+    /// whatever it did (`load`, `rebuild`, dropping the engine): a failure
+    /// is logged, and its layer goes back under the live one.
+    fn abandon(&self) {
+        if let Err(e) = self.settle(None) {
+            warn!(error = %e, "a fold into the B-tree failed; the log still holds what it was folding");
+        }
     }
 
     /// Evidence: the damaged log segments, copied to `damaged/`.
@@ -384,7 +426,7 @@ impl LogEngine {
         };
         overlay.onto(loaded);
         overlay.lsn = next - 1;
-        let mut checkpoint = overlay.take();
+        let mut checkpoint = overlay.take().checkpoint;
         checkpoint.salvage = Some(event.clone());
         self.tree.checkpoint(&checkpoint)?;
         self.folded.store(checkpoint.lsn, Ordering::Release);
@@ -443,31 +485,14 @@ fn refused(disk: &dyn Disk, damage: &[String]) -> StoreError {
     ))
 }
 
-/// Puts a checkpoint that failed back into the overlay.
-fn restore(overlay: &mut Overlay, c: Checkpoint, bytes: u64) {
-    overlay.bytes = bytes;
-    for (name, (seq, counter)) in c.counters {
-        overlay.by_seq.insert(seq, name.clone());
-        overlay.counters.insert(name, (seq, counter));
-    }
-    overlay.marks = c.marks;
-    overlay.membership = c.membership;
-    overlay.me = c.me;
-    overlay.keys = c.keys;
-}
-
 impl Engine for LogEngine {
     fn load(&self, node: u64) -> Result<Loaded, StoreError> {
+        self.abandon();
         let mut loaded = self.tree.load(node)?;
         let after = self.tree.log_lsn()?;
         self.folded.store(after, Ordering::Release);
         let expected = self.tree.log_expected()?;
-        let mut overlay = Overlay {
-            head: loaded.head,
-            base: loaded.head,
-            lsn: after,
-            ..Overlay::default()
-        };
+        let mut overlay = Overlay::over(loaded.head, after);
         let replayed = journal::replay(&*self.disk, after, expected, &mut |lsn, batch| {
             overlay.apply(lsn, batch, 0);
         })?;
@@ -525,7 +550,10 @@ impl Engine for LogEngine {
             overlay.onto(&mut loaded);
             journal
         };
-        *self.write() = overlay;
+        *self.write() = Layers {
+            live: overlay,
+            frozen: None,
+        };
         let mut slot = self.journal();
         *slot = Some(journal);
         if replayed.legacy || !loaded.damage.is_empty() {
@@ -536,52 +564,48 @@ impl Engine for LogEngine {
         Ok(loaded)
     }
 
+    /// A fold that ended in the background is settled first: if it
+    /// failed, this commit fails with its error (and appends nothing), so
+    /// the store's usual recovery runs.
     fn commit(&self, batch: &Batch) -> Result<u64, StoreError> {
         let mut slot = self.journal();
         let journal = slot
             .as_mut()
             .ok_or_else(|| StoreError::engine("the log is not open (load it first)"))?;
+        self.reap(journal)?;
         let due = {
-            let o = self.read();
-            o.counters.len() >= self.options.limits.names || o.bytes >= self.options.limits.bytes
+            let live = &self.read().live;
+            live.names() >= self.options.limits.names || live.bytes >= self.options.limits.bytes
         };
         if due {
-            self.checkpoint(journal)?;
+            self.fold_due(journal)?;
         }
         let (lsn, bytes) = journal.append(batch)?;
-        let mut overlay = self.write();
-        overlay.apply(lsn, clone_batch(batch), bytes);
-        Ok(overlay.head)
+        let mut layers = self.write();
+        layers.live.apply(lsn, clone_batch(batch), bytes);
+        Ok(layers.live.head)
     }
 
     /// A peer that has pulled up to the B-tree's head or past it gets the
-    /// rest from the overlay alone, without reading the B-tree: the usual
+    /// rest from the layers alone, without reading the B-tree: the usual
     /// case, and the one that still answers while the B-tree cannot be
     /// read (storage failing and being reopened), so that what this node
     /// holds keeps reaching its peers then too.
     fn changes_since(&self, since: u64, limit: usize) -> Result<Changes, StoreError> {
-        let overlay = self.read();
-        let newer = |name: &str| overlay.counters.contains_key(name);
-        let mut out = if since >= overlay.base {
+        let layers = self.read();
+        let mut out = if since >= layers.live.base {
             Changes {
                 next: since,
                 ..Changes::default()
             }
         } else {
-            self.tree.changes_except(since, limit, &newer)?
+            self.tree
+                .changes_except(since, limit, &|name| layers.holds(name))?
         };
         if !out.more {
-            for (&seq, name) in overlay.by_seq.range(since.saturating_add(1)..) {
-                if out.counters.len() == limit {
-                    out.more = true;
-                    break;
-                }
-                out.next = seq;
-                out.counters
-                    .push((name.clone(), overlay.counters[name].1.clone()));
-            }
+            layers.extend(since, limit, &mut out);
         }
-        out.head = overlay.head.max(out.head);
+        out.head = layers.live.head.max(out.head);
         if !out.more {
             out.next = out.head;
         }
@@ -589,12 +613,11 @@ impl Engine for LogEngine {
     }
 
     fn mark(&self, peer_incarnation: u64) -> Result<u64, StoreError> {
-        let overlay = self.read();
+        let layers = self.read();
         let stored = self.tree.mark(peer_incarnation)?;
-        Ok(overlay
-            .marks
-            .get(&peer_incarnation)
-            .map_or(stored, |&m| m.max(stored)))
+        Ok(layers
+            .mark(peer_incarnation)
+            .map_or(stored, |m| m.max(stored)))
     }
 
     fn reopen(&self) -> Result<(), StoreError> {
@@ -612,20 +635,19 @@ impl Engine for LogEngine {
         let journal = slot
             .as_mut()
             .ok_or_else(|| StoreError::engine("the log is not open (load it first)"))?;
+        self.abandon();
         // The new segment first: a crash before the B-tree commits leaves
         // the old B-tree and a log that goes on into it.
         journal.rotate()?;
-        let mut overlay = self.write();
+        let mut layers = self.write();
         let lsn = journal.next_lsn() - 1;
         let head = self.tree.rebuild(image, lsn)?;
-        *overlay = Overlay {
-            head,
-            base: head,
-            lsn,
-            ..Overlay::default()
+        *layers = Layers {
+            live: Overlay::over(head, lsn),
+            frozen: None,
         };
         self.folded.store(lsn, Ordering::Release);
-        drop(overlay);
+        drop(layers);
         journal.drop_older()?;
         warn!(head, "the B-tree was rebuilt from memory; nothing was lost");
         Ok(head)
@@ -721,6 +743,7 @@ fn clone_batch(batch: &Batch) -> Batch {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
     use std::path::PathBuf;
 
     use super::*;
@@ -772,7 +795,12 @@ mod tests {
             names: 3,
             bytes: u64::MAX,
         };
-        let engine = LogEngine::with_limits(dir, limits).unwrap();
+        let options = LogOptions {
+            limits,
+            background: false,
+            ..LogOptions::default()
+        };
+        let engine = LogEngine::with_options(dir, options).unwrap();
         engine.load(1).unwrap();
         for (i, name) in ["a", "b", "c"].iter().enumerate() {
             assert_eq!(engine.commit(&one(name, 1)).unwrap(), i as u64 + 1);
@@ -922,7 +950,12 @@ mod tests {
             names: 3,
             bytes: u64::MAX,
         };
-        let engine = LogEngine::with_limits(&dir, limits).unwrap();
+        let options = LogOptions {
+            limits,
+            background: false,
+            ..LogOptions::default()
+        };
+        let engine = LogEngine::with_options(&dir, options).unwrap();
         let first = engine.load(1).unwrap().incarnation;
         engine.commit(&one("a", 1)).unwrap();
         engine.commit(&one("b", 1)).unwrap();
@@ -988,8 +1021,176 @@ mod tests {
                 bytes: u64::MAX,
             },
             step: 4 * journal::BLOCK as u64,
+            background: false,
             ..LogOptions::default()
         }
+    }
+
+    /// Holds background folds before they write, until opened (at most
+    /// 30 s, so that a failing test does not hang).
+    #[derive(Default)]
+    pub(super) struct Gate {
+        open: Mutex<bool>,
+        changed: std::sync::Condvar,
+    }
+
+    impl Gate {
+        pub(super) fn pass(&self) {
+            let open = self.open.lock().unwrap();
+            let timeout = std::time::Duration::from_secs(30);
+            drop(
+                self.changed
+                    .wait_timeout_while(open, timeout, |open| !*open),
+            );
+        }
+
+        fn open(&self) {
+            *self.open.lock().unwrap() = true;
+            self.changed.notify_all();
+        }
+    }
+
+    /// An engine that folds in the background once 3 names changed, its
+    /// folds held at `gate`.
+    fn gated(disk: &SimDisk) -> (LogEngine, Arc<Gate>) {
+        let gate = Arc::new(Gate::default());
+        let mut engine = LogEngine::on(
+            Arc::new(disk.clone()),
+            LogOptions {
+                background: true,
+                ..small(3)
+            },
+        )
+        .unwrap();
+        engine.gate = Some(gate.clone());
+        engine.load(1).unwrap();
+        (engine, gate)
+    }
+
+    fn names(changes: &Changes) -> Vec<(&str, u128)> {
+        (changes.counters.iter())
+            .map(|(n, c)| (n.as_str(), c.value()))
+            .collect()
+    }
+
+    /// Waits (at most 30 s) until the background fold's thread has ended,
+    /// without settling it.
+    fn fold_ended(engine: &LogEngine) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !(engine.pending().as_ref()).is_some_and(|f| f.thread.is_finished()) {
+            assert!(std::time::Instant::now() < deadline, "the fold never ended");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    /// While a fold runs in the background, a peer's pull reads three
+    /// layers: the live overlay, the one being folded, the B-tree. Each
+    /// name comes once, at its newest sequence, in order, across pages.
+    #[test]
+    fn a_fold_in_the_background_stays_readable_until_it_commits() {
+        let disk = SimDisk::new("n1", 11);
+        let (engine, gate) = gated(&disk);
+        for name in ["a", "b"] {
+            engine.commit(&one(name, 1)).unwrap();
+        }
+        let mut marked = one("c", 1);
+        marked.marks.push(crate::storage::PeerMark {
+            incarnation: 9,
+            seq: 7,
+        });
+        engine.commit(&marked).unwrap();
+        // Due: a, b and c are frozen and their fold waits at the gate.
+        assert_eq!(engine.commit(&one("d", 1)).unwrap(), 4);
+        assert_eq!(engine.commit(&one("a", 5)).unwrap(), 5);
+        assert!(engine.pending().is_some(), "a fold runs");
+        assert_eq!(engine.tree.log_lsn().unwrap(), 0, "nothing is folded yet");
+        let expected = [("b", 1), ("c", 1), ("d", 1), ("a", 5)];
+        let check = |engine: &LogEngine| {
+            let all = engine.changes_since(0, 100).unwrap();
+            assert_eq!(names(&all), expected);
+            assert_eq!((all.next, all.head, all.more), (5, 5, false));
+            let first = engine.changes_since(0, 2).unwrap();
+            assert_eq!(names(&first), expected[..2]);
+            assert_eq!((first.next, first.more), (3, true));
+            let rest = engine.changes_since(first.next, 2).unwrap();
+            assert_eq!(names(&rest), expected[2..]);
+            assert_eq!((rest.next, rest.more), (5, false));
+            assert_eq!(engine.mark(9).unwrap(), 7);
+        };
+        check(&engine);
+        gate.open();
+        engine.settle(engine.journal().as_ref()).unwrap();
+        assert_eq!(engine.tree.log_lsn().unwrap(), 3, "a, b and c are folded");
+        assert_eq!(
+            disk.paths()
+                .iter()
+                .filter(|p| p.starts_with("log/"))
+                .count(),
+            1,
+            "the segments the fold covered are deleted"
+        );
+        check(&engine);
+        drop(engine);
+        let loaded = LogEngine::on(Arc::new(disk.clone()), small(3))
+            .unwrap()
+            .load(1)
+            .unwrap();
+        assert_eq!(loaded.head, 5);
+        let values: BTreeMap<_, _> = (loaded.counters.iter())
+            .map(|(n, c)| (n.as_str(), c.value()))
+            .collect();
+        assert_eq!(values, [("a", 5), ("b", 1), ("c", 1), ("d", 1)].into());
+    }
+
+    /// A background fold that fails (the disk full) changes nothing: its
+    /// layer goes back under the live one, the next commit fails with its
+    /// error and appends nothing, and after the store's recovery (a
+    /// reopen) every name is read and folded again.
+    #[test]
+    fn a_background_fold_that_fails_is_put_back_and_fails_the_next_commit() {
+        let disk = SimDisk::new("n1", 12);
+        let (engine, gate) = gated(&disk);
+        for name in ["a", "b", "c", "d"] {
+            engine.commit(&one(name, 2)).unwrap();
+        }
+        disk.inject(SimFault::Full);
+        gate.open();
+        fold_ended(&engine);
+        disk.inject(SimFault::None);
+        assert!(
+            engine.commit(&one("e", 1)).is_err(),
+            "the fold's failure is reported"
+        );
+        assert_eq!(engine.tree.log_lsn().unwrap(), 0);
+        let held = engine.changes_since(0, 100).unwrap();
+        assert_eq!(names(&held), [("a", 2), ("b", 2), ("c", 2), ("d", 2)]);
+        engine.reopen().unwrap();
+        engine.commit(&one("e", 1)).unwrap();
+        engine.commit(&one("a", 3)).unwrap();
+        let held = engine.changes_since(0, 100).unwrap();
+        assert_eq!(
+            names(&held),
+            [("b", 2), ("c", 2), ("d", 2), ("e", 1), ("a", 3)]
+        );
+        engine.settle(engine.journal().as_ref()).unwrap();
+        assert!(
+            engine.tree.log_lsn().unwrap() >= 3,
+            "folded on the next try"
+        );
+        drop(engine);
+        disk.crash();
+        let loaded = LogEngine::on(Arc::new(disk.clone()), small(3))
+            .unwrap()
+            .load(1)
+            .unwrap();
+        assert!(loaded.salvage.is_none());
+        let values: BTreeMap<_, _> = (loaded.counters.iter())
+            .map(|(n, c)| (n.as_str(), c.value()))
+            .collect();
+        assert_eq!(
+            values,
+            [("a", 3), ("b", 2), ("c", 2), ("d", 2), ("e", 1)].into()
+        );
     }
 
     fn segment(disk: &SimDisk) -> String {
@@ -1185,8 +1386,14 @@ mod tests {
             let mut rng = fastrand::Rng::with_seed(seed);
             let mut committed: BTreeMap<String, u64> = BTreeMap::new();
             let mut incarnation = None;
+            // Half the seeds fold in the background, where a fold may
+            // still run when a sync fails or the engine is dropped.
+            let options = LogOptions {
+                background: seed % 2 == 1,
+                ..small(3)
+            };
             for boot in 0..6 {
-                let engine = LogEngine::on(Arc::new(disk.clone()), small(3)).unwrap();
+                let engine = LogEngine::on(Arc::new(disk.clone()), options).unwrap();
                 let loaded = engine.load(1).unwrap();
                 assert!(
                     loaded.salvage.is_none(),

@@ -39,6 +39,7 @@ pub mod logged;
 pub mod memory;
 #[cfg(test)]
 mod mirror;
+mod overlay;
 mod plan;
 pub mod redb;
 mod scrub;

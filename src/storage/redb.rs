@@ -455,7 +455,7 @@ impl Engine for RedbEngine {
 
 /// Changes folded in from the write-ahead log: each name with the sequence
 /// the log gave it, and the log position they reach.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct Checkpoint {
     pub counters: BTreeMap<String, (u64, GCounter)>,
     pub head: u64,

@@ -333,6 +333,8 @@ pub const SIM_LOG: LogOptions = LogOptions {
     },
     on_damage: OnDamage::Salvage,
     step: 16 << 10,
+    // Inline, so that a seed replays exactly.
+    background: false,
     planted: tally::storage::logged::Planted {
         log: tally::storage::journal::Planted {
             skip_sync: false,
