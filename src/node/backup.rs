@@ -249,7 +249,7 @@ impl Reads {
             .await?;
         Ok(Restored {
             counters: n,
-            changed: changed.len(),
+            changed,
         })
     }
 

@@ -152,7 +152,7 @@ enum Op {
     },
     Merge {
         merge: Merge,
-        reply: Reply<Vec<String>>,
+        reply: Reply<usize>,
     },
     Membership {
         change: MembershipChange,
@@ -347,6 +347,10 @@ impl Store {
         self.read(|m| {
             counters.iter().find_map(|(name, theirs)| {
                 let claimed = theirs.get(me);
+                if claimed == 0 {
+                    // Nothing claimed of this node's own component: no lookup.
+                    return None;
+                }
                 let held = m.get(name.as_str()).map_or(0, |c| c.get(me));
                 (claimed > held).then_some((name.as_str(), claimed, held))
             })
@@ -458,8 +462,8 @@ impl Store {
         self.call(|reply| Op::Rebuild { reply }).await
     }
 
-    /// Folds a peer's counters in; returns the names that changed.
-    pub async fn merge(&self, merge: Merge) -> Result<Vec<String>, StoreError> {
+    /// Folds a peer's counters in; returns how many names changed.
+    pub async fn merge(&self, merge: Merge) -> Result<usize, StoreError> {
         self.call(|reply| Op::Merge { merge, reply }).await
     }
 

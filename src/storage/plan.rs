@@ -4,6 +4,7 @@
 //! with plain data, no engine and no runtime.
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 use std::sync::Arc;
 
 use super::idempotency::{self, KeyRecord, Keys};
@@ -20,7 +21,7 @@ pub(super) struct Pending {
 
 pub(super) enum Replier {
     Increment(Reply<Incremented>, Result<Incremented, StoreError>),
-    Merge(Reply<Vec<String>>, Vec<String>),
+    Merge(Reply<usize>, usize),
     Membership(Reply<Option<Membership>>, Option<Membership>),
     Done(Reply<()>),
 }
@@ -109,20 +110,24 @@ pub(super) fn plan(ops: Vec<Op>, state: &State<'_>, now_ms: u64) -> Plan {
                 });
             }
             Op::Merge { merge, reply } => {
-                let mut changed = Vec::new();
+                let mut changed = 0;
                 for (name, theirs) in merge.counters {
-                    let mut c = plan
-                        .batch
-                        .counters
-                        .get(&name)
-                        .cloned()
-                        .unwrap_or_else(|| (state.counter)(&name));
-                    if c.merge(&theirs) {
-                        plan.batch.counters.insert(name.clone(), c);
-                        changed.push(name);
-                    }
+                    // One descent of the batch per name; a counter already
+                    // staged is merged in place.
+                    let raised = match plan.batch.counters.entry(name) {
+                        Entry::Occupied(mut staged) => staged.get_mut().merge(&theirs),
+                        Entry::Vacant(slot) => {
+                            let mut c = (state.counter)(slot.key());
+                            let raised = c.merge(&theirs);
+                            if raised {
+                                slot.insert(c);
+                            }
+                            raised
+                        }
+                    };
+                    changed += usize::from(raised);
                 }
-                let needs_commit = !changed.is_empty() || merge.mark.is_some();
+                let needs_commit = changed > 0 || merge.mark.is_some();
                 plan.batch.marks.extend(merge.mark);
                 plan.pending.push(Pending {
                     reply: Replier::Merge(reply, changed),
@@ -381,5 +386,40 @@ mod tests {
         assert!(plan.batch.counters.is_empty(), "5 already covers 3");
         assert_eq!(plan.batch.marks.len(), 1);
         assert!(plan.own_changed.is_empty(), "merged changes are not pushed");
+    }
+
+    /// A merge meets a counter an earlier operation of the same batch staged:
+    /// it merges into that one, not into the committed one.
+    #[test]
+    fn a_merge_builds_on_what_the_batch_already_staged() {
+        let stored = counter_of(&[("a", 5)]);
+        let peer = ReplicaId {
+            node: 2,
+            incarnation: 3,
+        };
+        let merge_of = |count: u64| {
+            let mut c = GCounter::new();
+            c.increment(peer, count).unwrap();
+            let (reply, rx) = oneshot::channel();
+            let op = Op::Merge {
+                merge: Merge {
+                    counters: vec![("a".to_string(), c)],
+                    mark: None,
+                },
+                reply,
+            };
+            (op, rx)
+        };
+        let (raise, _r0) = inc(&[("a", 2)], None);
+        let (first, mut r1) = merge_of(4);
+        let (same, mut r2) = merge_of(4);
+        let (lower, mut r3) = merge_of(1);
+        let plan = plan_over(&stored, vec![raise, first, same, lower]);
+        let a = &plan.batch.counters["a"];
+        assert_eq!((a.get(ME), a.get(peer)), (7, 4), "both kept: {a:?}");
+        plan.answer(5, None);
+        assert_eq!(r1.try_recv().unwrap().unwrap(), 1);
+        assert_eq!(r2.try_recv().unwrap().unwrap(), 0, "already staged");
+        assert_eq!(r3.try_recv().unwrap().unwrap(), 0, "lower than staged");
     }
 }

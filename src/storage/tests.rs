@@ -175,7 +175,7 @@ async fn merges_keep_the_maximum_and_record_the_mark() {
             })
             .await
             .unwrap();
-        assert_eq!(changed, ["x"]);
+        assert_eq!(changed, 1);
         let again = s
             .merge(Merge {
                 counters: vec![("x".into(), theirs)],
@@ -186,7 +186,7 @@ async fn merges_keep_the_maximum_and_record_the_mark() {
             })
             .await
             .unwrap();
-        assert!(again.is_empty());
+        assert_eq!(again, 0);
         assert_eq!(s.value("x"), 4);
         assert_eq!(s.mark(9).await.unwrap(), 17, "marks never go down");
     }

@@ -13,6 +13,7 @@
 //! [`spawn`]). If the writer itself dies, the store says so through
 //! `Store::stopped`, and the node exits rather than refusing writes forever.
 
+use std::collections::btree_map::Entry;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -331,10 +332,11 @@ impl Writer {
             .write()
             .unwrap_or_else(|p| p.into_inner());
         for (name, c) in batch.counters {
-            match memory.get_mut(name.as_str()) {
-                Some(held) => *held = c,
-                None => {
-                    memory.insert(name.into_boxed_str(), c);
+            // One descent per name, new or held.
+            match memory.entry(name.into_boxed_str()) {
+                Entry::Occupied(mut held) => *held.get_mut() = c,
+                Entry::Vacant(slot) => {
+                    slot.insert(c);
                 }
             }
         }
