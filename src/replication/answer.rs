@@ -177,11 +177,7 @@ impl Replicator {
                 // all (a page of them), leaving the asker's mark where it is.
                 tracing::debug!(error = %e, "answering a pull from memory while storage fails");
                 return Ok(Response::Changes {
-                    counters: store
-                        .list("", None, limit)
-                        .into_iter()
-                        .map(|(n, c)| WireCounter::new(n, &c))
-                        .collect(),
+                    counters: page_for(from, store.list("", None, limit)),
                     next: since,
                     head: store.head(),
                     more: false,
@@ -190,16 +186,31 @@ impl Replicator {
             Err(e) => return Err(e.into()),
         };
         Ok(Response::Changes {
-            counters: changes
-                .counters
-                .into_iter()
-                .map(|(n, c)| WireCounter::new(n, &c))
-                .collect(),
+            counters: page_for(from, changes.counters),
             next: changes.next,
             head: changes.head,
             more: changes.more,
         })
     }
+}
+
+/// A pull page for `asker`, without the counters it is sure to hold
+/// already: those whose every component (one at least) is the asker's own, at the
+/// incarnation it asks as. A node holds its own component at least as high
+/// as anyone it told, for as long as it keeps its folder (a node that lost
+/// it asks as a new incarnation), and it refuses any page that would raise
+/// it (G11). Without this, a node that merged a peer's changes serves them
+/// straight back to it: a million names written on one node would cross
+/// the network twice more, and be decoded and compared for nothing.
+///
+/// The page still covers every change it skipped: the asker's mark moves
+/// past them, which is true of what it holds.
+fn page_for(asker: ReplicaId, counters: Vec<(String, GCounter)>) -> Vec<WireCounter> {
+    counters
+        .into_iter()
+        .filter(|(_, c)| c.is_empty() || c.components().any(|(r, _)| r != asker))
+        .map(|(n, c)| WireCounter::new(n, &c))
+        .collect()
 }
 
 fn validate_counters(counters: Vec<WireCounter>) -> Result<Vec<(String, GCounter)>, AnswerError> {
