@@ -11,6 +11,7 @@
 //! and the log, whose segments are deleted only after a fold commits, still
 //! holds every record of it.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -54,11 +55,17 @@ impl Overlay {
     pub fn apply(&mut self, lsn: u64, batch: Batch, bytes: u64) {
         for (name, counter) in batch.counters {
             self.head += 1;
-            if let Some((old, _)) = self.counters.get(&name) {
-                self.by_seq.remove(old);
+            match self.counters.entry(name) {
+                Entry::Occupied(mut held) => {
+                    self.by_seq.remove(&held.get().0);
+                    self.by_seq.insert(self.head, held.key().clone());
+                    *held.get_mut() = (self.head, counter);
+                }
+                Entry::Vacant(slot) => {
+                    self.by_seq.insert(self.head, slot.key().clone());
+                    slot.insert((self.head, counter));
+                }
             }
-            self.by_seq.insert(self.head, name.clone());
-            self.counters.insert(name, (self.head, counter));
         }
         for mark in batch.marks {
             let slot = self.marks.entry(mark.incarnation).or_insert(0);

@@ -86,8 +86,9 @@ impl Plan {
 pub(super) struct State<'a> {
     /// This node's own component.
     pub own: ReplicaId,
-    /// The committed counter of a name (empty when never seen).
-    pub counter: &'a (dyn Fn(&str) -> GCounter + Sync),
+    /// Every committed counter (the store's memory, read-locked while a
+    /// batch is planned: only the writer changes it).
+    pub committed: &'a BTreeMap<Box<str>, GCounter>,
     pub keys: &'a Keys,
     pub membership: &'a Membership,
     /// The last sequence given out.
@@ -116,14 +117,20 @@ pub(super) fn plan(ops: Vec<Op>, state: &State<'_>, now_ms: u64) -> Plan {
                     // staged is merged in place.
                     let raised = match plan.batch.counters.entry(name) {
                         Entry::Occupied(mut staged) => staged.get_mut().merge(&theirs),
-                        Entry::Vacant(slot) => {
-                            let mut c = (state.counter)(slot.key());
-                            let raised = c.merge(&theirs);
-                            if raised {
-                                slot.insert(c);
+                        // Nothing is copied for a counter that already
+                        // covers theirs: the usual case for a page of
+                        // changes this node has had from another peer.
+                        Entry::Vacant(slot) => match state.committed.get(slot.key().as_str()) {
+                            Some(held) if !held.would_change(&theirs) => false,
+                            held => {
+                                let mut c = held.cloned().unwrap_or_default();
+                                let raised = c.merge(&theirs);
+                                if raised {
+                                    slot.insert(c);
+                                }
+                                raised
                             }
-                            raised
-                        }
+                        },
                     };
                     changed += usize::from(raised);
                 }
@@ -202,11 +209,13 @@ fn plan_increment(
         let (mut c, positive) = match staged.get(name) {
             Some(staged) => staged.clone(),
             None => (
-                plan.batch
-                    .counters
-                    .get(name)
-                    .cloned()
-                    .unwrap_or_else(|| (state.counter)(name)),
+                plan.batch.counters.get(name).cloned().unwrap_or_else(|| {
+                    state
+                        .committed
+                        .get(name.as_str())
+                        .cloned()
+                        .unwrap_or_default()
+                }),
                 false,
             ),
         };
@@ -286,12 +295,15 @@ mod tests {
 
     /// Plans `ops` over `stored` (committed counters) with no remembered keys.
     fn plan_over(stored: &BTreeMap<String, GCounter>, ops: Vec<Op>) -> Plan {
-        let counter = |name: &str| stored.get(name).cloned().unwrap_or_default();
+        let committed = stored
+            .iter()
+            .map(|(n, c)| (n.as_str().into(), c.clone()))
+            .collect();
         let keys = Keys::new(Vec::new(), Duration::from_secs(60), 10, usize::MAX);
         let membership = Membership::default();
         let state = State {
             own: ME,
-            counter: &counter,
+            committed: &committed,
             keys: &keys,
             membership: &membership,
             head: 4,
@@ -386,6 +398,35 @@ mod tests {
         assert!(plan.batch.counters.is_empty(), "5 already covers 3");
         assert_eq!(plan.batch.marks.len(), 1);
         assert!(plan.own_changed.is_empty(), "merged changes are not pushed");
+    }
+
+    /// A merge into a committed counter stages the committed components
+    /// with the raised one; one that raises nothing stages nothing.
+    #[test]
+    fn a_merge_raises_a_committed_counter_and_keeps_its_components() {
+        let stored = counter_of(&[("a", 5), ("b", 6)]);
+        let peer = ReplicaId {
+            node: 2,
+            incarnation: 3,
+        };
+        let mut theirs = GCounter::new();
+        theirs.increment(peer, 4).unwrap();
+        let mut covered = GCounter::new();
+        covered.increment(ME, 6).unwrap();
+        let (reply, mut rx) = oneshot::channel();
+        let merge = Op::Merge {
+            merge: Merge {
+                counters: vec![("a".to_string(), theirs), ("b".to_string(), covered)],
+                mark: None,
+            },
+            reply,
+        };
+        let plan = plan_over(&stored, vec![merge]);
+        let a = &plan.batch.counters["a"];
+        assert_eq!((a.get(ME), a.get(peer)), (5, 4), "{a:?}");
+        assert!(!plan.batch.counters.contains_key("b"), "6 covers 6");
+        plan.answer(5, None);
+        assert_eq!(rx.try_recv().unwrap().unwrap(), 1);
     }
 
     /// A merge meets a counter an earlier operation of the same batch staged:

@@ -275,18 +275,12 @@ impl Writer {
         let current = self.shared.membership.borrow().clone();
         let head = self.shared.head.load(Ordering::Acquire);
         let mut plan = {
-            let memory = &self.shared.memory;
-            let counter = |name: &str| {
-                memory
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(name)
-                    .cloned()
-                    .unwrap_or_default()
-            };
+            // Only this writer changes memory, so the read lock keeps
+            // nobody waiting but a writer that is not running.
+            let memory = self.shared.memory.read().unwrap_or_else(|p| p.into_inner());
             let state = State {
                 own: self.identity,
-                counter: &counter,
+                committed: &memory,
                 keys: &self.keys,
                 membership: &current,
                 head,
