@@ -107,6 +107,7 @@ pub struct Metrics {
     pub pushes: Family<PeerOutcome, Counter>,
     pub pulls: Family<PeerOutcome, Counter>,
     pub pulled_names: Family<Peer, Counter>,
+    pub pulls_ahead: Family<PeerOutcome, Counter>,
     pub peer_up: Family<Peer, Gauge>,
     pub peer_lag: Family<Peer, Gauge>,
     pub consistent_reads: Family<Outcome, Counter>,
@@ -158,6 +159,7 @@ impl Metrics {
             pushes: Family::default(),
             pulls: Family::default(),
             pulled_names: Family::default(),
+            pulls_ahead: Family::default(),
             peer_up: Family::default(),
             peer_lag: Family::default(),
             consistent_reads: Family::default(),
@@ -199,6 +201,7 @@ impl Metrics {
             "replication_pushes", "Pushes to each peer by outcome" => m.pushes;
             "replication_pulls", "Anti-entropy pulls from each peer by outcome" => m.pulls;
             "replication_pulled_names", "Names received by anti-entropy from each peer" => m.pulled_names;
+            "replication_pulls_ahead", "Pages fetched from each peer while the page before merged, by outcome" => m.pulls_ahead;
             "peer_up", "1 if the peer answered the last call, else 0" => m.peer_up;
             "peer_lag_changes", "Changes the peer had that this node had not merged at the last pull" => m.peer_lag;
             "consistent_reads", "Consistent reads by outcome" => m.consistent_reads;

@@ -26,6 +26,8 @@ mod root;
 mod run;
 #[path = "chaos/scenario.rs"]
 mod scenario;
+#[path = "common/upgrade.rs"]
+mod upgrade;
 
 /// 5 processes, a 3-node config to start with; partitions, pauses, crashes,
 /// delay, membership changes under partitions and a full disk.

@@ -1342,11 +1342,24 @@ fn pulled_per_peer(c: &Cluster, i: usize) -> Vec<u64> {
         .collect()
 }
 
+/// Pages of node `i`'s pulls fetched ahead, answered with `outcome`, all peers together.
+fn pulls_ahead(c: &Cluster, i: usize, outcome: &str) -> u64 {
+    let body = c.http.get(&c.url(i, "/metrics")).body;
+    let label = format!("outcome=\"{outcome}\"");
+    body.lines()
+        .filter(|l| l.starts_with("tally_replication_pulls_ahead_total{") && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
 /// A node that comes back far behind both of its peers fetches the backlog
 /// from one of them at a time: when it first holds every name, the other
 /// peer has sent it about a page (fetched before the turn was taken), not
 /// the backlog a second time. Pulled from both at once, as before the
-/// turn, each peer sends nearly all of it by then.
+/// turn, each peer sends nearly all of it by then. With the turn, each
+/// page after the first is fetched while the one before it merges, and
+/// the peer (of this version, in protocol 3) answers those pulls ahead.
 #[test]
 fn a_node_far_behind_catches_up_from_one_peer_at_a_time() {
     const PAGE: u64 = 10_000;
@@ -1387,4 +1400,49 @@ fn a_node_far_behind_catches_up_from_one_peer_at_a_time() {
         fewest <= 3 * PAGE,
         "both peers sent the backlog: {pulled:?} names pulled per peer"
     );
+    let answered = pulls_ahead(&c, 2, "answered");
+    assert!(
+        answered >= NAMES / PAGE / 2,
+        "{answered} pages of {} fetched ahead",
+        NAMES / PAGE
+    );
+    assert_eq!(pulls_ahead(&c, 2, "refused"), 0, "refused by this version");
+}
+
+/// A peer of a version before pulls ahead (the one the rolling-upgrade test
+/// starts from) refuses them: a node far behind it asks once, then pulls
+/// it one page at a time for a while, and gets every name.
+#[test]
+fn an_older_peer_that_refuses_pulls_ahead_is_pulled_one_page_at_a_time() {
+    const PAGE: u64 = 10_000;
+    const NAMES: u64 = 3 * PAGE;
+    let old = common::upgrade::upgrade_from();
+    let mut c = Cluster::empty("ahead-old");
+    let mut spec = c.spec(1, &[]);
+    spec.bin = Some(old);
+    c.add(spec);
+    let spec = c.spec(2, &[]);
+    c.add(spec);
+    assert_eq!(c.post_config(0, &c.addrs()).status, 200);
+    c.incr(0, "before", 1);
+    c.wait_value(1, "before", 1, Duration::from_secs(10));
+    let base = c.status(1)["names"].as_u64().expect("names");
+    c.nodes[1].kill();
+    for b in 0..NAMES / 1000 {
+        let items: Vec<String> = (0..1000)
+            .map(|i| format!(r#"{{"name":"old-{b}-{i}","amount":1}}"#))
+            .collect();
+        let body = format!(r#"{{"increments":[{}]}}"#, items.join(","));
+        let r = c.http.post(&c.url(0, "/counters"), &body);
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    c.restart(1);
+    let held = |c: &Cluster| c.status(1)["names"].as_u64().unwrap_or(0);
+    assert!(
+        wait_until(Duration::from_secs(60), || held(&c) >= base + NAMES),
+        "node 2 did not catch up from the older node 1"
+    );
+    assert_eq!(c.value(1, "old-29-999"), 1);
+    assert_eq!(pulls_ahead(&c, 1, "refused"), 1, "asked once");
+    assert_eq!(pulls_ahead(&c, 1, "answered"), 0);
 }

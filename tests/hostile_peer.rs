@@ -553,3 +553,107 @@ fn a_pull_page_leaves_out_what_the_asker_made_itself() {
     let (names, _) = pulled(&c, 1, FORGER);
     assert_eq!(names, ["a", "b", "shared"], "another node");
 }
+
+/// Node `i`'s head sequence, from a pull by [`FORGER`] (no member: it
+/// counts for nothing).
+fn head_of(c: &Cluster, i: usize) -> u64 {
+    let (_, incarnation) = identity(c, i);
+    let req = json!({ "op": "pull", "incarnation": incarnation, "since": 0, "limit": 1 });
+    let r = rpc(c, i, FORGER, membership_of(c, i), req);
+    assert_eq!(r.status, 200, "{r:?}");
+    r.json()["resp"]["head"].as_u64().expect("a head")
+}
+
+/// A pull ahead (the next page fetched while the last one merges) starts
+/// after `start`, and only between `since` and the head: node 1's page
+/// starting after its first change holds the two names changed later, and
+/// a start before `since` or past the head is refused.
+#[test]
+fn a_pull_ahead_starts_where_it_asks() {
+    let c = Cluster::start_configured("ahead", 1, &[]);
+    for name in ["first", "second", "third"] {
+        assert_eq!(c.incr(0, name, 1), 1);
+    }
+    let (_, incarnation) = identity(&c, 0);
+    let head = head_of(&c, 0);
+    let ahead = |since: u64, start: u64| {
+        json!({ "op": "pull_ahead", "incarnation": incarnation, "since": since,
+                "start": start, "limit": 100 })
+    };
+    let first = rpc(
+        &c,
+        0,
+        FORGER,
+        membership_of(&c, 0),
+        json!({ "op": "pull", "incarnation": incarnation, "since": 0, "limit": 1 }),
+    );
+    let after_first = first.json()["resp"]["next"].as_u64().expect("a next");
+    assert!(after_first < head, "a page of one name: {first:?}");
+    let r = rpc(&c, 0, FORGER, membership_of(&c, 0), ahead(0, after_first));
+    assert_eq!(r.status, 200, "{r:?}");
+    let resp = &r.json()["resp"];
+    let mut names: Vec<&str> = resp["counters"]
+        .as_array()
+        .expect("counters")
+        .iter()
+        .map(|c| c["name"].as_str().expect("a name"))
+        .collect();
+    names.sort();
+    assert_eq!(names, ["second", "third"], "{resp}");
+    assert_eq!(resp["next"], head, "{resp}");
+    for (since, start) in [(after_first, 0), (0, head + 1)] {
+        let r = rpc(&c, 0, FORGER, membership_of(&c, 0), ahead(since, start));
+        assert!(
+            is_client_error(&r),
+            "since {since}, start {start}, head {head}: {r:?}"
+        );
+    }
+}
+
+/// A pull ahead counts as stored only what its `since` says, not its
+/// `start`: one posing as paused node 2, starting at node 1's head while
+/// an increment waits for node 2's acknowledgement, does not get that
+/// increment acknowledged.
+#[test]
+fn a_pull_ahead_does_not_acknowledge_what_it_starts_after() {
+    let c = Cluster::start_configured(
+        "ahead-ack",
+        2,
+        &["--min-replicas", "1", "--replica-timeout", "5s"],
+    );
+    assert_eq!(c.incr(0, "x", 1), 1);
+    let node2 = identity(&c, 1);
+    let (_, incarnation1) = identity(&c, 0);
+    let membership = membership_of(&c, 0);
+    let before = head_of(&c, 0);
+
+    c.nodes[1].signal("STOP");
+    let (incr, forged) = std::thread::scope(|s| {
+        let incr = s.spawn(|| c.http.post(&c.url(0, "/counter/x"), "1"));
+        let mut head = before;
+        eventually(
+            "the increment is committed on node 1",
+            Duration::from_secs(4),
+            || {
+                head = head_of(&c, 0);
+                if head > before {
+                    Ok(())
+                } else {
+                    Err(format!("head {head}"))
+                }
+            },
+        );
+        let forged = rpc(
+            &c,
+            0,
+            node2,
+            membership,
+            json!({ "op": "pull_ahead", "incarnation": incarnation1, "since": 0,
+                    "start": head, "limit": 10 }),
+        );
+        (incr.join().expect("the increment's thread"), forged)
+    });
+    c.nodes[1].signal("CONT");
+    assert_eq!(forged.status, 200, "a well-formed pull ahead: {forged:?}");
+    incr.assert_error(503, "increment while node 2 is paused");
+}

@@ -14,6 +14,10 @@
 //!   names as a length and UTF-8 bytes, lists as a count and their items, a
 //!   component as node (`varint`), incarnation (`u64`) and count (`varint`).
 //!
+//! Tag 8 of a request (`PullAhead`) was added after protocol 3 shipped:
+//! an older node refuses it as an unknown tag, and the asker goes on with
+//! `Pull` (see `replication`).
+//!
 //! Nothing is believed before it is checked (G11): every length and count
 //! is checked against the bytes left before anything is allocated for it,
 //! lists against the same bounds as in JSON (names per message, components
@@ -56,6 +60,7 @@ mod tag {
     pub const CONFIG: u8 = 5;
     pub const MARK: u8 = 6;
     pub const LIST: u8 = 7;
+    pub const PULL_AHEAD: u8 = 8;
 
     pub const ACK: u8 = 0;
     pub const CHANGES: u8 = 1;
@@ -82,6 +87,18 @@ pub fn encode_request(env: &RequestEnvelope) -> Vec<u8> {
             w.byte(tag::PULL);
             w.u64(*incarnation);
             w.varint(*since);
+            w.varint(*limit as u64);
+        }
+        Request::PullAhead {
+            incarnation,
+            since,
+            start,
+            limit,
+        } => {
+            w.byte(tag::PULL_AHEAD);
+            w.u64(*incarnation);
+            w.varint(*since);
+            w.varint(*start);
             w.varint(*limit as u64);
         }
         Request::Read { name } => {
@@ -170,6 +187,12 @@ pub fn decode_request(bytes: &[u8]) -> Result<RequestEnvelope, DecodeError> {
         tag::PULL => Request::Pull {
             incarnation: r.u64()?,
             since: r.varint()?,
+            limit: usize::try_from(r.varint()?).map_err(|_| r.error("a limit past usize"))?,
+        },
+        tag::PULL_AHEAD => Request::PullAhead {
+            incarnation: r.u64()?,
+            since: r.varint()?,
+            start: r.varint()?,
             limit: usize::try_from(r.varint()?).map_err(|_| r.error("a limit past usize"))?,
         },
         tag::READ => Request::Read { name: r.str()? },
@@ -501,6 +524,14 @@ mod tests {
                     limit: limit as usize,
                 }
             }),
+            (any::<u64>(), any::<u64>(), any::<u64>(), any::<u32>()).prop_map(
+                |(incarnation, since, start, limit)| Request::PullAhead {
+                    incarnation,
+                    since,
+                    start,
+                    limit: limit as usize,
+                }
+            ),
             name().prop_map(|name| Request::Read { name }),
             prop::collection::vec(name(), 0..5).prop_map(|names| Request::ReadMany { names }),
             Just(Request::Config),

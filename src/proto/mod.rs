@@ -79,6 +79,17 @@ pub enum Request {
         since: u64,
         limit: usize,
     },
+    /// A pull sent while the page before it still merges: the responder's
+    /// changes after `start`, while `since` says, as in `Pull`, how far the
+    /// asker durably holds them (`since <= start`). Added to protocols 2
+    /// and 3 after they shipped: a node that does not know it refuses it
+    /// (400), and the asker goes on with `Pull`.
+    PullAhead {
+        incarnation: u64,
+        since: u64,
+        start: u64,
+        limit: usize,
+    },
     /// The responder's current state of one counter (consistent reads).
     Read { name: String },
     /// The same for many counters at once (reads gathered per peer), at

@@ -58,7 +58,19 @@ impl Replicator {
                 incarnation,
                 since,
                 limit,
-            } => self.on_pull(env.from, incarnation, since, limit).await?,
+            } => {
+                self.on_pull(env.from, incarnation, since, since, limit)
+                    .await?
+            }
+            Request::PullAhead {
+                incarnation,
+                since,
+                start,
+                limit,
+            } => {
+                self.on_pull(env.from, incarnation, since, start, limit)
+                    .await?
+            }
             Request::Read { name } => {
                 validate_name(&name)?;
                 Response::Counter {
@@ -139,13 +151,15 @@ impl Replicator {
         Ok(Response::Ack)
     }
 
-    /// Anti-entropy: our changes after `since`, if the asker knows us as
-    /// `incarnation`.
+    /// Anti-entropy: our changes after `start`, if the asker knows us as
+    /// `incarnation`; it holds them up to `since` (`start` is `since` but
+    /// for a pull ahead).
     async fn on_pull(
         &self,
         from: ReplicaId,
         incarnation: u64,
         since: u64,
+        start: u64,
         limit: usize,
     ) -> Result<Response, AnswerError> {
         let store = &self.ctx.store;
@@ -165,9 +179,12 @@ impl Replicator {
         if since > head {
             return Err(AnswerError::PastHead { since, head });
         }
+        if start < since || start > head {
+            return Err(AnswerError::BadStart { since, start, head });
+        }
         self.note_pulled(from, since);
         let limit = limit.clamp(1, MAX_NAMES_PER_MESSAGE);
-        let changes = match store.changes_since(since, limit).await {
+        let changes = match store.changes_since(start, limit).await {
             Ok(changes) => changes,
             Err(e) if e.is_transient() => {
                 // Storage is failing (and being reopened): what this node

@@ -72,6 +72,10 @@ pub enum AnswerError {
     },
     #[error("a pull since {since} is past this node's head ({head})")]
     PastHead { since: u64, head: u64 },
+    #[error(
+        "a pull ahead must start between since ({since}) and this node's head ({head}), not at {start}"
+    )]
+    BadStart { since: u64, start: u64, head: u64 },
     #[error(transparent)]
     Store(#[from] StoreError),
 }

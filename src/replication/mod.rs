@@ -60,6 +60,7 @@ use crate::proto::{
     MAX_COMPONENTS_PER_PUSH, MAX_NAMES_PER_MESSAGE, ReplicaId, Request, Response, WireCounter,
 };
 use crate::storage::{Committed, Merge, PeerMark, Store};
+use crate::transport::CallError;
 use catch_up::{CatchUp, Turn};
 use peer::{PeerState, PeerView, PullAnswer, PullStep, Push, Reachability};
 
@@ -457,7 +458,11 @@ fn check_page(store: &Store, counters: &[(String, GCounter)]) -> Result<(), Pull
 
 /// One anti-entropy round; `Ok(true)` when it stopped with pages left.
 /// Pages after the first are fetched with the catch-up `turn`, taken here
-/// unless its holder stalls.
+/// unless its holder stalls. With the turn, each page is fetched while the
+/// one before it merges (a pull ahead), so that the peer's reading and
+/// encoding, the network and the decoding here overlap with this node's
+/// commit instead of adding up to it; a peer that refuses pulls ahead (a
+/// version before them) is pulled one page at a time for a while.
 async fn pull_round(
     r: &Replicator,
     peer: &Peer,
@@ -465,20 +470,27 @@ async fn pull_round(
 ) -> Result<bool, PullError> {
     let actor = &peer.actor;
     let (mut far_behind, mut waited) = (false, false);
-    for _ in 0..MAX_PAGES_PER_ROUND {
+    // The next page, when it was fetched while the last one merged.
+    let mut ahead = None;
+    for page in 1..=MAX_PAGES_PER_ROUND {
         if far_behind && turn.is_none() && !waited {
             waited = true;
             // The longest a holder may take over one page: a call and a merge.
             let stall = r.ctx.peer_timeout + r.ctx.store.deadline();
             *turn = r.catch_up.take(stall).await;
         }
-        let PeerMark { incarnation, seq } = peer.state().pull_request();
-        let req = Request::Pull {
-            incarnation,
-            since: seq,
-            limit: MAX_NAMES_PER_MESSAGE,
+        let env = match ahead.take() {
+            Some(env) => env,
+            None => {
+                let PeerMark { incarnation, seq } = peer.state().pull_request();
+                let req = Request::Pull {
+                    incarnation,
+                    since: seq,
+                    limit: MAX_NAMES_PER_MESSAGE,
+                };
+                r.ctx.messenger.call(actor, req, r.ctx.peer_timeout).await?
+            }
         };
-        let env = r.ctx.messenger.call(actor, req, r.ctx.peer_timeout).await?;
         peer.state().answered_in(env.v);
         let Response::Changes {
             counters,
@@ -515,13 +527,32 @@ async fn pull_round(
                 more,
             } => {
                 let n = counters.len();
-                r.ctx
-                    .store
-                    .merge(Merge {
-                        counters,
-                        mark: Some(mark),
-                    })
-                    .await?;
+                let merging = r.ctx.store.merge(Merge {
+                    counters,
+                    mark: Some(mark),
+                });
+                let pull_ahead = more
+                    && page < MAX_PAGES_PER_ROUND
+                    && turn.is_some()
+                    && peer.state().pulls_ahead(Instant::now());
+                let fetched = if pull_ahead {
+                    // From where this page ends; `since` still says only
+                    // what is durable here, since a peer counts it as
+                    // stored (`--min-replicas`, hand-offs).
+                    let req = Request::PullAhead {
+                        incarnation: mark.incarnation,
+                        since: peer.state().pull_request().seq,
+                        start: mark.seq,
+                        limit: MAX_NAMES_PER_MESSAGE,
+                    };
+                    let fetch = r.ctx.messenger.call(actor, req, r.ctx.peer_timeout);
+                    let (merged, fetched) = tokio::join!(merging, fetch);
+                    merged?;
+                    Some(fetched)
+                } else {
+                    merging.await?;
+                    None
+                };
                 let lag = peer.state().merged(mark, head);
                 let m = &r.ctx.metrics;
                 m.peer_lag
@@ -538,6 +569,36 @@ async fn pull_round(
                     return Ok(false);
                 }
                 far_behind = true;
+                let Some(fetched) = fetched else {
+                    continue;
+                };
+                let outcome = match &fetched {
+                    Ok(_) => "answered",
+                    Err(CallError::Refused {
+                        status: 400..=499, ..
+                    }) => "refused",
+                    Err(_) => "failed",
+                };
+                m.pulls_ahead
+                    .get_or_create(&PeerOutcome {
+                        peer: peer.label.peer.clone(),
+                        outcome,
+                    })
+                    .inc();
+                ahead = match fetched {
+                    Ok(env) => Some(env),
+                    // A version before pulls ahead refuses them (400): the
+                    // next page is pulled as usual, and so is the next
+                    // when every call to the peer is in use.
+                    Err(CallError::Refused {
+                        status: 400..=499, ..
+                    }) => {
+                        peer.state().refused_ahead(Instant::now());
+                        None
+                    }
+                    Err(CallError::Busy) => None,
+                    Err(e) => return Err(e.into()),
+                };
             }
         }
     }

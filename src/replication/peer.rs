@@ -64,7 +64,14 @@ pub struct PeerState {
     delivered_to: Option<ReplicaId>,
     /// The protocol of its last answer to a pull.
     protocol: Option<u32>,
+    /// Until when pulls go one page at a time: the peer refused a pull
+    /// ahead (a version before it).
+    no_ahead_until: Option<Instant>,
 }
+
+/// How long a peer that refused a pull ahead is pulled one page at a time
+/// before it is asked again (it may have been upgraded meanwhile).
+pub const AHEAD_REPROBE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Names to push, taken out of `dirty`.
 #[derive(Debug, PartialEq, Eq)]
@@ -153,6 +160,7 @@ impl PeerState {
             delivered: head,
             delivered_to: None,
             protocol: None,
+            no_ahead_until: None,
         }
     }
 
@@ -374,6 +382,16 @@ impl PeerState {
             stored_seq: self.stored,
             protocol: self.protocol,
         }
+    }
+
+    /// Whether the next page may be fetched while this one merges.
+    pub fn pulls_ahead(&self, now: Instant) -> bool {
+        self.no_ahead_until.is_none_or(|until| now >= until)
+    }
+
+    /// The peer refused a pull ahead: one page at a time for [`AHEAD_REPROBE`].
+    pub fn refused_ahead(&mut self, now: Instant) {
+        self.no_ahead_until = Some(now + AHEAD_REPROBE);
     }
 
     /// Notes the protocol a pull was answered in.

@@ -1286,42 +1286,6 @@ fn check_exe(h: &Harness, id: usize) -> Result<(), String> {
     Ok(())
 }
 
-/// The older tally a rolling-upgrade run starts from: `TALLY_UPGRADE_FROM`
-/// when set, else the binary `scripts/upgrade-from.sh` built (once) from the
-/// commit it names and cached.
-fn upgrade_from() -> PathBuf {
-    if let Some(chosen) = std::env::var_os("TALLY_UPGRADE_FROM").filter(|v| !v.is_empty()) {
-        let chosen = PathBuf::from(chosen);
-        assert!(
-            chosen.is_file(),
-            "TALLY_UPGRADE_FROM={} is not a file",
-            chosen.display()
-        );
-        return chosen;
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/upgrade-from.sh");
-    let out = std::process::Command::new("bash")
-        .arg(&script)
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-    assert!(
-        out.status.success(),
-        "{} failed ({}): no older binary to upgrade from",
-        script.display(),
-        out.status
-    );
-    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let path = PathBuf::from(path);
-    assert!(
-        path.is_file(),
-        "{} printed {}, which is not a file",
-        script.display(),
-        path.display()
-    );
-    path
-}
-
 fn wipe_folder(h: &Harness, i: usize) -> Result<(), String> {
     let dir = h.work.join(format!("tally-data/node-{i}"));
     std::fs::remove_dir_all(&dir).map_err(|e| format!("cannot delete {}: {e}", dir.display()))
@@ -1934,7 +1898,7 @@ pub fn chaos(profile: Profile) {
     let bin = node_binary();
     eprintln!("chaos: node binary {}", bin.display());
     let old = (profile == Profile::Upgrade).then(|| {
-        let old = upgrade_from();
+        let old = super::upgrade::upgrade_from();
         eprintln!("chaos: older binary to upgrade from {}", old.display());
         old
     });

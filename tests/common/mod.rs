@@ -11,6 +11,7 @@
 
 pub mod eintr;
 pub mod root;
+pub mod upgrade;
 
 use std::collections::BTreeSet;
 use std::fs::File;
@@ -553,11 +554,13 @@ pub struct NodeSpec {
     pub extra: Vec<String>,
     /// Where stdout and stderr go (appended across restarts).
     pub log: PathBuf,
+    /// Another tally binary (an older version); `None`: this build's.
+    pub bin: Option<PathBuf>,
 }
 
 impl NodeSpec {
     pub fn command(&self) -> Command {
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(self.bin.as_deref().unwrap_or(Path::new(BIN)));
         cmd.arg(self.id.to_string())
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port));
@@ -785,6 +788,7 @@ impl Cluster {
                 "node-{id}-{}.log",
                 UNIQUE.fetch_add(1, Ordering::Relaxed)
             )),
+            bin: None,
         }
     }
 

@@ -220,14 +220,13 @@ impl Planted {
                 };
                 Some(Box::pin(async move { Ok(env) }))
             }
-            (Planted::SyncLate(until), Request::Push { .. } | Request::Pull { .. })
-                if now() < until =>
-            {
-                Some(Box::pin(async move {
-                    tokio::time::sleep(timeout).await;
-                    Err(CallError::Timeout(timeout))
-                }))
-            }
+            (
+                Planted::SyncLate(until),
+                Request::Push { .. } | Request::Pull { .. } | Request::PullAhead { .. },
+            ) if now() < until => Some(Box::pin(async move {
+                tokio::time::sleep(timeout).await;
+                Err(CallError::Timeout(timeout))
+            })),
             (Planted::SyncSkips(k), Request::Push { counters }) => {
                 counters.retain(|c| c.name != NAMES[k]);
                 None
