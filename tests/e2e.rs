@@ -1342,6 +1342,19 @@ fn pulled_per_peer(c: &Cluster, i: usize) -> Vec<u64> {
         .collect()
 }
 
+/// Adds 1 to `n` (a multiple of 1000) new names `{prefix}-{b}-{i}` on node
+/// `i`, in batches of 1000.
+fn write_names(c: &Cluster, i: usize, prefix: &str, n: u64) {
+    for b in 0..n / 1000 {
+        let items: Vec<String> = (0..1000)
+            .map(|k| format!(r#"{{"name":"{prefix}-{b}-{k}","amount":1}}"#))
+            .collect();
+        let body = format!(r#"{{"increments":[{}]}}"#, items.join(","));
+        let r = c.http.post(&c.url(i, "/counters"), &body);
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+}
+
 /// Pages of node `i`'s pulls fetched ahead, answered with `outcome`, all peers together.
 fn pulls_ahead(c: &Cluster, i: usize, outcome: &str) -> u64 {
     let body = c.http.get(&c.url(i, "/metrics")).body;
@@ -1369,14 +1382,7 @@ fn a_node_far_behind_catches_up_from_one_peer_at_a_time() {
     c.wait_value(2, "before", 1, Duration::from_secs(10));
     let base = c.status(2)["names"].as_u64().expect("names");
     c.nodes[2].kill();
-    for b in 0..NAMES / 1000 {
-        let items: Vec<String> = (0..1000)
-            .map(|i| format!(r#"{{"name":"far-{b}-{i}","amount":1}}"#))
-            .collect();
-        let body = format!(r#"{{"increments":[{}]}}"#, items.join(","));
-        let r = c.http.post(&c.url(0, "/counters"), &body);
-        assert_eq!(r.status, 200, "{r:?}");
-    }
+    write_names(&c, 0, "far", NAMES);
     let held = |c: &Cluster, i| c.status(i)["names"].as_u64().unwrap_or(0);
     assert!(
         wait_until(Duration::from_secs(60), || held(&c, 1) >= base + NAMES),
@@ -1428,14 +1434,7 @@ fn an_older_peer_that_refuses_pulls_ahead_is_pulled_one_page_at_a_time() {
     c.wait_value(1, "before", 1, Duration::from_secs(10));
     let base = c.status(1)["names"].as_u64().expect("names");
     c.nodes[1].kill();
-    for b in 0..NAMES / 1000 {
-        let items: Vec<String> = (0..1000)
-            .map(|i| format!(r#"{{"name":"old-{b}-{i}","amount":1}}"#))
-            .collect();
-        let body = format!(r#"{{"increments":[{}]}}"#, items.join(","));
-        let r = c.http.post(&c.url(0, "/counters"), &body);
-        assert_eq!(r.status, 200, "{r:?}");
-    }
+    write_names(&c, 0, "old", NAMES);
     c.restart(1);
     let held = |c: &Cluster| c.status(1)["names"].as_u64().unwrap_or(0);
     assert!(
