@@ -275,8 +275,8 @@ impl Writer {
         let current = self.shared.membership.borrow().clone();
         let head = self.shared.head.load(Ordering::Acquire);
         let mut plan = {
-            // Only this writer changes memory, so the read lock keeps
-            // nobody waiting but a writer that is not running.
+            // Held while the batch is planned: only this thread changes
+            // memory, so no reader waits for it (readers share the lock).
             let memory = self.shared.memory.read().unwrap_or_else(|p| p.into_inner());
             let state = State {
                 own: self.identity,
